@@ -1,0 +1,46 @@
+# rollcall — the two commands of the Quick start are `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export PATH := $(HOME)/.cargo/bin:$(CURDIR)/npm/node_modules/.bin:$(PATH)
+
+HOST ?= 127.0.0.1
+PORT ?= 4000
+
+.PHONY: help run test setup lint rust-test wasm-core npm-build npm-test
+
+help:
+	@echo "make run    build and start one rollcall node with the demo at http://$(HOST):$(PORT)"
+	@echo "make test   install missing tools, then run every check and test"
+
+## Build what is needed and start one node with the demo page.
+run:
+	@./scripts/setup.sh --build-only
+	cd npm && npm run build
+	cargo build --release -p rollcall-server
+	./target/release/rollcall serve --host $(HOST) --port $(PORT)
+
+## Install what is missing, then run every check and test.
+test: setup lint rust-test wasm-core npm-test
+	@echo "make test: all checks passed"
+
+setup:
+	@./scripts/setup.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+rust-test:
+	cargo test --workspace
+
+## The core crate must compile for the browser.
+wasm-core:
+	cargo build -p rollcall-core --target wasm32-unknown-unknown
+
+## The npm package (wasm bindings + JS client) into npm/dist.
+npm-build: setup
+	cd npm && npm run build
+
+npm-test: npm-build
+	cargo build -p rollcall-server
+	cd npm && npm test

@@ -1,0 +1,1 @@
+//! Client-side presence state (phoenix.js semantics). See the foundation issue.

@@ -1,0 +1,1 @@
+//! Phoenix Channels message and wire codecs. See the foundation issue.

@@ -1,0 +1,1 @@
+//! The replicated presence tracker (delta-state CRDT and shard state machine).

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs whatever `make test` needs and is missing; skips what is already there.
+# Safe to run again and again. Runs as root on CI (a fresh clone, a machine of the same kind).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+# 1. Debian packages for tests: Chromium (page tests), nats-server and redis-server (cluster
+#    adapters). `--build-only` (used by `make run`) skips them.
+need_apt=()
+if [ "${1:-}" != "--build-only" ]; then
+  command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+  command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
+  command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  say "apt-get install ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q >/dev/null
+  $SUDO apt-get install -y -q --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# 2. The wasm target for rustc.
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  say "rustup target add wasm32-unknown-unknown"
+  rustup target add wasm32-unknown-unknown
+fi
+
+# 3. wasm-bindgen CLI at exactly the Cargo.lock version of wasm-bindgen (no --locked: the
+#    registry mirror lacks some of the CLI's locked dependency versions). A debug build of the
+#    tool produces byte-identical output and installs in about half the time.
+wb_ver=$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/version = |"/, ""); print; exit}' Cargo.lock)
+if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wb_ver" ]; then
+  say "cargo install wasm-bindgen-cli $wb_ver (a few minutes, once per machine)"
+  cargo install wasm-bindgen-cli --version "=$wb_ver" --debug --force
+fi
+
+# 4. Node modules of the npm package (phoenix for interop tests, ws, playwright-core, binaryen).
+if [ ! -f npm/node_modules/.package-lock.json ] || [ npm/package-lock.json -nt npm/node_modules/.package-lock.json ]; then
+  say "npm ci (npm/)"
+  npm ci --prefix npm --no-audit --no-fund >/dev/null
+fi
+say "tools ready"
