@@ -21,6 +21,8 @@ for (const target of ["nodejs", "web"]) {
   const out = path.join(pkg, "dist", `wasm-${target}`)
   fs.rmSync(out, {recursive: true, force: true})
   run("wasm-bindgen", ["--target", target, "--out-dir", out, input])
+  // The nodejs target is CommonJS; the package itself is "type": "module".
+  if (target === "nodejs") fs.writeFileSync(path.join(out, "package.json"), '{"type": "commonjs"}\n')
   const bg = path.join(out, "rollcall_wasm_bg.wasm")
   if (fs.existsSync(wasmOpt) && !process.env.ROLLCALL_NO_WASM_OPT) {
     run(wasmOpt, ["-Oz", "--enable-reference-types", "--enable-bulk-memory", "--enable-nontrapping-float-to-int", "--enable-sign-ext", "--enable-mutable-globals", "--enable-multivalue", bg, "-o", bg])
