@@ -1,8 +1,9 @@
 //! The Phoenix Channels message and its wire codecs.
 //!
 //! A client talks to the server in [`Message`]s (`join_ref, ref, topic, event, payload`); the
-//! server answers with [`Outbound`] frames: a push from a channel, a reply to a client message, or
-//! a broadcast to every subscriber of a topic. Three encodings exist, chosen per connection by the
+//! server answers with [`Outbound`] frames: a push from a channel, a reply to a client message, a
+//! broadcast to every subscriber of a topic, or a channel lifecycle frame (`phx_close`,
+//! `phx_error`, whose ref is the join_ref). Three encodings exist, chosen per connection by the
 //! `vsn` query parameter ([`Serializer::negotiate`]):
 //!
 //! - **V1 JSON** (`vsn=1.0.x`, or no `vsn`): one JSON object per text frame. Pushes and broadcasts
@@ -11,7 +12,8 @@
 //!   frame.
 //! - **V2 binary** (`vsn=2.0.x`, when the payload is bytes): a binary frame with a one-byte kind,
 //!   one length byte per header field, the header fields, then the raw payload. A client push
-//!   carries a `ref`; a server push does not.
+//!   carries a `ref`; a server push does not. A ref field is always present on the wire: an
+//!   absent ref is written as `""`, and `""` reads back as `Some("")`, as in Phoenix.
 //!
 //! Decoding never panics: malformed input gives a [`DecodeError`] that says what is wrong.
 //! This module owns the format only; limits (frame size, meta size) are the server's business.
