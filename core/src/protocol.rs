@@ -1,8 +1,9 @@
 //! The Phoenix Channels message and its wire codecs.
 //!
 //! A client talks to the server in [`Message`]s (`join_ref, ref, topic, event, payload`); the
-//! server answers with [`Outbound`] frames: a push from a channel, a reply to a client message, or
-//! a broadcast to every subscriber of a topic. Three encodings exist, chosen per connection by the
+//! server answers with [`Outbound`] frames: a push from a channel, a reply to a client message, a
+//! broadcast to every subscriber of a topic, or a channel lifecycle frame (`phx_close`,
+//! `phx_error`, whose ref is the join_ref). Three encodings exist, chosen per connection by the
 //! `vsn` query parameter ([`Serializer::negotiate`]):
 //!
 //! - **V1 JSON** (`vsn=1.0.x`, or no `vsn`): one JSON object per text frame. Pushes and broadcasts
@@ -11,7 +12,8 @@
 //!   frame.
 //! - **V2 binary** (`vsn=2.0.x`, when the payload is bytes): a binary frame with a one-byte kind,
 //!   one length byte per header field, the header fields, then the raw payload. A client push
-//!   carries a `ref`; a server push does not.
+//!   carries a `ref`; a server push does not. A ref field is always present on the wire: an
+//!   absent ref is written as `""`, and `""` reads back as `Some("")`, as in Phoenix.
 //!
 //! Decoding never panics: malformed input gives a [`DecodeError`] that says what is wrong.
 //! This module owns the format only; limits (frame size, meta size) are the server's business.
@@ -126,6 +128,22 @@ pub enum Outbound {
         /// The payload.
         payload: Payload,
     },
+    /// A channel lifecycle frame (`phx_close`, `phx_error`): Phoenix stamps it with the channel's
+    /// join_ref in *both* the join_ref and the ref position (`["1","1",topic,"phx_close",{}]`),
+    /// unlike a [`Outbound::Push`], whose ref is always null.
+    ///
+    /// The binary server push has no ref field, so a binary payload here is sent as a plain
+    /// kind-0 push.
+    Lifecycle {
+        /// The channel's join_ref (written as both join_ref and ref).
+        join_ref: Option<String>,
+        /// The topic.
+        topic: String,
+        /// The event name, normally [`PHX_CLOSE`] or [`PHX_ERROR`].
+        event: String,
+        /// The payload: `{}` for `phx_close`, `{"reason": ...}` for `phx_error`.
+        payload: Payload,
+    },
 }
 
 impl Outbound {
@@ -140,12 +158,36 @@ impl Outbound {
         }
     }
 
+    /// The `phx_close` frame of a channel that ended normally (payload `{}`).
+    pub fn phx_close(join_ref: Option<String>, topic: &str) -> Self {
+        Outbound::Lifecycle {
+            join_ref,
+            topic: topic.to_string(),
+            event: PHX_CLOSE.to_string(),
+            payload: Payload::empty(),
+        }
+    }
+
+    /// The `phx_error` frame of a channel that crashed (payload `{"reason": reason}`; Phoenix
+    /// ≥ 1.8.10 sends the reason `channel_crash`).
+    pub fn phx_error(join_ref: Option<String>, topic: &str, reason: &str) -> Self {
+        let mut payload = Map::new();
+        payload.insert("reason".into(), Value::String(reason.to_string()));
+        Outbound::Lifecycle {
+            join_ref,
+            topic: topic.to_string(),
+            event: PHX_ERROR.to_string(),
+            payload: Payload::Json(Value::Object(payload)),
+        }
+    }
+
     /// The topic this frame is about.
     pub fn topic(&self) -> &str {
         match self {
             Outbound::Push { topic, .. }
             | Outbound::Reply { topic, .. }
-            | Outbound::Broadcast { topic, .. } => topic,
+            | Outbound::Broadcast { topic, .. }
+            | Outbound::Lifecycle { topic, .. } => topic,
         }
     }
 }
@@ -277,25 +319,25 @@ pub enum Serializer {
 }
 
 impl Serializer {
-    /// Picks the serializer for a `vsn` query parameter: absent or `1.0.x` → V1, `2.0.x` → V2,
-    /// anything else is refused (the server answers HTTP 403).
+    /// Picks the serializer for a `vsn` query parameter: absent → V1; a semantic version matching
+    /// `~> 1.0.0` (any `1.0.x`) → V1; one matching `~> 2.0.0` (any `2.0.x`) → V2; anything else,
+    /// including an unparsable version, is refused (the server answers HTTP 403).
+    ///
+    /// Pre-releases follow semver order: `2.0.1-rc.1` is a 2.0.x version, `2.0.0-rc.1` comes
+    /// before 2.0.0 and is refused. Build metadata (`+...`) is ignored.
     pub fn negotiate(vsn: Option<&str>) -> Result<Self, UnsupportedVsn> {
         let Some(vsn) = vsn else {
             return Ok(Serializer::V1Json);
         };
-        let mut parts = vsn.split('.');
-        let (major, minor, patch) = (parts.next(), parts.next(), parts.next());
-        let is_num = |p: Option<&str>| {
-            p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        };
-        if parts.next().is_none() && is_num(major) && is_num(minor) && is_num(patch) {
-            match (major, minor) {
-                (Some("1"), Some("0")) => return Ok(Serializer::V1Json),
-                (Some("2"), Some("0")) => return Ok(Serializer::V2),
-                _ => {}
-            }
+        let refuse = || UnsupportedVsn(vsn.to_string());
+        let version = SemVer::parse(vsn).ok_or_else(refuse)?;
+        // `~> M.0.0` means `>= M.0.0 and < M.1.0`; a pre-release of M.0.0 sorts below M.0.0.
+        let in_series = version.minor == "0" && !(version.pre_release && version.patch == "0");
+        match version.major {
+            "1" if in_series => Ok(Serializer::V1Json),
+            "2" if in_series => Ok(Serializer::V2),
+            _ => Err(refuse()),
         }
-        Err(UnsupportedVsn(vsn.to_string()))
     }
 
     /// Decodes a frame a client sent.
@@ -364,11 +406,65 @@ impl Serializer {
                     Serializer::V1Json => decode_v1(text)?,
                     Serializer::V2 => decode_v2_json(text)?,
                 };
-                Ok(classify_server_message(msg))
+                classify_server_message(msg)
             }
             (Serializer::V1Json, Frame::Binary(_)) => Err(DecodeError::BinaryNotSupported),
             (Serializer::V2, Frame::Binary(bytes)) => decode_server_binary(bytes),
         }
+    }
+}
+
+/// The parts of a semantic version `major.minor.patch[-pre][+build]` that negotiation needs.
+struct SemVer<'a> {
+    major: &'a str,
+    minor: &'a str,
+    patch: &'a str,
+    pre_release: bool,
+}
+
+impl<'a> SemVer<'a> {
+    /// Parses a version the way semver (and Elixir's `Version`) does: numeric parts without
+    /// leading zeros; dot-separated `[0-9A-Za-z-]` identifiers after `-` and `+`.
+    fn parse(text: &'a str) -> Option<Self> {
+        let (rest, build) = match text.split_once('+') {
+            Some((rest, build)) => (rest, Some(build)),
+            None => (text, None),
+        };
+        let (core, pre) = match rest.split_once('-') {
+            Some((core, pre)) => (core, Some(pre)),
+            None => (rest, None),
+        };
+        let identifiers_ok = |s: &str, numeric_without_leading_zero: bool| {
+            s.split('.').all(|id| {
+                !id.is_empty()
+                    && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !(numeric_without_leading_zero
+                        && id.len() > 1
+                        && id.starts_with('0')
+                        && id.bytes().all(|b| b.is_ascii_digit()))
+            })
+        };
+        if build.is_some_and(|b| !identifiers_ok(b, false))
+            || pre.is_some_and(|p| !identifiers_ok(p, true))
+        {
+            return None;
+        }
+        let number = |p: &str| {
+            !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && (p == "0" || !p.starts_with('0'))
+        };
+        let mut parts = core.split('.');
+        let (major, minor, patch) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || !number(major) || !number(minor) || !number(patch) {
+            return None;
+        }
+        Some(SemVer {
+            major,
+            minor,
+            patch,
+            pre_release: pre.is_some(),
+        })
     }
 }
 
@@ -466,41 +562,42 @@ fn decode_v2_json(text: &str) -> Result<Message, DecodeError> {
     })
 }
 
-/// Reads a binary frame: `header_len` length bytes after the kind byte, then that many UTF-8
-/// fields, then the payload.
+/// Reads a binary frame: after the kind byte, one length byte per header field, then the
+/// fields as UTF-8, then the payload (the rest of the frame).
 fn split_binary<'a, const N: usize>(
     bytes: &'a [u8],
     names: [&'static str; N],
 ) -> Result<([&'a str; N], &'a [u8]), DecodeError> {
     let header_end = 1 + N;
-    if bytes.len() < header_end {
-        return Err(DecodeError::Truncated {
-            needed: header_end,
-            got: bytes.len(),
-        });
-    }
-    let lens = &bytes[1..header_end];
-    let needed = header_end + lens.iter().map(|&l| l as usize).sum::<usize>();
+    let lens = bytes.get(1..header_end).ok_or(DecodeError::Truncated {
+        needed: header_end,
+        got: bytes.len(),
+    })?;
+    let needed = header_end + lens.iter().map(|&l| usize::from(l)).sum::<usize>();
+    let truncated = DecodeError::Truncated {
+        needed,
+        got: bytes.len(),
+    };
+    // Report a short frame before looking at field contents.
     if bytes.len() < needed {
-        return Err(DecodeError::Truncated {
-            needed,
-            got: bytes.len(),
-        });
+        return Err(truncated);
     }
     let mut fields = [""; N];
-    let mut at = header_end;
-    for (i, name) in names.iter().enumerate() {
-        let len = lens[i] as usize;
-        fields[i] = std::str::from_utf8(&bytes[at..at + len])
-            .map_err(|_| DecodeError::InvalidUtf8(name))?;
-        at += len;
+    let mut rest = bytes.get(header_end..).ok_or(truncated.clone())?;
+    for ((field, name), &len) in fields.iter_mut().zip(names).zip(lens) {
+        let (raw, after) = rest
+            .split_at_checked(usize::from(len))
+            .ok_or(truncated.clone())?;
+        *field = std::str::from_utf8(raw).map_err(|_| DecodeError::InvalidUtf8(name))?;
+        rest = after;
     }
-    Ok((fields, &bytes[at..]))
+    Ok((fields, rest))
 }
 
-/// An empty ref field in a binary frame carries no information: it decodes as absent.
-fn non_empty(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_string())
+/// A binary ref field is always present: length 0 decodes as `Some("")`, not as absent, as in
+/// Phoenix (so a stale-join_ref check treats it like any other non-null join_ref).
+fn present(s: &str) -> Option<String> {
+    Some(s.to_string())
 }
 
 fn decode_client_binary(bytes: &[u8]) -> Result<Message, DecodeError> {
@@ -510,8 +607,8 @@ fn decode_client_binary(bytes: &[u8]) -> Result<Message, DecodeError> {
             let ([join_ref, msg_ref, topic, event], payload) =
                 split_binary(bytes, ["join_ref", "ref", "topic", "event"])?;
             Ok(Message {
-                join_ref: non_empty(join_ref),
-                msg_ref: non_empty(msg_ref),
+                join_ref: present(join_ref),
+                msg_ref: present(msg_ref),
                 topic: topic.to_string(),
                 event: event.to_string(),
                 payload: Payload::Binary(payload.to_vec()),
@@ -528,7 +625,7 @@ fn decode_server_binary(bytes: &[u8]) -> Result<Outbound, DecodeError> {
             let ([join_ref, topic, event], payload) =
                 split_binary(bytes, ["join_ref", "topic", "event"])?;
             Ok(Outbound::Push {
-                join_ref: non_empty(join_ref),
+                join_ref: present(join_ref),
                 topic: topic.to_string(),
                 event: event.to_string(),
                 payload: Payload::Binary(payload.to_vec()),
@@ -538,8 +635,8 @@ fn decode_server_binary(bytes: &[u8]) -> Result<Outbound, DecodeError> {
             let ([join_ref, msg_ref, topic, status], payload) =
                 split_binary(bytes, ["join_ref", "ref", "topic", "status"])?;
             Ok(Outbound::Reply {
-                join_ref: non_empty(join_ref),
-                msg_ref: non_empty(msg_ref),
+                join_ref: present(join_ref),
+                msg_ref: present(msg_ref),
                 topic: topic.to_string(),
                 status: status.to_string(),
                 response: Payload::Binary(payload.to_vec()),
@@ -557,36 +654,52 @@ fn decode_server_binary(bytes: &[u8]) -> Result<Outbound, DecodeError> {
     }
 }
 
-/// Tells a server text frame apart: a `phx_reply` with a status is a reply, a frame without
-/// refs is a broadcast, anything else a push.
-fn classify_server_message(msg: Message) -> Outbound {
+/// Tells a server text frame apart: a `phx_reply` is a reply (its payload must be
+/// `{"status": string, "response": ...}`); a frame with a non-null ref is a lifecycle frame
+/// (`phx_close`/`phx_error`, whose ref is the join_ref — the only place V1 carries it); a frame
+/// without refs is a broadcast; anything else a push. V1 never sends a join_ref, so a V1 push
+/// decodes as a broadcast: the two are the same bytes.
+fn classify_server_message(msg: Message) -> Result<Outbound, DecodeError> {
     if msg.event == PHX_REPLY {
-        if let Payload::Json(Value::Object(obj)) = &msg.payload {
-            if let Some(Value::String(status)) = obj.get("status") {
-                return Outbound::Reply {
-                    join_ref: msg.join_ref,
-                    msg_ref: msg.msg_ref,
-                    topic: msg.topic,
-                    status: status.clone(),
-                    response: Payload::Json(obj.get("response").cloned().unwrap_or(Value::Null)),
-                };
-            }
-        }
-    }
-    if msg.join_ref.is_none() && msg.msg_ref.is_none() {
-        Outbound::Broadcast {
-            topic: msg.topic,
-            event: msg.event,
-            payload: msg.payload,
-        }
-    } else {
-        Outbound::Push {
+        let Payload::Json(Value::Object(mut obj)) = msg.payload else {
+            return Err(DecodeError::WrongType {
+                field: "payload",
+                expected: "an object {status, response} in a phx_reply",
+            });
+        };
+        let Some(Value::String(status)) = obj.remove("status") else {
+            return Err(DecodeError::WrongType {
+                field: "status",
+                expected: "a string in a phx_reply",
+            });
+        };
+        return Ok(Outbound::Reply {
             join_ref: msg.join_ref,
+            msg_ref: msg.msg_ref,
+            topic: msg.topic,
+            status,
+            response: Payload::Json(obj.remove("response").unwrap_or(Value::Null)),
+        });
+    }
+    Ok(match (msg.join_ref, msg.msg_ref) {
+        (_, Some(msg_ref)) => Outbound::Lifecycle {
+            join_ref: Some(msg_ref),
             topic: msg.topic,
             event: msg.event,
             payload: msg.payload,
-        }
-    }
+        },
+        (None, None) => Outbound::Broadcast {
+            topic: msg.topic,
+            event: msg.event,
+            payload: msg.payload,
+        },
+        (join_ref @ Some(_), None) => Outbound::Push {
+            join_ref,
+            topic: msg.topic,
+            event: msg.event,
+            payload: msg.payload,
+        },
+    })
 }
 
 fn binary_frame(
@@ -629,6 +742,17 @@ fn encode_v1(out: &Outbound) -> Result<String, EncodeError> {
             };
             (topic, event.as_str(), payload.clone(), Value::Null)
         }
+        Outbound::Lifecycle {
+            join_ref,
+            topic,
+            event,
+            payload,
+        } => {
+            let Payload::Json(payload) = payload else {
+                return Err(EncodeError::BinaryNotSupported);
+            };
+            (topic, event.as_str(), payload.clone(), opt(join_ref))
+        }
         Outbound::Reply {
             msg_ref,
             topic,
@@ -665,7 +789,22 @@ fn encode_v2(out: &Outbound) -> Result<Frame, EncodeError> {
         } => Ok(Frame::Text(json_array(
             join_ref, &None, topic, event, payload,
         ))),
-        Outbound::Push {
+        Outbound::Lifecycle {
+            join_ref,
+            topic,
+            event,
+            payload: Payload::Json(payload),
+        } => Ok(Frame::Text(json_array(
+            join_ref, join_ref, topic, event, payload,
+        ))),
+        // The binary server push has no ref slot: sent as a plain push.
+        Outbound::Lifecycle {
+            join_ref,
+            topic,
+            event,
+            payload: Payload::Binary(payload),
+        }
+        | Outbound::Push {
             join_ref,
             topic,
             event,
