@@ -20,11 +20,23 @@ const xhrRequest = (XHR, method, url, headers, body, timeout, ontimeout, callbac
   req.open(method, url, true)
   req.timeout = timeout
   for (const [name, value] of Object.entries(headers)) req.setRequestHeader(name, value)
-  req.onerror = () => callback(null)
-  req.onreadystatechange = () => {
-    if (req.readyState === XHR_DONE) callback(parseJSON(req.responseText))
+  // A failed request fires both readystatechange and error; report it once.
+  let settled = false
+  const settle = resp => {
+    if (settled) return
+    settled = true
+    callback(resp)
   }
-  if (ontimeout) req.ontimeout = ontimeout
+  req.onerror = () => settle(null)
+  req.onreadystatechange = () => {
+    if (req.readyState === XHR_DONE) settle(parseJSON(req.responseText))
+  }
+  if (ontimeout) {
+    req.ontimeout = () => {
+      settled = true
+      ontimeout()
+    }
+  }
   req.send(body)
   return req
 }

@@ -148,7 +148,9 @@ export class LongPoll {
   batchSend(messages, offset = 0) {
     this.awaitingBatchAck = true
     const chunk = messages.slice(offset, offset + MAX_LONGPOLL_BATCH)
-    const headers = this.headers({"Content-Type": "application/x-ndjson"})
+    // The auth token only matters when the session starts (the GET); POSTs
+    // are authorised by the session token, as with phoenix.
+    const headers = {"Content-Type": "application/x-ndjson"}
     this.ajax("POST", headers, chunk.join("\n"), () => this.ontimeout(), resp => {
       if (!resp || resp.status !== 200) {
         this.awaitingBatchAck = false
