@@ -118,3 +118,38 @@ test("without longPollFallbackMs a WebSocket error does not switch transports", 
   assert.equal(socket.transport, FakeWebSocket)
   assert.equal(http.requests.length, 0)
 })
+
+test("parity with phoenix: a failed health check falls back and the channel rejoins over long-poll", async () => {
+  const phoenix = await import("phoenix")
+  const run = SocketClass => {
+    const ws = fakeWebSocketClass()
+    const xhr = installFakeXHR()
+    try {
+      const socket = new SocketClass("ws://h/socket", {transport: ws, longPollFallbackMs: 2500, sessionStorage: memoryStorage()})
+      const channel = socket.channel("room:1")
+      const states = []
+      channel.join()
+      socket.connect()
+      ws.latest().serverOpen()
+      ws.latest().serverReply(ws.latest().frames().find(f => f[3] === "phx_join"), "ok", {})
+      states.push(channel.state)
+      mock.timers.tick(2500)
+      states.push(channel.state)
+      mock.timers.tick(0)
+      xhr.last("GET").respond({status: 410, token: "tok", messages: []})
+      mock.timers.tick(0)
+      states.push(channel.state)
+      return {
+        states,
+        ws: ws.instances.map(c => ({sent: c.frames(), closeCalls: c.closeCalls})),
+        http: xhr.requests.map(r => [r.method, r.url, r.body ?? null]),
+      }
+    } finally {
+      xhr.uninstall()
+    }
+  }
+  const theirs = run(phoenix.Socket)
+  mock.timers.reset()
+  mock.timers.enable({apis: ["setTimeout", "Date"]})
+  assert.deepEqual(run(Socket), theirs)
+})
