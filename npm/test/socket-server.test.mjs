@@ -1,0 +1,145 @@
+// Socket/Channel against a real `rollcall` server process on 127.0.0.1, with
+// the `ws` package as the WebSocket (Node 20 has no global one) and, for one
+// test, LongPoll over fetch. Skipped, with the reason, while the server binary
+// has not been built (cargo build -p rollcall-server); ROLLCALL_BIN overrides
+// where it is looked for.
+import {after, before, describe, test} from "node:test"
+import assert from "node:assert/strict"
+import {spawn} from "node:child_process"
+import fs from "node:fs"
+import path from "node:path"
+import {fileURLToPath} from "node:url"
+import WebSocket from "ws"
+import {Socket} from "../src/socket.mjs"
+import {LongPoll} from "../src/longpoll.mjs"
+
+const pkgDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
+const bin = process.env.ROLLCALL_BIN || path.resolve(pkgDir, "../target/debug/rollcall")
+const skip = !fs.existsSync(bin) && `rollcall server binary not built at ${bin} (cargo build -p rollcall-server)`
+const DEADLINE_MS = 10000
+
+let server
+let baseUrl
+
+// Starts `rollcall serve --port 0` and resolves with the address it prints.
+const startServer = () =>
+  new Promise((resolve, reject) => {
+    const child = spawn(bin, ["serve", "--host", "127.0.0.1", "--port", "0"], {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: {...process.env, RUST_LOG: "info", NO_COLOR: "1"},
+    })
+    let output = ""
+    const timer = setTimeout(() => reject(new Error(`server did not report its address in time:\n${output}`)), 20000)
+    const onData = chunk => {
+      output += chunk
+      const match = output.match(/http:\/\/(127\.0\.0\.1:\d+)/)
+      if (match) {
+        clearTimeout(timer)
+        resolve({child, address: match[1]})
+      }
+    }
+    child.stdout.on("data", onData)
+    child.stderr.on("data", onData)
+    child.on("exit", code => {
+      clearTimeout(timer)
+      reject(new Error(`server exited with ${code}:\n${output}`))
+    })
+  })
+
+// Resolves with [status, response] of a push's first reply, or rejects after the deadline.
+const replyOf = push =>
+  new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("no reply before the deadline")), DEADLINE_MS)
+    for (const status of ["ok", "error", "timeout"]) {
+      push.receive(status, response => {
+        clearTimeout(timer)
+        resolve([status, response])
+      })
+    }
+  })
+
+const connected = socket =>
+  new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("socket did not open before the deadline")), DEADLINE_MS)
+    socket.onOpen(() => {
+      clearTimeout(timer)
+      resolve()
+    })
+    socket.connect()
+  })
+
+describe("against a real rollcall server", {skip}, () => {
+  before(async () => {
+    const started = await startServer()
+    server = started.child
+    baseUrl = `ws://${started.address}/socket`
+  })
+  after(() => {
+    if (server) {
+      server.removeAllListeners("exit")
+      server.kill()
+    }
+  })
+
+  test("joining a room gets an ok reply over a WebSocket", async () => {
+    const socket = new Socket(baseUrl, {transport: WebSocket})
+    try {
+      await connected(socket)
+      const channel = socket.channel("room:lobby", {user: "ana"})
+      const [status] = await replyOf(channel.join(DEADLINE_MS))
+      assert.equal(status, "ok")
+      assert.equal(channel.state, "joined")
+    } finally {
+      socket.disconnect()
+    }
+  })
+
+  test("a heartbeat is answered (ping round trip)", async () => {
+    const socket = new Socket(baseUrl, {transport: WebSocket})
+    try {
+      await connected(socket)
+      const rtt = await new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error("no heartbeat reply before the deadline")), DEADLINE_MS)
+        assert.equal(
+          socket.ping(ms => {
+            clearTimeout(timer)
+            resolve(ms)
+          }),
+          true,
+        )
+      })
+      assert.equal(typeof rtt, "number")
+      assert.equal(socket.pendingHeartbeatRef, null)
+    } finally {
+      socket.disconnect()
+    }
+  })
+
+  test("a binary push is read by the server and answered with its ref", async () => {
+    const socket = new Socket(baseUrl, {transport: WebSocket})
+    try {
+      await connected(socket)
+      const channel = socket.channel("room:bin", {user: "bo"})
+      assert.equal((await replyOf(channel.join(DEADLINE_MS)))[0], "ok")
+      const [status] = await replyOf(channel.push("blob", new Uint8Array([1, 2, 3, 250]).buffer, DEADLINE_MS))
+      assert.notEqual(status, "timeout")
+      // The connection is still healthy after the binary frame.
+      assert.equal(socket.isConnected(), true)
+      assert.equal((await replyOf(channel.push("text", {n: 1}, DEADLINE_MS)))[0] !== "timeout", true)
+    } finally {
+      socket.disconnect()
+    }
+  })
+
+  test("joining a room works over the LongPoll transport", async () => {
+    const socket = new Socket(baseUrl, {transport: LongPoll})
+    try {
+      await connected(socket)
+      const channel = socket.channel("room:lp", {user: "cy"})
+      const [status] = await replyOf(channel.join(DEADLINE_MS))
+      assert.equal(status, "ok")
+    } finally {
+      socket.disconnect()
+    }
+  })
+})
