@@ -16,7 +16,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::delta::{Answer, Generations};
-use super::diff::Diff;
+use super::diff::{Diff, DiffBuilder};
 use super::message::{Clock, ReplicationMessage, StatePayload};
 use super::meta::{Meta, PhxRef, Presence};
 use super::replica::{ReplicaEvent, ReplicaId, ReplicaStatus};
@@ -157,10 +157,29 @@ pub struct Outgoing {
 pub struct Output {
     /// Messages to send, in order.
     pub messages: Vec<Outgoing>,
-    /// Presence changes to report to local subscribers.
+    /// Presence changes to report to local subscribers: the net effect of the whole call (a
+    /// presence shown and hidden again within it appears in neither list).
     pub diff: Diff,
     /// Peer replicas that came up, went down or were forgotten, in order.
     pub events: Vec<ReplicaEvent>,
+}
+
+/// An [`Output`] under construction.
+#[derive(Default)]
+struct Pending {
+    messages: Vec<Outgoing>,
+    diff: DiffBuilder,
+    events: Vec<ReplicaEvent>,
+}
+
+impl Pending {
+    fn finish(self) -> Output {
+        Output {
+            messages: self.messages,
+            diff: self.diff.finish(),
+            events: self.events,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -305,20 +324,20 @@ impl Shard {
 
     /// One heartbeat period elapsed.
     pub fn tick(&mut self, now_ms: u64) -> Output {
-        let mut out = Output::default();
+        let mut out = Pending::default();
         if self.stopped {
-            return out;
+            return out.finish();
         }
         self.broadcast_heartbeat(&mut out);
         self.sample_clocks(&mut out);
         self.detect_downs(now_ms, &mut out);
-        out
+        out.finish()
     }
 
-    fn broadcast_heartbeat(&mut self, out: &mut Output) {
+    fn broadcast_heartbeat(&mut self, out: &mut Pending) {
         let delta = if self.state.has_delta() {
             let delta = self.state.take_delta_raw();
-            let payload = self.state.delta_payload(&delta, |_| true, None);
+            let payload = self.state.delta_payload(&delta, |_| true);
             let seed = self.state.context_of(ME).unwrap_or(0);
             self.generations.push(&delta, || fresh_delta(seed));
             Some(payload)
@@ -341,7 +360,7 @@ impl Shard {
 
     /// Asks for a transfer from every peer whose clock is ahead of ours somewhere, unless another
     /// such peer's clock covers it (then that one alone is asked).
-    fn sample_clocks(&mut self, out: &mut Output) {
+    fn sample_clocks(&mut self, out: &mut Pending) {
         if self.sample_countdown > 1 {
             self.sample_countdown -= 1;
             return;
@@ -386,7 +405,7 @@ impl Shard {
         }
     }
 
-    fn detect_downs(&mut self, now_ms: u64, out: &mut Output) {
+    fn detect_downs(&mut self, now_ms: u64, out: &mut Pending) {
         let peers: Vec<Peer> = self.peers.values().cloned().collect();
         for peer in peers {
             let silence = now_ms.saturating_sub(peer.last_heard_ms);
@@ -401,28 +420,25 @@ impl Shard {
         }
     }
 
-    fn up(&mut self, id: &ReplicaId, out: &mut Output) {
+    fn up(&mut self, id: &ReplicaId, out: &mut Pending) {
         out.events.push(ReplicaEvent::Up(id.clone()));
-        let diff = self.state.replica_up(id);
-        out.diff.extend(diff);
+        self.state.replica_up_into(id, &mut out.diff);
     }
 
-    fn down(&mut self, id: &ReplicaId, out: &mut Output) {
+    fn down(&mut self, id: &ReplicaId, out: &mut Pending) {
         if let Some(p) = self.peers.get_mut(&id.node).filter(|p| p.id == *id) {
             p.status = ReplicaStatus::Down;
         }
         out.events.push(ReplicaEvent::Down(id.clone()));
-        let diff = self.state.replica_down(id);
-        out.diff.extend(diff);
+        self.state.replica_down_into(id, &mut out.diff);
     }
 
-    fn permdown(&mut self, id: &ReplicaId, out: &mut Output) {
+    fn permdown(&mut self, id: &ReplicaId, out: &mut Pending) {
         out.events.push(ReplicaEvent::Permdown(id.clone()));
         if let Some(r) = self.state.known(id) {
             self.generations.forget_replica(r);
         }
-        let diff = self.state.remove_down_replicas(id);
-        out.diff.extend(diff);
+        self.state.remove_down_replicas_into(id, &mut out.diff);
         if self.peers.get(&id.node).is_some_and(|p| p.id == *id) {
             self.peers.remove(&id.node);
         }
@@ -446,7 +462,7 @@ impl Shard {
             .is_none_or(|p| p.id.incarnation <= sender.incarnation)
     }
 
-    fn heard_from(&mut self, sender: &ReplicaId, now_ms: u64, out: &mut Output) {
+    fn heard_from(&mut self, sender: &ReplicaId, now_ms: u64, out: &mut Pending) {
         let previous = self.peers.get(&sender.node).cloned();
         match previous {
             None => {
@@ -501,14 +517,14 @@ impl Shard {
     /// Messages whose sender is not on `from`, from ourselves, or from a dead or superseded
     /// replica are ignored.
     pub fn receive(&mut self, from: &str, message: ReplicationMessage, now_ms: u64) -> Output {
-        let mut out = Output::default();
+        let mut out = Pending::default();
         let sender = message.sender().clone();
         if self.stopped
             || sender.node != from
             || !self.admissible(&sender)
             || message.validate().is_err()
         {
-            return out;
+            return out.finish();
         }
         match message {
             ReplicationMessage::Heartbeat { clock, delta, .. } => {
@@ -546,12 +562,11 @@ impl Shard {
                 self.retire(&sender);
             }
         }
-        out
+        out.finish()
     }
 
-    fn merge(&mut self, payload: &StatePayload, out: &mut Output) {
-        let diff = self.state.merge(payload);
-        out.diff.extend(diff);
+    fn merge(&mut self, payload: &StatePayload, out: &mut Pending) {
+        self.state.merge_into(payload, &mut out.diff);
         if payload.is_full() {
             // The state jumped; windows built before no longer describe recent history.
             self.generations.clear();
@@ -564,17 +579,15 @@ impl Shard {
     fn answer_transfer(&self, requester: &ReplicaId, clock: &Clock) -> StatePayload {
         let theirs = self.state.map_clock(clock);
         let ours = self.state.known_context();
-        let exclude = self.state.known(requester);
+        let known = |r: Rx| theirs.contains_key(&r);
+        // A delta answer keeps the requester's own elements: the requester pushes it into its
+        // generations, where a dot observed without its element would read as a removal.
         match self.generations.choose(&theirs, &ours) {
-            Answer::Generation(delta) => {
-                self.state
-                    .delta_payload(delta, |r| theirs.contains_key(&r), exclude)
+            Answer::Generation(delta) => self.state.delta_payload(delta, known),
+            Answer::UpToDate => {
+                let empty = fresh_delta(self.state.context_of(ME).unwrap_or(0));
+                self.state.delta_payload(&empty, known)
             }
-            Answer::UpToDate => self.state.delta_payload(
-                &fresh_delta(self.state.context_of(ME).unwrap_or(0)),
-                |r| theirs.contains_key(&r),
-                exclude,
-            ),
             Answer::Full => self.state.extract(requester, clock),
         }
     }

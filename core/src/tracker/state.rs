@@ -479,7 +479,7 @@ impl State {
     /// Hands out the pending delta (as sent in a heartbeat) and starts a new one.
     pub fn take_delta(&mut self) -> StatePayload {
         let delta = self.take_delta_raw();
-        self.delta_payload(&delta, |_| true, None)
+        self.delta_payload(&delta, |_| true)
     }
 
     /// Folds cloud dots that became contiguous into the context.
@@ -592,14 +592,9 @@ impl State {
         }
     }
 
-    /// Renders a delta for the wire, keeping only replicas `keep` accepts and leaving out the
-    /// elements of `exclude`.
-    pub(crate) fn delta_payload(
-        &self,
-        delta: &Delta,
-        keep: impl Fn(Rx) -> bool,
-        exclude: Option<Rx>,
-    ) -> StatePayload {
+    /// Renders a delta for the wire, keeping only replicas `keep` accepts (all of a replica or
+    /// nothing of it: a dot without its element would read as a removal).
+    pub(crate) fn delta_payload(&self, delta: &Delta, keep: impl Fn(Rx) -> bool) -> StatePayload {
         let mut b = PayloadBuilder::default();
         let mut range = Vec::new();
         for (r, (s, e)) in &delta.range {
@@ -615,7 +610,7 @@ impl State {
         }
         let mut values = Vec::with_capacity(delta.values.len());
         for (dot, el) in &delta.values {
-            if keep(dot.r) && Some(dot.r) != exclude {
+            if keep(dot.r) {
                 values.push(b.element(self, *dot, el));
             }
         }
@@ -669,6 +664,11 @@ impl State {
     /// removed because of remote information (this replica is their only authority).
     pub fn merge(&mut self, p: &StatePayload) -> Diff {
         let mut diff = DiffBuilder::default();
+        self.merge_into(p, &mut diff);
+        diff.finish()
+    }
+
+    pub(crate) fn merge_into(&mut self, p: &StatePayload, diff: &mut DiffBuilder) {
         // Payload replica index -> local slot, for replicas we accept data of (never ourselves:
         // only we create our dots).
         let map: Vec<Option<Rx>> = p
@@ -725,7 +725,7 @@ impl State {
         removed.sort_unstable();
         removed.dedup();
         for dot in removed {
-            self.remove_value(dot, &mut diff);
+            self.remove_value(dot, diff);
             // Re-gossip the removal so peers that missed the original delta learn it from us.
             self.delta_note_removed(dot);
         }
@@ -746,7 +746,7 @@ impl State {
                 meta: v.meta.clone(),
                 prev: v.prev,
             };
-            self.insert_value(dot, el, &mut diff);
+            self.insert_value(dot, el, diff);
             self.slot_mut(r).cloud.insert(dot.c);
         }
 
@@ -767,36 +767,43 @@ impl State {
             slot.context = Some(slot.context.unwrap_or(0).max(c));
         }
         self.compact();
-        diff.finish()
     }
 
     /// Marks a replica up (learning it if new) and returns its stored presences as joins.
     pub fn replica_up(&mut self, replica: &ReplicaId) -> Diff {
-        let r = self.intern(replica);
         let mut diff = DiffBuilder::default();
+        self.replica_up_into(replica, &mut diff);
+        diff.finish()
+    }
+
+    pub(crate) fn replica_up_into(&mut self, replica: &ReplicaId, diff: &mut DiffBuilder) {
+        let r = self.intern(replica);
         if r == ME {
-            return diff.finish();
+            return;
         }
         let slot = self.slot_mut(r);
         let was_visible = slot.up && slot.context.is_some();
         slot.context.get_or_insert(0);
         slot.up = true;
         if !was_visible {
-            self.report_replica(r, true, &mut diff);
+            self.report_replica(r, true, diff);
         }
-        diff.finish()
     }
 
     /// Marks a replica down: its presences are hidden (returned as leaves) but kept.
     pub fn replica_down(&mut self, replica: &ReplicaId) -> Diff {
         let mut diff = DiffBuilder::default();
+        self.replica_down_into(replica, &mut diff);
+        diff.finish()
+    }
+
+    pub(crate) fn replica_down_into(&mut self, replica: &ReplicaId, diff: &mut DiffBuilder) {
         if let Some(r) = self.known(replica).filter(|r| *r != ME) {
             if self.visible(r) {
-                self.report_replica(r, false, &mut diff);
+                self.report_replica(r, false, diff);
                 self.slot_mut(r).up = false;
             }
         }
-        diff.finish()
     }
 
     fn report_replica(&self, r: Rx, join: bool, diff: &mut DiffBuilder) {
@@ -812,19 +819,27 @@ impl State {
     /// [`replica_up`](Self::replica_up).
     pub fn remove_down_replicas(&mut self, replica: &ReplicaId) -> Diff {
         let mut diff = DiffBuilder::default();
+        self.remove_down_replicas_into(replica, &mut diff);
+        diff.finish()
+    }
+
+    pub(crate) fn remove_down_replicas_into(
+        &mut self,
+        replica: &ReplicaId,
+        diff: &mut DiffBuilder,
+    ) {
         let Some(r) = self.by_id.get(replica).copied().filter(|r| *r != ME) else {
-            return diff.finish();
+            return;
         };
         let dots: Vec<Dot> = self.values.keys().filter(|d| d.r == r).copied().collect();
         for dot in dots {
-            self.remove_value(dot, &mut diff);
+            self.remove_value(dot, diff);
         }
         let slot = self.slot_mut(r);
         slot.context = None;
         slot.cloud.clear();
         slot.up = false;
         self.delta.forget_replica(r);
-        diff.finish()
     }
 
     /// Presences in `topic` as `(key, presence)`, ordered by key then `phx_ref`; presences of down
