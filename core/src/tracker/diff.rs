@@ -1,5 +1,6 @@
 //! [`Diff`]: the joins and leaves a change produced, per topic, in a deterministic order.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -62,17 +63,35 @@ impl Diff {
     }
 }
 
+/// The first 16 bytes of a key as a big-endian integer, zero-padded: comparing prefixes, then
+/// keys, orders exactly like comparing keys, but mostly without a `memcmp`.
+pub(crate) fn key_prefix(key: &str) -> u128 {
+    let mut bytes = [0u8; 16];
+    let b = key.as_bytes();
+    let n = b.len().min(16);
+    bytes[..n].copy_from_slice(&b[..n]);
+    u128::from_be_bytes(bytes)
+}
+
+fn by_key_then_ref(a: &(Arc<str>, Presence), b: &(Arc<str>, Presence)) -> Ordering {
+    key_prefix(&a.0)
+        .cmp(&key_prefix(&b.0))
+        .then_with(|| a.0.cmp(&b.0))
+        .then_with(|| a.1.phx_ref.cmp(&b.1.phx_ref))
+}
+
 pub(crate) struct Change {
+    dot: Dot,
     join: bool,
     topic: Arc<str>,
     key: Arc<str>,
     presence: Presence,
 }
 
-/// Collects changes keyed by dot; a join and a leave of the same dot cancel out.
+/// Collects changes in order; at the end a join and a leave of the same dot cancel out.
 #[derive(Default)]
 pub(crate) struct DiffBuilder {
-    changes: FxHashMap<Dot, Change>,
+    changes: Vec<Change>,
 }
 
 impl DiffBuilder {
@@ -84,39 +103,61 @@ impl DiffBuilder {
         key: &Arc<str>,
         presence: Presence,
     ) {
-        use std::collections::hash_map::Entry;
-        match self.changes.entry(dot) {
-            Entry::Occupied(e) => {
-                if e.get().join != join {
-                    e.remove();
-                }
-            }
-            Entry::Vacant(e) => {
-                e.insert(Change {
-                    join,
-                    topic: topic.clone(),
-                    key: key.clone(),
-                    presence,
-                });
-            }
-        }
+        self.changes.push(Change {
+            dot,
+            join,
+            topic: topic.clone(),
+            key: key.clone(),
+            presence,
+        });
     }
 
-    pub(crate) fn finish(self) -> Diff {
-        let mut topics: BTreeMap<Arc<str>, TopicDiff> = BTreeMap::new();
-        for (_, c) in self.changes {
-            let t = topics.entry(c.topic).or_default();
-            if c.join {
-                t.joins.push((c.key, c.presence));
-            } else {
-                t.leaves.push((c.key, c.presence));
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.changes.reserve(additional);
+    }
+
+    pub(crate) fn finish(mut self) -> Diff {
+        // Changes of one dot alternate (shown, hidden, shown…): an even run cancels out, an odd
+        // run nets to its last change. A stable sort keeps each run in recording order.
+        self.changes.sort_by_key(|c| c.dot);
+        // Group by topic allocation first (topics are interned), by name only at the end.
+        let mut groups: Vec<(Arc<str>, TopicDiff)> = Vec::new();
+        let mut group_of: FxHashMap<usize, usize> = FxHashMap::default();
+        let mut emit = |c: Change| {
+            let ptr = Arc::as_ptr(&c.topic) as *const u8 as usize;
+            let i = *group_of.entry(ptr).or_insert_with(|| {
+                groups.push((c.topic.clone(), TopicDiff::default()));
+                groups.len() - 1
+            });
+            if let Some((_, t)) = groups.get_mut(i) {
+                if c.join {
+                    t.joins.push((c.key, c.presence));
+                } else {
+                    t.leaves.push((c.key, c.presence));
+                }
             }
+        };
+        let mut changes = self.changes.into_iter().peekable();
+        let mut run_len = 0usize;
+        while let Some(c) = changes.next() {
+            run_len += 1;
+            if changes.peek().is_some_and(|next| next.dot == c.dot) {
+                continue;
+            }
+            if run_len % 2 == 1 {
+                emit(c);
+            }
+            run_len = 0;
+        }
+        let mut topics: BTreeMap<Arc<str>, TopicDiff> = BTreeMap::new();
+        for (topic, t) in groups {
+            let entry = topics.entry(topic).or_default();
+            entry.joins.extend(t.joins);
+            entry.leaves.extend(t.leaves);
         }
         for t in topics.values_mut() {
-            t.joins
-                .sort_by(|a, b| (&a.0, a.1.phx_ref).cmp(&(&b.0, b.1.phx_ref)));
-            t.leaves
-                .sort_by(|a, b| (&a.0, a.1.phx_ref).cmp(&(&b.0, b.1.phx_ref)));
+            t.joins.sort_by(by_key_then_ref);
+            t.leaves.sort_by(by_key_then_ref);
         }
         Diff { topics }
     }

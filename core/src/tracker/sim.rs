@@ -68,6 +68,10 @@ pub struct Stats {
     pub restarts: usize,
     /// Presences listed at the end.
     pub final_presences: usize,
+    /// Transfer answers carrying a cached delta generation.
+    pub delta_transfers: usize,
+    /// Transfer answers carrying the full state.
+    pub full_transfers: usize,
 }
 
 const STEP_MS: u64 = 10;
@@ -249,7 +253,20 @@ impl World {
             let Some(node) = self.nodes[to].as_mut() else {
                 continue;
             };
-            let kind = format!("{:?}", std::mem::discriminant(&message));
+            let kind = match &message {
+                super::ReplicationMessage::Heartbeat { .. } => "heartbeat",
+                super::ReplicationMessage::TransferRequest { .. } => "transfer request",
+                super::ReplicationMessage::TransferAck { payload, .. } => {
+                    if payload.is_full() {
+                        self.stats.full_transfers += 1;
+                        "full transfer"
+                    } else {
+                        self.stats.delta_transfers += 1;
+                        "delta transfer"
+                    }
+                }
+                super::ReplicationMessage::GracefulPermdown { .. } => "graceful permdown",
+            };
             let output = node.shard.receive(&m.from, message, now);
             self.stats.delivered += 1;
             if !output.events.is_empty() {
@@ -550,6 +567,8 @@ mod tests {
                     total.stops += stats.stops;
                     total.restarts += stats.restarts;
                     total.final_presences += stats.final_presences;
+                    total.delta_transfers += stats.delta_transfers;
+                    total.full_transfers += stats.full_transfers;
                 }
                 Err(_) => {
                     let detail = run(*seed, true).err().unwrap_or_default();
