@@ -1,0 +1,110 @@
+//! Tracker CRDT benchmarks, shaped like the Phoenix.Tracker.State reference measurements:
+//! build two replicas of 100,000 presences, extract one, merge it into the other, merge again
+//! (idempotent), list a 1,000-member topic, 1,000 joins into one topic, replica_down of 100,000.
+//!
+//! Run: `cargo bench -p rollcall-core --bench tracker`
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use rollcall_core::tracker::{Meta, ReplicaId, State};
+
+const N: usize = 100_000;
+const TOPICS: usize = 100;
+
+struct Input {
+    topics: Vec<String>,
+    keys: Vec<String>,
+    meta: Meta,
+}
+
+fn input() -> Input {
+    Input {
+        topics: (0..TOPICS).map(|t| format!("room:{t}")).collect(),
+        keys: (0..N).map(|i| format!("user:{i}")).collect(),
+        meta: Meta::new(r#"{"status":"online","device":"web"}"#).unwrap_or_else(|_| Meta::empty()),
+    }
+}
+
+/// A replica of `N` presences (`N` connections spread over `TOPICS` topics) that knows `peer`.
+fn build(node: &str, peer: &str, input: &Input) -> State {
+    let mut s = State::new(ReplicaId::new(node, 1));
+    s.replica_up(&ReplicaId::new(peer, 1));
+    for (i, key) in input.keys.iter().enumerate() {
+        let topic = &input.topics[i % TOPICS];
+        let _ = s.join(i as u64, topic, key, input.meta.clone());
+    }
+    s
+}
+
+fn benches(c: &mut Criterion) {
+    let input = input();
+    let mut g = c.benchmark_group("tracker");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+
+    g.bench_function("build 100k", |b| {
+        b.iter(|| black_box(build("a", "b", &input)))
+    });
+
+    let a = build("a", "b", &input);
+    let b_state = build("b", "a", &input);
+    g.bench_function("extract 100k", |b| {
+        b.iter(|| black_box(a.extract(b_state.replica(), &b_state.clock())))
+    });
+
+    let payload = a.extract(b_state.replica(), &b_state.clock());
+    g.bench_function("merge 100k into 100k", |b| {
+        b.iter_batched(
+            || b_state.clone(),
+            |mut s| {
+                let diff = s.merge(&payload);
+                (s, diff)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+
+    let mut merged = b_state.clone();
+    merged.merge(&payload);
+    g.bench_function("idempotent re-merge 100k", |b| {
+        b.iter(|| black_box(merged.merge(&payload)))
+    });
+
+    g.bench_function("1,000 joins into one topic", |b| {
+        b.iter_with_large_drop(|| {
+            let mut s = State::new(ReplicaId::new("c", 1));
+            for (i, key) in input.keys.iter().take(1_000).enumerate() {
+                let _ = s.join(i as u64, "room:big", key, input.meta.clone());
+            }
+            s
+        })
+    });
+
+    let mut big = State::new(ReplicaId::new("c", 1));
+    for (i, key) in input.keys.iter().take(1_000).enumerate() {
+        let _ = big.join(i as u64, "room:big", key, input.meta.clone());
+    }
+    g.bench_function("list a 1,000-member topic", |b| {
+        b.iter(|| black_box(big.list("room:big")))
+    });
+
+    g.bench_function("replica_down of 100k", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                black_box(merged.replica_down(a.replica()));
+                total += start.elapsed();
+                merged.replica_up(a.replica());
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(tracker, benches);
+criterion_main!(tracker);

@@ -1,1 +1,0 @@
-//! The replicated presence tracker (delta-state CRDT and shard state machine).

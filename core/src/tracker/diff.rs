@@ -1,0 +1,164 @@
+//! [`Diff`]: the joins and leaves a change produced, per topic, in a deterministic order.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::meta::Presence;
+use super::replica::FxHashMap;
+use super::state::Dot;
+
+/// The presence changes of one operation, grouped by topic.
+///
+/// Topics are in byte order; inside a topic, joins and leaves are ordered by key and then by
+/// `phx_ref`, so every node renders the same diff for the same change. A diff is *net*: a presence
+/// that both appeared and disappeared within one call is in neither list, so the joins and leaves
+/// of one diff can be applied in any order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    topics: BTreeMap<Arc<str>, TopicDiff>,
+}
+
+/// The joins and leaves of one topic.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TopicDiff {
+    /// Presences that became visible, as `(key, presence)`.
+    pub joins: Vec<(Arc<str>, Presence)>,
+    /// Presences that stopped being visible, as `(key, presence)`.
+    pub leaves: Vec<(Arc<str>, Presence)>,
+}
+
+impl Diff {
+    /// True if nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_empty()
+    }
+
+    /// The changes of one topic, if any.
+    pub fn topic(&self, topic: &str) -> Option<&TopicDiff> {
+        self.topics.get(topic)
+    }
+
+    /// Every changed topic with its changes, in topic order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &TopicDiff)> {
+        self.topics.iter()
+    }
+
+    /// Number of joins plus leaves over all topics.
+    pub fn len(&self) -> usize {
+        self.topics
+            .values()
+            .map(|t| t.joins.len() + t.leaves.len())
+            .sum()
+    }
+
+    /// Appends the changes of a later diff. The result is no longer guaranteed net (a join here and
+    /// the matching leave later both stay), so apply the parts in order.
+    pub fn extend(&mut self, later: Diff) {
+        for (topic, t) in later.topics {
+            let entry = self.topics.entry(topic).or_default();
+            entry.joins.extend(t.joins);
+            entry.leaves.extend(t.leaves);
+        }
+    }
+}
+
+/// The first 16 bytes of a key as a big-endian integer, zero-padded: comparing prefixes, then
+/// keys, orders exactly like comparing keys, but mostly without a `memcmp`.
+pub(crate) fn key_prefix(key: &str) -> u128 {
+    let mut bytes = [0u8; 16];
+    let b = key.as_bytes();
+    let n = b.len().min(16);
+    bytes[..n].copy_from_slice(&b[..n]);
+    u128::from_be_bytes(bytes)
+}
+
+fn by_key_then_ref(a: &(Arc<str>, Presence), b: &(Arc<str>, Presence)) -> Ordering {
+    key_prefix(&a.0)
+        .cmp(&key_prefix(&b.0))
+        .then_with(|| a.0.cmp(&b.0))
+        .then_with(|| a.1.phx_ref.cmp(&b.1.phx_ref))
+}
+
+pub(crate) struct Change {
+    dot: Dot,
+    join: bool,
+    topic: Arc<str>,
+    key: Arc<str>,
+    presence: Presence,
+}
+
+/// Collects changes in order; at the end a join and a leave of the same dot cancel out.
+#[derive(Default)]
+pub(crate) struct DiffBuilder {
+    changes: Vec<Change>,
+}
+
+impl DiffBuilder {
+    pub(crate) fn record(
+        &mut self,
+        dot: Dot,
+        join: bool,
+        topic: &Arc<str>,
+        key: &Arc<str>,
+        presence: Presence,
+    ) {
+        self.changes.push(Change {
+            dot,
+            join,
+            topic: topic.clone(),
+            key: key.clone(),
+            presence,
+        });
+    }
+
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.changes.reserve(additional);
+    }
+
+    pub(crate) fn finish(mut self) -> Diff {
+        // Changes of one dot alternate (shown, hidden, shown…): an even run cancels out, an odd
+        // run nets to its last change. A stable sort keeps each run in recording order.
+        self.changes.sort_by_key(|c| c.dot);
+        // Group by topic allocation first (topics are interned), by name only at the end.
+        let mut groups: Vec<(Arc<str>, TopicDiff)> = Vec::new();
+        let mut group_of: FxHashMap<usize, usize> = FxHashMap::default();
+        let mut emit = |c: Change| {
+            let ptr = Arc::as_ptr(&c.topic) as *const u8 as usize;
+            let i = *group_of.entry(ptr).or_insert_with(|| {
+                groups.push((c.topic.clone(), TopicDiff::default()));
+                groups.len() - 1
+            });
+            if let Some((_, t)) = groups.get_mut(i) {
+                if c.join {
+                    t.joins.push((c.key, c.presence));
+                } else {
+                    t.leaves.push((c.key, c.presence));
+                }
+            }
+        };
+        let mut changes = self.changes.into_iter().peekable();
+        let mut run_len = 0usize;
+        while let Some(c) = changes.next() {
+            run_len += 1;
+            if changes.peek().is_some_and(|next| next.dot == c.dot) {
+                continue;
+            }
+            if run_len % 2 == 1 {
+                emit(c);
+            }
+            run_len = 0;
+        }
+        let mut topics: BTreeMap<Arc<str>, TopicDiff> = BTreeMap::new();
+        for (topic, t) in groups {
+            let entry = topics.entry(topic).or_default();
+            entry.joins.extend(t.joins);
+            entry.leaves.extend(t.leaves);
+        }
+        for t in topics.values_mut() {
+            t.joins.sort_by(by_key_then_ref);
+            t.leaves.sort_by(by_key_then_ref);
+        }
+        Diff { topics }
+    }
+}

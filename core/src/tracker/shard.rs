@@ -1,0 +1,598 @@
+//! [`Shard`]: the replication state machine around one [`State`], without timers or I/O.
+//!
+//! The caller drives it: [`Shard::tick`] every `broadcast_period_ms`, [`Shard::receive`] for every
+//! message from a peer, and the local operations for its own connections. Each returns the
+//! messages to send and the presence [`Diff`] to report locally (diffs never cross nodes: every
+//! node computes its own from its own replica).
+//!
+//! Each tick, in order: broadcast the pending delta (or an empty heartbeat after
+//! `max_silent_periods` quiet ticks); every `clock_sample_periods` ticks, ask for a transfer from
+//! the peers whose heartbeat clocks showed something we lack (only the dominant one when one peer
+//! is ahead of the others); mark peers silent for `down_period_ms` down and those silent for
+//! `permdown_period_ms` permdown.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use super::delta::{Answer, Generations};
+use super::diff::{Diff, DiffBuilder};
+use super::message::{Clock, ReplicationMessage, StatePayload};
+use super::meta::{Meta, PhxRef, Presence};
+use super::replica::{ReplicaEvent, ReplicaId, ReplicaStatus};
+use super::state::{AlreadyTracked, Delta, NoPresence, Rx, State, ME};
+
+/// Timing and sizing of a shard. All periods are in milliseconds. The defaults are Phoenix's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardConfig {
+    /// Interval between ticks (heartbeats). Default 1 500.
+    pub broadcast_period_ms: u64,
+    /// Quiet ticks before an empty heartbeat is sent anyway. Default 10.
+    pub max_silent_periods: u32,
+    /// Silence after which a peer is marked down (its presences hidden). Default 30 000; must be at
+    /// least twice `broadcast_period_ms`.
+    pub down_period_ms: u64,
+    /// Silence after which a peer is forgotten (its presences purged). Default 1 200 000 (20 min);
+    /// must be greater than `down_period_ms`.
+    pub permdown_period_ms: u64,
+    /// Ticks between evaluations of which peers to ask for a transfer. Default 2.
+    pub clock_sample_periods: u32,
+    /// Caps of the cached delta generations, smallest first. Default `[100, 1000, 10000]`; empty
+    /// means transfers always send the full state.
+    pub max_delta_sizes: Vec<usize>,
+}
+
+impl Default for ShardConfig {
+    fn default() -> ShardConfig {
+        ShardConfig {
+            broadcast_period_ms: 1_500,
+            max_silent_periods: 10,
+            down_period_ms: 30_000,
+            permdown_period_ms: 1_200_000,
+            clock_sample_periods: 2,
+            max_delta_sizes: vec![100, 1_000, 10_000],
+        }
+    }
+}
+
+/// A [`ShardConfig`] that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `broadcast_period_ms` is zero.
+    ZeroBroadcastPeriod,
+    /// `down_period_ms` is less than twice `broadcast_period_ms`: a peer would be marked down
+    /// between two of its heartbeats.
+    DownPeriodTooShort {
+        /// The configured down period.
+        down_period_ms: u64,
+        /// The configured broadcast period.
+        broadcast_period_ms: u64,
+    },
+    /// `permdown_period_ms` is not greater than `down_period_ms`.
+    PermdownPeriodTooShort {
+        /// The configured permdown period.
+        permdown_period_ms: u64,
+        /// The configured down period.
+        down_period_ms: u64,
+    },
+    /// `clock_sample_periods` is zero.
+    ZeroClockSamplePeriods,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::ZeroBroadcastPeriod => write!(f, "broadcast_period must be positive"),
+            ConfigError::DownPeriodTooShort {
+                down_period_ms,
+                broadcast_period_ms,
+            } => write!(
+                f,
+                "down_period must be at least twice as large as the broadcast_period \
+                 (down_period {down_period_ms} ms, broadcast_period {broadcast_period_ms} ms)"
+            ),
+            ConfigError::PermdownPeriodTooShort {
+                permdown_period_ms,
+                down_period_ms,
+            } => write!(
+                f,
+                "permdown_period must be at least larger than the down_period \
+                 (permdown_period {permdown_period_ms} ms, down_period {down_period_ms} ms)"
+            ),
+            ConfigError::ZeroClockSamplePeriods => {
+                write!(f, "clock_sample_periods must be at least 1")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ShardConfig {
+    /// Checks the rules Phoenix enforces at start (plus positivity).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.broadcast_period_ms == 0 {
+            return Err(ConfigError::ZeroBroadcastPeriod);
+        }
+        if self.down_period_ms < self.broadcast_period_ms.saturating_mul(2) {
+            return Err(ConfigError::DownPeriodTooShort {
+                down_period_ms: self.down_period_ms,
+                broadcast_period_ms: self.broadcast_period_ms,
+            });
+        }
+        if self.permdown_period_ms <= self.down_period_ms {
+            return Err(ConfigError::PermdownPeriodTooShort {
+                permdown_period_ms: self.permdown_period_ms,
+                down_period_ms: self.down_period_ms,
+            });
+        }
+        if self.clock_sample_periods == 0 {
+            return Err(ConfigError::ZeroClockSamplePeriods);
+        }
+        Ok(())
+    }
+}
+
+/// Where an outgoing message goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// To the same-named shard on every other node.
+    Broadcast,
+    /// To the shard of this one replica (by node name; drop it if that node now runs a newer
+    /// incarnation — the shard would ignore it anyway).
+    Replica(ReplicaId),
+}
+
+/// A message to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Where to.
+    pub to: Destination,
+    /// What.
+    pub message: ReplicationMessage,
+}
+
+/// What one [`Shard::tick`] or [`Shard::receive`] produced.
+#[derive(Clone, Debug, Default)]
+pub struct Output {
+    /// Messages to send, in order.
+    pub messages: Vec<Outgoing>,
+    /// Presence changes to report to local subscribers: the net effect of the whole call (a
+    /// presence shown and hidden again within it appears in neither list).
+    pub diff: Diff,
+    /// Peer replicas that came up, went down or were forgotten, in order.
+    pub events: Vec<ReplicaEvent>,
+}
+
+/// An [`Output`] under construction.
+#[derive(Default)]
+struct Pending {
+    messages: Vec<Outgoing>,
+    diff: DiffBuilder,
+    events: Vec<ReplicaEvent>,
+}
+
+impl Pending {
+    fn finish(self) -> Output {
+        Output {
+            messages: self.messages,
+            diff: self.diff.finish(),
+            events: self.events,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Peer {
+    id: ReplicaId,
+    last_heard_ms: u64,
+    status: ReplicaStatus,
+}
+
+/// One tracker shard: a [`State`] plus replication with the same-named shard on other nodes.
+///
+/// A shard holds any number of topics; running one per topic hash only spreads work.
+pub struct Shard {
+    config: ShardConfig,
+    state: State,
+    /// Peers by node name (one incarnation per node).
+    peers: BTreeMap<String, Peer>,
+    /// Per node, the highest incarnation known dead (replaced or gracefully gone): late messages
+    /// from it or older are ignored, so a delayed heartbeat cannot resurrect a dead replica.
+    retired: BTreeMap<String, u64>,
+    silent_periods: u32,
+    sample_countdown: u32,
+    /// Latest clock heard in a heartbeat since the last sample, per sender.
+    pending_clocks: BTreeMap<ReplicaId, Clock>,
+    generations: Generations,
+    next_request_id: u64,
+    stopped: bool,
+}
+
+impl Shard {
+    /// A new shard for replica `replica` (a fresh incarnation on every start). The first
+    /// [`tick`](Self::tick) sends an empty heartbeat so peers discover it at once; the caller may
+    /// delay that first tick by a random fraction of the broadcast period to de-synchronise nodes.
+    pub fn new(
+        replica: ReplicaId,
+        config: ShardConfig,
+        _now_ms: u64,
+    ) -> Result<Shard, ConfigError> {
+        config.validate()?;
+        Ok(Shard {
+            generations: Generations::new(config.max_delta_sizes.clone()),
+            silent_periods: config.max_silent_periods,
+            sample_countdown: config.clock_sample_periods,
+            config,
+            state: State::new(replica),
+            peers: BTreeMap::new(),
+            retired: BTreeMap::new(),
+            pending_clocks: BTreeMap::new(),
+            next_request_id: 1,
+            stopped: false,
+        })
+    }
+
+    /// This shard's replica id.
+    pub fn replica(&self) -> &ReplicaId {
+        self.state.replica()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ShardConfig {
+        &self.config
+    }
+
+    /// The CRDT state (read-only).
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// True after [`graceful_permdown`](Self::graceful_permdown).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Tracks local connection `conn` under `(topic, key)`. Returns the new presence's `phx_ref`
+    /// and the join to report. Refused if this connection already tracks this key in this topic.
+    pub fn track(
+        &mut self,
+        conn: u64,
+        topic: &str,
+        key: &str,
+        meta: Meta,
+    ) -> Result<(PhxRef, Diff), AlreadyTracked> {
+        self.state.join(conn, topic, key, meta)
+    }
+
+    /// Stops tracking one presence of `conn`; returns the leave (empty if there was none).
+    pub fn untrack(&mut self, conn: u64, topic: &str, key: &str) -> Diff {
+        self.state.leave(conn, topic, key)
+    }
+
+    /// Stops tracking every presence of `conn` (the connection closed).
+    pub fn untrack_connection(&mut self, conn: u64) -> Diff {
+        self.state.leave_connection(conn)
+    }
+
+    /// Replaces the meta of a presence of `conn`: returns the new `phx_ref` and a diff with the old
+    /// version as a leave and the new one (with `phx_ref_prev`) as a join.
+    pub fn update(
+        &mut self,
+        conn: u64,
+        topic: &str,
+        key: &str,
+        meta: Meta,
+    ) -> Result<(PhxRef, Diff), NoPresence> {
+        self.state.update(conn, topic, key, meta)
+    }
+
+    /// Visible presences of a topic, ordered by key then `phx_ref`.
+    pub fn list(&self, topic: &str) -> Vec<(Arc<str>, Presence)> {
+        self.state.list(topic)
+    }
+
+    /// Visible presences under one key.
+    pub fn get_by_key(&self, topic: &str, key: &str) -> Vec<Presence> {
+        self.state.get_by_key(topic, key)
+    }
+
+    /// Presences of one local connection as `(topic, key, presence)`.
+    pub fn get_by_conn(&self, conn: u64) -> Vec<(Arc<str>, Arc<str>, Presence)> {
+        self.state.get_by_conn(conn)
+    }
+
+    /// Known peers and their status, by replica id (for health endpoints).
+    pub fn replicas(&self) -> Vec<(ReplicaId, ReplicaStatus)> {
+        self.peers
+            .values()
+            .map(|p| (p.id.clone(), p.status))
+            .collect()
+    }
+
+    /// Announces a final shutdown: peers drop this replica's presences at once instead of after
+    /// `down_period_ms`. The shard is inert afterwards.
+    pub fn graceful_permdown(&mut self) -> Vec<Outgoing> {
+        self.stopped = true;
+        vec![Outgoing {
+            to: Destination::Broadcast,
+            message: ReplicationMessage::GracefulPermdown {
+                from: self.replica().clone(),
+            },
+        }]
+    }
+
+    /// One heartbeat period elapsed.
+    pub fn tick(&mut self, now_ms: u64) -> Output {
+        let mut out = Pending::default();
+        if self.stopped {
+            return out.finish();
+        }
+        self.broadcast_heartbeat(&mut out);
+        self.sample_clocks(&mut out);
+        self.detect_downs(now_ms, &mut out);
+        out.finish()
+    }
+
+    fn broadcast_heartbeat(&mut self, out: &mut Pending) {
+        let delta = if self.state.has_delta() {
+            let delta = self.state.take_delta_raw();
+            let payload = self.state.delta_payload(&delta, |_| true);
+            let seed = self.state.context_of(ME).unwrap_or(0);
+            self.generations.push(&delta, || fresh_delta(seed));
+            Some(payload)
+        } else if self.silent_periods >= self.config.max_silent_periods {
+            None
+        } else {
+            self.silent_periods += 1;
+            return;
+        };
+        self.silent_periods = 0;
+        out.messages.push(Outgoing {
+            to: Destination::Broadcast,
+            message: ReplicationMessage::Heartbeat {
+                from: self.replica().clone(),
+                clock: self.state.clock(),
+                delta,
+            },
+        });
+    }
+
+    /// Asks for a transfer from every peer whose clock is ahead of ours somewhere, unless another
+    /// such peer's clock covers it (then that one alone is asked).
+    fn sample_clocks(&mut self, out: &mut Pending) {
+        if self.sample_countdown > 1 {
+            self.sample_countdown -= 1;
+            return;
+        }
+        self.sample_countdown = self.config.clock_sample_periods;
+        let pending = std::mem::take(&mut self.pending_clocks);
+        let ours = self.state.local_clock();
+        let at = |c: &BTreeMap<Rx, u64>, r: &Rx| c.get(r).copied().unwrap_or(0);
+        let mut ahead: Vec<(ReplicaId, BTreeMap<Rx, u64>)> = Vec::new();
+        for (sender, clock) in pending {
+            let up = self
+                .peers
+                .get(&sender.node)
+                .is_some_and(|p| p.id == sender && p.status == ReplicaStatus::Up);
+            if !up {
+                continue;
+            }
+            let theirs = self.state.map_clock(&clock);
+            if ours.iter().any(|(r, mine)| at(&theirs, r) > *mine) {
+                ahead.push((sender, theirs));
+            }
+        }
+        let covers = |a: &BTreeMap<Rx, u64>, b: &BTreeMap<Rx, u64>| {
+            ours.keys().all(|r| at(a, r) >= at(b, r))
+        };
+        for (i, (sender, theirs)) in ahead.iter().enumerate() {
+            let redundant = ahead.iter().enumerate().any(|(j, (other, clock))| {
+                j != i && covers(clock, theirs) && (!covers(theirs, clock) || other < sender)
+            });
+            if !redundant {
+                let request_id = self.next_request_id;
+                self.next_request_id += 1;
+                out.messages.push(Outgoing {
+                    to: Destination::Replica(sender.clone()),
+                    message: ReplicationMessage::TransferRequest {
+                        from: self.replica().clone(),
+                        request_id,
+                        clock: self.state.clock(),
+                    },
+                });
+            }
+        }
+    }
+
+    fn detect_downs(&mut self, now_ms: u64, out: &mut Pending) {
+        let peers: Vec<Peer> = self.peers.values().cloned().collect();
+        for peer in peers {
+            let silence = now_ms.saturating_sub(peer.last_heard_ms);
+            if silence > self.config.permdown_period_ms {
+                if peer.status == ReplicaStatus::Up {
+                    self.down(&peer.id, out);
+                }
+                self.permdown(&peer.id, out);
+            } else if silence > self.config.down_period_ms && peer.status == ReplicaStatus::Up {
+                self.down(&peer.id, out);
+            }
+        }
+    }
+
+    fn up(&mut self, id: &ReplicaId, out: &mut Pending) {
+        out.events.push(ReplicaEvent::Up(id.clone()));
+        self.state.replica_up_into(id, &mut out.diff);
+    }
+
+    fn down(&mut self, id: &ReplicaId, out: &mut Pending) {
+        if let Some(p) = self.peers.get_mut(&id.node).filter(|p| p.id == *id) {
+            p.status = ReplicaStatus::Down;
+        }
+        out.events.push(ReplicaEvent::Down(id.clone()));
+        self.state.replica_down_into(id, &mut out.diff);
+    }
+
+    fn permdown(&mut self, id: &ReplicaId, out: &mut Pending) {
+        out.events.push(ReplicaEvent::Permdown(id.clone()));
+        if let Some(r) = self.state.known(id) {
+            self.generations.forget_replica(r);
+        }
+        self.state.remove_down_replicas_into(id, &mut out.diff);
+        if self.peers.get(&id.node).is_some_and(|p| p.id == *id) {
+            self.peers.remove(&id.node);
+        }
+        self.pending_clocks.remove(id);
+    }
+
+    /// False for messages from ourselves or from a replica known to be dead or superseded.
+    fn admissible(&self, sender: &ReplicaId) -> bool {
+        if sender.node == self.replica().node {
+            return false;
+        }
+        if self
+            .retired
+            .get(&sender.node)
+            .is_some_and(|dead| *dead >= sender.incarnation)
+        {
+            return false;
+        }
+        self.peers
+            .get(&sender.node)
+            .is_none_or(|p| p.id.incarnation <= sender.incarnation)
+    }
+
+    fn heard_from(&mut self, sender: &ReplicaId, now_ms: u64, out: &mut Pending) {
+        let previous = self.peers.get(&sender.node).cloned();
+        match previous {
+            None => {
+                self.peers.insert(
+                    sender.node.clone(),
+                    Peer {
+                        id: sender.clone(),
+                        last_heard_ms: now_ms,
+                        status: ReplicaStatus::Up,
+                    },
+                );
+                self.up(sender, out);
+            }
+            Some(p) if p.id == *sender => {
+                if let Some(peer) = self.peers.get_mut(&sender.node) {
+                    peer.last_heard_ms = now_ms;
+                    peer.status = ReplicaStatus::Up;
+                }
+                if p.status == ReplicaStatus::Down {
+                    self.up(sender, out);
+                }
+            }
+            Some(p) => {
+                // The node restarted: its previous incarnation is dead for good.
+                if p.status == ReplicaStatus::Up {
+                    self.down(&p.id, out);
+                }
+                self.permdown(&p.id, out);
+                self.retire(&p.id);
+                self.peers.insert(
+                    sender.node.clone(),
+                    Peer {
+                        id: sender.clone(),
+                        last_heard_ms: now_ms,
+                        status: ReplicaStatus::Up,
+                    },
+                );
+                self.up(sender, out);
+            }
+        }
+    }
+
+    fn retire(&mut self, id: &ReplicaId) {
+        let dead = self
+            .retired
+            .entry(id.node.clone())
+            .or_insert(id.incarnation);
+        *dead = (*dead).max(id.incarnation);
+    }
+
+    /// Handles one message from the peer on node `from` (the transport's idea of the sender).
+    /// Messages whose sender is not on `from`, from ourselves, or from a dead or superseded
+    /// replica are ignored.
+    pub fn receive(&mut self, from: &str, message: ReplicationMessage, now_ms: u64) -> Output {
+        let mut out = Pending::default();
+        let sender = message.sender().clone();
+        if self.stopped
+            || sender.node != from
+            || !self.admissible(&sender)
+            || message.validate().is_err()
+        {
+            return out.finish();
+        }
+        match message {
+            ReplicationMessage::Heartbeat { clock, delta, .. } => {
+                self.heard_from(&sender, now_ms, &mut out);
+                if let Some(delta) = delta {
+                    self.merge(&delta, &mut out);
+                }
+                self.pending_clocks.insert(sender, clock);
+            }
+            ReplicationMessage::TransferRequest {
+                request_id, clock, ..
+            } => {
+                let payload = self.answer_transfer(&sender, &clock);
+                out.messages.push(Outgoing {
+                    to: Destination::Replica(sender),
+                    message: ReplicationMessage::TransferAck {
+                        from: self.replica().clone(),
+                        request_id,
+                        payload,
+                    },
+                });
+            }
+            ReplicationMessage::TransferAck { payload, .. } => {
+                self.merge(&payload, &mut out);
+            }
+            ReplicationMessage::GracefulPermdown { .. } => {
+                if let Some(p) = self.peers.get(&sender.node).cloned() {
+                    if p.id.incarnation <= sender.incarnation {
+                        if p.status == ReplicaStatus::Up {
+                            self.down(&p.id, &mut out);
+                        }
+                        self.permdown(&p.id, &mut out);
+                    }
+                }
+                self.retire(&sender);
+            }
+        }
+        out.finish()
+    }
+
+    fn merge(&mut self, payload: &StatePayload, out: &mut Pending) {
+        self.state.merge_into(payload, &mut out.diff);
+        if payload.is_full() {
+            // The state jumped; windows built before no longer describe recent history.
+            self.generations.clear();
+        } else if let Some(delta) = self.state.payload_delta(payload) {
+            let seed = self.state.context_of(ME).unwrap_or(0);
+            self.generations.push(&delta, || fresh_delta(seed));
+        }
+    }
+
+    fn answer_transfer(&self, requester: &ReplicaId, clock: &Clock) -> StatePayload {
+        let theirs = self.state.map_clock(clock);
+        let ours = self.state.known_context();
+        let known = |r: Rx| theirs.contains_key(&r);
+        // A delta answer keeps the requester's own elements: the requester pushes it into its
+        // generations, where a dot observed without its element would read as a removal.
+        match self.generations.choose(&theirs, &ours) {
+            Answer::Generation(delta) => self.state.delta_payload(delta, known),
+            Answer::UpToDate => {
+                let empty = fresh_delta(self.state.context_of(ME).unwrap_or(0));
+                self.state.delta_payload(&empty, known)
+            }
+            Answer::Full => self.state.extract(requester, clock),
+        }
+    }
+}
+
+fn fresh_delta(counter: u64) -> Delta {
+    Delta::fresh(counter)
+}
