@@ -199,7 +199,10 @@ mod tests {
     fn relay_event_names_are_checked() {
         assert!(check_relay_event("new_msg").is_ok());
         assert!(check_relay_event("a:b.c-d_1").is_ok());
-        assert_eq!(check_relay_event("phx_join"), Err(PolicyError::ReservedEvent));
+        assert_eq!(
+            check_relay_event("phx_join"),
+            Err(PolicyError::ReservedEvent)
+        );
         assert_eq!(
             check_relay_event("presence_diff"),
             Err(PolicyError::ReservedEvent)

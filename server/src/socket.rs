@@ -138,7 +138,9 @@ where
     let mut deadline = Instant::now() + idle_timeout.unwrap_or(far_future);
     let reason = loop {
         if *shutdown.borrow() {
-            break machine.close(CLOSE_GOING_AWAY, "server shutting down").await;
+            break machine
+                .close(CLOSE_GOING_AWAY, "server shutting down")
+                .await;
         }
         tokio::select! {
             biased;
@@ -236,7 +238,12 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
         }
     }
 
-    async fn reply(&mut self, msg: &Message, status: &str, response: Value) -> Result<(), CloseReason> {
+    async fn reply(
+        &mut self,
+        msg: &Message,
+        status: &str,
+        response: Value,
+    ) -> Result<(), CloseReason> {
         self.send(Outbound::reply_to(msg, status, response)).await
     }
 
@@ -285,7 +292,8 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
                 let join_ref = channel.join_ref.clone();
                 self.channels.remove(&msg.topic);
                 self.ctx.tracker.leave(self.ctx.conn, &msg.topic);
-                self.channel_reply(&msg, join_ref.clone(), "ok", json!({})).await?;
+                self.channel_reply(&msg, join_ref.clone(), "ok", json!({}))
+                    .await?;
                 self.send_close(&msg.topic, join_ref).await
             }
             _ => {
@@ -303,7 +311,11 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
 
     /// `phx_close` carries the join_ref as both join_ref and ref, which `Outbound::Push` (always
     /// a null ref) cannot express, so it is written here.
-    async fn send_close(&mut self, topic: &str, join_ref: Option<String>) -> Result<(), CloseReason> {
+    async fn send_close(
+        &mut self,
+        topic: &str,
+        join_ref: Option<String>,
+    ) -> Result<(), CloseReason> {
         let jr = join_ref.map_or(Value::Null, Value::String);
         let text = match self.ctx.serializer {
             Serializer::V1Json => {
@@ -319,7 +331,11 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
 
     async fn join(&mut self, msg: Message) -> Result<(), CloseReason> {
         if !self.ctx.config.rooms.iter().any(|p| p.matches(&msg.topic)) {
-            tracing::debug!(conn = self.ctx.conn.0, topic = msg.topic, "join of unmatched topic");
+            tracing::debug!(
+                conn = self.ctx.conn.0,
+                topic = msg.topic,
+                "join of unmatched topic"
+            );
             return self.unmatched(&msg).await;
         }
         let old = self.channels.get(&msg.topic).map(|c| c.join_ref.clone());
@@ -329,7 +345,9 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
                 .await;
         }
         let parsed = match &msg.payload {
-            Payload::Json(payload) => channel::parse_room_join(payload, self.ctx.config.max_meta_size),
+            Payload::Json(payload) => {
+                channel::parse_room_join(payload, self.ctx.config.max_meta_size)
+            }
             Payload::Binary(_) => Err(PolicyError::BinaryPayload),
         };
         let join_ref = msg.join_ref.clone().or_else(|| msg.msg_ref.clone());
@@ -339,10 +357,12 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
                     // As in Phoenix, the old channel is closed before the new join is tried.
                     self.channels.remove(&msg.topic);
                     self.ctx.tracker.leave(self.ctx.conn, &msg.topic);
-                    self.reply(&msg, "error", json!({"reason": e.reason()})).await?;
+                    self.reply(&msg, "error", json!({"reason": e.reason()}))
+                        .await?;
                     return self.send_close(&msg.topic, old_ref).await;
                 }
-                self.reply(&msg, "error", json!({"reason": e.reason()})).await
+                self.reply(&msg, "error", json!({"reason": e.reason()}))
+                    .await
             }
             Ok(room) => {
                 self.channels.insert(
@@ -362,13 +382,19 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
                     key: self.ctx.key.clone(),
                 };
                 let meta = room.track.then_some(room.meta);
-                self.ctx.tracker.join(&msg.topic, join_ref, subscriber, meta);
+                self.ctx
+                    .tracker
+                    .join(&msg.topic, join_ref, subscriber, meta);
                 Ok(())
             }
         }
     }
 
-    async fn room_event(&mut self, msg: Message, join_ref: Option<String>) -> Result<(), CloseReason> {
+    async fn room_event(
+        &mut self,
+        msg: Message,
+        join_ref: Option<String>,
+    ) -> Result<(), CloseReason> {
         let conn = self.ctx.conn;
         match msg.event.as_str() {
             EVENT_TRACK => {
@@ -404,5 +430,84 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pubsub::local::LocalPubSub;
+    use rollcall_core::protocol::Frame;
+
+    /// A machine driven by channels: returns the frame sender, the output receiver, and the
+    /// machine's task.
+    fn machine(
+        config: Config,
+    ) -> (
+        mpsc::UnboundedSender<Inbound>,
+        mpsc::UnboundedReceiver<Outgoing>,
+        tokio::task::JoinHandle<CloseReason>,
+    ) {
+        let (in_tx, mut in_rx) = mpsc::unbounded_channel::<Inbound>();
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (_shutdown_tx, shutdown_rx) = watch::channel(false);
+        let tracker = Tracker::spawn(Box::new(LocalPubSub::new()));
+        let ctx = SocketContext::new(
+            Serializer::V2,
+            ConnectInfo::default(),
+            Arc::new(config),
+            tracker,
+            shutdown_rx,
+        );
+        let stream = futures_util::stream::poll_fn(move |cx| in_rx.poll_recv(cx));
+        let sink = futures_util::sink::unfold(out_tx, |tx, item: Outgoing| async move {
+            tx.send(item).map_err(|_| ())?;
+            Ok::<_, ()>(tx)
+        });
+        let task = tokio::spawn(async move {
+            let _keep = _shutdown_tx;
+            run(ctx, Box::pin(sink), stream).await
+        });
+        (in_tx, out_rx, task)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connection_closes_when_the_timeout_passes_and_not_before() {
+        let (tx, mut out, task) = machine(Config {
+            idle_timeout: Duration::from_secs(60),
+            ..Config::default()
+        });
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        // A heartbeat at 59 s restarts the clock.
+        tx.send(Inbound::Frame(Frame::Text(
+            r#"[null,"1","phoenix","heartbeat",{}]"#.into(),
+        )))
+        .unwrap();
+        assert!(matches!(out.recv().await, Some(Outgoing::Frame(_))));
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert!(
+            out.try_recv().is_err(),
+            "still open 59 s after the heartbeat"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            out.recv().await,
+            Some(Outgoing::Close {
+                code: CLOSE_GOING_AWAY,
+                reason: "idle timeout".into()
+            })
+        );
+        assert_eq!(
+            task.await.unwrap(),
+            CloseReason::Closed(CLOSE_GOING_AWAY, "idle timeout".into())
+        );
+    }
+
+    #[test]
+    fn close_reasons_are_cut_at_123_bytes_on_a_char_boundary() {
+        let long = "é".repeat(100);
+        let cut = close_reason(&long);
+        assert!(cut.len() <= 123);
+        assert!(long.starts_with(&cut));
     }
 }

@@ -244,11 +244,14 @@ impl TrackerTask {
                 topic,
                 event,
                 payload,
-            } => self.dispatch(&Outbound::Broadcast {
-                topic,
-                event,
-                payload,
-            }, None),
+            } => self.dispatch(
+                &Outbound::Broadcast {
+                    topic,
+                    event,
+                    payload,
+                },
+                None,
+            ),
             // Replication arrives with core::tracker shards.
             ClusterMessage::Tracker { .. } => {}
         }
@@ -321,7 +324,11 @@ impl TrackerTask {
     ) {
         let conn = subscriber.conn;
         // A duplicate join replaces the old channel: it leaves first.
-        if self.topics.get(&topic).is_some_and(|m| m.contains_key(&conn)) {
+        if self
+            .topics
+            .get(&topic)
+            .is_some_and(|m| m.contains_key(&conn))
+        {
             self.leave(conn, &topic);
         }
         let state = Outbound::Push {
@@ -436,7 +443,10 @@ impl TrackerTask {
                 match WireFrame::encode(serializer, out) {
                     Ok(frame) => Some(frame),
                     Err(e) => {
-                        tracing::debug!(topic = out.topic(), "not delivered to {serializer:?} subscribers: {e}");
+                        tracing::debug!(
+                            topic = out.topic(),
+                            "not delivered to {serializer:?} subscribers: {e}"
+                        );
                         None
                     }
                 }

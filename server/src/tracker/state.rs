@@ -255,10 +255,7 @@ mod tests {
         let (b, _) = s.track(ConnId(2), "t", "k", meta("a")).unwrap();
         assert_ne!(a, b);
         assert_eq!(a.len(), 16);
-        assert_eq!(
-            s.track(ConnId(1), "t", "k", meta("a")),
-            Err(AlreadyTracked)
-        );
+        assert_eq!(s.track(ConnId(1), "t", "k", meta("a")), Err(AlreadyTracked));
     }
 
     #[test]

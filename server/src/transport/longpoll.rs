@@ -194,7 +194,11 @@ fn open(state: AppState, params: HashMap<String, String>, headers: &HeaderMap) -
             let Some(session) = weak.upgrade() else {
                 return;
             };
-            let idle_since = session.last_poll.lock().map(|t| *t).unwrap_or_else(|_| Instant::now());
+            let idle_since = session
+                .last_poll
+                .lock()
+                .map(|t| *t)
+                .unwrap_or_else(|_| Instant::now());
             if session.polling.load(Ordering::SeqCst) == 0 && idle_since.elapsed() >= expiry {
                 tracing::debug!("closing inactive long-poll session");
                 let _ = kill_tx.send(());
@@ -241,19 +245,17 @@ async fn poll(state: &AppState, token: String, session: Arc<Session>) -> Respons
             }
         }
         if messages.is_empty() && !gone {
-            match tokio::time::timeout(state.config.longpoll_window, rx.recv()).await {
-                Ok(item) => {
-                    if !take(item, &mut messages) {
+            // Nothing queued: wait for the first frame, up to the window (then 204).
+            if let Ok(item) = tokio::time::timeout(state.config.longpoll_window, rx.recv()).await {
+                if !take(item, &mut messages) {
+                    gone = true;
+                }
+                while let Ok(item) = rx.try_recv() {
+                    if !take(Some(item), &mut messages) {
                         gone = true;
-                    }
-                    while let Ok(item) = rx.try_recv() {
-                        if !take(Some(item), &mut messages) {
-                            gone = true;
-                            break;
-                        }
+                        break;
                     }
                 }
-                Err(_) => {}
             }
         }
     }
@@ -278,7 +280,8 @@ pub async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(session) = session_token(&headers, &params).and_then(|t| state.longpoll.get(&t)) else {
+    let Some(session) = session_token(&headers, &params).and_then(|t| state.longpoll.get(&t))
+    else {
         return respond(json!({"status": 410}));
     };
     let ndjson = headers
@@ -316,4 +319,3 @@ pub async fn post(
     }
     respond(json!({"status": 200}))
 }
-

@@ -122,3 +122,42 @@ async fn serve(ctx: SocketContext, ws: WebSocket) {
     let reason = socket::run(ctx, Box::pin(sink), stream).await;
     tracing::debug!(conn = conn.0, "websocket closed: {reason:?}");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(protocols: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("sec-websocket-protocol", protocols.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn auth_token_decodes_standard_and_url_safe_with_or_without_padding() {
+        // "a?b>" encodes with '/' and '+' in the standard alphabet.
+        for encoded in ["YT9iPg", "YT9iPg==", "YT9iPg"] {
+            assert_eq!(
+                auth_token_from_headers(&headers(&format!(
+                    "phoenix, {AUTH_TOKEN_PREFIX}{encoded}"
+                ))),
+                Some(b"a?b>".to_vec())
+            );
+        }
+        assert_eq!(decode_lenient_base64("Pz8_"), Some(b"???".to_vec()));
+        assert_eq!(decode_lenient_base64("Pz8/"), Some(b"???".to_vec()));
+        assert_eq!(decode_lenient_base64("Pz8/="), Some(b"???".to_vec()));
+    }
+
+    #[test]
+    fn no_or_ambiguous_auth_token_gives_none() {
+        assert_eq!(auth_token_from_headers(&headers("phoenix")), None);
+        assert_eq!(
+            auth_token_from_headers(&headers(&format!(
+                "{AUTH_TOKEN_PREFIX}YQ, {AUTH_TOKEN_PREFIX}Yg"
+            ))),
+            None
+        );
+        assert_eq!(auth_token_from_headers(&HeaderMap::new()), None);
+    }
+}
