@@ -318,3 +318,19 @@ async fn the_demo_page_is_served_at_root() {
     assert_eq!(status, 200);
     assert_eq!(body, "<h1>demo</h1>");
 }
+
+#[tokio::test]
+async fn a_frame_far_over_the_size_limit_also_closes_with_1009() {
+    let server = start(Config {
+        max_frame_size: 1000,
+        ..Config::default()
+    })
+    .await;
+    let mut c = Client::connect(&server, "vsn=2.0.0").await;
+    let mut other = Client::connect(&server, "vsn=2.0.0").await;
+    let big = "x".repeat(300 * 1024);
+    c.send_json(json!([null, "1", "room:a", "e", {"big": big}])).await;
+    let (code, _) = c.expect_close().await;
+    assert_eq!(code, 1009);
+    assert_eq!(other.sync().await, Vec::<serde_json::Value>::new());
+}
