@@ -33,7 +33,10 @@ fn spawn(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
 
 #[test]
 fn help_documents_every_flag_and_its_environment_variable() {
-    let out = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for (flag, env) in [
         ("--host", "ROLLCALL_HOST"),
@@ -78,7 +81,10 @@ async fn sigterm_closes_sockets_with_1001_and_the_process_exits() {
             assert!(status.success(), "{status}");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "process still running");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process still running"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

@@ -329,7 +329,8 @@ async fn a_frame_far_over_the_size_limit_also_closes_with_1009() {
     let mut c = Client::connect(&server, "vsn=2.0.0").await;
     let mut other = Client::connect(&server, "vsn=2.0.0").await;
     let big = "x".repeat(300 * 1024);
-    c.send_json(json!([null, "1", "room:a", "e", {"big": big}])).await;
+    c.send_json(json!([null, "1", "room:a", "e", {"big": big}]))
+        .await;
     let (code, _) = c.expect_close().await;
     assert_eq!(code, 1009);
     assert_eq!(other.sync().await, Vec::<serde_json::Value>::new());
