@@ -24,6 +24,9 @@ pub struct Config {
     pub max_meta_size: usize,
     /// Most channels one connection may have joined at once (Phoenix: 100).
     pub max_channels: usize,
+    /// Most frames queued for one connection; a client that falls further behind is closed
+    /// with 1013 (it reconnects and gets a fresh `presence_state`).
+    pub max_queued_frames: usize,
     /// Long-poll window: how long a poll waits for messages before answering 204 (Phoenix: 10 s).
     /// A session with no poll for 1.5 × this is closed.
     pub longpoll_window: Duration,
@@ -39,6 +42,7 @@ impl Default for Config {
             max_frame_size: 1024 * 1024,
             max_meta_size: 4 * 1024,
             max_channels: 100,
+            max_queued_frames: 1024,
             longpoll_window: Duration::from_secs(10),
         }
     }

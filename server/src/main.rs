@@ -47,6 +47,9 @@ struct ServeArgs {
     /// Most channels one connection may join ("too many channels joined" beyond).
     #[arg(long, env = "ROLLCALL_MAX_CHANNELS", default_value_t = 100)]
     max_channels: usize,
+    /// Most frames queued for one slow client before it is closed with 1013.
+    #[arg(long, env = "ROLLCALL_MAX_QUEUED_FRAMES", default_value_t = 1024)]
+    max_queued_frames: usize,
     /// Long-poll window in milliseconds (a poll waits this long; sessions expire after 1.5x).
     #[arg(long, env = "ROLLCALL_LONGPOLL_WINDOW_MS", default_value_t = 10_000)]
     longpoll_window_ms: u64,
@@ -99,6 +102,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_frame_size: args.max_frame_size,
         max_meta_size: args.max_meta_size,
         max_channels: args.max_channels,
+        max_queued_frames: args.max_queued_frames,
         longpoll_window: Duration::from_millis(args.longpoll_window_ms),
     };
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;

@@ -16,14 +16,15 @@ use rollcall_core::protocol::{
     PHX_LEAVE,
 };
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
 use crate::channel::{self, PolicyError, EVENT_TRACK, EVENT_UNTRACK};
 use crate::config::Config;
-use crate::tracker::{Subscriber, Tracker};
+use crate::tracker::{Outbox, Subscriber, Tracker};
 use crate::transport::{
     Inbound, Outgoing, WireFrame, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN_LATER,
 };
 use crate::ConnId;
 
@@ -113,7 +114,7 @@ struct Machine<S> {
     ctx: SocketContext,
     sink: S,
     channels: HashMap<String, JoinedChannel>,
-    outbox: mpsc::UnboundedSender<WireFrame>,
+    outbox: Outbox,
 }
 
 /// Runs one connection until it closes. Frames the tracker queues for this connection are
@@ -123,7 +124,9 @@ where
     S: Sink<Outgoing> + Unpin,
     R: Stream<Item = Inbound> + Unpin,
 {
-    let (outbox, mut queued) = mpsc::unbounded_channel();
+    let (frames, mut queued) = mpsc::channel(ctx.config.max_queued_frames.max(1));
+    let overflow = Arc::new(Notify::new());
+    let outbox = Outbox::new(frames, overflow.clone());
     let mut shutdown = ctx.shutdown.clone();
     let conn = ctx.conn;
     let tracker = ctx.tracker.clone();
@@ -147,9 +150,25 @@ where
             _ = shutdown.changed() => {
                 break machine.close(CLOSE_GOING_AWAY, "server shutting down").await;
             }
+            _ = overflow.notified() => {
+                tracing::info!(conn = conn.0, "closing: client too slow, outgoing queue full");
+                break machine.close(CLOSE_TRY_AGAIN_LATER, "client too slow: outgoing queue full").await;
+            }
             Some(frame) = queued.recv() => {
-                if machine.sink.send(Outgoing::Frame(frame)).await.is_err() {
-                    break CloseReason::SinkFailed;
+                // A client that stops reading blocks this write; the overflow signal still
+                // ends the connection.
+                tokio::select! {
+                    sent = machine.sink.send(Outgoing::Frame(frame)) => {
+                        if sent.is_err() {
+                            break CloseReason::SinkFailed;
+                        }
+                    }
+                    _ = overflow.notified() => {
+                        tracing::info!(conn = conn.0, "closing: client too slow, outgoing queue full");
+                        let close = machine.close(CLOSE_TRY_AGAIN_LATER, "client too slow: outgoing queue full");
+                        let _ = tokio::time::timeout(Duration::from_millis(100), close).await;
+                        break CloseReason::Closed(CLOSE_TRY_AGAIN_LATER, "client too slow: outgoing queue full".into());
+                    }
                 }
             }
             inbound = stream.next() => {
@@ -204,19 +223,21 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
         match inbound {
             Inbound::Activity => None,
             Inbound::Error(e) => {
-                tracing::info!(conn = self.ctx.conn.0, "transport error: {e}");
+                tracing::debug!(conn = self.ctx.conn.0, "transport ended: {e}");
                 Some(CloseReason::ClientGone)
             }
             Inbound::TooLarge(size) => {
                 tracing::info!(
                     conn = self.ctx.conn.0,
-                    "closing: frame of {size} bytes exceeds {}",
+                    "closing: frame of {size:?} bytes exceeds {}",
                     self.ctx.config.max_frame_size
                 );
-                let reason = format!(
-                    "frame too large: {size} bytes, limit {}",
-                    self.ctx.config.max_frame_size
-                );
+                let limit = self.ctx.config.max_frame_size;
+                // The codec reports no size when it refused the frame itself.
+                let reason = match size {
+                    Some(size) => format!("frame too large: {size} bytes, limit {limit}"),
+                    None => format!("frame too large: limit {limit} bytes"),
+                };
                 Some(self.close(CLOSE_TOO_BIG, &reason).await)
             }
             Inbound::Frame(frame) => {
@@ -225,7 +246,7 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
                     rollcall_core::protocol::Frame::Binary(b) => b.len(),
                 };
                 if size > self.ctx.config.max_frame_size {
-                    return Box::pin(self.handle_inbound(Inbound::TooLarge(size))).await;
+                    return Box::pin(self.handle_inbound(Inbound::TooLarge(Some(size)))).await;
                 }
                 match self.ctx.serializer.decode(&frame) {
                     Ok(msg) => self.handle_message(msg).await.err(),

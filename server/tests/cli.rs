@@ -47,6 +47,7 @@ fn help_documents_every_flag_and_its_environment_variable() {
         ("--max-frame-size", "ROLLCALL_MAX_FRAME_SIZE"),
         ("--max-meta-size", "ROLLCALL_MAX_META_SIZE"),
         ("--max-channels", "ROLLCALL_MAX_CHANNELS"),
+        ("--max-queued-frames", "ROLLCALL_MAX_QUEUED_FRAMES"),
         ("--longpoll-window-ms", "ROLLCALL_LONGPOLL_WINDOW_MS"),
         ("--node-name", "ROLLCALL_NODE_NAME"),
     ] {

@@ -323,3 +323,39 @@ async fn a_broadcast_is_encoded_once_per_serializer_and_shared() {
         "one V2 and one V1 encoding"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_and_seen_leaving() {
+    let server = start(Config {
+        max_queued_frames: 4,
+        ..Config::default()
+    })
+    .await;
+    let mut sender = Client::user(&server, "sender").await;
+    let mut slow = Client::user(&server, "slow").await;
+    let js = sender.join("room:slow", json!({})).await;
+    sender.sync().await;
+    slow.join("room:slow", json!({})).await;
+    slow.sync().await;
+    sender.recv_until(is_diff).await; // slow's join
+                                      // `slow` reads nothing from here on; its TCP buffers and then its queue fill up.
+    let big = "x".repeat(64 * 1024);
+    let flood = async {
+        loop {
+            for _ in 0..20 {
+                sender
+                    .push(&js, "room:slow", "flood", json!({"b": big}))
+                    .await;
+            }
+            for frame in sender.sync().await {
+                if is_diff(&frame) && keys(&frame[4]["leaves"]) == vec!["slow"] {
+                    return frame;
+                }
+            }
+        }
+    };
+    let left = tokio::time::timeout(std::time::Duration::from_secs(60), flood)
+        .await
+        .expect("the slow client is closed before the deadline");
+    assert_eq!(left[4]["joins"], json!({}));
+}

@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rollcall_core::protocol::{Outbound, Payload, Serializer};
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::channel::{EVENT_PRESENCE_DIFF, EVENT_PRESENCE_STATE};
 use crate::pubsub::{ClusterMessage, PubSub};
@@ -24,8 +24,28 @@ use crate::transport::WireFrame;
 use crate::ConnId;
 use state::{Diff, PresenceMeta, Shard};
 
-/// Where frames for one connection are queued.
-pub type Outbox = mpsc::UnboundedSender<WireFrame>;
+/// Where frames for one connection are queued. The queue is bounded: a connection that does not
+/// keep up is told to close (through `overflow`) instead of growing without limit or silently
+/// missing a presence diff.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    frames: mpsc::Sender<WireFrame>,
+    overflow: Arc<Notify>,
+}
+
+impl Outbox {
+    /// An outbox over `frames`; `overflow` is notified when a frame did not fit.
+    pub fn new(frames: mpsc::Sender<WireFrame>, overflow: Arc<Notify>) -> Self {
+        Outbox { frames, overflow }
+    }
+
+    /// Queues `frame`; on a full queue, drops it and signals the overflow.
+    pub fn deliver(&self, frame: WireFrame) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.frames.try_send(frame) {
+            self.overflow.notify_one();
+        }
+    }
+}
 
 /// One connection's channel on a topic, as the tracker needs to know it.
 #[derive(Debug, Clone)]
@@ -339,7 +359,7 @@ impl TrackerTask {
         };
         self.frames_encoded.fetch_add(1, Ordering::Relaxed);
         if let Ok(frame) = WireFrame::encode(subscriber.serializer, &state) {
-            let _ = subscriber.outbox.send(frame);
+            subscriber.outbox.deliver(frame);
         }
         let key = subscriber.key.clone();
         self.topics.entry(topic.clone()).or_default().insert(
@@ -452,7 +472,7 @@ impl TrackerTask {
                 }
             });
             if let Some(frame) = frame {
-                let _ = member.subscriber.outbox.send(frame.clone());
+                member.subscriber.outbox.deliver(frame.clone());
             }
         }
     }

@@ -42,8 +42,8 @@ impl WireFrame {
 pub enum Inbound {
     /// A data frame from the client.
     Frame(Frame),
-    /// A data frame bigger than the configured maximum (its size in bytes).
-    TooLarge(usize),
+    /// A data frame bigger than the configured maximum (its size in bytes, when known).
+    TooLarge(Option<usize>),
     /// Proof of life without data (WebSocket ping/pong).
     Activity,
     /// The transport failed (the reason, for the log).
@@ -70,3 +70,5 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_INVALID_DATA: u16 = 1007;
 /// Close code: a frame was bigger than allowed.
 pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: the client did not keep up with its frames; reconnect later.
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;

@@ -95,7 +95,7 @@ fn to_inbound(msg: Result<Message, axum::Error>) -> Inbound {
         Err(e) => {
             let text = e.to_string();
             if text.contains("Space limit") || text.contains("too long") {
-                Inbound::TooLarge(0)
+                Inbound::TooLarge(None)
             } else {
                 Inbound::Error(text)
             }
