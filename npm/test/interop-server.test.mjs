@@ -207,3 +207,41 @@ test("the long-poll transport carries joins and presence", {skip: lpSkip}, async
     await until(() => got.length === 1, "the relayed event over long-poll")
   } finally { a.disconnect(); lp.disconnect() }
 })
+
+test("after a server-side close (1001) the client reconnects, rejoins and resyncs presence", async () => {
+  // A second node whose idle timeout is shorter than the client's heartbeat interval.
+  const idle = spawn(binary, ["serve", "--port", "0", "--idle-timeout-ms", "300"], {
+    stdio: ["ignore", "pipe", "inherit"],
+    env: {...process.env, RUST_LOG: "warn"},
+  })
+  try {
+    const url = await new Promise((resolve, reject) => {
+      let out = ""
+      idle.on("error", reject)
+      idle.stdout.on("data", chunk => {
+        out += chunk
+        const m = out.match(/rollcall listening on (http:\/\/\S+)/)
+        if (m) resolve(m[1])
+      })
+    })
+    const socket = new Socket(url.replace(/^http/, "ws") + "/socket", {
+      transport: WebSocket,
+      params: {user_id: "sleepy"},
+      heartbeatIntervalMs: 60000,
+      reconnectAfterMs: () => 50,
+      rejoinAfterMs: () => 50,
+    })
+    const closes = []
+    socket.onClose(event => closes.push(event.code))
+    socket.connect()
+    try {
+      const {presence} = await join(socket, "room:idle")
+      await until(() => keysOf(presence).join() === "sleepy", "the first sync")
+      await until(() => closes.length >= 1, "the idle close")
+      assert.equal(closes[0], 1001)
+      let syncs = 0
+      presence.onSync(() => { syncs += 1 })
+      await until(() => syncs >= 1 && keysOf(presence).join() === "sleepy", "a resync after the rejoin")
+    } finally { socket.disconnect() }
+  } finally { idle.kill("SIGTERM") }
+})
