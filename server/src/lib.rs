@@ -1,28 +1,160 @@
 //! # rollcall-server
 //!
-//! The rollcall presence server as a library: build a [`Router`](axum::Router) with [`app`] and
-//! serve it with axum, or run the `rollcall` binary.
+//! The rollcall presence server: Phoenix Channels over WebSocket and long-poll, with presence
+//! rooms, as a library. Build a [`Server`] (or a [`ServerBuilder`] to plug in a cluster
+//! adapter), mount [`Server::router`] in an axum app or call [`Server::serve`]; the `rollcall`
+//! binary does the latter.
+//!
+//! Modules: [`transport`] (websocket, long-poll), [`socket`] (the per-connection machine),
+//! [`channel`] (topic routes and room rules), [`tracker`] (presence state and fan-out),
+//! [`pubsub`] (how nodes reach each other), [`http`] (routes), [`config`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod channel;
+pub mod config;
+pub mod http;
+pub mod pubsub;
+pub mod socket;
+pub mod tracker;
+pub mod transport;
 
-use std::path::PathBuf;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
-use axum::routing::get;
 use axum::Router;
-use tower_http::services::ServeDir;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 
-/// Server configuration.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Directory served at `/` (the demo page).
-    pub static_dir: PathBuf,
+pub use config::Config;
+pub use tracker::Tracker;
+
+/// Identifies one client connection on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl ConnId {
+    /// A fresh id, unique within this process.
+    pub fn next() -> ConnId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ConnId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
 }
 
-/// Builds the HTTP application: the demo page at `/` and `GET /healthz`.
-pub fn app(config: &Config) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .fallback_service(ServeDir::new(&config.static_dir))
+/// Configures a [`Server`] before it starts.
+pub struct ServerBuilder {
+    config: Config,
+    pubsub: Box<dyn pubsub::PubSub>,
+}
+
+impl ServerBuilder {
+    /// Uses `pubsub` to reach other nodes (default: [`pubsub::local::LocalPubSub`], one node).
+    pub fn pubsub(mut self, pubsub: Box<dyn pubsub::PubSub>) -> Self {
+        self.pubsub = pubsub;
+        self
+    }
+
+    /// Starts the tracker task (needs a Tokio runtime) and returns the server.
+    pub fn build(self) -> Server {
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (connections, drained) = mpsc::channel(1);
+        let state = http::AppState {
+            config: Arc::new(self.config),
+            tracker: Tracker::spawn(self.pubsub),
+            shutdown: shutdown_rx,
+            connections,
+            longpoll: Arc::new(transport::longpoll::Sessions::default()),
+        };
+        Server {
+            state,
+            shutdown_tx,
+            drained,
+        }
+    }
+}
+
+/// A rollcall node: its tracker, its routes, and its shutdown switch.
+pub struct Server {
+    state: http::AppState,
+    shutdown_tx: watch::Sender<bool>,
+    drained: mpsc::Receiver<()>,
+}
+
+/// Tells every connection of a [`Server`] to close with 1001 (going away).
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(watch::Sender<bool>);
+
+impl ShutdownHandle {
+    /// Starts the shutdown: sockets close with 1001 so clients reconnect elsewhere.
+    pub fn shutdown(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl Server {
+    /// A server with `config` and the single-node pubsub.
+    pub fn new(config: Config) -> Server {
+        Server::builder(config).build()
+    }
+
+    /// A builder, to choose the pubsub adapter.
+    pub fn builder(config: Config) -> ServerBuilder {
+        ServerBuilder {
+            config,
+            pubsub: Box::new(pubsub::local::LocalPubSub::new()),
+        }
+    }
+
+    /// The axum router (socket endpoints, `/healthz`, static files), to serve or to nest.
+    pub fn router(&self) -> Router {
+        http::router(self.state.clone())
+    }
+
+    /// The node's tracker.
+    pub fn tracker(&self) -> &Tracker {
+        &self.state.tracker
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.state.config
+    }
+
+    /// A handle that starts the shutdown.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown_tx.clone())
+    }
+
+    /// Serves on `listener` until `signal` completes; then stops accepting, closes every socket
+    /// with 1001 and waits (up to 5 s) for connections to finish.
+    pub async fn serve<F>(self, listener: TcpListener, signal: F) -> std::io::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let Server {
+            state,
+            shutdown_tx,
+            mut drained,
+        } = self;
+        let router = http::router(state.clone());
+        let mut shutdown_seen = state.shutdown.clone();
+        drop(state);
+        let trigger = shutdown_tx.clone();
+        let stop = async move {
+            tokio::select! {
+                _ = signal => {}
+                _ = shutdown_seen.wait_for(|s| *s) => {}
+            }
+            let _ = trigger.send(true);
+        };
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stop)
+            .await?;
+        // Every connection holds a sender; `recv` yields `None` once all are gone.
+        let _ = tokio::time::timeout(Duration::from_secs(5), drained.recv()).await;
+        Ok(())
+    }
 }

@@ -1,11 +1,13 @@
 //! The `rollcall` binary.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use rollcall_server::channel::parse_patterns;
+use rollcall_server::{Config, Server};
 
-/// Phoenix-style presence server.
+/// Phoenix-style presence server: Phoenix Channels over WebSocket and long-poll, presence rooms.
 #[derive(Parser, Debug)]
 #[command(name = "rollcall", version, about)]
 struct Cli {
@@ -16,17 +18,66 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a rollcall node.
-    Serve {
-        /// Address to listen on.
-        #[arg(long, env = "ROLLCALL_HOST", default_value = "127.0.0.1")]
-        host: String,
-        /// Port to listen on.
-        #[arg(long, env = "ROLLCALL_PORT", default_value_t = 4000)]
-        port: u16,
-        /// Directory served at `/`.
-        #[arg(long, env = "ROLLCALL_STATIC_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../www"))]
-        static_dir: PathBuf,
-    },
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "ROLLCALL_HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0 picks a free port; the actual address is printed).
+    #[arg(long, env = "ROLLCALL_PORT", default_value_t = 4000)]
+    port: u16,
+    /// Directory served at `/` (the demo page).
+    #[arg(long, env = "ROLLCALL_STATIC_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../www"))]
+    static_dir: PathBuf,
+    /// Presence room topics, comma-separated: exact topics or prefixes ending in `*`.
+    #[arg(long, env = "ROLLCALL_ROOMS", default_value = "room:*")]
+    rooms: String,
+    /// Close a connection that sent nothing (not even a heartbeat) for this many milliseconds.
+    #[arg(long, env = "ROLLCALL_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    idle_timeout_ms: u64,
+    /// Largest inbound WebSocket message in bytes (bigger closes the socket with 1009).
+    #[arg(long, env = "ROLLCALL_MAX_FRAME_SIZE", default_value_t = 1024 * 1024)]
+    max_frame_size: usize,
+    /// Largest presence meta (serialized JSON) in bytes (bigger gets "meta too large").
+    #[arg(long, env = "ROLLCALL_MAX_META_SIZE", default_value_t = 4096)]
+    max_meta_size: usize,
+    /// Most channels one connection may join ("too many channels joined" beyond).
+    #[arg(long, env = "ROLLCALL_MAX_CHANNELS", default_value_t = 100)]
+    max_channels: usize,
+    /// Most frames queued for one slow client before it is closed with 1013.
+    #[arg(long, env = "ROLLCALL_MAX_QUEUED_FRAMES", default_value_t = 1024)]
+    max_queued_frames: usize,
+    /// Long-poll window in milliseconds (a poll waits this long; sessions expire after 1.5x).
+    #[arg(long, env = "ROLLCALL_LONGPOLL_WINDOW_MS", default_value_t = 10_000)]
+    longpoll_window_ms: u64,
+    /// This node's name (reported by /healthz); defaults to $HOSTNAME.
+    #[arg(long, env = "ROLLCALL_NODE_NAME")]
+    node_name: Option<String>,
+}
+
+async fn stop_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down: closing sockets with 1001");
 }
 
 #[tokio::main]
@@ -36,19 +87,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Serve {
-            host,
-            port,
-            static_dir,
-        } => {
-            let addr: SocketAddr = format!("{host}:{port}").parse()?;
-            let app = rollcall_server::app(&rollcall_server::Config { static_dir });
-            let listener = tokio::net::TcpListener::bind(addr).await?;
-            tracing::info!("rollcall listening on http://{}", listener.local_addr()?);
-            axum::serve(listener, app).await?;
-        }
+    let Command::Serve(args) = Cli::parse().command;
+    let rooms = parse_patterns(&args.rooms);
+    if rooms.is_empty() {
+        return Err("--rooms needs at least one pattern".into());
     }
+    let config = Config {
+        node_name: args
+            .node_name
+            .unwrap_or_else(rollcall_server::config::default_node_name),
+        static_dir: Some(args.static_dir),
+        rooms,
+        idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+        max_frame_size: args.max_frame_size,
+        max_meta_size: args.max_meta_size,
+        max_channels: args.max_channels,
+        max_queued_frames: args.max_queued_frames,
+        longpoll_window: Duration::from_millis(args.longpoll_window_ms),
+    };
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
+    // Tests and scripts read this exact line to learn the port.
+    println!("rollcall listening on http://{}", listener.local_addr()?);
+    let server = Server::new(config);
+    server.serve(listener, stop_signal()).await?;
     Ok(())
 }

@@ -1,0 +1,56 @@
+//! The HTTP surface: the socket endpoints, `GET /healthz`, and the demo page at `/`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+use tower_http::services::ServeDir;
+
+use crate::config::Config;
+use crate::tracker::Tracker;
+use crate::transport::{longpoll, websocket};
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The node's tracker.
+    pub tracker: Tracker,
+    /// Turns `true` when the server shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    /// Held by every live connection, so shutdown can wait until they are gone.
+    pub connections: mpsc::Sender<()>,
+    /// Long-poll sessions of this node.
+    pub longpoll: Arc<longpoll::Sessions>,
+}
+
+async fn healthz(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "node": state.config.node_name,
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+/// The router: `/socket/websocket`, `/socket/longpoll`, `/healthz`, and the static directory.
+pub fn router(state: AppState) -> Router {
+    let static_dir = state.config.static_dir.clone();
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/socket/websocket", get(websocket::handler))
+        .route(
+            "/socket/longpoll",
+            get(longpoll::get)
+                .post(longpoll::post)
+                .options(longpoll::options),
+        )
+        .with_state(state);
+    match static_dir {
+        Some(dir) => router.fallback_service(ServeDir::new(dir)),
+        None => router,
+    }
+}

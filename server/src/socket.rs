@@ -1,0 +1,534 @@
+//! The per-connection machine: decodes frames, keeps the joined channels and their join refs,
+//! answers heartbeats, applies the join/leave/duplicate-join/stale-join-ref rules and the
+//! limits, runs the presence room protocol, and closes idle connections.
+//!
+//! It is generic over a [`Sink`] of [`Outgoing`] and a [`Stream`] of [`Inbound`], so the
+//! WebSocket and long-poll transports drive the same code, and unit tests drive it with
+//! channels.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use rollcall_core::protocol::{
+    Message, Outbound, Payload, Serializer, HEARTBEAT_EVENT, HEARTBEAT_TOPIC, PHX_CLOSE, PHX_JOIN,
+    PHX_LEAVE,
+};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
+
+use crate::channel::{self, PolicyError, EVENT_TRACK, EVENT_UNTRACK};
+use crate::config::Config;
+use crate::tracker::{Outbox, Subscriber, Tracker};
+use crate::transport::{
+    Inbound, Outgoing, WireFrame, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN_LATER,
+};
+use crate::ConnId;
+
+/// Who is on the other end of a connection, as learned at connect time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectInfo {
+    /// The query parameters of the connect request (`vsn`, `user_id`, ...).
+    pub params: HashMap<String, String>,
+    /// The token a phoenix.js client passed as `authToken` (not validated yet).
+    pub auth_token: Option<Vec<u8>>,
+}
+
+/// Everything one connection's machine needs.
+#[derive(Debug, Clone)]
+pub struct SocketContext {
+    /// The connection's id.
+    pub conn: ConnId,
+    /// Its serializer (from `vsn`).
+    pub serializer: Serializer,
+    /// What it said at connect time.
+    pub info: ConnectInfo,
+    /// Its presence key (`user_id`, or `anon-<random>`).
+    pub key: String,
+    /// Limits and rooms.
+    pub config: Arc<Config>,
+    /// The node's tracker.
+    pub tracker: Tracker,
+    /// Turns `true` when the server shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    /// Close after this long without inbound data; `None` for transports with their own expiry.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl SocketContext {
+    /// A context for a new connection: a fresh id, the key from `user_id`.
+    pub fn new(
+        serializer: Serializer,
+        info: ConnectInfo,
+        config: Arc<Config>,
+        tracker: Tracker,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let key = info
+            .params
+            .get("user_id")
+            .filter(|k| !k.is_empty())
+            .cloned()
+            .unwrap_or_else(|| format!("anon-{:016x}", rand::random::<u64>()));
+        SocketContext {
+            conn: ConnId::next(),
+            serializer,
+            idle_timeout: Some(config.idle_timeout),
+            info,
+            key,
+            config,
+            tracker,
+            shutdown,
+        }
+    }
+}
+
+struct JoinedChannel {
+    join_ref: Option<String>,
+}
+
+/// Why the machine stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed or the transport ended.
+    ClientGone,
+    /// The server closed the connection with this code and reason.
+    Closed(u16, String),
+    /// Writing to the client failed.
+    SinkFailed,
+}
+
+/// Keeps a close reason within the 123 bytes a WebSocket close frame allows.
+fn close_reason(reason: &str) -> String {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
+}
+
+struct Machine<S> {
+    ctx: SocketContext,
+    sink: S,
+    channels: HashMap<String, JoinedChannel>,
+    outbox: Outbox,
+}
+
+/// Runs one connection until it closes. Frames the tracker queues for this connection are
+/// written to `sink` between inbound frames.
+pub async fn run<S, R>(ctx: SocketContext, sink: S, mut stream: R) -> CloseReason
+where
+    S: Sink<Outgoing> + Unpin,
+    R: Stream<Item = Inbound> + Unpin,
+{
+    let (frames, mut queued) = mpsc::channel(ctx.config.max_queued_frames.max(1));
+    let overflow = Arc::new(Notify::new());
+    let outbox = Outbox::new(frames, overflow.clone());
+    let mut shutdown = ctx.shutdown.clone();
+    let conn = ctx.conn;
+    let tracker = ctx.tracker.clone();
+    let idle_timeout = ctx.idle_timeout;
+    let mut machine = Machine {
+        ctx,
+        sink,
+        channels: HashMap::new(),
+        outbox,
+    };
+    let far_future = Duration::from_secs(86_400 * 365);
+    let mut deadline = Instant::now() + idle_timeout.unwrap_or(far_future);
+    let reason = loop {
+        if *shutdown.borrow() {
+            break machine
+                .close(CLOSE_GOING_AWAY, "server shutting down")
+                .await;
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                break machine.close(CLOSE_GOING_AWAY, "server shutting down").await;
+            }
+            _ = overflow.notified() => {
+                tracing::info!(conn = conn.0, "closing: client too slow, outgoing queue full");
+                break machine.close(CLOSE_TRY_AGAIN_LATER, "client too slow: outgoing queue full").await;
+            }
+            Some(frame) = queued.recv() => {
+                // A client that stops reading blocks this write; the overflow signal still
+                // ends the connection.
+                tokio::select! {
+                    sent = machine.sink.send(Outgoing::Frame(frame)) => {
+                        if sent.is_err() {
+                            break CloseReason::SinkFailed;
+                        }
+                    }
+                    _ = overflow.notified() => {
+                        tracing::info!(conn = conn.0, "closing: client too slow, outgoing queue full");
+                        let close = machine.close(CLOSE_TRY_AGAIN_LATER, "client too slow: outgoing queue full");
+                        let _ = tokio::time::timeout(Duration::from_millis(100), close).await;
+                        break CloseReason::Closed(CLOSE_TRY_AGAIN_LATER, "client too slow: outgoing queue full".into());
+                    }
+                }
+            }
+            inbound = stream.next() => {
+                deadline = Instant::now() + idle_timeout.unwrap_or(far_future);
+                match inbound {
+                    None => break CloseReason::ClientGone,
+                    Some(inbound) => {
+                        if let Some(reason) = machine.handle_inbound(inbound).await {
+                            break reason;
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::debug!(conn = conn.0, "closing idle connection");
+                break machine.close(CLOSE_GOING_AWAY, "idle timeout").await;
+            }
+        }
+    };
+    tracker.disconnect(conn);
+    reason
+}
+
+impl<S: Sink<Outgoing> + Unpin> Machine<S> {
+    async fn close(&mut self, code: u16, reason: &str) -> CloseReason {
+        let reason = close_reason(reason);
+        let _ = self
+            .sink
+            .send(Outgoing::Close {
+                code,
+                reason: reason.clone(),
+            })
+            .await;
+        CloseReason::Closed(code, reason)
+    }
+
+    async fn send(&mut self, out: Outbound) -> Result<(), CloseReason> {
+        match WireFrame::encode(self.ctx.serializer, &out) {
+            Ok(frame) => self
+                .sink
+                .send(Outgoing::Frame(frame))
+                .await
+                .map_err(|_| CloseReason::SinkFailed),
+            Err(e) => {
+                tracing::warn!(conn = self.ctx.conn.0, "dropping unencodable frame: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    async fn handle_inbound(&mut self, inbound: Inbound) -> Option<CloseReason> {
+        match inbound {
+            Inbound::Activity => None,
+            Inbound::Error(e) => {
+                tracing::debug!(conn = self.ctx.conn.0, "transport ended: {e}");
+                Some(CloseReason::ClientGone)
+            }
+            Inbound::TooLarge(size) => {
+                tracing::info!(
+                    conn = self.ctx.conn.0,
+                    "closing: frame of {size:?} bytes exceeds {}",
+                    self.ctx.config.max_frame_size
+                );
+                let limit = self.ctx.config.max_frame_size;
+                // The codec reports no size when it refused the frame itself.
+                let reason = match size {
+                    Some(size) => format!("frame too large: {size} bytes, limit {limit}"),
+                    None => format!("frame too large: limit {limit} bytes"),
+                };
+                Some(self.close(CLOSE_TOO_BIG, &reason).await)
+            }
+            Inbound::Frame(frame) => {
+                let size = match &frame {
+                    rollcall_core::protocol::Frame::Text(t) => t.len(),
+                    rollcall_core::protocol::Frame::Binary(b) => b.len(),
+                };
+                if size > self.ctx.config.max_frame_size {
+                    return Box::pin(self.handle_inbound(Inbound::TooLarge(Some(size)))).await;
+                }
+                match self.ctx.serializer.decode(&frame) {
+                    Ok(msg) => self.handle_message(msg).await.err(),
+                    Err(e) => {
+                        tracing::info!(conn = self.ctx.conn.0, "closing: malformed frame: {e}");
+                        Some(self.close(CLOSE_INVALID_DATA, &e.to_string()).await)
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reply(
+        &mut self,
+        msg: &Message,
+        status: &str,
+        response: Value,
+    ) -> Result<(), CloseReason> {
+        self.send(Outbound::reply_to(msg, status, response)).await
+    }
+
+    /// A reply from a joined channel: it carries the channel's join_ref.
+    async fn channel_reply(
+        &mut self,
+        msg: &Message,
+        join_ref: Option<String>,
+        status: &str,
+        response: Value,
+    ) -> Result<(), CloseReason> {
+        self.send(Outbound::Reply {
+            join_ref,
+            msg_ref: msg.msg_ref.clone(),
+            topic: msg.topic.clone(),
+            status: status.to_string(),
+            response: Payload::Json(response),
+        })
+        .await
+    }
+
+    async fn unmatched(&mut self, msg: &Message) -> Result<(), CloseReason> {
+        self.send(Outbound::Reply {
+            join_ref: None,
+            msg_ref: msg.msg_ref.clone(),
+            topic: msg.topic.clone(),
+            status: "error".into(),
+            response: Payload::Json(json!({"reason": "unmatched topic"})),
+        })
+        .await
+    }
+
+    async fn handle_message(&mut self, msg: Message) -> Result<(), CloseReason> {
+        if msg.topic == HEARTBEAT_TOPIC && msg.event == HEARTBEAT_EVENT {
+            return self.reply(&msg, "ok", json!({})).await;
+        }
+        match msg.event.as_str() {
+            PHX_JOIN => self.join(msg).await,
+            PHX_LEAVE => {
+                let Some(channel) = self.channels.get(&msg.topic) else {
+                    return self.reply(&msg, "ok", json!({})).await;
+                };
+                if msg.join_ref.is_some() && msg.join_ref != channel.join_ref {
+                    return Ok(()); // stale: the client races a close it already got
+                }
+                let join_ref = channel.join_ref.clone();
+                self.channels.remove(&msg.topic);
+                self.ctx.tracker.leave(self.ctx.conn, &msg.topic);
+                self.channel_reply(&msg, join_ref.clone(), "ok", json!({}))
+                    .await?;
+                self.send_close(&msg.topic, join_ref).await
+            }
+            _ => {
+                let Some(channel) = self.channels.get(&msg.topic) else {
+                    return self.unmatched(&msg).await;
+                };
+                if msg.join_ref.is_some() && msg.join_ref != channel.join_ref {
+                    return Ok(()); // stale join_ref: a message for a channel that is gone
+                }
+                let join_ref = channel.join_ref.clone();
+                self.room_event(msg, join_ref).await
+            }
+        }
+    }
+
+    /// `phx_close` carries the join_ref as both join_ref and ref, which `Outbound::Push` (always
+    /// a null ref) cannot express, so it is written here.
+    async fn send_close(
+        &mut self,
+        topic: &str,
+        join_ref: Option<String>,
+    ) -> Result<(), CloseReason> {
+        let jr = join_ref.map_or(Value::Null, Value::String);
+        let text = match self.ctx.serializer {
+            Serializer::V1Json => {
+                json!({"topic": topic, "event": PHX_CLOSE, "payload": {}, "ref": jr}).to_string()
+            }
+            Serializer::V2 => json!([jr, jr, topic, PHX_CLOSE, {}]).to_string(),
+        };
+        self.sink
+            .send(Outgoing::Frame(WireFrame::Text(text.into())))
+            .await
+            .map_err(|_| CloseReason::SinkFailed)
+    }
+
+    async fn join(&mut self, msg: Message) -> Result<(), CloseReason> {
+        if !self.ctx.config.rooms.iter().any(|p| p.matches(&msg.topic)) {
+            tracing::debug!(
+                conn = self.ctx.conn.0,
+                topic = msg.topic,
+                "join of unmatched topic"
+            );
+            return self.unmatched(&msg).await;
+        }
+        let old = self.channels.get(&msg.topic).map(|c| c.join_ref.clone());
+        if old.is_none() && self.channels.len() >= self.ctx.config.max_channels {
+            return self
+                .reply(&msg, "error", json!({"reason": "too many channels joined"}))
+                .await;
+        }
+        let parsed = match &msg.payload {
+            Payload::Json(payload) => {
+                channel::parse_room_join(payload, self.ctx.config.max_meta_size)
+            }
+            Payload::Binary(_) => Err(PolicyError::BinaryPayload),
+        };
+        let join_ref = msg.join_ref.clone().or_else(|| msg.msg_ref.clone());
+        match parsed {
+            Err(e) => {
+                if let Some(old_ref) = old {
+                    // As in Phoenix, the old channel is closed before the new join is tried.
+                    self.channels.remove(&msg.topic);
+                    self.ctx.tracker.leave(self.ctx.conn, &msg.topic);
+                    self.reply(&msg, "error", json!({"reason": e.reason()}))
+                        .await?;
+                    return self.send_close(&msg.topic, old_ref).await;
+                }
+                self.reply(&msg, "error", json!({"reason": e.reason()}))
+                    .await
+            }
+            Ok(room) => {
+                self.channels.insert(
+                    msg.topic.clone(),
+                    JoinedChannel {
+                        join_ref: join_ref.clone(),
+                    },
+                );
+                self.reply(&msg, "ok", json!({})).await?;
+                if let Some(old_ref) = old {
+                    self.send_close(&msg.topic, old_ref).await?;
+                }
+                let subscriber = Subscriber {
+                    conn: self.ctx.conn,
+                    serializer: self.ctx.serializer,
+                    outbox: self.outbox.clone(),
+                    key: self.ctx.key.clone(),
+                };
+                let meta = room.track.then_some(room.meta);
+                self.ctx
+                    .tracker
+                    .join(&msg.topic, join_ref, subscriber, meta);
+                Ok(())
+            }
+        }
+    }
+
+    async fn room_event(
+        &mut self,
+        msg: Message,
+        join_ref: Option<String>,
+    ) -> Result<(), CloseReason> {
+        let conn = self.ctx.conn;
+        match msg.event.as_str() {
+            EVENT_TRACK => {
+                let meta = match &msg.payload {
+                    Payload::Json(meta) => channel::parse_meta(meta, self.ctx.config.max_meta_size),
+                    Payload::Binary(_) => Err(PolicyError::BinaryPayload),
+                };
+                match meta {
+                    Ok(meta) => {
+                        self.ctx.tracker.track(conn, &msg.topic, meta);
+                        self.channel_reply(&msg, join_ref, "ok", json!({})).await
+                    }
+                    Err(e) => {
+                        self.channel_reply(&msg, join_ref, "error", json!({"reason": e.reason()}))
+                            .await
+                    }
+                }
+            }
+            EVENT_UNTRACK => {
+                self.ctx.tracker.untrack(conn, &msg.topic);
+                self.channel_reply(&msg, join_ref, "ok", json!({})).await
+            }
+            event => match channel::check_relay_event(event) {
+                Ok(()) => {
+                    self.ctx
+                        .tracker
+                        .broadcast(&msg.topic, event, msg.payload.clone(), Some(conn));
+                    self.channel_reply(&msg, join_ref, "ok", json!({})).await
+                }
+                Err(e) => {
+                    self.channel_reply(&msg, join_ref, "error", json!({"reason": e.reason()}))
+                        .await
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pubsub::local::LocalPubSub;
+    use rollcall_core::protocol::Frame;
+
+    /// A machine driven by channels: returns the frame sender, the output receiver, and the
+    /// machine's task.
+    fn machine(
+        config: Config,
+    ) -> (
+        mpsc::UnboundedSender<Inbound>,
+        mpsc::UnboundedReceiver<Outgoing>,
+        tokio::task::JoinHandle<CloseReason>,
+    ) {
+        let (in_tx, mut in_rx) = mpsc::unbounded_channel::<Inbound>();
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (_shutdown_tx, shutdown_rx) = watch::channel(false);
+        let tracker = Tracker::spawn(Box::new(LocalPubSub::new()));
+        let ctx = SocketContext::new(
+            Serializer::V2,
+            ConnectInfo::default(),
+            Arc::new(config),
+            tracker,
+            shutdown_rx,
+        );
+        let stream = futures_util::stream::poll_fn(move |cx| in_rx.poll_recv(cx));
+        let sink = futures_util::sink::unfold(out_tx, |tx, item: Outgoing| async move {
+            tx.send(item).map_err(|_| ())?;
+            Ok::<_, ()>(tx)
+        });
+        let task = tokio::spawn(async move {
+            let _keep = _shutdown_tx;
+            run(ctx, Box::pin(sink), stream).await
+        });
+        (in_tx, out_rx, task)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connection_closes_when_the_timeout_passes_and_not_before() {
+        let (tx, mut out, task) = machine(Config {
+            idle_timeout: Duration::from_secs(60),
+            ..Config::default()
+        });
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        // A heartbeat at 59 s restarts the clock.
+        tx.send(Inbound::Frame(Frame::Text(
+            r#"[null,"1","phoenix","heartbeat",{}]"#.into(),
+        )))
+        .unwrap();
+        assert!(matches!(out.recv().await, Some(Outgoing::Frame(_))));
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert!(
+            out.try_recv().is_err(),
+            "still open 59 s after the heartbeat"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            out.recv().await,
+            Some(Outgoing::Close {
+                code: CLOSE_GOING_AWAY,
+                reason: "idle timeout".into()
+            })
+        );
+        assert_eq!(
+            task.await.unwrap(),
+            CloseReason::Closed(CLOSE_GOING_AWAY, "idle timeout".into())
+        );
+    }
+
+    #[test]
+    fn close_reasons_are_cut_at_123_bytes_on_a_char_boundary() {
+        let long = "é".repeat(100);
+        let cut = close_reason(&long);
+        assert!(cut.len() <= 123);
+        assert!(long.starts_with(&cut));
+    }
+}

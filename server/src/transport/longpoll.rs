@@ -1,0 +1,321 @@
+//! The long-poll transport at `/socket/longpoll` (Phoenix semantics): a GET without a live
+//! session creates one and answers `410` with its token; a GET with one waits up to the window
+//! for frames (`200` with messages as strings, or `204`); a POST delivers frames (ndjson: at
+//! most 100 lines, `[`-lines are JSON, others base64 binary). Every answer is HTTP 200 with a
+//! JSON `status`, CORS-open. A session nobody polled for 1.5 × window is closed. Sessions live
+//! on this node only.
+//!
+//! Each session runs the same socket machine as a WebSocket, over channels.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use futures_util::StreamExt;
+use rollcall_core::protocol::{Frame, Serializer};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::websocket::decode_lenient_base64;
+use super::{Inbound, Outgoing, WireFrame};
+use crate::http::AppState;
+use crate::socket::{self, ConnectInfo, SocketContext};
+
+/// Most ndjson lines one POST may carry; the rest are ignored (Phoenix's CVE hardening).
+pub const MAX_NDJSON_LINES: usize = 100;
+
+struct Session {
+    inbound: mpsc::Sender<Inbound>,
+    outgoing: tokio::sync::Mutex<mpsc::UnboundedReceiver<Outgoing>>,
+    last_poll: Mutex<Instant>,
+    polling: AtomicUsize,
+}
+
+/// The long-poll sessions of this node, by token.
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions").finish_non_exhaustive()
+    }
+}
+
+impl Sessions {
+    fn get(&self, token: &str) -> Option<Arc<Session>> {
+        self.map.lock().ok()?.get(token).cloned()
+    }
+
+    fn insert(&self, token: String, session: Arc<Session>) {
+        if let Ok(mut map) = self.map.lock() {
+            map.insert(token, session);
+        }
+    }
+
+    fn remove(&self, token: &str) {
+        if let Ok(mut map) = self.map.lock() {
+            map.remove(token);
+        }
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// True when no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn respond(body: Value) -> Response {
+    let mut resp = (StatusCode::OK, body.to_string()).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    resp
+}
+
+fn session_token(headers: &HeaderMap, params: &HashMap<String, String>) -> Option<String> {
+    headers
+        .get("x-phoenix-longpoll-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| params.get("token").cloned())
+        .filter(|t| !t.is_empty())
+}
+
+/// `OPTIONS /socket/longpoll`: the CORS preflight.
+pub async fn options(headers: HeaderMap) -> Response {
+    let mut resp = StatusCode::OK.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("get, post, options"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("3600"),
+    );
+    if let Some(req) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, req.clone());
+    }
+    resp
+}
+
+/// `GET /socket/longpoll`: open a session or poll one.
+pub async fn get(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let session = session_token(&headers, &params)
+        .and_then(|token| state.longpoll.get(&token).map(|s| (token, s)));
+    match session {
+        Some((token, session)) => poll(&state, token, session).await,
+        None => open(state, params, &headers),
+    }
+}
+
+fn open(state: AppState, params: HashMap<String, String>, headers: &HeaderMap) -> Response {
+    let serializer = match Serializer::negotiate(params.get("vsn").map(String::as_str)) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!("refused long-poll connect: {e}");
+            return respond(json!({"status": 403}));
+        }
+    };
+    let auth_token = headers
+        .get("x-phoenix-authtoken")
+        .map(|v| v.as_bytes().to_vec());
+    let mut ctx = SocketContext::new(
+        serializer,
+        ConnectInfo { params, auth_token },
+        state.config.clone(),
+        state.tracker.clone(),
+        state.shutdown.clone(),
+    );
+    // Long-poll clients send no heartbeats; the session expiry below replaces the idle timeout.
+    ctx.idle_timeout = None;
+    let token = format!("{:032x}", rand::random::<u128>());
+    let (in_tx, in_rx) = mpsc::channel(MAX_NDJSON_LINES);
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (kill_tx, kill_rx) = oneshot::channel::<()>();
+    let session = Arc::new(Session {
+        inbound: in_tx,
+        outgoing: tokio::sync::Mutex::new(out_rx),
+        last_poll: Mutex::new(Instant::now()),
+        polling: AtomicUsize::new(0),
+    });
+    state.longpoll.insert(token.clone(), session.clone());
+
+    let stream = futures_util::stream::unfold(in_rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+    .take_until(kill_rx);
+    let sink = futures_util::sink::unfold(out_tx, |tx, item: Outgoing| async move {
+        tx.send(item).map_err(|_| ())?;
+        Ok::<_, ()>(tx)
+    });
+    let sessions = state.longpoll.clone();
+    let machine_token = token.clone();
+    tokio::spawn(async move {
+        socket::run(ctx, Box::pin(sink), Box::pin(stream)).await;
+        sessions.remove(&machine_token);
+    });
+
+    // Expiry: closed when no poll was seen for 1.5 × window.
+    let expiry = state.config.longpoll_window.mul_f64(1.5);
+    let weak = Arc::downgrade(&session);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(expiry).await;
+            let Some(session) = weak.upgrade() else {
+                return;
+            };
+            let idle_since = session
+                .last_poll
+                .lock()
+                .map(|t| *t)
+                .unwrap_or_else(|_| Instant::now());
+            if session.polling.load(Ordering::SeqCst) == 0 && idle_since.elapsed() >= expiry {
+                tracing::debug!("closing inactive long-poll session");
+                let _ = kill_tx.send(());
+                return;
+            }
+        }
+    });
+    respond(json!({"status": 410, "token": token, "messages": []}))
+}
+
+fn frame_text(frame: &WireFrame) -> String {
+    match frame {
+        WireFrame::Text(t) => t.as_str().to_string(),
+        WireFrame::Binary(b) => STANDARD.encode(b),
+    }
+}
+
+async fn poll(state: &AppState, token: String, session: Arc<Session>) -> Response {
+    session.polling.fetch_add(1, Ordering::SeqCst);
+    let mut messages = Vec::new();
+    let mut gone = false;
+    {
+        let mut rx = session.outgoing.lock().await;
+        let take = |item: Option<Outgoing>, messages: &mut Vec<String>| match item {
+            Some(Outgoing::Frame(f)) => {
+                messages.push(frame_text(&f));
+                true
+            }
+            Some(Outgoing::Close { .. }) | None => false,
+        };
+        loop {
+            match rx.try_recv() {
+                Ok(item) => {
+                    if !take(Some(item), &mut messages) {
+                        gone = true;
+                        break;
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    gone = true;
+                    break;
+                }
+            }
+        }
+        if messages.is_empty() && !gone {
+            // Nothing queued: wait for the first frame, up to the window (then 204).
+            if let Ok(item) = tokio::time::timeout(state.config.longpoll_window, rx.recv()).await {
+                if !take(item, &mut messages) {
+                    gone = true;
+                }
+                while let Ok(item) = rx.try_recv() {
+                    if !take(Some(item), &mut messages) {
+                        gone = true;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if let Ok(mut t) = session.last_poll.lock() {
+        *t = Instant::now();
+    }
+    session.polling.fetch_sub(1, Ordering::SeqCst);
+    if gone {
+        state.longpoll.remove(&token);
+        if messages.is_empty() {
+            return respond(json!({"status": 410}));
+        }
+    }
+    let status = if messages.is_empty() { 204 } else { 200 };
+    respond(json!({"status": status, "token": token, "messages": messages}))
+}
+
+/// `POST /socket/longpoll`: deliver frames to a session.
+pub async fn post(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(session) = session_token(&headers, &params).and_then(|t| state.longpoll.get(&t))
+    else {
+        return respond(json!({"status": 410}));
+    };
+    let ndjson = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/x-ndjson"));
+    let text = String::from_utf8_lossy(&body);
+    let frames: Vec<Inbound> = if ndjson {
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .take(MAX_NDJSON_LINES)
+            .map(|line| {
+                if line.starts_with('[') {
+                    Inbound::Frame(Frame::Text(line.to_string()))
+                } else {
+                    match decode_lenient_base64(line.trim()) {
+                        Some(bytes) => Inbound::Frame(Frame::Binary(bytes)),
+                        // An undecodable line reaches the machine as an empty binary frame,
+                        // which it refuses with a reason.
+                        None => Inbound::Frame(Frame::Binary(Vec::new())),
+                    }
+                }
+            })
+            .collect()
+    } else {
+        vec![Inbound::Frame(Frame::Text(text.into_owned()))]
+    };
+    for frame in frames {
+        let send = session.inbound.send(frame);
+        match tokio::time::timeout(state.config.longpoll_window, send).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return respond(json!({"status": 410})),
+            Err(_) => return respond(json!({"status": 408})),
+        }
+    }
+    respond(json!({"status": 200}))
+}

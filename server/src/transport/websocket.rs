@@ -1,0 +1,163 @@
+//! The WebSocket transport at `/socket/websocket`: negotiates `vsn` (403 if unsupported), takes
+//! the phoenix.js auth token from `Sec-WebSocket-Protocol` (echoing `phoenix`), upgrades, and
+//! runs the socket machine over the split socket.
+
+use std::collections::HashMap;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use futures_util::{SinkExt, StreamExt};
+use rollcall_core::protocol::{Frame, Serializer};
+
+use super::{Inbound, Outgoing, WireFrame};
+use crate::http::AppState;
+use crate::socket::{self, ConnectInfo, SocketContext};
+
+/// The sub-protocol prefix phoenix.js uses to carry `authToken`.
+pub const AUTH_TOKEN_PREFIX: &str = "base64url.bearer.phx.";
+
+/// Decodes base64 leniently: standard or URL-safe alphabet, with or without padding.
+pub fn decode_lenient_base64(text: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let trimmed = text.trim_end_matches('=');
+    STANDARD_NO_PAD
+        .decode(trimmed)
+        .or_else(|_| URL_SAFE_NO_PAD.decode(trimmed))
+        .ok()
+}
+
+/// The auth token from a `Sec-WebSocket-Protocol` header: the one entry starting with
+/// [`AUTH_TOKEN_PREFIX`], base64-decoded.
+pub fn auth_token_from_headers(headers: &HeaderMap) -> Option<Vec<u8>> {
+    let mut tokens = headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter_map(|p| p.strip_prefix(AUTH_TOKEN_PREFIX));
+    let token = tokens.next()?;
+    if tokens.next().is_some() {
+        return None; // ambiguous: Phoenix ignores the header when several tokens are offered
+    }
+    decode_lenient_base64(token)
+}
+
+/// `GET /socket/websocket`.
+pub async fn handler(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let serializer = match Serializer::negotiate(params.get("vsn").map(String::as_str)) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!("refused websocket connect: {e}");
+            return (StatusCode::FORBIDDEN, e.to_string()).into_response();
+        }
+    };
+    let info = ConnectInfo {
+        auth_token: auth_token_from_headers(&headers),
+        params,
+    };
+    let config = state.config.clone();
+    // Accept a little more than the limit so the machine can close with 1009 and a reason
+    // instead of the codec failing the stream.
+    let codec_limit = config.max_frame_size.saturating_add(64 * 1024);
+    upgrade
+        .protocols(["phoenix"])
+        .max_message_size(codec_limit)
+        .max_frame_size(codec_limit)
+        .on_upgrade(move |ws| async move {
+            let guard = state.connections.clone();
+            let ctx = SocketContext::new(
+                serializer,
+                info,
+                state.config.clone(),
+                state.tracker.clone(),
+                state.shutdown.clone(),
+            );
+            serve(ctx, ws).await;
+            drop(guard);
+        })
+}
+
+fn to_inbound(msg: Result<Message, axum::Error>) -> Inbound {
+    match msg {
+        Ok(Message::Text(t)) => Inbound::Frame(Frame::Text(t.as_str().to_string())),
+        Ok(Message::Binary(b)) => Inbound::Frame(Frame::Binary(b.to_vec())),
+        Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => Inbound::Activity,
+        Ok(Message::Close(_)) => Inbound::Error("client closed".into()),
+        Err(e) => {
+            let text = e.to_string();
+            if text.contains("Space limit") || text.contains("too long") {
+                Inbound::TooLarge(None)
+            } else {
+                Inbound::Error(text)
+            }
+        }
+    }
+}
+
+fn to_message(out: Outgoing) -> Message {
+    match out {
+        Outgoing::Frame(WireFrame::Text(t)) => Message::Text(t),
+        Outgoing::Frame(WireFrame::Binary(b)) => Message::Binary(b),
+        Outgoing::Close { code, reason } => Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })),
+    }
+}
+
+async fn serve(ctx: SocketContext, ws: WebSocket) {
+    let (sink, stream) = ws.split();
+    let sink = sink.with(|out: Outgoing| async move { Ok::<_, axum::Error>(to_message(out)) });
+    let stream = stream.map(to_inbound);
+    let conn = ctx.conn;
+    let reason = socket::run(ctx, Box::pin(sink), stream).await;
+    tracing::debug!(conn = conn.0, "websocket closed: {reason:?}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(protocols: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("sec-websocket-protocol", protocols.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn auth_token_decodes_standard_and_url_safe_with_or_without_padding() {
+        // "a?b>" encodes with '/' and '+' in the standard alphabet.
+        for encoded in ["YT9iPg", "YT9iPg==", "YT9iPg"] {
+            assert_eq!(
+                auth_token_from_headers(&headers(&format!(
+                    "phoenix, {AUTH_TOKEN_PREFIX}{encoded}"
+                ))),
+                Some(b"a?b>".to_vec())
+            );
+        }
+        assert_eq!(decode_lenient_base64("Pz8_"), Some(b"???".to_vec()));
+        assert_eq!(decode_lenient_base64("Pz8/"), Some(b"???".to_vec()));
+        assert_eq!(decode_lenient_base64("Pz8/="), Some(b"???".to_vec()));
+    }
+
+    #[test]
+    fn no_or_ambiguous_auth_token_gives_none() {
+        assert_eq!(auth_token_from_headers(&headers("phoenix")), None);
+        assert_eq!(
+            auth_token_from_headers(&headers(&format!(
+                "{AUTH_TOKEN_PREFIX}YQ, {AUTH_TOKEN_PREFIX}Yg"
+            ))),
+            None
+        );
+        assert_eq!(auth_token_from_headers(&HeaderMap::new()), None);
+    }
+}

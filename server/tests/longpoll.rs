@@ -1,0 +1,263 @@
+//! The long-poll transport with raw HTTP requests on 127.0.0.1.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine;
+use common::{http, keys, start, Client};
+use rollcall_server::Config;
+use serde_json::{json, Value};
+
+fn config(window_ms: u64) -> Config {
+    Config {
+        longpoll_window: Duration::from_millis(window_ms),
+        ..Config::default()
+    }
+}
+
+async fn get(addr: SocketAddr, query: &str) -> Value {
+    let (status, headers, body) =
+        http(addr, "GET", &format!("/socket/longpoll?{query}"), &[], b"").await;
+    assert_eq!(status, 200, "long-poll always answers HTTP 200");
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k == "access-control-allow-origin" && v == "*"));
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k == "cache-control" && v == "no-store"));
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k == "content-type" && v.starts_with("application/json")));
+    serde_json::from_str(&body).unwrap()
+}
+
+async fn post(addr: SocketAddr, token: &str, content_type: &str, body: &str) -> Value {
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        "/socket/longpoll?vsn=2.0.0",
+        &[
+            ("content-type", content_type),
+            ("x-phoenix-longpoll-token", token),
+        ],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Opens a session; returns its token.
+async fn open(addr: SocketAddr, query: &str) -> String {
+    let resp = get(addr, query).await;
+    assert_eq!(resp["status"], 410);
+    assert_eq!(resp["messages"], json!([]));
+    resp["token"].as_str().unwrap().to_string()
+}
+
+/// Polls until `n` messages were collected (each poll has the HTTP deadline).
+async fn poll_messages(addr: SocketAddr, token: &str, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let resp = get(addr, &format!("vsn=2.0.0&token={token}")).await;
+        assert!(resp["status"] == 200 || resp["status"] == 204, "{resp}");
+        for m in resp["messages"].as_array().unwrap() {
+            out.push(serde_json::from_str(m.as_str().expect("messages are strings")).unwrap());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_get_without_session_opens_one_with_410_and_a_token() {
+    let server = start(config(10_000)).await;
+    let token = open(server.addr, "vsn=2.0.0").await;
+    assert!(!token.is_empty());
+}
+
+#[tokio::test]
+async fn an_unsupported_vsn_gets_status_403() {
+    let server = start(config(10_000)).await;
+    assert_eq!(get(server.addr, "vsn=9.0.0").await, json!({"status": 403}));
+}
+
+#[tokio::test]
+async fn a_posted_join_is_answered_in_the_next_polls_as_strings() {
+    let server = start(config(10_000)).await;
+    let token = open(server.addr, "vsn=2.0.0&user_id=poller").await;
+    let resp = post(
+        server.addr,
+        &token,
+        "application/x-ndjson",
+        r#"["1","1","room:lp","phx_join",{"meta":{"via":"lp"}}]"#,
+    )
+    .await;
+    assert_eq!(resp, json!({"status": 200}));
+    let msgs = poll_messages(server.addr, &token, 3).await;
+    assert_eq!(
+        msgs[0],
+        json!(["1", "1", "room:lp", "phx_reply", {"status": "ok", "response": {}}])
+    );
+    assert_eq!(msgs[1][3], "presence_state");
+    assert_eq!(msgs[2][3], "presence_diff");
+    assert_eq!(keys(&msgs[2][4]["joins"]), vec!["poller"]);
+}
+
+#[tokio::test]
+async fn a_plain_body_is_one_frame_and_the_token_param_works() {
+    let server = start(config(10_000)).await;
+    let token = open(server.addr, "vsn=2.0.0").await;
+    let (_, _, body) = http(
+        server.addr,
+        "POST",
+        &format!("/socket/longpoll?vsn=2.0.0&token={token}"),
+        &[("content-type", "application/json")],
+        br#"[null,"5","phoenix","heartbeat",{}]"#,
+    )
+    .await;
+    assert_eq!(body, r#"{"status":200}"#);
+    let msgs = poll_messages(server.addr, &token, 1).await;
+    assert_eq!(
+        msgs[0],
+        json!([null, "5", "phoenix", "phx_reply", {"status": "ok", "response": {}}])
+    );
+}
+
+#[tokio::test]
+async fn a_poll_with_nothing_to_say_answers_204_after_the_window() {
+    let server = start(config(200)).await;
+    let token = open(server.addr, "vsn=2.0.0").await;
+    let resp = get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
+    assert_eq!(resp["status"], 204);
+    assert_eq!(resp["token"], json!(token));
+    assert_eq!(resp["messages"], json!([]));
+}
+
+#[tokio::test]
+async fn a_post_without_a_session_gets_410() {
+    let server = start(config(10_000)).await;
+    let resp = post(server.addr, "no-such-token", "application/x-ndjson", "[]").await;
+    assert_eq!(resp, json!({"status": 410}));
+}
+
+#[tokio::test]
+async fn only_the_first_100_ndjson_lines_are_processed() {
+    let server = start(config(300)).await;
+    let token = open(server.addr, "vsn=2.0.0").await;
+    let lines: Vec<String> = (1..=101)
+        .map(|i| format!(r#"[null,"{i}","phoenix","heartbeat",{{}}]"#))
+        .collect();
+    let resp = post(
+        server.addr,
+        &token,
+        "application/x-ndjson",
+        &lines.join("\n"),
+    )
+    .await;
+    assert_eq!(resp, json!({"status": 200}));
+    let mut refs = Vec::new();
+    loop {
+        let resp = get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
+        if resp["status"] == 204 {
+            break;
+        }
+        for m in resp["messages"].as_array().unwrap() {
+            let v: Value = serde_json::from_str(m.as_str().unwrap()).unwrap();
+            refs.push(v[1].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(refs.len(), 100);
+    assert_eq!(refs.last().map(String::as_str), Some("100"));
+}
+
+#[tokio::test]
+async fn base64_ndjson_lines_are_binary_frames() {
+    let server = start(config(10_000)).await;
+    let mut ws = Client::user(&server, "ws").await;
+    ws.join("room:b64", json!({})).await;
+    ws.sync().await;
+    let token = open(server.addr, "vsn=2.0.0&user_id=lp").await;
+    post(
+        server.addr,
+        &token,
+        "application/x-ndjson",
+        r#"["1","1","room:b64","phx_join",{}]"#,
+    )
+    .await;
+    poll_messages(server.addr, &token, 3).await;
+    let mut frame = vec![0u8, 1, 1, 8, 4];
+    frame.extend_from_slice(b"12room:b64blob");
+    frame.extend_from_slice(&[9, 8, 7]);
+    let line = base64::engine::general_purpose::STANDARD.encode(&frame);
+    post(server.addr, &token, "application/x-ndjson", &line).await;
+    // Skip the poller's presence diff; the relay is the first binary frame.
+    loop {
+        if let tokio_tungstenite::tungstenite::Message::Binary(bytes) = ws.recv().await {
+            assert_eq!(&bytes[bytes.len() - 3..], &[9, 8, 7]);
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unpolled_session_expires_and_its_presence_leaves() {
+    let server = start(config(200)).await;
+    let mut ws = Client::user(&server, "ws").await;
+    ws.join("room:exp", json!({})).await;
+    ws.sync().await;
+    let token = open(server.addr, "vsn=2.0.0&user_id=gone").await;
+    post(
+        server.addr,
+        &token,
+        "application/x-ndjson",
+        r#"["1","1","room:exp","phx_join",{}]"#,
+    )
+    .await;
+    let joined = ws.recv_until(|v| v[3] == "presence_diff").await;
+    assert_eq!(keys(&joined[4]["joins"]), vec!["gone"]);
+    // No more polls: after 1.5 × window the session closes and the member leaves.
+    let left = loop {
+        let frames = ws.sync().await;
+        if let Some(d) = frames
+            .into_iter()
+            .find(|f| f[3] == "presence_diff" && f[4]["leaves"] != json!({}))
+        {
+            break d;
+        }
+    };
+    assert_eq!(keys(&left[4]["leaves"]), vec!["gone"]);
+    // The old token now opens a new session.
+    let resp = get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
+    assert_eq!(resp["status"], 410);
+    assert_ne!(resp["token"], json!(token));
+}
+
+#[tokio::test]
+async fn options_answers_the_cors_preflight() {
+    let server = start(config(10_000)).await;
+    let (status, headers, _) = http(
+        server.addr,
+        "OPTIONS",
+        "/socket/longpoll",
+        &[("access-control-request-headers", "x-phoenix-longpoll-token")],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(get("access-control-allow-origin").as_deref(), Some("*"));
+    assert_eq!(
+        get("access-control-allow-headers").as_deref(),
+        Some("x-phoenix-longpoll-token")
+    );
+    assert!(get("access-control-allow-methods")
+        .unwrap()
+        .contains("post"));
+}
