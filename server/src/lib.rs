@@ -60,9 +60,10 @@ impl ServerBuilder {
     pub fn build(self) -> Server {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (connections, drained) = mpsc::channel(1);
+        let tracker = Tracker::spawn(&self.config.node_name, self.pubsub);
         let state = http::AppState {
             config: Arc::new(self.config),
-            tracker: Tracker::spawn(self.pubsub),
+            tracker,
             shutdown: shutdown_rx,
             connections,
             longpoll: Arc::new(transport::longpoll::Sessions::default()),

@@ -472,7 +472,7 @@ mod tests {
         let (in_tx, mut in_rx) = mpsc::unbounded_channel::<Inbound>();
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (_shutdown_tx, shutdown_rx) = watch::channel(false);
-        let tracker = Tracker::spawn(Box::new(LocalPubSub::new()));
+        let tracker = Tracker::spawn("test", Box::new(LocalPubSub::new()));
         let ctx = SocketContext::new(
             Serializer::V2,
             ConnectInfo::default(),
