@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -61,9 +62,10 @@ impl ServerBuilder {
     pub fn build(self) -> Server {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (connections, drained) = mpsc::channel(1);
+        let tracker = Tracker::spawn(&self.config.node_name, self.pubsub);
         let state = http::AppState {
             config: Arc::new(self.config),
-            tracker: Tracker::spawn(self.pubsub),
+            tracker,
             shutdown: shutdown_rx,
             connections,
             longpoll: Arc::new(transport::longpoll::Sessions::default()),
@@ -150,6 +152,12 @@ impl Server {
             }
             let _ = trigger.send(true);
         };
+        // Presence frames are small and latency-bound: no Nagle delay on any connection.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("TCP_NODELAY not set: {e}");
+            }
+        });
         axum::serve(listener, router)
             .with_graceful_shutdown(stop)
             .await?;

@@ -7,9 +7,24 @@ use clap::{Parser, Subcommand};
 use rollcall_server::channel::parse_patterns;
 use rollcall_server::{Config, Server};
 
+/// Shown by `rollcall --help`, so the top-level help names every flag too.
+const SERVE_FLAGS: &str = "\
+`rollcall serve` flags (each also an environment variable; `rollcall serve --help` for details):
+  --host HOST                 ROLLCALL_HOST                listen address [127.0.0.1]
+  --port PORT                 ROLLCALL_PORT                listen port, 0 = any free port [4000]
+  --static-dir DIR            ROLLCALL_STATIC_DIR          demo page served at / [repository www/]
+  --rooms PATTERNS            ROLLCALL_ROOMS               presence room topics, comma-separated [room:*]
+  --idle-timeout-ms MS        ROLLCALL_IDLE_TIMEOUT_MS     close silent connections [60000]
+  --max-frame-size BYTES      ROLLCALL_MAX_FRAME_SIZE      largest inbound message, else close 1009 [1048576]
+  --max-meta-size BYTES       ROLLCALL_MAX_META_SIZE       largest presence meta [4096]
+  --max-channels N            ROLLCALL_MAX_CHANNELS        channels per connection [100]
+  --max-queued-frames N       ROLLCALL_MAX_QUEUED_FRAMES   frames queued for a slow client, else close 1013 [1024]
+  --longpoll-window-ms MS     ROLLCALL_LONGPOLL_WINDOW_MS  long-poll window; sessions expire after 1.5x [10000]
+  --node-name NAME            ROLLCALL_NODE_NAME           name reported by /healthz [$HOSTNAME]";
+
 /// Phoenix-style presence server: Phoenix Channels over WebSocket and long-poll, presence rooms.
 #[derive(Parser, Debug)]
-#[command(name = "rollcall", version, about)]
+#[command(name = "rollcall", version, about, after_help = SERVE_FLAGS)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -111,4 +126,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = Server::new(config);
     server.serve(listener, stop_signal()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn top_level_help_lists_every_serve_flag_with_its_env_var() {
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve").expect("serve subcommand");
+        for arg in serve.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" {
+                continue;
+            }
+            assert!(SERVE_FLAGS.contains(&format!("--{long} ")), "--{long}");
+            let env = arg.get_env().expect("every flag has an env var");
+            assert!(SERVE_FLAGS.contains(env.to_str().unwrap_or("?")), "{env:?}");
+        }
+    }
 }

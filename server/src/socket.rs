@@ -101,6 +101,9 @@ pub enum CloseReason {
     SinkFailed,
 }
 
+/// How long a close frame may take to write before the connection is dropped without it.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Keeps a close reason within the 123 bytes a WebSocket close frame allows.
 fn close_reason(reason: &str) -> String {
     let mut end = reason.len().min(123);
@@ -165,9 +168,7 @@ where
                     }
                     _ = overflow.notified() => {
                         tracing::info!(conn = conn.0, "closing: client too slow, outgoing queue full");
-                        let close = machine.close(CLOSE_TRY_AGAIN_LATER, "client too slow: outgoing queue full");
-                        let _ = tokio::time::timeout(Duration::from_millis(100), close).await;
-                        break CloseReason::Closed(CLOSE_TRY_AGAIN_LATER, "client too slow: outgoing queue full".into());
+                        break machine.close(CLOSE_TRY_AGAIN_LATER, "client too slow: outgoing queue full").await;
                     }
                 }
             }
@@ -193,15 +194,15 @@ where
 }
 
 impl<S: Sink<Outgoing> + Unpin> Machine<S> {
+    /// Sends a close frame and reports the reason. A client that stopped reading may never take
+    /// the frame: the attempt is bounded, then the connection is dropped anyway.
     async fn close(&mut self, code: u16, reason: &str) -> CloseReason {
         let reason = close_reason(reason);
-        let _ = self
-            .sink
-            .send(Outgoing::Close {
-                code,
-                reason: reason.clone(),
-            })
-            .await;
+        let frame = Outgoing::Close {
+            code,
+            reason: reason.clone(),
+        };
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.sink.send(frame)).await;
         CloseReason::Closed(code, reason)
     }
 
@@ -472,7 +473,7 @@ mod tests {
         let (in_tx, mut in_rx) = mpsc::unbounded_channel::<Inbound>();
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (_shutdown_tx, shutdown_rx) = watch::channel(false);
-        let tracker = Tracker::spawn(Box::new(LocalPubSub::new()));
+        let tracker = Tracker::spawn("test", Box::new(LocalPubSub::new()));
         let ctx = SocketContext::new(
             Serializer::V2,
             ConnectInfo::default(),

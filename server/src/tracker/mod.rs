@@ -12,7 +12,7 @@ pub mod state;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rollcall_core::protocol::{Outbound, Payload, Serializer};
 use serde_json::{Map, Value};
@@ -104,12 +104,13 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// Starts the tracker task on the current Tokio runtime.
-    pub fn spawn(mut pubsub: Box<dyn PubSub>) -> Tracker {
+    /// Starts the tracker task of node `node` on the current Tokio runtime.
+    pub fn spawn(node: &str, mut pubsub: Box<dyn PubSub>) -> Tracker {
         let (tx, rx) = mpsc::unbounded_channel();
         let frames_encoded = Arc::new(AtomicU64::new(0));
         let incoming = pubsub.subscribe();
         let task = TrackerTask {
+            node: node.to_string(),
             shard: Shard::new(rand::random()),
             topics: HashMap::new(),
             by_conn: HashMap::new(),
@@ -210,6 +211,7 @@ struct Member {
 }
 
 struct TrackerTask {
+    node: String,
     shard: Shard,
     /// Local subscribers per topic.
     topics: HashMap<String, HashMap<ConnId, Member>>,
@@ -220,11 +222,18 @@ struct TrackerTask {
 }
 
 fn unix_seconds() -> u64 {
+    unix_millis() / 1000
+}
+
+fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// How often the shard gets `tick` (Phoenix's default broadcast period).
+const TICK_PERIOD: Duration = Duration::from_millis(1500);
 
 /// Groups `(key, meta)` pairs as Phoenix does: `{key: {"metas": [meta, ...]}}`, keys in order of
 /// first appearance.
@@ -247,6 +256,8 @@ impl TrackerTask {
         mut commands: mpsc::UnboundedReceiver<Command>,
         mut incoming: mpsc::UnboundedReceiver<ClusterMessage>,
     ) {
+        let mut ticks = tokio::time::interval(TICK_PERIOD);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
@@ -254,8 +265,24 @@ impl TrackerTask {
                     None => break,
                 },
                 Some(message) = incoming.recv() => self.handle_remote(message),
+                _ = ticks.tick() => {
+                    let output = self.shard.tick(unix_millis());
+                    self.apply(output);
+                }
             }
         }
+    }
+
+    /// Sends a shard's replication messages and dispatches its diff.
+    fn apply(&mut self, output: state::Output) {
+        for (_to, bytes) in output.messages {
+            // Adapters broadcast; point-to-point routing arrives with the cluster adapters.
+            self.pubsub.publish(ClusterMessage::Tracker {
+                from: self.node.clone(),
+                bytes,
+            });
+        }
+        self.dispatch_diff(output.diff);
     }
 
     fn handle_remote(&mut self, message: ClusterMessage) {
@@ -272,8 +299,10 @@ impl TrackerTask {
                 },
                 None,
             ),
-            // Replication arrives with core::tracker shards.
-            ClusterMessage::Tracker { .. } => {}
+            ClusterMessage::Tracker { from, bytes } => {
+                let output = self.shard.receive(&from, &bytes, unix_millis());
+                self.apply(output);
+            }
         }
     }
 

@@ -56,6 +56,16 @@ pub struct AlreadyTracked;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoPresence;
 
+/// What a shard wants done after `tick` or `receive`: messages for other replicas (`None` =
+/// every node) and the presence changes to report locally.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Output {
+    /// Encoded replication messages, each with its destination node (`None`: broadcast).
+    pub messages: Vec<(Option<String>, Vec<u8>)>,
+    /// Presence changes to dispatch to local subscribers.
+    pub diff: Diff,
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     conn: ConnId,
@@ -213,6 +223,16 @@ impl Shard {
             },
         );
         Ok((phx_ref, diff))
+    }
+
+    /// Periodic work (replication heartbeat, down detection). A single node has none.
+    pub fn tick(&mut self, _now_ms: u64) -> Output {
+        Output::default()
+    }
+
+    /// A replication message from node `from`. A single node never gets one.
+    pub fn receive(&mut self, _from: &str, _bytes: &[u8], _now_ms: u64) -> Output {
+        Output::default()
     }
 
     /// The meta of a tracked (conn, topic, key).
