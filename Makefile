@@ -6,7 +6,7 @@ export PATH := $(HOME)/.cargo/bin:$(CURDIR)/npm/node_modules/.bin:$(PATH)
 HOST ?= 127.0.0.1
 PORT ?= 4000
 
-.PHONY: help run test setup lint rust-test wasm-core npm-build npm-test
+.PHONY: help run test setup lint rust-test wasm-core npm-build npm-test www-vendor www-test
 
 help:
 	@echo "make run    build and start one rollcall node with the demo at http://$(HOST):$(PORT)"
@@ -16,11 +16,12 @@ help:
 run:
 	@./scripts/setup.sh --build-only
 	cd npm && npm run build
+	$(MAKE) www-vendor
 	cargo build --release -p rollcall-server
 	./target/release/rollcall serve --host $(HOST) --port $(PORT)
 
 ## Install what is missing, then run every check and test.
-test: setup lint rust-test wasm-core npm-test
+test: setup lint rust-test wasm-core npm-test www-test
 	@echo "make test: all checks passed"
 
 setup:
@@ -44,3 +45,14 @@ npm-build: setup
 npm-test: npm-build
 	cargo build -p rollcall-server
 	cd npm && npm test
+
+## The demo page uses the npm package as an app would: copied next to it (git-ignored).
+www-vendor:
+	rm -rf www/vendor/rollcall && mkdir -p www/vendor/rollcall/dist
+	cp -r npm/src www/vendor/rollcall/src
+	cp -r npm/dist/wasm-web www/vendor/rollcall/dist/wasm-web
+
+## The demo page in a real headless Chromium.
+www-test: npm-build www-vendor
+	cargo build -p rollcall-server
+	node --test www/test/
