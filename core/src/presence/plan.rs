@@ -1,0 +1,220 @@
+//! The decisions of `syncDiff` / `syncState` computed from keys and refs alone, for a shell
+//! that keeps the presence objects itself (the JS `Presence` over wasm keeps JS objects, so
+//! that callers see live objects, and asks the core what to do with them).
+//!
+//! A shell describes each key the diff names by the refs of its current metas and of the
+//! diff's metas; the core answers with meta positions to keep, in a flat `Vec<i32>` that
+//! crosses the wasm boundary as one `Int32Array`. The rules are those of
+//! [`PresenceState::sync_diff`](super::PresenceState::sync_diff), which runs on the same
+//! [`kept`](super::kept) matcher.
+//!
+//! A [`KeyIndex`] additionally tracks which keys a long-lived state holds and in what order
+//! (JavaScript's), each under a small integer *slot*, so the shell can rebuild its `list()` in
+//! O(N) array work without asking the JS engine for the keys of a large dictionary object.
+
+use super::{kept, JsOrderMap};
+use serde::Deserialize;
+
+/// A `phx_ref` as the shell encodes it: a string that equals another exactly when the two refs
+/// are `===` in JavaScript, or `None` for a ref that equals nothing (an object, `NaN`).
+pub type RefKey = Option<String>;
+
+fn same_key(a: &RefKey, b: &RefKey) -> bool {
+    matches!((a, b), (Some(a), Some(b)) if a == b)
+}
+
+/// One key of a diff's `joins`: the key, the refs of its current metas (`None` when the state
+/// lacks the key) and the refs of the joined metas.
+#[derive(Clone, Debug, Deserialize)]
+pub struct JoinInput(pub String, pub Option<Vec<RefKey>>, pub Vec<RefKey>);
+
+/// One key of a diff's `leaves`: the key, the position of the same key among the diff's joins
+/// (or -1), the refs of its current metas when it was not joined (`None` when the state lacks
+/// the key) and the refs of the metas that left.
+#[derive(Clone, Debug, Deserialize)]
+pub struct LeaveInput(
+    pub String,
+    pub i64,
+    pub Option<Vec<RefKey>>,
+    pub Vec<RefKey>,
+);
+
+/// A diff described by refs, joins and leaves each in JavaScript key order.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct DiffInput {
+    /// The joins.
+    #[serde(rename = "j")]
+    pub joins: Vec<JoinInput>,
+    /// The leaves.
+    #[serde(rename = "l")]
+    pub leaves: Vec<LeaveInput>,
+}
+
+/// Marks a leave of an absent key: skipped, no event.
+pub const SKIP: i32 = -1;
+
+fn push_positions(out: &mut Vec<i32>, positions: &[usize]) {
+    out.push(positions.len() as i32);
+    out.extend(positions.iter().map(|&i| i as i32));
+}
+
+/// Plans a diff. The answer, in order:
+///
+/// - per join: `n` then `n` positions of the current metas to put before the joined ones
+///   (`0` for a new key);
+/// - per leave: [`SKIP`] for an absent key, else `n` then the `n` positions of the metas that
+///   remain, counted in the metas as they are after the joins (current metas kept by the join,
+///   then the joined ones). `n == 0` means the key goes away.
+pub fn plan_diff(input: &DiffInput) -> Vec<i32> {
+    let mut out = Vec::new();
+    // refs each joined key holds once the joins are applied, for leaves of the same key
+    let mut after_join: Vec<Vec<RefKey>> = Vec::with_capacity(input.joins.len());
+    for JoinInput(_, current, joined) in &input.joins {
+        let keep = match current {
+            Some(current) => kept(current, joined, same_key),
+            None => Vec::new(),
+        };
+        push_positions(&mut out, &keep);
+        if !input.leaves.is_empty() {
+            let mut refs: Vec<RefKey> = match current {
+                Some(current) => keep
+                    .iter()
+                    .filter_map(|&i| current.get(i).cloned())
+                    .collect(),
+                None => Vec::new(),
+            };
+            refs.extend(joined.iter().cloned());
+            after_join.push(refs);
+        }
+    }
+    for LeaveInput(_, join_pos, current, left) in &input.leaves {
+        let current = match usize::try_from(*join_pos) {
+            Ok(i) => after_join.get(i),
+            Err(_) => current.as_ref(),
+        };
+        match current {
+            Some(current) => push_positions(&mut out, &kept(current, left, same_key)),
+            None => out.push(SKIP),
+        }
+    }
+    out
+}
+
+/// One key present in both the current and the new state of a `syncState`: the refs of its
+/// current metas and of its new metas.
+#[derive(Clone, Debug, Deserialize)]
+pub struct StateKeyInput(pub Vec<RefKey>, pub Vec<RefKey>);
+
+/// Plans the synthetic diff of `syncState` for keys present in both states: per key, `n` then
+/// the positions of the new metas that joined (their ref is not current), then `m` then the
+/// positions of the current metas that left (their ref is not new).
+pub fn plan_state(input: &[StateKeyInput]) -> Vec<i32> {
+    let mut out = Vec::with_capacity(input.len() * 2);
+    for StateKeyInput(current, new) in input {
+        push_positions(&mut out, &kept(new, current, same_key));
+        push_positions(&mut out, &kept(current, new, same_key));
+    }
+    out
+}
+
+/// Which keys a long-lived state holds, in JavaScript order, each under a slot number that
+/// stays the same while the key is present. Slots of removed keys are reused.
+#[derive(Clone, Debug, Default)]
+pub struct KeyIndex {
+    slots: JsOrderMap<u32>,
+    free: Vec<u32>,
+    next: u32,
+}
+
+/// The index disagrees with what the shell found in its state (someone changed the state
+/// behind the index's back); the shell should [`KeyIndex::reset`] and try again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutOfStep;
+
+impl KeyIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when no key is present.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The slot of `key`.
+    pub fn slot(&self, key: &str) -> Option<u32> {
+        self.slots.get(key).copied()
+    }
+
+    /// Forgets everything and indexes `keys`, which must be in JavaScript order already (as
+    /// `Object.getOwnPropertyNames` gives them); returns their slots, `0..n`.
+    pub fn reset<I: IntoIterator<Item = String>>(&mut self, keys: I) -> Vec<u32> {
+        self.slots.clear();
+        self.free.clear();
+        self.next = 0;
+        keys.into_iter().map(|k| self.add(k)).collect()
+    }
+
+    fn add(&mut self, key: String) -> u32 {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        });
+        self.slots.insert(key, slot);
+        slot
+    }
+
+    /// Slots in JavaScript key order.
+    pub fn order(&self) -> Vec<u32> {
+        self.slots.values().copied().collect()
+    }
+
+    /// [`plan_diff`], then the slots: per join the key's slot (a new slot for a new key), then
+    /// per leave that is not skipped the key's slot (freed when the key goes away). Fails when
+    /// the shell's view of which keys are present differs from the index.
+    pub fn plan_diff(&mut self, input: &DiffInput) -> Result<Vec<i32>, OutOfStep> {
+        for JoinInput(key, current, _) in &input.joins {
+            if current.is_some() != self.slots.contains_key(key) {
+                return Err(OutOfStep);
+            }
+        }
+        for LeaveInput(key, join_pos, current, _) in &input.leaves {
+            if *join_pos < 0 && current.is_some() != self.slots.contains_key(key) {
+                return Err(OutOfStep);
+            }
+        }
+        let mut out = plan_diff(input);
+        let mut at = 0;
+        for JoinInput(key, _, _) in &input.joins {
+            at += 1 + out.get(at).map_or(0, |&n| n.max(0) as usize);
+            let slot = match self.slot(key) {
+                Some(slot) => slot,
+                None => self.add(key.clone()),
+            };
+            out.push(slot as i32);
+        }
+        for LeaveInput(key, _, _, _) in &input.leaves {
+            let n = out.get(at).copied().unwrap_or(SKIP);
+            if n == SKIP {
+                at += 1;
+                continue;
+            }
+            at += 1 + n.max(0) as usize;
+            let Some(slot) = self.slot(key) else {
+                return Err(OutOfStep);
+            };
+            if n == 0 {
+                self.slots.remove(key);
+                self.free.push(slot);
+            }
+            out.push(slot as i32);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,107 @@
+//! core::presence::plan: the ref-level decisions the JS shell applies to its own objects, and
+//! the key index behind the instance `list()`.
+
+use rollcall_core::presence::plan::{
+    plan_diff, plan_state, DiffInput, JoinInput, KeyIndex, LeaveInput, StateKeyInput, SKIP,
+};
+
+fn r(s: &str) -> Option<String> {
+    Some(s.to_owned())
+}
+
+fn join(key: &str, current: Option<Vec<Option<String>>>, joined: Vec<Option<String>>) -> JoinInput {
+    JoinInput(key.into(), current, joined)
+}
+
+fn leave(
+    key: &str,
+    pos: i64,
+    current: Option<Vec<Option<String>>>,
+    left: Vec<Option<String>>,
+) -> LeaveInput {
+    LeaveInput(key.into(), pos, current, left)
+}
+
+#[test]
+fn plan_keeps_unmatched_current_metas_of_a_join() {
+    let input = DiffInput {
+        joins: vec![
+            join("k", Some(vec![r("a"), r("b"), r("c")]), vec![r("b")]),
+            join("n", None, vec![r("x")]),
+        ],
+        leaves: vec![],
+    };
+    assert_eq!(plan_diff(&input), [2, 0, 2, 0]);
+}
+
+#[test]
+fn plan_skips_leaves_of_absent_keys() {
+    let input = DiffInput {
+        joins: vec![],
+        leaves: vec![leave("gone", -1, None, vec![r("a")])],
+    };
+    assert_eq!(plan_diff(&input), [SKIP]);
+}
+
+#[test]
+fn plan_of_an_update_keeps_only_the_new_meta() {
+    // join of "new" onto a key holding "old", then leave of "old": positions are counted in the
+    // metas after the join, [old, new], so only position 1 remains
+    let input = DiffInput {
+        joins: vec![join("k", Some(vec![r("old")]), vec![r("new")])],
+        leaves: vec![leave("k", 0, None, vec![r("old")])],
+    };
+    assert_eq!(plan_diff(&input), [1, 0, 1, 1]);
+}
+
+#[test]
+fn plan_treats_unencodable_refs_as_equal_to_nothing() {
+    // None stands for an object or NaN ref: never === anything, not even another one
+    let input = DiffInput {
+        joins: vec![],
+        leaves: vec![leave("k", -1, Some(vec![None, r("u")]), vec![None, r("u")])],
+    };
+    assert_eq!(plan_diff(&input), [1, 0]);
+}
+
+#[test]
+fn plan_state_reports_joined_and_left_positions() {
+    let input = [StateKeyInput(vec![r("a"), r("b")], vec![r("c"), r("a")])];
+    // joined: new position 0 ("c"); left: current position 1 ("b")
+    assert_eq!(plan_state(&input), [1, 0, 1, 1]);
+}
+
+#[test]
+fn key_index_keeps_javascript_order_and_reuses_slots() {
+    let mut index = KeyIndex::new();
+    assert_eq!(index.reset(["b".to_owned(), "a".to_owned()]), [0, 1]);
+    let out = index
+        .plan_diff(&DiffInput {
+            joins: vec![join("5", None, vec![r("x")])],
+            leaves: vec![leave("b", -1, Some(vec![r("y")]), vec![r("y")])],
+        })
+        .expect("in step");
+    // plan [0 | 0], then slot of "5" (new: 2), then slot of "b" (0, freed)
+    assert_eq!(out, [0, 0, 2, 0]);
+    assert_eq!(index.order(), [2, 1]);
+    let out = index
+        .plan_diff(&DiffInput {
+            joins: vec![join("c", None, vec![r("z")])],
+            leaves: vec![],
+        })
+        .expect("in step");
+    assert_eq!(out, [0, 0], "the freed slot is reused");
+    assert_eq!(index.order(), [2, 1, 0]);
+}
+
+#[test]
+fn key_index_reports_when_the_shell_state_moved_behind_its_back() {
+    let mut index = KeyIndex::new();
+    index.reset(["a".to_owned()]);
+    // the shell says "a" is absent, the index has it
+    let input = DiffInput {
+        joins: vec![join("a", None, vec![r("x")])],
+        leaves: vec![],
+    };
+    assert!(index.plan_diff(&input).is_err());
+}
