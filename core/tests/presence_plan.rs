@@ -2,23 +2,18 @@
 //! the key index behind the instance `list()`.
 
 use rollcall_core::presence::plan::{
-    plan_diff, plan_state, DiffInput, JoinInput, KeyIndex, LeaveInput, StateKeyInput, SKIP,
+    plan_diff, plan_state, DiffInput, JoinInput, KeyIndex, LeaveInput, RefKey, SKIP,
 };
 
-fn r(s: &str) -> Option<String> {
-    Some(s.to_owned())
+fn r(s: &str) -> RefKey {
+    RefKey::Str(s.to_owned())
 }
 
-fn join(key: &str, current: Option<Vec<Option<String>>>, joined: Vec<Option<String>>) -> JoinInput {
+fn join(key: &str, current: Option<Vec<RefKey>>, joined: Vec<RefKey>) -> JoinInput {
     JoinInput(key.into(), current, joined)
 }
 
-fn leave(
-    key: &str,
-    pos: i64,
-    current: Option<Vec<Option<String>>>,
-    left: Vec<Option<String>>,
-) -> LeaveInput {
+fn leave(key: &str, pos: i64, current: Option<Vec<RefKey>>, left: Vec<RefKey>) -> LeaveInput {
     LeaveInput(key.into(), pos, current, left)
 }
 
@@ -56,17 +51,23 @@ fn plan_of_an_update_keeps_only_the_new_meta() {
 
 #[test]
 fn plan_treats_unencodable_refs_as_equal_to_nothing() {
-    // None stands for an object or NaN ref: never === anything, not even another one
+    // Never stands for an object or NaN ref: never === anything, not even another one
     let input = DiffInput {
         joins: vec![],
-        leaves: vec![leave("k", -1, Some(vec![None, r("u")]), vec![None, r("u")])],
+        leaves: vec![leave(
+            "k",
+            -1,
+            Some(vec![RefKey::Never, r("u")]),
+            vec![RefKey::Never, r("u")],
+        )],
     };
     assert_eq!(plan_diff(&input), [1, 0]);
 }
 
 #[test]
 fn plan_state_reports_joined_and_left_positions() {
-    let input = [StateKeyInput(vec![r("a"), r("b")], vec![r("c"), r("a")])];
+    let n = |n: f64| RefKey::Num(n);
+    let input = [n(2.0), r("a"), r("b"), n(2.0), r("c"), r("a")];
     // joined: new position 0 ("c"); left: current position 1 ("b")
     assert_eq!(plan_state(&input), [1, 0, 1, 1]);
 }
@@ -104,4 +105,26 @@ fn key_index_reports_when_the_shell_state_moved_behind_its_back() {
         leaves: vec![],
     };
     assert!(index.plan_diff(&input).is_err());
+}
+
+#[test]
+fn refs_decode_from_the_json_a_shell_sends() {
+    let refs: Vec<RefKey> =
+        serde_json::from_str(r#"["a", 1, 1.5, true, null, [], {}]"#).expect("refs");
+    assert_eq!(
+        refs,
+        [
+            r("a"),
+            RefKey::Num(1.0),
+            RefKey::Num(1.5),
+            RefKey::Bool(true),
+            RefKey::Null,
+            RefKey::Undefined,
+            RefKey::Never
+        ]
+    );
+    assert!(RefKey::Undefined.same(&RefKey::Undefined));
+    assert!(RefKey::Num(1.0).same(&RefKey::Num(1.0)));
+    assert!(!RefKey::Str("1".into()).same(&RefKey::Num(1.0)));
+    assert!(!RefKey::Never.same(&RefKey::Never));
 }

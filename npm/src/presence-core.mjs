@@ -79,22 +79,56 @@ function toNullProtoObj(obj){
   return cleaned
 }
 
-// A phx_ref as a string that equals another exactly when the refs are ===, or null for a ref
-// that is === to nothing it can be compared with here (objects: one side is always a fresh
-// JSON clone; NaN; BigInt and symbols, which JSON cannot carry).
+// A phx_ref as the core reads it (core::presence::plan::RefKey): strings, finite numbers,
+// booleans and null as themselves, [] for undefined, {} for a ref that is === to nothing it can
+// be compared with here (an object: one side of every comparison is a fresh JSON copy; NaN and
+// the infinities, which such a copy turns into null; BigInt and symbols, which JSON refuses).
+const UNDEFINED_REF = []
+const NEVER_REF = {}
 function refKey(m){
   const r = m.phx_ref
   switch(typeof r){
-    case "string": return "s" + r
-    case "number": return r === r ? "n" + r : null
-    case "boolean": return r ? "t" : "f"
-    case "undefined": return "u"
-    case "object": return r === null ? "z" : null
-    default: return null
+    case "string": case "boolean": return r
+    case "number": return Number.isFinite(r) ? r : NEVER_REF
+    case "undefined": return UNDEFINED_REF
+    case "object": return r === null ? null : NEVER_REF
+    default: return NEVER_REF
   }
 }
 
+// pushes the count and the refs of a presence's metas onto a flat input
+function pushRefs(out, presence){
+  const metas = presence.metas
+  const n = metas.length
+  out.push(n)
+  for(let i = 0; i < n; i++){ out.push(refKey(metas[i])) }
+}
+
+// toNullProtoObj(clone(obj)) without the intermediate plain object
+function cloneToNullProto(obj){
+  if(obj !== null && typeof obj === "object" && !Array.isArray(obj)){
+    const proto = Object.getPrototypeOf(obj)
+    if((proto === OBJECT_PROTO || proto === null) && obj.toJSON === undefined){
+      try {
+        const out = Object.create(null)
+        const keys = Object.keys(obj)
+        for(let i = 0; i < keys.length; i++){
+          const v = obj[keys[i]]
+          const t = typeof v
+          if(t === "undefined" || t === "function" || t === "symbol"){ continue }
+          out[keys[i]] = cloneValue(v, 1)
+        }
+        return out
+      } catch (e){
+        if(e !== BAIL){ throw e }
+      }
+    }
+  }
+  return toNullProtoObj(JSON.parse(JSON.stringify(obj)))
+}
+
 const refsOf = (presence) => presence.metas.map(refKey)
+const hasOwn = (obj, key) => OBJECT_PROTO.hasOwnProperty.call(obj, key)
 
 function pick(list, plan, at, n){
   const out = new Array(n)
@@ -214,21 +248,26 @@ export function definePresence(wasm){
   }
 
   function syncState(currentState, newState, onJoin, onLeave){
-    const state = toNullProtoObj(clone(currentState))
-    newState = toNullProtoObj(newState)
+    const state = cloneToNullProto(currentState)
+    // phoenix.js copies newState into a null-prototype object only so that lookups cannot hit
+    // Object.prototype; own-property lookups do the same without copying N keys
+    const own = Object.getPrototypeOf(newState) !== null
     const joins = Object.create(null)
     const leaves = Object.create(null)
     const sKeys = Object.getOwnPropertyNames(state)
     for(let i = 0; i < sKeys.length; i++){
       const key = sKeys[i]
-      if(!newState[key]){ leaves[key] = state[key] }
+      if(!(own ? (hasOwn(newState, key) && newState[key]) : newState[key])){ leaves[key] = state[key] }
     }
     const nKeys = Object.getOwnPropertyNames(newState)
     const input = []
     for(let i = 0; i < nKeys.length; i++){
       const key = nKeys[i]
       const cur = state[key]
-      if(cur){ input.push([refsOf(cur), refsOf(newState[key])]) }
+      if(cur){
+        pushRefs(input, cur)
+        pushRefs(input, newState[key])
+      }
     }
     const plan = input.length > 0 ? planState(input) : null
     let at = 0
@@ -241,10 +280,10 @@ export function definePresence(wasm){
         continue
       }
       const nJoined = plan[at++]
-      const joinedMetas = pick(newPresence.metas, plan, at, nJoined)
+      const joinedMetas = nJoined > 0 ? pick(newPresence.metas, plan, at, nJoined) : null
       at += nJoined
       const nLeft = plan[at++]
-      const leftMetas = pick(cur.metas, plan, at, nLeft)
+      const leftMetas = nLeft > 0 ? pick(cur.metas, plan, at, nLeft) : null
       at += nLeft
       if(nJoined > 0){
         joins[key] = newPresence

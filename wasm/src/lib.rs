@@ -29,11 +29,11 @@ pub fn plan_diff(input: &str) -> Result<Vec<i32>, JsError> {
     Ok(plan::plan_diff(&parse("diff plan input", input)?))
 }
 
-/// [`plan::plan_state`] over a JSON array of [`plan::StateKeyInput`].
+/// [`plan::plan_state`] over its flat JSON input.
 #[wasm_bindgen(js_name = planState)]
 pub fn plan_state(input: &str) -> Result<Vec<i32>, JsError> {
-    let keys: Vec<plan::StateKeyInput> = parse("state plan input", input)?;
-    Ok(plan::plan_state(&keys))
+    let refs: Vec<plan::RefKey> = parse("state plan input", input)?;
+    Ok(plan::plan_state(&refs))
 }
 
 /// A [`plan::KeyIndex`]: the keys of one `Presence` instance's state, in JavaScript order,

@@ -13,14 +13,98 @@
 //! O(N) array work without asking the JS engine for the keys of a large dictionary object.
 
 use super::{kept, JsOrderMap};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use std::fmt;
 
-/// A `phx_ref` as the shell encodes it: a string that equals another exactly when the two refs
-/// are `===` in JavaScript, or `None` for a ref that equals nothing (an object, `NaN`).
-pub type RefKey = Option<String>;
+/// A `phx_ref` as JavaScript's `===` sees it. In the JSON a shell sends, a ref is itself when it
+/// is a string, a finite number, a boolean or `null`; `[]` stands for `undefined` (a meta with
+/// no `phx_ref`) and `{}` for a ref that equals nothing it can meet here (an object — one side
+/// of every comparison is a fresh JSON copy —, `NaN`, an infinity, which such a copy turns into
+/// `null`, a BigInt or a symbol).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RefKey {
+    /// A string.
+    Str(String),
+    /// A finite number.
+    Num(f64),
+    /// A boolean.
+    Bool(bool),
+    /// `null`.
+    Null,
+    /// `undefined`: the meta has no `phx_ref`.
+    Undefined,
+    /// Equal to nothing, not even itself.
+    Never,
+}
+
+impl RefKey {
+    /// `a === b` for the two refs.
+    pub fn same(&self, other: &RefKey) -> bool {
+        match (self, other) {
+            (Self::Str(a), Self::Str(b)) => a == b,
+            (Self::Num(a), Self::Num(b)) => a == b,
+            (Self::Bool(a), Self::Bool(b)) => a == b,
+            (Self::Null, Self::Null) | (Self::Undefined, Self::Undefined) => true,
+            _ => false,
+        }
+    }
+
+    fn count(&self) -> usize {
+        match self {
+            Self::Num(n) if *n >= 0.0 && *n < 4_294_967_296.0 => *n as usize,
+            _ => 0,
+        }
+    }
+}
 
 fn same_key(a: &RefKey, b: &RefKey) -> bool {
-    matches!((a, b), (Some(a), Some(b)) if a == b)
+    a.same(b)
+}
+
+impl<'de> Deserialize<'de> for RefKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RefVisitor;
+        impl<'de> Visitor<'de> for RefVisitor {
+            type Value = RefKey;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, number, boolean, null, [] or {}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RefKey, E> {
+                Ok(RefKey::Str(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<RefKey, E> {
+                Ok(RefKey::Str(v))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RefKey, E> {
+                Ok(RefKey::Num(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RefKey, E> {
+                Ok(RefKey::Num(v as f64))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RefKey, E> {
+                Ok(RefKey::Num(v as f64))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RefKey, E> {
+                Ok(RefKey::Bool(v))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<RefKey, E> {
+                Ok(RefKey::Null)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RefKey, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(RefKey::Undefined)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RefKey, A::Error> {
+                while map
+                    .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(RefKey::Never)
+            }
+        }
+        deserializer.deserialize_any(RefVisitor)
+    }
 }
 
 /// One key of a diff's `joins`: the key, the refs of its current metas (`None` when the state
@@ -100,17 +184,22 @@ pub fn plan_diff(input: &DiffInput) -> Vec<i32> {
     out
 }
 
-/// One key present in both the current and the new state of a `syncState`: the refs of its
-/// current metas and of its new metas.
-#[derive(Clone, Debug, Deserialize)]
-pub struct StateKeyInput(pub Vec<RefKey>, pub Vec<RefKey>);
-
-/// Plans the synthetic diff of `syncState` for keys present in both states: per key, `n` then
-/// the positions of the new metas that joined (their ref is not current), then `m` then the
-/// positions of the current metas that left (their ref is not new).
-pub fn plan_state(input: &[StateKeyInput]) -> Vec<i32> {
-    let mut out = Vec::with_capacity(input.len() * 2);
-    for StateKeyInput(current, new) in input {
+/// Plans the synthetic diff of `syncState` for the keys present in both states. `input` is
+/// flat, per key: the number of current metas and their refs, then the number of new metas
+/// and their refs. The answer, per key: `n` then the positions of the new metas that joined
+/// (their ref is not current), then `m` then the positions of the current metas that left
+/// (their ref is not new). A truncated input plans the keys it completes.
+pub fn plan_state(input: &[RefKey]) -> Vec<i32> {
+    fn take<'a>(rest: &mut &'a [RefKey]) -> Option<&'a [RefKey]> {
+        let (count, tail) = rest.split_first()?;
+        let n = count.count().min(tail.len());
+        let (refs, tail) = tail.split_at(n);
+        *rest = tail;
+        Some(refs)
+    }
+    let mut out = Vec::with_capacity(input.len());
+    let mut rest = input;
+    while let (Some(current), Some(new)) = (take(&mut rest), take(&mut rest)) {
         push_positions(&mut out, &kept(new, current, same_key));
         push_positions(&mut out, &kept(current, new, same_key));
     }
