@@ -5,16 +5,25 @@ use rollcall_core::presence::plan::{
     plan_diff, plan_state, DiffInput, JoinInput, KeyIndex, LeaveInput, RefKey, SKIP,
 };
 
-fn r(s: &str) -> RefKey {
-    RefKey::Str(s.to_owned())
+fn r(s: &str) -> RefKey<'static> {
+    RefKey::Str(s.to_owned().into())
 }
 
-fn join(key: &str, current: Option<Vec<RefKey>>, joined: Vec<RefKey>) -> JoinInput {
-    JoinInput(key.into(), current, joined)
+fn join(
+    key: &str,
+    current: Option<Vec<RefKey<'static>>>,
+    joined: Vec<RefKey<'static>>,
+) -> JoinInput<'static> {
+    JoinInput(key.to_owned().into(), current, joined)
 }
 
-fn leave(key: &str, pos: i64, current: Option<Vec<RefKey>>, left: Vec<RefKey>) -> LeaveInput {
-    LeaveInput(key.into(), pos, current, left)
+fn leave(
+    key: &str,
+    pos: i64,
+    current: Option<Vec<RefKey<'static>>>,
+    left: Vec<RefKey<'static>>,
+) -> LeaveInput<'static> {
+    LeaveInput(key.to_owned().into(), pos, current, left)
 }
 
 #[test]
@@ -109,7 +118,7 @@ fn key_index_reports_when_the_shell_state_moved_behind_its_back() {
 
 #[test]
 fn refs_decode_from_the_json_a_shell_sends() {
-    let refs: Vec<RefKey> =
+    let refs: Vec<RefKey<'static>> =
         serde_json::from_str(r#"["a", 1, 1.5, true, null, [], {}]"#).expect("refs");
     assert_eq!(
         refs,

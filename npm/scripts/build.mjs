@@ -25,7 +25,7 @@ for (const target of ["nodejs", "web"]) {
   if(target === "nodejs"){ fs.writeFileSync(path.join(out, "package.json"), "{\"type\": \"commonjs\"}\n") }
   const bg = path.join(out, "rollcall_wasm_bg.wasm")
   if (fs.existsSync(wasmOpt) && !process.env.ROLLCALL_NO_WASM_OPT) {
-    run(wasmOpt, ["-Oz", "--enable-reference-types", "--enable-bulk-memory", "--enable-nontrapping-float-to-int", "--enable-sign-ext", "--enable-mutable-globals", "--enable-multivalue", bg, "-o", bg])
+    run(wasmOpt, ["-O3", "--enable-reference-types", "--enable-bulk-memory", "--enable-nontrapping-float-to-int", "--enable-sign-ext", "--enable-mutable-globals", "--enable-multivalue", bg, "-o", bg])
   }
 }
 

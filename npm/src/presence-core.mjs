@@ -31,7 +31,7 @@ function cloneValue(v, depth){
       if(depth > 64){ throw BAIL }
       const proto = Object.getPrototypeOf(v)
       if(proto === ARRAY_PROTO){
-        if(v.toJSON !== undefined || !Array.isArray(v)){ throw BAIL }
+        if(!Array.isArray(v)){ throw BAIL }
         const n = v.length
         const out = new Array(n)
         for(let i = 0; i < n; i++){
@@ -41,11 +41,12 @@ function cloneValue(v, depth){
         }
         return out
       }
-      if((proto !== OBJECT_PROTO && proto !== null) || v.toJSON !== undefined || Array.isArray(v)){ throw BAIL }
+      if((proto !== OBJECT_PROTO && proto !== null) || Array.isArray(v)){ throw BAIL }
+      // for-in walks own enumerable keys in Object.keys order here: clone() has checked that
+      // Object.prototype has no enumerable keys. An own toJSON is JSON's business.
       const out = {}
-      const keys = Object.keys(v)
-      for(let i = 0; i < keys.length; i++){
-        const k = keys[i]
+      for(const k in v){
+        if(k === "toJSON"){ throw BAIL }
         const e = v[k]
         const t = typeof e
         if(t === "undefined" || t === "function" || t === "symbol"){ continue }
@@ -62,7 +63,16 @@ function cloneValue(v, depth){
   }
 }
 
+// Whether the built-in prototypes are as JSON.stringify expects for the fast path: no toJSON
+// and no enumerable keys on Object.prototype or Array.prototype.
+function prototypesArePristine(){
+  if(OBJECT_PROTO.toJSON !== undefined || ARRAY_PROTO.toJSON !== undefined){ return false }
+  for(const _ in OBJECT_PROTO){ return false }
+  return true
+}
+
 function clone(v){
+  if(!prototypesArePristine()){ return JSON.parse(JSON.stringify(v)) }
   try {
     return cloneValue(v, 0)
   } catch (e){
@@ -106,7 +116,7 @@ function pushRefs(out, presence){
 
 // toNullProtoObj(clone(obj)) without the intermediate plain object
 function cloneToNullProto(obj){
-  if(obj !== null && typeof obj === "object" && !Array.isArray(obj)){
+  if(obj !== null && typeof obj === "object" && !Array.isArray(obj) && prototypesArePristine()){
     const proto = Object.getPrototypeOf(obj)
     if((proto === OBJECT_PROTO || proto === null) && obj.toJSON === undefined){
       try {
@@ -137,7 +147,17 @@ function pick(list, plan, at, n){
 }
 
 export function definePresence(wasm){
-  const planDiff = (input) => wasm.planDiff(JSON.stringify(input))
+  // the answer of a static diff plan is read straight from wasm memory (one-key diffs are
+  // dominated by per-call costs), and copied before any callback can call into wasm again
+  const memory = wasm.answerMemory()
+  let memoryView = new Int32Array(memory.buffer)
+  function planDiff(input){
+    const n = wasm.planDiffInto(JSON.stringify(input))
+    if(n < 0){ throw new Error(wasm.lastError()) }
+    if(memoryView.buffer !== memory.buffer){ memoryView = new Int32Array(memory.buffer) }
+    const at = wasm.answerPtr() >>> 2
+    return memoryView.slice(at, at + n)
+  }
   const planState = (input) => wasm.planState(JSON.stringify(input))
 
   // Applies {joins, leaves} (already cloned) to `state` (null-prototype), phoenix.js order:
@@ -148,10 +168,10 @@ export function definePresence(wasm){
     const lKeys = (leaves === null || leaves === undefined) ? null : Object.getOwnPropertyNames(leaves)
     const nj = jKeys.length
     const nl = lKeys === null ? 0 : lKeys.length
-    const curs = new Array(nj)
+    const curs = nj > 0 ? new Array(nj) : null
     const j = []
     // position of each join among those sent (-1: not sent, nothing to match)
-    const sent = new Int32Array(nj).fill(-1)
+    const sent = nj > 0 ? new Int32Array(nj).fill(-1) : null
     for(let i = 0; i < nj; i++){
       const key = jKeys[i]
       const cur = state[key]

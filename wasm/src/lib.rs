@@ -11,7 +11,63 @@
 #![warn(missing_docs)]
 
 use rollcall_core::presence::plan;
+use std::cell::RefCell;
 use wasm_bindgen::prelude::*;
+
+thread_local! {
+    /// The answer of the last `*Into` call, read by JS straight from wasm memory: no
+    /// allocation, copy or free per call, which matters for one-key diffs.
+    static ANSWER: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+    /// Why the last `*Into` call failed.
+    static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Stores `answer` for JS to read and returns its length, or -1 after storing the error.
+fn answer(result: Result<Vec<i32>, String>) -> i32 {
+    match result {
+        Ok(out) => ANSWER.with(|a| {
+            let mut a = a.borrow_mut();
+            a.clear();
+            a.extend_from_slice(&out);
+            a.len() as i32
+        }),
+        Err(e) => {
+            LAST_ERROR.with(|l| *l.borrow_mut() = e);
+            -1
+        }
+    }
+}
+
+/// Where the answer of the last `*Into` call starts in wasm memory (a byte offset; it may move
+/// after any call, so read it after each one).
+#[wasm_bindgen(js_name = answerPtr)]
+pub fn answer_ptr() -> usize {
+    ANSWER.with(|a| a.borrow().as_ptr() as usize)
+}
+
+/// Why the last `*Into` call returned -1.
+#[wasm_bindgen(js_name = lastError)]
+pub fn last_error() -> String {
+    LAST_ERROR.with(|l| l.borrow().clone())
+}
+
+/// The module's memory, for reading answers. (Not named `memory`: that export name is taken by
+/// the memory itself.)
+#[wasm_bindgen(js_name = answerMemory)]
+pub fn answer_memory() -> JsValue {
+    wasm_bindgen::memory()
+}
+
+/// [`plan::plan_diff`] over a JSON-encoded [`plan::DiffInput`]; the answer is left in wasm
+/// memory (see `answerPtr`), its length returned, -1 on bad input (see `lastError`).
+#[wasm_bindgen(js_name = planDiffInto)]
+pub fn plan_diff_into(input: &str) -> i32 {
+    answer(
+        serde_json::from_str::<plan::DiffInput<'_>>(input)
+            .map(|i| plan::plan_diff(&i))
+            .map_err(|e| format!("rollcall: bad diff plan input: {e}")),
+    )
+}
 
 /// The version of the rollcall core compiled into this module.
 #[wasm_bindgen(js_name = coreVersion)]
@@ -32,7 +88,7 @@ pub fn plan_diff(input: &str) -> Result<Vec<i32>, JsError> {
 /// [`plan::plan_state`] over its flat JSON input.
 #[wasm_bindgen(js_name = planState)]
 pub fn plan_state(input: &str) -> Result<Vec<i32>, JsError> {
-    let refs: Vec<plan::RefKey> = parse("state plan input", input)?;
+    let refs: Vec<plan::RefKey<'_>> = parse("state plan input", input)?;
     Ok(plan::plan_state(&refs))
 }
 
@@ -71,7 +127,7 @@ impl KeyIndex {
     /// caller's state (reset it and ask again).
     #[wasm_bindgen(js_name = planDiff)]
     pub fn plan_diff(&mut self, input: &str) -> Result<Option<Vec<i32>>, JsError> {
-        let input: plan::DiffInput = parse("diff plan input", input)?;
+        let input: plan::DiffInput<'_> = parse("diff plan input", input)?;
         Ok(self.0.plan_diff(&input).ok())
     }
 }

@@ -15,6 +15,7 @@
 use super::{kept, JsOrderMap};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::fmt;
 
 /// A `phx_ref` as JavaScript's `===` sees it. In the JSON a shell sends, a ref is itself when it
@@ -22,10 +23,12 @@ use std::fmt;
 /// no `phx_ref`) and `{}` for a ref that equals nothing it can meet here (an object — one side
 /// of every comparison is a fresh JSON copy —, `NaN`, an infinity, which such a copy turns into
 /// `null`, a BigInt or a symbol).
+///
+/// Strings borrow from the JSON text when they can, so planning a diff allocates little.
 #[derive(Clone, Debug, PartialEq)]
-pub enum RefKey {
+pub enum RefKey<'a> {
     /// A string.
-    Str(String),
+    Str(Cow<'a, str>),
     /// A finite number.
     Num(f64),
     /// A boolean.
@@ -38,14 +41,14 @@ pub enum RefKey {
     Never,
 }
 
-impl RefKey {
+impl RefKey<'_> {
     /// `a === b` for the two refs.
-    pub fn same(&self, other: &RefKey) -> bool {
+    pub fn same(&self, other: &RefKey<'_>) -> bool {
         match (self, other) {
-            (Self::Str(a), Self::Str(b)) => a == b,
-            (Self::Num(a), Self::Num(b)) => a == b,
-            (Self::Bool(a), Self::Bool(b)) => a == b,
-            (Self::Null, Self::Null) | (Self::Undefined, Self::Undefined) => true,
+            (RefKey::Str(a), RefKey::Str(b)) => a == b,
+            (RefKey::Num(a), RefKey::Num(b)) => a == b,
+            (RefKey::Bool(a), RefKey::Bool(b)) => a == b,
+            (RefKey::Null, RefKey::Null) | (RefKey::Undefined, RefKey::Undefined) => true,
             _ => false,
         }
     }
@@ -58,44 +61,47 @@ impl RefKey {
     }
 }
 
-fn same_key(a: &RefKey, b: &RefKey) -> bool {
+fn same_key(a: &RefKey<'_>, b: &RefKey<'_>) -> bool {
     a.same(b)
 }
 
-impl<'de> Deserialize<'de> for RefKey {
+impl<'de: 'a, 'a> Deserialize<'de> for RefKey<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct RefVisitor;
-        impl<'de> Visitor<'de> for RefVisitor {
-            type Value = RefKey;
+        struct RefVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for RefVisitor<'a> {
+            type Value = RefKey<'a>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a string, number, boolean, null, [] or {}")
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RefKey, E> {
-                Ok(RefKey::Str(v.to_owned()))
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<RefKey<'a>, E> {
+                Ok(RefKey::Str(Cow::Borrowed(v)))
             }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<RefKey, E> {
-                Ok(RefKey::Str(v))
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RefKey<'a>, E> {
+                Ok(RefKey::Str(Cow::Owned(v.to_owned())))
             }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RefKey, E> {
+            fn visit_string<E: de::Error>(self, v: String) -> Result<RefKey<'a>, E> {
+                Ok(RefKey::Str(Cow::Owned(v)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RefKey<'a>, E> {
                 Ok(RefKey::Num(v))
             }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RefKey, E> {
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RefKey<'a>, E> {
                 Ok(RefKey::Num(v as f64))
             }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RefKey, E> {
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RefKey<'a>, E> {
                 Ok(RefKey::Num(v as f64))
             }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RefKey, E> {
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RefKey<'a>, E> {
                 Ok(RefKey::Bool(v))
             }
-            fn visit_unit<E: de::Error>(self) -> Result<RefKey, E> {
+            fn visit_unit<E: de::Error>(self) -> Result<RefKey<'a>, E> {
                 Ok(RefKey::Null)
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RefKey, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RefKey<'a>, A::Error> {
                 while seq.next_element::<de::IgnoredAny>()?.is_some() {}
                 Ok(RefKey::Undefined)
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RefKey, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RefKey<'a>, A::Error> {
                 while map
                     .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
                     .is_some()
@@ -103,35 +109,39 @@ impl<'de> Deserialize<'de> for RefKey {
                 Ok(RefKey::Never)
             }
         }
-        deserializer.deserialize_any(RefVisitor)
+        deserializer.deserialize_any(RefVisitor(std::marker::PhantomData))
     }
 }
 
 /// One key of a diff's `joins`: the key, the refs of its current metas (`None` when the state
 /// lacks the key) and the refs of the joined metas.
 #[derive(Clone, Debug, Deserialize)]
-pub struct JoinInput(pub String, pub Option<Vec<RefKey>>, pub Vec<RefKey>);
+pub struct JoinInput<'a>(
+    #[serde(borrow)] pub Cow<'a, str>,
+    #[serde(borrow)] pub Option<Vec<RefKey<'a>>>,
+    #[serde(borrow)] pub Vec<RefKey<'a>>,
+);
 
 /// One key of a diff's `leaves`: the key, the position of the same key among the diff's joins
 /// (or -1), the refs of its current metas when it was not joined (`None` when the state lacks
 /// the key) and the refs of the metas that left.
 #[derive(Clone, Debug, Deserialize)]
-pub struct LeaveInput(
-    pub String,
+pub struct LeaveInput<'a>(
+    #[serde(borrow)] pub Cow<'a, str>,
     pub i64,
-    pub Option<Vec<RefKey>>,
-    pub Vec<RefKey>,
+    #[serde(borrow)] pub Option<Vec<RefKey<'a>>>,
+    #[serde(borrow)] pub Vec<RefKey<'a>>,
 );
 
 /// A diff described by refs, joins and leaves each in JavaScript key order.
 #[derive(Clone, Debug, Default, Deserialize)]
-pub struct DiffInput {
+pub struct DiffInput<'a> {
     /// The joins.
-    #[serde(rename = "j")]
-    pub joins: Vec<JoinInput>,
+    #[serde(rename = "j", borrow)]
+    pub joins: Vec<JoinInput<'a>>,
     /// The leaves.
-    #[serde(rename = "l")]
-    pub leaves: Vec<LeaveInput>,
+    #[serde(rename = "l", borrow)]
+    pub leaves: Vec<LeaveInput<'a>>,
 }
 
 /// Marks a leave of an absent key: skipped, no event.
@@ -149,10 +159,10 @@ fn push_positions(out: &mut Vec<i32>, positions: &[usize]) {
 /// - per leave: [`SKIP`] for an absent key, else `n` then the `n` positions of the metas that
 ///   remain, counted in the metas as they are after the joins (current metas kept by the join,
 ///   then the joined ones). `n == 0` means the key goes away.
-pub fn plan_diff(input: &DiffInput) -> Vec<i32> {
+pub fn plan_diff(input: &DiffInput<'_>) -> Vec<i32> {
     let mut out = Vec::new();
     // refs each joined key holds once the joins are applied, for leaves of the same key
-    let mut after_join: Vec<Vec<RefKey>> = Vec::with_capacity(input.joins.len());
+    let mut after_join: Vec<Vec<RefKey<'_>>> = Vec::with_capacity(input.joins.len());
     for JoinInput(_, current, joined) in &input.joins {
         let keep = match current {
             Some(current) => kept(current, joined, same_key),
@@ -160,7 +170,7 @@ pub fn plan_diff(input: &DiffInput) -> Vec<i32> {
         };
         push_positions(&mut out, &keep);
         if !input.leaves.is_empty() {
-            let mut refs: Vec<RefKey> = match current {
+            let mut refs: Vec<RefKey<'_>> = match current {
                 Some(current) => keep
                     .iter()
                     .filter_map(|&i| current.get(i).cloned())
@@ -189,8 +199,8 @@ pub fn plan_diff(input: &DiffInput) -> Vec<i32> {
 /// and their refs. The answer, per key: `n` then the positions of the new metas that joined
 /// (their ref is not current), then `m` then the positions of the current metas that left
 /// (their ref is not new). A truncated input plans the keys it completes.
-pub fn plan_state(input: &[RefKey]) -> Vec<i32> {
-    fn take<'a>(rest: &mut &'a [RefKey]) -> Option<&'a [RefKey]> {
+pub fn plan_state(input: &[RefKey<'_>]) -> Vec<i32> {
+    fn take<'a, 'b>(rest: &mut &'a [RefKey<'b>]) -> Option<&'a [RefKey<'b>]> {
         let (count, tail) = rest.split_first()?;
         let n = count.count().min(tail.len());
         let (refs, tail) = tail.split_at(n);
@@ -267,7 +277,7 @@ impl KeyIndex {
     /// [`plan_diff`], then the slots: per join the key's slot (a new slot for a new key), then
     /// per leave that is not skipped the key's slot (freed when the key goes away). Fails when
     /// the shell's view of which keys are present differs from the index.
-    pub fn plan_diff(&mut self, input: &DiffInput) -> Result<Vec<i32>, OutOfStep> {
+    pub fn plan_diff(&mut self, input: &DiffInput<'_>) -> Result<Vec<i32>, OutOfStep> {
         for JoinInput(key, current, _) in &input.joins {
             if current.is_some() != self.slots.contains_key(key) {
                 return Err(OutOfStep);
@@ -284,7 +294,7 @@ impl KeyIndex {
             at += 1 + out.get(at).map_or(0, |&n| n.max(0) as usize);
             let slot = match self.slot(key) {
                 Some(slot) => slot,
-                None => self.add(key.clone()),
+                None => self.add(key.to_string()),
             };
             out.push(slot as i32);
         }
