@@ -114,27 +114,35 @@ function pushRefs(out, presence){
   for(let i = 0; i < n; i++){ out.push(refKey(metas[i])) }
 }
 
-// toNullProtoObj(clone(obj)) without the intermediate plain object
+// toNullProtoObj(clone(obj)) without the intermediate plain object. Also returns the keys and
+// values of the copy in key order, which saves the caller N lookups in a dictionary object.
 function cloneToNullProto(obj){
   if(obj !== null && typeof obj === "object" && !Array.isArray(obj) && prototypesArePristine()){
     const proto = Object.getPrototypeOf(obj)
     if((proto === OBJECT_PROTO || proto === null) && obj.toJSON === undefined){
       try {
         const out = Object.create(null)
-        const keys = Object.keys(obj)
-        for(let i = 0; i < keys.length; i++){
-          const v = obj[keys[i]]
+        const source = Object.keys(obj)
+        const keys = []
+        const values = []
+        for(let i = 0; i < source.length; i++){
+          const v = obj[source[i]]
           const t = typeof v
           if(t === "undefined" || t === "function" || t === "symbol"){ continue }
-          out[keys[i]] = cloneValue(v, 1)
+          const copy = cloneValue(v, 1)
+          out[source[i]] = copy
+          keys.push(source[i])
+          values.push(copy)
         }
-        return out
+        return {out, keys, values}
       } catch (e){
         if(e !== BAIL){ throw e }
       }
     }
   }
-  return toNullProtoObj(JSON.parse(JSON.stringify(obj)))
+  const out = toNullProtoObj(JSON.parse(JSON.stringify(obj)))
+  const keys = Object.getOwnPropertyNames(out)
+  return {out, keys, values: keys.map(k => out[k])}
 }
 
 const refsOf = (presence) => presence.metas.map(refKey)
@@ -158,7 +166,8 @@ export function definePresence(wasm){
     const at = wasm.answerPtr() >>> 2
     return memoryView.slice(at, at + n)
   }
-  const planState = (input) => wasm.planState(JSON.stringify(input))
+  const utf8 = new TextEncoder()
+  const planState = (input) => wasm.planState(utf8.encode(JSON.stringify(input)))
 
   // Applies {joins, leaves} (already cloned) to `state` (null-prototype), phoenix.js order:
   // every join, then every leave. `index` is an instance's key index or null (static API).
@@ -268,33 +277,38 @@ export function definePresence(wasm){
   }
 
   function syncState(currentState, newState, onJoin, onLeave){
-    const state = cloneToNullProto(currentState)
+    const {out: state, keys: sKeys, values: sValues} = cloneToNullProto(currentState)
     // phoenix.js copies newState into a null-prototype object only so that lookups cannot hit
-    // Object.prototype; own-property lookups do the same without copying N keys
-    const own = Object.getPrototypeOf(newState) !== null
+    // Object.prototype; checking own-ness where that could happen does the same without
+    // copying N keys
+    const newProto = Object.getPrototypeOf(newState)
     const joins = Object.create(null)
     const leaves = Object.create(null)
-    const sKeys = Object.getOwnPropertyNames(state)
     for(let i = 0; i < sKeys.length; i++){
       const key = sKeys[i]
-      if(!(own ? (hasOwn(newState, key) && newState[key]) : newState[key])){ leaves[key] = state[key] }
+      const v = newState[key]
+      const inherited = v && newProto !== null && (newProto !== OBJECT_PROTO || key in OBJECT_PROTO) && !hasOwn(newState, key)
+      if(!v || inherited){ leaves[key] = sValues[i] }
     }
     const nKeys = Object.getOwnPropertyNames(newState)
+    const nValues = new Array(nKeys.length)
+    const curs = new Array(nKeys.length)
     const input = []
     for(let i = 0; i < nKeys.length; i++){
       const key = nKeys[i]
-      const cur = state[key]
+      const newPresence = nValues[i] = newState[key]
+      const cur = curs[i] = state[key]
       if(cur){
         pushRefs(input, cur)
-        pushRefs(input, newState[key])
+        pushRefs(input, newPresence)
       }
     }
     const plan = input.length > 0 ? planState(input) : null
     let at = 0
     for(let i = 0; i < nKeys.length; i++){
       const key = nKeys[i]
-      const newPresence = newState[key]
-      const cur = state[key]
+      const newPresence = nValues[i]
+      const cur = curs[i]
       if(!cur){
         joins[key] = newPresence
         continue
