@@ -503,10 +503,15 @@ export function definePresence(wasm){
   }
 
   // syncDiff for an instance's own state: the same rules, plus its key index kept in step
+  // once list() has built it. Until then (and after each presence_state) diffs take the static
+  // path, so an app that never calls list() never pays for the index.
   function applyOwnDiff(presence, diff, onJoin, onLeave){
     const state = toNullProtoObj(presence.state)
     const {joins, leaves} = clone(diff)
-    return applyDiff(state, joins, leaves, onJoin || noop, onLeave || noop, indexes.get(presence))
+    const index = indexes.get(presence)
+    const inStep = index.of === state
+    if(!inStep){ index.of = null }
+    return applyDiff(state, joins, leaves, onJoin || noop, onLeave || noop, inStep ? index : null)
   }
 
   return Presence
