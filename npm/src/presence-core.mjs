@@ -225,7 +225,7 @@ export function definePresence(wasm){
     let at = 0
     // an instance plan carries the slots after the plan proper: one per join, then one per
     // leave that is not skipped
-    let slotAt = index === null ? 0 : plan.length - j.length - countKept(plan, j.length, nl)
+    let slotAt = (index === null || plan === null) ? 0 : plan.length - j.length - countKept(plan, j.length, nl)
     for(let i = 0; i < nj; i++){
       const key = jKeys[i]
       const newPresence = joins[key]
