@@ -14,7 +14,11 @@ fn join(
     current: Option<Vec<RefKey<'static>>>,
     joined: Vec<RefKey<'static>>,
 ) -> JoinInput<'static> {
-    JoinInput(key.to_owned().into(), current, joined)
+    JoinInput(
+        key.to_owned().into(),
+        current.map(Into::into),
+        joined.into(),
+    )
 }
 
 fn leave(
@@ -23,7 +27,12 @@ fn leave(
     current: Option<Vec<RefKey<'static>>>,
     left: Vec<RefKey<'static>>,
 ) -> LeaveInput<'static> {
-    LeaveInput(key.to_owned().into(), pos, current, left)
+    LeaveInput(
+        key.to_owned().into(),
+        pos,
+        current.map(Into::into),
+        left.into(),
+    )
 }
 
 #[test]
@@ -136,4 +145,22 @@ fn refs_decode_from_the_json_a_shell_sends() {
     assert!(RefKey::Num(1.0).same(&RefKey::Num(1.0)));
     assert!(!RefKey::Str("1".into()).same(&RefKey::Num(1.0)));
     assert!(!RefKey::Never.same(&RefKey::Never));
+}
+
+#[test]
+fn flat_input_reads_joins_and_leaves() {
+    let tokens: Vec<RefKey<'_>> = serde_json::from_str(
+        r#"[1, "k", 1, "old", 1, "new", 2, "k", 0, -1, 1, "old", "gone", -1, -1, 1, "x"]"#,
+    )
+    .expect("tokens");
+    let diff = DiffInput::from_flat(&tokens).expect("flat diff");
+    assert_eq!(diff.joins.len(), 1);
+    assert_eq!(diff.leaves.len(), 2);
+    // the update keeps only the new meta; the absent key is skipped
+    assert_eq!(plan_diff(&diff), [1, 0, 1, 1, SKIP]);
+    let short: Vec<RefKey<'_>> = serde_json::from_str(r#"[1, "k", 5, "a"]"#).expect("tokens");
+    assert!(
+        DiffInput::from_flat(&short).is_none(),
+        "a truncated input is refused"
+    );
 }

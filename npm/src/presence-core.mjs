@@ -145,7 +145,6 @@ function cloneToNullProto(obj){
   return {out, keys, values: keys.map(k => out[k])}
 }
 
-const refsOf = (presence) => presence.metas.map(refKey)
 const hasOwn = (obj, key) => OBJECT_PROTO.hasOwnProperty.call(obj, key)
 
 function pick(list, plan, at, n){
@@ -178,54 +177,62 @@ export function definePresence(wasm){
     const nj = jKeys.length
     const nl = lKeys === null ? 0 : lKeys.length
     const curs = nj > 0 ? new Array(nj) : null
-    const j = []
+    // the flat plan input of core::presence::plan::DiffInput::from_flat
+    const tokens = [0]
+    let sentJoins = 0
     // position of each join among those sent (-1: not sent, nothing to match)
     const sent = nj > 0 ? new Int32Array(nj).fill(-1) : null
     for(let i = 0; i < nj; i++){
       const key = jKeys[i]
       const cur = state[key]
       curs[i] = cur
-      if(cur){
-        sent[i] = j.length
-        j.push([key, refsOf(cur), refsOf(joins[key])])
-      } else if(index !== null){
-        sent[i] = j.length
-        j.push([key, null, refsOf(joins[key])])
+      if(cur || index !== null){
+        sent[i] = sentJoins++
+        tokens.push(key)
+        if(cur){ pushRefs(tokens, cur) } else { tokens.push(-1) }
+        pushRefs(tokens, joins[key])
       }
     }
-    const l = new Array(nl)
+    tokens[0] = sentJoins
+    tokens.push(nl)
     let joinPos = null
     for(let i = 0; i < nl; i++){
       const key = lKeys[i]
-      const leftRefs = refsOf(leaves[key])
+      tokens.push(key)
+      let k
       if(nj > 0){
         if(joinPos === null){
           joinPos = new Map()
-          for(let k = 0; k < nj; k++){ joinPos.set(jKeys[k], k) }
+          for(let q = 0; q < nj; q++){ joinPos.set(jKeys[q], q) }
         }
-        const k = joinPos.get(key)
-        if(k !== undefined){
-          l[i] = sent[k] >= 0 ? [key, sent[k], null, leftRefs] : [key, -1, refsOf(joins[key]), leftRefs]
-          continue
-        }
+        k = joinPos.get(key)
       }
-      const cur = state[key]
-      l[i] = [key, -1, cur ? refsOf(cur) : null, leftRefs]
+      if(k !== undefined && sent[k] >= 0){
+        tokens.push(sent[k], -1)
+      } else if(k !== undefined){
+        // joined as a new key without a plan entry: it holds exactly the joined metas
+        tokens.push(-1)
+        pushRefs(tokens, joins[key])
+      } else {
+        const cur = state[key]
+        tokens.push(-1)
+        if(cur){ pushRefs(tokens, cur) } else { tokens.push(-1) }
+      }
+      pushRefs(tokens, leaves[key])
     }
     let plan = null
-    if(j.length > 0 || nl > 0){
-      const input = {j, l}
+    if(sentJoins > 0 || nl > 0){
       if(index !== null){
-        plan = index.plan(input, state)
+        plan = index.plan(tokens, state)
         // still out of step after a reset (a falsy value stored under a key): plan without it
         if(plan === null){ index = null }
       }
-      if(index === null){ plan = planDiff(input) }
+      if(index === null){ plan = planDiff(tokens) }
     }
     let at = 0
     // an instance plan carries the slots after the plan proper: one per join, then one per
     // leave that is not skipped
-    let slotAt = (index === null || plan === null) ? 0 : plan.length - j.length - countKept(plan, j.length, nl)
+    let slotAt = (index === null || plan === null) ? 0 : plan.length - sentJoins - countKept(plan, sentJoins, nl)
     for(let i = 0; i < nj; i++){
       const key = jKeys[i]
       const newPresence = joins[key]

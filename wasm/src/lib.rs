@@ -58,15 +58,20 @@ pub fn answer_memory() -> JsValue {
     wasm_bindgen::memory()
 }
 
-/// [`plan::plan_diff`] over a JSON-encoded [`plan::DiffInput`]; the answer is left in wasm
-/// memory (see `answerPtr`), its length returned, -1 on bad input (see `lastError`).
+fn parse_flat<T>(input: &str, then: impl FnOnce(&plan::DiffInput<'_>) -> T) -> Result<T, String> {
+    let tokens: Vec<plan::RefKey<'_>> =
+        serde_json::from_str(input).map_err(|e| format!("rollcall: bad diff plan input: {e}"))?;
+    let diff = plan::DiffInput::from_flat(&tokens)
+        .ok_or_else(|| "rollcall: bad diff plan input: wrong shape".to_owned())?;
+    Ok(then(&diff))
+}
+
+/// [`plan::plan_diff`] over the flat JSON form of [`plan::DiffInput::from_flat`]; the answer
+/// is left in wasm memory (see `answerPtr`), its length returned, -1 on bad input (see
+/// `lastError`).
 #[wasm_bindgen(js_name = planDiffInto)]
 pub fn plan_diff_into(input: &str) -> i32 {
-    answer(
-        serde_json::from_str::<plan::DiffInput<'_>>(input)
-            .map(|i| plan::plan_diff(&i))
-            .map_err(|e| format!("rollcall: bad diff plan input: {e}")),
-    )
+    answer(parse_flat(input, plan::plan_diff))
 }
 
 /// The version of the rollcall core compiled into this module.
@@ -125,11 +130,11 @@ impl KeyIndex {
         self.0.order()
     }
 
-    /// [`plan::KeyIndex::plan_diff`]; `undefined` when the index is out of step with the
+    /// [`plan::KeyIndex::plan_diff`] over the flat JSON form of
+    /// [`plan::DiffInput::from_flat`]; `undefined` when the index is out of step with the
     /// caller's state (reset it and ask again).
     #[wasm_bindgen(js_name = planDiff)]
     pub fn plan_diff(&mut self, input: &str) -> Result<Option<Vec<i32>>, JsError> {
-        let input: plan::DiffInput<'_> = parse("diff plan input", input)?;
-        Ok(self.0.plan_diff(&input).ok())
+        parse_flat(input, |diff| self.0.plan_diff(diff).ok()).map_err(|e| JsError::new(&e))
     }
 }

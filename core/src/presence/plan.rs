@@ -118,9 +118,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for RefKey<'a> {
 #[derive(Clone, Debug, Deserialize)]
 pub struct JoinInput<'a>(
     #[serde(borrow)] pub Cow<'a, str>,
-    #[serde(borrow)] pub Option<Vec<RefKey<'a>>>,
-    #[serde(borrow)] pub Vec<RefKey<'a>>,
+    #[serde(borrow)] pub Option<Refs<'a>>,
+    #[serde(borrow)] pub Refs<'a>,
 );
+
+/// The refs of some metas, in order: borrowed from a flat input, or owned.
+pub type Refs<'a> = Cow<'a, [RefKey<'a>]>;
 
 /// One key of a diff's `leaves`: the key, the position of the same key among the diff's joins
 /// (or -1), the refs of its current metas when it was not joined (`None` when the state lacks
@@ -129,8 +132,8 @@ pub struct JoinInput<'a>(
 pub struct LeaveInput<'a>(
     #[serde(borrow)] pub Cow<'a, str>,
     pub i64,
-    #[serde(borrow)] pub Option<Vec<RefKey<'a>>>,
-    #[serde(borrow)] pub Vec<RefKey<'a>>,
+    #[serde(borrow)] pub Option<Refs<'a>>,
+    #[serde(borrow)] pub Refs<'a>,
 );
 
 /// A diff described by refs, joins and leaves each in JavaScript key order.
@@ -142,6 +145,69 @@ pub struct DiffInput<'a> {
     /// The leaves.
     #[serde(rename = "l", borrow)]
     pub leaves: Vec<LeaveInput<'a>>,
+}
+
+impl<'a> DiffInput<'a> {
+    /// Reads the flat form a shell sends for small diffs (one array, so decoding allocates
+    /// once): the number of joins, then per join its key, the number of current refs (`-1`
+    /// when the key is absent), those refs, the number of joined refs and those refs; then the
+    /// number of leaves, then per leave its key, the position of the same key among the joins
+    /// (`-1` if none), the number of current refs (`-1` when absent), those refs, the number of
+    /// left refs and those refs. `None` when the tokens do not have that shape.
+    pub fn from_flat(tokens: &'a [RefKey<'a>]) -> Option<Self> {
+        let mut rest = tokens;
+        let count = |rest: &mut &'a [RefKey<'a>]| -> Option<i64> {
+            let (first, tail) = rest.split_first()?;
+            *rest = tail;
+            match first {
+                RefKey::Num(n) if n.fract() == 0.0 && *n >= -1.0 && *n < 4_294_967_296.0 => {
+                    Some(*n as i64)
+                }
+                _ => None,
+            }
+        };
+        let key = |rest: &mut &'a [RefKey<'a>]| -> Option<Cow<'a, str>> {
+            let (first, tail) = rest.split_first()?;
+            *rest = tail;
+            match first {
+                RefKey::Str(k) => Some(k.clone()),
+                _ => None,
+            }
+        };
+        let refs = |rest: &mut &'a [RefKey<'a>], n: i64| -> Option<Option<Refs<'a>>> {
+            let Ok(n) = usize::try_from(n) else {
+                return Some(None);
+            };
+            if n > rest.len() {
+                return None;
+            }
+            let (refs, tail) = rest.split_at(n);
+            *rest = tail;
+            Some(Some(Cow::Borrowed(refs)))
+        };
+        let nj = count(&mut rest)?;
+        let mut joins = Vec::with_capacity(usize::try_from(nj).ok()?.min(rest.len()));
+        for _ in 0..nj {
+            let k = key(&mut rest)?;
+            let n = count(&mut rest)?;
+            let current = refs(&mut rest, n)?;
+            let n = count(&mut rest)?;
+            let joined = refs(&mut rest, n)??;
+            joins.push(JoinInput(k, current, joined));
+        }
+        let nl = count(&mut rest)?;
+        let mut leaves = Vec::with_capacity(usize::try_from(nl).ok()?.min(rest.len()));
+        for _ in 0..nl {
+            let k = key(&mut rest)?;
+            let join_pos = count(&mut rest)?;
+            let n = count(&mut rest)?;
+            let current = refs(&mut rest, n)?;
+            let n = count(&mut rest)?;
+            let left = refs(&mut rest, n)??;
+            leaves.push(LeaveInput(k, join_pos, current, left));
+        }
+        rest.is_empty().then_some(Self { joins, leaves })
+    }
 }
 
 /// Marks a leave of an absent key: skipped, no event.
@@ -182,9 +248,9 @@ pub fn plan_diff(input: &DiffInput<'_>) -> Vec<i32> {
         }
     }
     for LeaveInput(_, join_pos, current, left) in &input.leaves {
-        let current = match usize::try_from(*join_pos) {
-            Ok(i) => after_join.get(i),
-            Err(_) => current.as_ref(),
+        let current: Option<&[RefKey<'_>]> = match usize::try_from(*join_pos) {
+            Ok(i) => after_join.get(i).map(Vec::as_slice),
+            Err(_) => current.as_deref(),
         };
         match current {
             Some(current) => push_positions(&mut out, &kept(current, left, same_key)),
