@@ -229,6 +229,10 @@ export function definePresence(wasm){
       }
       if(index === null){ plan = planDiff(tokens) }
     }
+    // a callback that throws leaves the state half-updated, as in phoenix.js; the index then
+    // is out of step, so it only counts as in step again once the whole diff is applied
+    if(index !== null){ index.of = null }
+    let stale = false
     let at = 0
     // an instance plan carries the slots after the plan proper: one per join, then one per
     // leave that is not skipped
@@ -256,7 +260,7 @@ export function definePresence(wasm){
       if(!cur){
         // an earlier callback deleted the key: phoenix.js would skip it too
         at += n
-        if(index !== null){ index.of = null }
+        stale = true
         continue
       }
       cur.metas = pick(cur.metas, plan, at, n)
@@ -267,6 +271,7 @@ export function definePresence(wasm){
         if(index !== null){ index.removed(slot) }
       }
     }
+    if(index !== null && !stale){ index.of = state }
     if(lKeys === null){ Object.getOwnPropertyNames(leaves) } // throws phoenix.js's TypeError
     return state
   }
@@ -346,8 +351,14 @@ export function definePresence(wasm){
   }
 
   function list(presences, chooser){
-    if(!chooser){ chooser = function (key, pres){ return pres } }
-    return Object.getOwnPropertyNames(presences).map(key => chooser(key, presences[key]))
+    const keys = Object.getOwnPropertyNames(presences)
+    const out = new Array(keys.length)
+    if(!chooser){
+      for(let i = 0; i < keys.length; i++){ out[i] = presences[keys[i]] }
+    } else {
+      for(let i = 0; i < keys.length; i++){ out[i] = chooser(keys[i], presences[keys[i]]) }
+    }
+    return out
   }
 
   // An instance's view of its state, kept in step diff by diff: the core's KeyIndex (keys in

@@ -427,6 +427,19 @@ for(const [name, Presence] of IMPLS){
         assert.deepEqual(presence.list(by), ["3:5", "a:6", "c:4,8", "b:7"])
       })
 
+      test("a callback that throws leaves the state half-updated, and list() follows it", () => {
+        const channel = fakeChannel()
+        const presence = new Presence(channel)
+        channel.handlers.presence_state({a: p("1")})
+        presence.list()
+        presence.onJoin((k) => { if(k === "c"){ throw new Error("boom") } })
+        assert.throws(() => channel.handlers.presence_diff({joins: {b: p("2"), c: p("3"), d: p("4")}, leaves: {}}), /boom/)
+        assert.deepEqual(presence.list((k) => k), ["a", "b", "c"])
+        presence.onJoin(() => {})
+        channel.handlers.presence_diff({joins: {e: p("5")}, leaves: {a: p("1")}})
+        assert.deepEqual(presence.list((k) => k), ["b", "c", "e"])
+      })
+
       test("works on a Channel of the official phoenix package", () => {
         const socket = new phoenix.Socket("ws://127.0.0.1:9/socket", {transport: class { close(){} }})
         const channel = socket.channel("room:1")
