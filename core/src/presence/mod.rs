@@ -21,8 +21,12 @@
 
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+
+mod order;
+pub mod plan;
+
+pub use order::{array_index, JsOrderMap};
 
 /// Why a JSON value could not be read as a presence, a presence state or a diff.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,61 +179,29 @@ pub fn same_ref(a: Option<&Value>, b: Option<&Value>) -> bool {
     }
 }
 
-fn contains_ref(refs: &[Option<&Value>], r: Option<&Value>) -> bool {
-    refs.iter().any(|x| same_ref(*x, r))
-}
-
-/// The metas of `metas` whose `phx_ref` is not among `refs` (phoenix.js:
-/// `metas.filter(m => refs.indexOf(m.phx_ref) < 0)`), in their order.
-fn metas_not_in(metas: &[Value], refs: &[Option<&Value>]) -> Vec<Value> {
-    metas
-        .iter()
-        .filter(|m| !contains_ref(refs, phx_ref(m)))
-        .cloned()
+/// Positions of the refs in `refs` that match none of `remove`, in order: phoenix.js's
+/// `metas.filter(m => remove.indexOf(m.phx_ref) < 0)`. The one matcher behind every rule, for
+/// [`PresenceState`] and for [`plan`].
+pub(crate) fn kept<R>(refs: &[R], remove: &[R], same: impl Fn(&R, &R) -> bool) -> Vec<usize> {
+    (0..refs.len())
+        .filter(|&i| !remove.iter().any(|r| same(&refs[i], r)))
         .collect()
 }
 
-/// If `key` is what JavaScript calls an array index — `"0"`..`"4294967294"` written without
-/// leading zeros — its numeric value. Such keys come first, in ascending order.
-pub fn array_index(key: &str) -> Option<u32> {
-    let bytes = key.as_bytes();
-    if bytes.is_empty() || bytes.len() > 10 || !bytes.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    if bytes.len() > 1 && bytes[0] == b'0' {
-        return None;
-    }
-    match key.parse::<u64>() {
-        Ok(n) if n < u64::from(u32::MAX) => u32::try_from(n).ok(),
-        _ => None,
-    }
+/// The metas of `metas` whose `phx_ref` is not among `refs`, in their order.
+fn metas_not_in(metas: &[Value], refs: &[Option<&Value>]) -> Vec<Value> {
+    let own: Vec<Option<&Value>> = metas.iter().map(phx_ref).collect();
+    kept(&own, refs, |a, b| same_ref(*a, *b))
+        .into_iter()
+        .filter_map(|i| metas.get(i).cloned())
+        .collect()
 }
 
 /// Presences by key, iterated in JavaScript's own-property order (see the module docs). Used
 /// for a client's state and for the `joins` / `leaves` of a [`Diff`].
-#[derive(Clone, Debug, Default)]
-pub struct PresenceState {
-    /// Integer-like keys, ascending.
-    indexed: BTreeMap<u32, (String, Presence)>,
-    /// Other keys: the presence and the key's insertion sequence number.
-    named: HashMap<String, (u64, Presence)>,
-    /// Insertion sequence number → key, for the other keys.
-    order: BTreeMap<u64, String>,
-    next_seq: u64,
-}
-
-impl PartialEq for PresenceState {
-    fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len() && self.iter().eq(other.iter())
-    }
-}
+pub type PresenceState = JsOrderMap<Presence>;
 
 impl PresenceState {
-    /// An empty state.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// Reads a state (or a diff's `joins` / `leaves`) from a JSON object, keeping the keys in
     /// the order JavaScript would report them.
     pub fn from_json(value: Value) -> Result<Self, PresenceError> {
@@ -259,94 +231,10 @@ impl PresenceState {
         )
     }
 
-    /// Number of keys.
-    pub fn len(&self) -> usize {
-        self.indexed.len() + self.named.len()
-    }
-
-    /// True when no key is present.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Whether `key` is present.
-    pub fn contains_key(&self, key: &str) -> bool {
-        self.get(key).is_some()
-    }
-
-    /// The presence of `key`.
-    pub fn get(&self, key: &str) -> Option<&Presence> {
-        match array_index(key) {
-            Some(i) => self.indexed.get(&i).map(|(_, p)| p),
-            None => self.named.get(key).map(|(_, p)| p),
-        }
-    }
-
-    fn get_mut(&mut self, key: &str) -> Option<&mut Presence> {
-        match array_index(key) {
-            Some(i) => self.indexed.get_mut(&i).map(|(_, p)| p),
-            None => self.named.get_mut(key).map(|(_, p)| p),
-        }
-    }
-
-    /// Sets the presence of `key` like a JS property assignment: an existing key keeps its
-    /// place, a new one goes where JavaScript would put it. Returns the previous presence.
-    pub fn insert(&mut self, key: String, presence: Presence) -> Option<Presence> {
-        if let Some(i) = array_index(&key) {
-            return self.indexed.insert(i, (key, presence)).map(|(_, p)| p);
-        }
-        if let Some((_, slot)) = self.named.get_mut(&key) {
-            return Some(std::mem::replace(slot, presence));
-        }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.order.insert(seq, key.clone());
-        self.named.insert(key, (seq, presence));
-        None
-    }
-
-    /// Removes `key` like a JS `delete`: adding it again later puts it at the end.
-    pub fn remove(&mut self, key: &str) -> Option<Presence> {
-        if let Some(i) = array_index(key) {
-            return self.indexed.remove(&i).map(|(_, p)| p);
-        }
-        let (seq, presence) = self.named.remove(key)?;
-        self.order.remove(&seq);
-        Some(presence)
-    }
-
-    /// Keys and presences in JavaScript order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Presence)> + '_ {
-        let indexed = self.indexed.values().map(|(k, p)| (k.as_str(), p));
-        let named = self.order.values().filter_map(move |k| {
-            self.named
-                .get_key_value(k)
-                .map(|(k, (_, p))| (k.as_str(), p))
-        });
-        indexed.chain(named)
-    }
-
-    /// Keys in JavaScript order.
-    pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
-        self.iter().map(|(k, _)| k)
-    }
-
     /// phoenix.js `Presence.list(state, chooser)`: `chooser(key, presence)` for every key, in
     /// JavaScript order.
     pub fn list<T>(&self, mut chooser: impl FnMut(&str, &Presence) -> T) -> Vec<T> {
         self.iter().map(|(k, p)| chooser(k, p)).collect()
-    }
-
-    /// Consumes the state, yielding keys and presences in JavaScript order.
-    pub fn into_entries(mut self) -> Vec<(String, Presence)> {
-        let mut out = Vec::with_capacity(self.len());
-        out.extend(std::mem::take(&mut self.indexed).into_values());
-        for key in std::mem::take(&mut self.order).into_values() {
-            if let Some((k, (_, p))) = self.named.remove_entry(&key) {
-                out.push((k, p));
-            }
-        }
-        out
     }
 
     /// phoenix.js `Presence.syncDiff`: applies every join, then every leave, each in
@@ -451,7 +339,7 @@ impl PresenceState {
     }
 }
 
-impl Serialize for PresenceState {
+impl<V: Serialize> Serialize for JsOrderMap<V> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_map(self.iter())
     }
