@@ -104,7 +104,7 @@ test("two people see each other, away status, leave, and recovery after a server
   })
   await bob.page.locator(`#members li[data-name="Alice Liddell"][data-status="away"]`).waitFor({timeout: 5000})
   fs.mkdirSync(SHOTS, {recursive: true})
-  await bob.page.screenshot({path: path.join(SHOTS, "demo.png")})
+  await bob.page.screenshot({path: path.join(SHOTS, "demo.png"), animations: "disabled"})
   await alice.page.evaluate(() => {
     Object.defineProperty(document, "visibilityState", {value: "visible", configurable: true})
     document.dispatchEvent(new Event("visibilitychange"))
