@@ -117,6 +117,20 @@ impl DiffBuilder {
     }
 
     pub(crate) fn finish(mut self) -> Diff {
+        if self.changes.len() <= 1 {
+            // The common case of one local operation: no sorting or grouping needed.
+            let mut topics = BTreeMap::new();
+            if let Some(c) = self.changes.pop() {
+                let mut t = TopicDiff::default();
+                if c.join {
+                    t.joins.push((c.key, c.presence));
+                } else {
+                    t.leaves.push((c.key, c.presence));
+                }
+                topics.insert(c.topic, t);
+            }
+            return Diff { topics };
+        }
         // Changes of one dot alternate (shown, hidden, shown…): an even run cancels out, an odd
         // run nets to its last change. A stable sort keeps each run in recording order.
         self.changes.sort_by_key(|c| c.dot);

@@ -66,6 +66,40 @@ struct Slot {
     up: bool,
 }
 
+/// The dots of one local connection (usually one: no allocation then).
+#[derive(Clone)]
+enum OwnDots {
+    One(Dot),
+    Many(Vec<Dot>),
+}
+
+impl OwnDots {
+    fn push(&mut self, dot: Dot) {
+        match self {
+            OwnDots::One(d) => *self = OwnDots::Many(vec![*d, dot]),
+            OwnDots::Many(v) => v.push(dot),
+        }
+    }
+
+    /// Removes `dot`; true if none is left.
+    fn remove(&mut self, dot: Dot) -> bool {
+        match self {
+            OwnDots::One(d) => *d == dot,
+            OwnDots::Many(v) => {
+                v.retain(|d| *d != dot);
+                v.is_empty()
+            }
+        }
+    }
+
+    fn as_slice(&self) -> &[Dot] {
+        match self {
+            OwnDots::One(d) => std::slice::from_ref(d),
+            OwnDots::Many(v) => v,
+        }
+    }
+}
+
 /// The per-topic index entry: ordered by key, then by `phx_ref`, like diffs. `prefix` (the key's
 /// first 16 bytes) comes first so most comparisons are one integer compare, with the same order.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -201,7 +235,7 @@ pub struct State {
     by_id: HashMap<ReplicaId, Rx>,
     values: FxHashMap<Dot, Element>,
     topics: HashMap<Arc<str>, BTreeSet<TopicEntry>>,
-    own: FxHashMap<u64, Vec<Dot>>,
+    own: FxHashMap<u64, OwnDots>,
     delta: Delta,
 }
 
@@ -313,7 +347,12 @@ impl State {
             .or_default()
             .insert(entry);
         if dot.r == ME {
-            self.own.entry(el.conn).or_default().push(dot);
+            match self.own.entry(el.conn) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut().push(dot),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(OwnDots::One(dot));
+                }
+            }
         }
         if self.visible(dot.r) {
             diff.record(dot, true, &el.topic, &el.key, self.presence(dot, &el));
@@ -337,13 +376,13 @@ impl State {
                 self.topics.remove(&el.topic);
             }
         }
-        if dot.r == ME {
-            if let Some(dots) = self.own.get_mut(&el.conn) {
-                dots.retain(|d| *d != dot);
-                if dots.is_empty() {
-                    self.own.remove(&el.conn);
-                }
-            }
+        if dot.r == ME
+            && self
+                .own
+                .get_mut(&el.conn)
+                .is_some_and(|dots| dots.remove(dot))
+        {
+            self.own.remove(&el.conn);
         }
         if self.visible(dot.r) {
             diff.record(dot, false, &el.topic, &el.key, self.presence(dot, &el));
@@ -369,7 +408,7 @@ impl State {
     }
 
     fn find_own(&self, conn: u64, topic: &str, key: &str) -> Option<Dot> {
-        self.own.get(&conn)?.iter().copied().find(|dot| {
+        self.own.get(&conn)?.as_slice().iter().copied().find(|dot| {
             self.values
                 .get(dot)
                 .is_some_and(|el| &*el.topic == topic && &*el.key == key)
@@ -426,7 +465,12 @@ impl State {
     /// Removes every presence of local connection `conn`.
     pub fn leave_connection(&mut self, conn: u64) -> Diff {
         let mut diff = DiffBuilder::default();
-        for dot in self.own.get(&conn).cloned().unwrap_or_default() {
+        let dots: Vec<Dot> = self
+            .own
+            .get(&conn)
+            .map(|d| d.as_slice().to_vec())
+            .unwrap_or_default();
+        for dot in dots {
             self.leave_dot(dot, &mut diff);
         }
         diff.finish()
@@ -740,25 +784,48 @@ impl State {
         let topics: Vec<Arc<str>> = p.topics.iter().map(|t| self.intern_topic(t)).collect();
         self.values.reserve(p.values.len());
         diff.reserve(p.values.len());
+        let mut joins: Vec<(u32, Dot, &WireElement)> = Vec::new();
         for v in &p.values {
-            let (Some(r), Some(topic)) = (at(v.replica), topics.get(v.topic as usize)) else {
+            let Some(r) = at(v.replica).filter(|_| (v.topic as usize) < topics.len()) else {
                 continue;
             };
             let dot = Dot { r, c: v.counter };
-            if self.observed(dot) {
-                continue;
+            if !self.observed(dot) {
+                joins.push((v.topic, dot, v));
             }
-            let el = Element {
-                topic: topic.clone(),
-                key: v.key.clone(),
-                conn: v.conn,
-                meta: v.meta.clone(),
-                prev: v.prev,
+        }
+        // One topic-index lookup per topic, not per element.
+        joins.sort_by_key(|(t, _, _)| *t);
+        for group in joins.chunk_by(|a, b| a.0 == b.0) {
+            let Some(topic) = group.first().and_then(|(t, _, _)| topics.get(*t as usize)) else {
+                continue;
             };
-            self.insert_value(dot, el, diff);
-            // Mark the dot observed, unless the remote context is about to cover it anyway.
-            if rctx.get(&r).is_none_or(|c| dot.c > *c) {
-                self.slot_mut(r).cloud.insert(dot.c);
+            let set = self.topics.entry(topic.clone()).or_default();
+            for (_, dot, v) in group {
+                set.insert(TopicEntry {
+                    prefix: key_prefix(&v.key),
+                    key: v.key.clone(),
+                    hash: self.slots[dot.r as usize].hash,
+                    c: dot.c,
+                    r: dot.r,
+                });
+            }
+            for (_, dot, v) in group {
+                let el = Element {
+                    topic: topic.clone(),
+                    key: v.key.clone(),
+                    conn: v.conn,
+                    meta: v.meta.clone(),
+                    prev: v.prev,
+                };
+                if self.visible(dot.r) {
+                    diff.record(*dot, true, &el.topic, &el.key, self.presence(*dot, &el));
+                }
+                self.values.insert(*dot, el);
+                // Mark the dot observed, unless the remote context is about to cover it anyway.
+                if rctx.get(&dot.r).is_none_or(|c| dot.c > *c) {
+                    self.slot_mut(dot.r).cloud.insert(dot.c);
+                }
             }
         }
 
@@ -900,7 +967,8 @@ impl State {
         let Some(dots) = self.own.get(&conn) else {
             return Vec::new();
         };
-        dots.iter()
+        dots.as_slice()
+            .iter()
             .filter_map(|dot| {
                 self.values
                     .get(dot)
