@@ -1,7 +1,6 @@
 //! [`Diff`]: the joins and leaves a change produced, per topic, in a deterministic order.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::meta::Presence;
@@ -16,7 +15,8 @@ use super::state::Dot;
 /// of one diff can be applied in any order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Diff {
-    topics: BTreeMap<Arc<str>, TopicDiff>,
+    /// Sorted by topic, one entry per topic.
+    topics: Vec<(Arc<str>, TopicDiff)>,
 }
 
 /// The joins and leaves of one topic.
@@ -36,30 +36,31 @@ impl Diff {
 
     /// The changes of one topic, if any.
     pub fn topic(&self, topic: &str) -> Option<&TopicDiff> {
-        self.topics.get(topic)
+        let i = self
+            .topics
+            .binary_search_by(|(t, _)| (**t).cmp(topic))
+            .ok()?;
+        self.topics.get(i).map(|(_, t)| t)
     }
 
     /// Every changed topic with its changes, in topic order.
     pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &TopicDiff)> {
-        self.topics.iter()
+        self.topics.iter().map(|(topic, t)| (topic, t))
     }
 
     /// Number of joins plus leaves over all topics.
     pub fn len(&self) -> usize {
         self.topics
-            .values()
-            .map(|t| t.joins.len() + t.leaves.len())
+            .iter()
+            .map(|(_, t)| t.joins.len() + t.leaves.len())
             .sum()
     }
 
     /// Appends the changes of a later diff. The result is no longer guaranteed net (a join here and
     /// the matching leave later both stay), so apply the parts in order.
     pub fn extend(&mut self, later: Diff) {
-        for (topic, t) in later.topics {
-            let entry = self.topics.entry(topic).or_default();
-            entry.joins.extend(t.joins);
-            entry.leaves.extend(t.leaves);
-        }
+        self.topics.extend(later.topics);
+        self.topics = merge_topics(std::mem::take(&mut self.topics));
     }
 }
 
@@ -78,6 +79,22 @@ fn by_key_then_ref(a: &(Arc<str>, Presence), b: &(Arc<str>, Presence)) -> Orderi
         .cmp(&key_prefix(&b.0))
         .then_with(|| a.0.cmp(&b.0))
         .then_with(|| a.1.phx_ref.cmp(&b.1.phx_ref))
+}
+
+/// Sorts by topic and folds entries of the same topic together (keeping their order).
+fn merge_topics(mut topics: Vec<(Arc<str>, TopicDiff)>) -> Vec<(Arc<str>, TopicDiff)> {
+    topics.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out: Vec<(Arc<str>, TopicDiff)> = Vec::with_capacity(topics.len());
+    for (topic, t) in topics {
+        match out.last_mut() {
+            Some((last, acc)) if *last == topic => {
+                acc.joins.extend(t.joins);
+                acc.leaves.extend(t.leaves);
+            }
+            _ => out.push((topic, t)),
+        }
+    }
+    out
 }
 
 pub(crate) struct Change {
@@ -119,7 +136,7 @@ impl DiffBuilder {
     pub(crate) fn finish(mut self) -> Diff {
         if self.changes.len() <= 1 {
             // The common case of one local operation: no sorting or grouping needed.
-            let mut topics = BTreeMap::new();
+            let mut topics = Vec::new();
             if let Some(c) = self.changes.pop() {
                 let mut t = TopicDiff::default();
                 if c.join {
@@ -127,7 +144,7 @@ impl DiffBuilder {
                 } else {
                     t.leaves.push((c.key, c.presence));
                 }
-                topics.insert(c.topic, t);
+                topics.push((c.topic, t));
             }
             return Diff { topics };
         }
@@ -163,13 +180,8 @@ impl DiffBuilder {
             }
             run_len = 0;
         }
-        let mut topics: BTreeMap<Arc<str>, TopicDiff> = BTreeMap::new();
-        for (topic, t) in groups {
-            let entry = topics.entry(topic).or_default();
-            entry.joins.extend(t.joins);
-            entry.leaves.extend(t.leaves);
-        }
-        for t in topics.values_mut() {
+        let mut topics = merge_topics(groups);
+        for (_, t) in &mut topics {
             t.joins.sort_by(by_key_then_ref);
             t.leaves.sort_by(by_key_then_ref);
         }
