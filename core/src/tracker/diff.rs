@@ -74,11 +74,31 @@ pub(crate) fn key_prefix(key: &str) -> u128 {
     u128::from_be_bytes(bytes)
 }
 
-fn by_key_then_ref(a: &(Arc<str>, Presence), b: &(Arc<str>, Presence)) -> Ordering {
-    key_prefix(&a.0)
-        .cmp(&key_prefix(&b.0))
-        .then_with(|| a.0.cmp(&b.0))
-        .then_with(|| a.1.phx_ref.cmp(&b.1.phx_ref))
+/// Orders two keys whose [`key_prefix`]es are equal, dereferencing them only when one is longer
+/// than the prefix: up to 16 bytes, equal prefixes mean one key is the other plus NUL padding.
+pub(crate) fn key_tail_cmp(a: &str, b: &str) -> Ordering {
+    if a.len() <= 16 && b.len() <= 16 {
+        a.len().cmp(&b.len())
+    } else {
+        a.cmp(b)
+    }
+}
+
+/// Sorts `(key, presence)` pairs by key, then `phx_ref`, reading each key's bytes once.
+fn sort_by_key_then_ref(items: &mut Vec<(Arc<str>, Presence)>) {
+    if items.len() < 2 {
+        return;
+    }
+    let mut keyed: Vec<(u128, (Arc<str>, Presence))> = items
+        .drain(..)
+        .map(|item| (key_prefix(&item.0), item))
+        .collect();
+    keyed.sort_unstable_by(|(pa, a), (pb, b)| {
+        pa.cmp(pb)
+            .then_with(|| key_tail_cmp(&a.0, &b.0))
+            .then_with(|| a.1.phx_ref.cmp(&b.1.phx_ref))
+    });
+    items.extend(keyed.into_iter().map(|(_, item)| item));
 }
 
 /// Sorts by topic and folds entries of the same topic together (keeping their order).
@@ -150,7 +170,15 @@ impl DiffBuilder {
         }
         // Changes of one dot alternate (shown, hidden, shown…): an even run cancels out, an odd
         // run nets to its last change. A stable sort keeps each run in recording order.
-        self.changes.sort_by_key(|c| c.dot);
+        // Sort small (dot, position) pairs rather than the changes themselves.
+        let mut order: Vec<(Dot, u32)> = self
+            .changes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.dot, i as u32))
+            .collect();
+        order.sort_unstable();
+        let mut slots: Vec<Option<Change>> = self.changes.into_iter().map(Some).collect();
         // Group by topic allocation first (topics are interned), by name only at the end.
         let mut groups: Vec<(Arc<str>, TopicDiff)> = Vec::new();
         let mut group_of: FxHashMap<usize, usize> = FxHashMap::default();
@@ -168,22 +196,23 @@ impl DiffBuilder {
                 }
             }
         };
-        let mut changes = self.changes.into_iter().peekable();
         let mut run_len = 0usize;
-        while let Some(c) = changes.next() {
+        for (n, (dot, i)) in order.iter().enumerate() {
             run_len += 1;
-            if changes.peek().is_some_and(|next| next.dot == c.dot) {
+            if order.get(n + 1).is_some_and(|(next, _)| next == dot) {
                 continue;
             }
             if run_len % 2 == 1 {
-                emit(c);
+                if let Some(c) = slots.get_mut(*i as usize).and_then(Option::take) {
+                    emit(c);
+                }
             }
             run_len = 0;
         }
         let mut topics = merge_topics(groups);
         for (_, t) in &mut topics {
-            t.joins.sort_by(by_key_then_ref);
-            t.leaves.sort_by(by_key_then_ref);
+            sort_by_key_then_ref(&mut t.joins);
+            sort_by_key_then_ref(&mut t.leaves);
         }
         Diff { topics }
     }

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use super::diff::{key_prefix, Diff, DiffBuilder};
+use super::diff::{key_prefix, key_tail_cmp, Diff, DiffBuilder};
 use super::message::{Clock, PayloadKind, StatePayload, WireElement};
 use super::meta::{replica_hash, Meta, PhxRef, Presence};
 use super::replica::{FxHashMap, FxHashSet, ReplicaId, ReplicaStatus};
@@ -102,13 +102,30 @@ impl OwnDots {
 
 /// The per-topic index entry: ordered by key, then by `phx_ref`, like diffs. `prefix` (the key's
 /// first 16 bytes) comes first so most comparisons are one integer compare, with the same order.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq)]
 struct TopicEntry {
     prefix: u128,
     key: Arc<str>,
     hash: u64,
     c: u64,
     r: Rx,
+}
+
+impl Ord for TopicEntry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.prefix
+            .cmp(&other.prefix)
+            .then_with(|| key_tail_cmp(&self.key, &other.key))
+            .then(self.hash.cmp(&other.hash))
+            .then(self.c.cmp(&other.c))
+            .then(self.r.cmp(&other.r))
+    }
+}
+
+impl PartialOrd for TopicEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// A delta fragment: the dots it observed (`clouds`), the elements among them still present
@@ -782,8 +799,6 @@ impl State {
 
         // Joins: elements whose dot we never observed.
         let topics: Vec<Arc<str>> = p.topics.iter().map(|t| self.intern_topic(t)).collect();
-        self.values.reserve(p.values.len());
-        diff.reserve(p.values.len());
         let mut joins: Vec<(u32, Dot, &WireElement)> = Vec::new();
         for v in &p.values {
             let Some(r) = at(v.replica).filter(|_| (v.topic as usize) < topics.len()) else {
@@ -794,6 +809,8 @@ impl State {
                 joins.push((v.topic, dot, v));
             }
         }
+        self.values.reserve(joins.len());
+        diff.reserve(joins.len());
         // One topic-index lookup per topic, not per element.
         joins.sort_by_key(|(t, _, _)| *t);
         for group in joins.chunk_by(|a, b| a.0 == b.0) {
