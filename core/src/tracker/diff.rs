@@ -86,7 +86,17 @@ pub(crate) fn key_tail_cmp(a: &str, b: &str) -> Ordering {
 
 /// Sorts `(key, presence)` pairs by key, then `phx_ref`, reading each key's bytes once.
 fn sort_by_key_then_ref(items: &mut Vec<(Arc<str>, Presence)>) {
-    if items.len() < 2 {
+    let in_order = |a: &(Arc<str>, Presence), b: &(Arc<str>, Presence)| match key_prefix(&a.0)
+        .cmp(&key_prefix(&b.0))
+    {
+        Ordering::Less => true,
+        Ordering::Greater => false,
+        Ordering::Equal => key_tail_cmp(&a.0, &b.0)
+            .then_with(|| a.1.phx_ref.cmp(&b.1.phx_ref))
+            .is_le(),
+    };
+    // Merges record in index order already; checking is cheaper than sorting.
+    if items.windows(2).all(|w| in_order(&w[0], &w[1])) {
         return;
     }
     let mut keyed: Vec<(u128, (Arc<str>, Presence))> = items
@@ -126,12 +136,23 @@ pub(crate) struct Change {
 }
 
 /// Collects changes in order; at the end a join and a leave of the same dot cancel out.
+///
+/// Each state operation calls [`begin`](Self::begin) first. One operation never records a dot
+/// twice, so cancelling is only needed once changes of several operations are collected.
 #[derive(Default)]
 pub(crate) struct DiffBuilder {
     changes: Vec<Change>,
+    several_operations: bool,
 }
 
 impl DiffBuilder {
+    /// Starts the changes of one more operation.
+    pub(crate) fn begin(&mut self) {
+        if !self.changes.is_empty() {
+            self.several_operations = true;
+        }
+    }
+
     pub(crate) fn record(
         &mut self,
         dot: Dot,
@@ -153,24 +174,13 @@ impl DiffBuilder {
         self.changes.reserve(additional);
     }
 
-    pub(crate) fn finish(mut self) -> Diff {
-        if self.changes.len() <= 1 {
-            // The common case of one local operation: no sorting or grouping needed.
-            let mut topics = Vec::new();
-            if let Some(c) = self.changes.pop() {
-                let mut t = TopicDiff::default();
-                if c.join {
-                    t.joins.push((c.key, c.presence));
-                } else {
-                    t.leaves.push((c.key, c.presence));
-                }
-                topics.push((c.topic, t));
-            }
-            return Diff { topics };
+    /// The net changes, in recording order.
+    fn net_changes(self) -> Vec<Change> {
+        if !self.several_operations {
+            return self.changes;
         }
         // Changes of one dot alternate (shown, hidden, shown…): an even run cancels out, an odd
-        // run nets to its last change. A stable sort keeps each run in recording order.
-        // Sort small (dot, position) pairs rather than the changes themselves.
+        // run nets to its last change. Sort small (dot, position) pairs, not the changes.
         let mut order: Vec<(Dot, u32)> = self
             .changes
             .iter()
@@ -178,24 +188,7 @@ impl DiffBuilder {
             .map(|(i, c)| (c.dot, i as u32))
             .collect();
         order.sort_unstable();
-        let mut slots: Vec<Option<Change>> = self.changes.into_iter().map(Some).collect();
-        // Group by topic allocation first (topics are interned), by name only at the end.
-        let mut groups: Vec<(Arc<str>, TopicDiff)> = Vec::new();
-        let mut group_of: FxHashMap<usize, usize> = FxHashMap::default();
-        let mut emit = |c: Change| {
-            let ptr = Arc::as_ptr(&c.topic) as *const u8 as usize;
-            let i = *group_of.entry(ptr).or_insert_with(|| {
-                groups.push((c.topic.clone(), TopicDiff::default()));
-                groups.len() - 1
-            });
-            if let Some((_, t)) = groups.get_mut(i) {
-                if c.join {
-                    t.joins.push((c.key, c.presence));
-                } else {
-                    t.leaves.push((c.key, c.presence));
-                }
-            }
-        };
+        let mut keep = vec![false; self.changes.len()];
         let mut run_len = 0usize;
         for (n, (dot, i)) in order.iter().enumerate() {
             run_len += 1;
@@ -203,13 +196,49 @@ impl DiffBuilder {
                 continue;
             }
             if run_len % 2 == 1 {
-                if let Some(c) = slots.get_mut(*i as usize).and_then(Option::take) {
-                    emit(c);
+                if let Some(k) = keep.get_mut(*i as usize) {
+                    *k = true;
                 }
             }
             run_len = 0;
         }
-        let mut topics = merge_topics(groups);
+        self.changes
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(c, k)| k.then_some(c))
+            .collect()
+    }
+
+    pub(crate) fn finish(self) -> Diff {
+        let changes = self.net_changes();
+        // Group by topic allocation (topics are interned; runs of one topic are common), by name
+        // only at the end.
+        let mut groups: Vec<(Arc<str>, TopicDiff)> = Vec::new();
+        let mut group_of: FxHashMap<usize, usize> = FxHashMap::default();
+        let mut last: Option<(usize, usize)> = None;
+        for c in changes {
+            let ptr = Arc::as_ptr(&c.topic) as *const u8 as usize;
+            let i = match last {
+                Some((p, i)) if p == ptr => i,
+                _ => *group_of.entry(ptr).or_insert_with(|| {
+                    groups.push((c.topic.clone(), TopicDiff::default()));
+                    groups.len() - 1
+                }),
+            };
+            last = Some((ptr, i));
+            if let Some((_, t)) = groups.get_mut(i) {
+                if c.join {
+                    t.joins.push((c.key, c.presence));
+                } else {
+                    t.leaves.push((c.key, c.presence));
+                }
+            }
+        }
+        let mut topics = if groups.len() > 1 {
+            merge_topics(groups)
+        } else {
+            groups
+        };
         for (_, t) in &mut topics {
             sort_by_key_then_ref(&mut t.joins);
             sort_by_key_then_ref(&mut t.leaves);
