@@ -209,7 +209,21 @@ impl DiffBuilder {
             .collect()
     }
 
-    pub(crate) fn finish(self) -> Diff {
+    pub(crate) fn finish(mut self) -> Diff {
+        if self.changes.len() <= 1 {
+            // One local operation on one presence: nothing to cancel, group or sort.
+            let mut topics = Vec::new();
+            if let Some(c) = self.changes.pop() {
+                let mut t = TopicDiff::default();
+                if c.join {
+                    t.joins.push((c.key, c.presence));
+                } else {
+                    t.leaves.push((c.key, c.presence));
+                }
+                topics.push((c.topic, t));
+            }
+            return Diff { topics };
+        }
         let changes = self.net_changes();
         // Group by topic allocation (topics are interned; runs of one topic are common), by name
         // only at the end.

@@ -253,7 +253,16 @@ pub struct State {
     values: FxHashMap<Dot, Element>,
     topics: HashMap<Arc<str>, BTreeSet<TopicEntry>>,
     own: FxHashMap<u64, OwnDots>,
-    delta: Delta,
+    pending: PendingDelta,
+}
+
+/// The delta accumulating until the next heartbeat. Own dots since `start` are implied (they are
+/// contiguous) and own elements are read from the state when the delta is taken, so a local
+/// operation only bumps the counter; `clouds` holds the other observed removals.
+#[derive(Clone, Default)]
+struct PendingDelta {
+    start: u64,
+    clouds: BTreeMap<Rx, BTreeSet<u64>>,
 }
 
 impl State {
@@ -265,7 +274,7 @@ impl State {
             values: FxHashMap::default(),
             topics: HashMap::new(),
             own: FxHashMap::default(),
-            delta: Delta::fresh(0),
+            pending: PendingDelta::default(),
         };
         let me = state.intern(&replica);
         debug_assert_eq!(me, ME);
@@ -412,16 +421,15 @@ impl State {
         let slot = self.slot_mut(ME);
         let c = slot.context.unwrap_or(0) + 1;
         slot.context = Some(c);
-        self.delta.clouds.entry(ME).or_default().insert(c);
-        let range = self.delta.range.entry(ME).or_insert((c - 1, c));
-        range.1 = c;
         c
     }
 
     /// Records in the pending delta that `dot` was removed, so peers learn it.
     fn delta_note_removed(&mut self, dot: Dot) {
-        self.delta.clouds.entry(dot.r).or_default().insert(dot.c);
-        self.delta.values.remove(&dot);
+        // Own dots of this period are implied, and their removed elements simply absent.
+        if dot.r != ME || dot.c <= self.pending.start {
+            self.pending.clouds.entry(dot.r).or_default().insert(dot.c);
+        }
     }
 
     fn find_own(&self, conn: u64, topic: &str, key: &str) -> Option<Dot> {
@@ -457,7 +465,6 @@ impl State {
             meta,
             prev: None,
         };
-        self.delta.values.insert(dot, el.clone());
         self.insert_value(dot, el, &mut diff);
         Ok((self.phx_ref(ME, c), diff.finish()))
     }
@@ -526,19 +533,33 @@ impl State {
             prev: Some(old.c),
             ..old_el
         };
-        self.delta.values.insert(dot, el.clone());
         self.insert_value(dot, el, &mut diff);
         Ok((self.phx_ref(ME, c), diff.finish()))
     }
 
     /// True if there are local changes (own or observed removals) not yet handed out as a delta.
     pub fn has_delta(&self) -> bool {
-        self.delta.clouds.values().any(|c| !c.is_empty())
+        self.slot(ME).context.unwrap_or(0) > self.pending.start
+            || self.pending.clouds.values().any(|c| !c.is_empty())
     }
 
     pub(crate) fn take_delta_raw(&mut self) -> Delta {
-        let c = self.slot(ME).context.unwrap_or(0);
-        let delta = std::mem::replace(&mut self.delta, Delta::fresh(c));
+        let end = self.slot(ME).context.unwrap_or(0);
+        let start = std::mem::replace(&mut self.pending.start, end);
+        let mut delta = Delta {
+            clouds: std::mem::take(&mut self.pending.clouds),
+            ..Delta::default()
+        };
+        delta.range.insert(ME, (start, end));
+        if end > start {
+            delta.clouds.entry(ME).or_default().extend(start + 1..=end);
+        }
+        for c in start + 1..=end {
+            let dot = Dot { r: ME, c };
+            if let Some(el) = self.values.get(&dot) {
+                delta.values.insert(dot, el.clone());
+            }
+        }
         self.compact();
         delta
     }
@@ -948,7 +969,7 @@ impl State {
         slot.context = None;
         slot.cloud.clear();
         slot.up = false;
-        self.delta.forget_replica(r);
+        self.pending.clouds.remove(&r);
     }
 
     /// Presences in `topic` as `(key, presence)`, ordered by key then `phx_ref`; presences of down
