@@ -7,7 +7,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{criterion_group, BatchSize, Criterion};
 use rollcall_core::tracker::{Meta, ReplicaId, State};
 
 const N: usize = 100_000;
@@ -107,4 +107,49 @@ fn benches(c: &mut Criterion) {
 }
 
 criterion_group!(tracker, benches);
-criterion_main!(tracker);
+
+/// `ROLLCALL_BENCH_QUICK=1`: the fastest of 15 runs of each scenario, printed — a quick check that
+/// is robust to other load on the machine (criterion reports the distribution).
+fn quick() {
+    fn best<T>(mut f: impl FnMut() -> T) -> Duration {
+        (0..15)
+            .map(|_| {
+                let start = Instant::now();
+                let out = f();
+                let elapsed = start.elapsed();
+                drop(out);
+                elapsed
+            })
+            .min()
+            .unwrap_or_default()
+    }
+    let input = input();
+    let a = build("a", "b", &input);
+    let b_state = build("b", "a", &input);
+    let payload = a.extract(b_state.replica(), &b_state.clock());
+    let mut merged = b_state.clone();
+    merged.merge(&payload);
+    println!("build 100k      {:?}", best(|| build("a", "b", &input)));
+    println!(
+        "extract 100k    {:?}",
+        best(|| a.extract(b_state.replica(), &b_state.clock()))
+    );
+    let mut fresh: Vec<State> = (0..15).map(|_| b_state.clone()).collect();
+    println!(
+        "merge 100k      {:?}",
+        best(|| fresh.pop().map(|mut s| {
+            let diff = s.merge(&payload);
+            (s, diff)
+        }))
+    );
+    println!("re-merge 100k   {:?}", best(|| merged.merge(&payload)));
+}
+
+fn main() {
+    if std::env::var_os("ROLLCALL_BENCH_QUICK").is_some() {
+        quick();
+        return;
+    }
+    tracker();
+    Criterion::default().configure_from_args().final_summary();
+}

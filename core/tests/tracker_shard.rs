@@ -41,7 +41,8 @@ fn kind(m: &ReplicationMessage) -> &'static str {
         ReplicationMessage::Heartbeat { delta: Some(_), .. } => "delta",
         ReplicationMessage::Heartbeat { delta: None, .. } => "empty",
         ReplicationMessage::TransferRequest { .. } => "transfer_req",
-        ReplicationMessage::TransferAck { .. } => "transfer_ack",
+        ReplicationMessage::TransferAck { payload, .. } if payload.is_full() => "transfer_ack",
+        ReplicationMessage::TransferAck { .. } => "transfer_ack_delta",
         ReplicationMessage::GracefulPermdown { .. } => "graceful_permdown",
     }
 }
@@ -214,7 +215,9 @@ fn heartbeat_from_an_unseen_node_brings_it_up_and_triggers_a_transfer_request() 
     assert!(c.take_events("b").contains(&ReplicaEvent::Up(rid("a", 1))));
     assert!(c.take_events("a").contains(&ReplicaEvent::Up(rid("b", 1))));
     assert!(c.count_sent("b", "a", "transfer_req") >= 1);
-    assert!(c.count_sent("a", "b", "transfer_ack") >= 1);
+    assert!(
+        c.count_sent("a", "b", "transfer_ack") + c.count_sent("a", "b", "transfer_ack_delta") >= 1
+    );
     assert_eq!(c.keys("b", "lobby"), ["alice"]);
     assert_eq!(joined(&c.take_diffs("b"), "lobby"), ["alice"]);
 }
@@ -593,4 +596,42 @@ fn many_topics_in_one_shard_are_listed_independently() {
     c.ticks(1);
     assert!(c.keys("b", "topic:5").is_empty());
     assert_eq!(c.keys("b", "topic:6"), ["k"]);
+}
+
+/// Found by the simulation: a delta answer used to leave out the requester's own presences while
+/// keeping their dots; the requester cached it in its generations, where a dot without its element
+/// reads as a removal, and later served that to a third node, which then never saw them.
+#[test]
+fn a_delta_transfer_relayed_through_generations_keeps_every_presence() {
+    let mut c = Cluster::new(&[]);
+    c.config.max_silent_periods = 0;
+    c.config.down_period_ms = 5_000;
+    c.config.permdown_period_ms = 10_000;
+    for n in ["a", "b", "c"] {
+        c.start(n, 1);
+    }
+    c.ticks(2);
+    // c hears nobody for a while; b misses a's delta.
+    c.cut.insert(("a".into(), "c".into()));
+    c.cut.insert(("b".into(), "c".into()));
+    c.shard("b").track(1, "lobby", "bob", meta("{}")).unwrap();
+    c.tick();
+    c.cut.insert(("a".into(), "b".into()));
+    c.shard("a").track(1, "lobby", "alice", meta("{}")).unwrap();
+    c.tick();
+    c.cut.remove(&("a".into(), "b".into()));
+    c.ticks(4);
+    assert!(
+        c.count_sent("a", "b", "transfer_ack_delta") >= 1,
+        "b caught up from a's generations"
+    );
+    assert_eq!(c.keys("b", "lobby"), ["alice", "bob"]);
+    // Now c hears b only, so b answers it from generations that include a's answer.
+    c.cut.remove(&("b".into(), "c".into()));
+    c.ticks(4);
+    assert!(
+        c.count_sent("b", "c", "transfer_ack_delta") >= 1,
+        "c caught up from b's generations"
+    );
+    assert_eq!(c.keys("c", "lobby"), ["alice", "bob"]);
 }

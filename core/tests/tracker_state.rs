@@ -416,3 +416,46 @@ fn two_versions_of_one_presence_converge_whatever_the_merge_order() {
     assert_eq!(b.snapshot(), c.snapshot());
     assert_eq!(b.snapshot(), a.snapshot());
 }
+
+#[test]
+fn lists_and_diffs_order_keys_bytewise_even_past_sixteen_bytes() {
+    let mut a = state("a", &["b"]);
+    let mut b = state("b", &["a"]);
+    let mut keys = vec![
+        "user:0123456789abcdef-2",
+        "user:0123456789abcdef-10",
+        "user:0123456789abcdef",
+        "a",
+        "a\u{0}",
+        "ab",
+        "",
+        "zz",
+    ];
+    for (i, k) in keys.iter().enumerate() {
+        a.join(i as u64, "t", k, meta("{}")).unwrap();
+        b.join(i as u64, "t", k, meta("{}")).unwrap();
+    }
+    keys.sort();
+    let diff = sync(&a, &mut b);
+    let joined: Vec<String> = diff
+        .topic("t")
+        .unwrap()
+        .joins
+        .iter()
+        .map(|(k, _)| k.to_string())
+        .collect();
+    assert_eq!(joined, keys);
+    let listed: Vec<String> = b
+        .list("t")
+        .into_iter()
+        .map(|(k, _)| k.to_string())
+        .collect();
+    let twice: Vec<String> = keys
+        .iter()
+        .flat_map(|k| [k.to_string(), k.to_string()])
+        .collect();
+    assert_eq!(listed, twice);
+    for k in &keys {
+        assert_eq!(b.get_by_key("t", k).len(), 2, "key {k:?}");
+    }
+}

@@ -1,7 +1,6 @@
 //! [`Diff`]: the joins and leaves a change produced, per topic, in a deterministic order.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::meta::Presence;
@@ -16,7 +15,8 @@ use super::state::Dot;
 /// of one diff can be applied in any order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Diff {
-    topics: BTreeMap<Arc<str>, TopicDiff>,
+    /// Sorted by topic, one entry per topic.
+    topics: Vec<(Arc<str>, TopicDiff)>,
 }
 
 /// The joins and leaves of one topic.
@@ -36,30 +36,31 @@ impl Diff {
 
     /// The changes of one topic, if any.
     pub fn topic(&self, topic: &str) -> Option<&TopicDiff> {
-        self.topics.get(topic)
+        let i = self
+            .topics
+            .binary_search_by(|(t, _)| (**t).cmp(topic))
+            .ok()?;
+        self.topics.get(i).map(|(_, t)| t)
     }
 
     /// Every changed topic with its changes, in topic order.
     pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &TopicDiff)> {
-        self.topics.iter()
+        self.topics.iter().map(|(topic, t)| (topic, t))
     }
 
     /// Number of joins plus leaves over all topics.
     pub fn len(&self) -> usize {
         self.topics
-            .values()
-            .map(|t| t.joins.len() + t.leaves.len())
+            .iter()
+            .map(|(_, t)| t.joins.len() + t.leaves.len())
             .sum()
     }
 
     /// Appends the changes of a later diff. The result is no longer guaranteed net (a join here and
     /// the matching leave later both stay), so apply the parts in order.
     pub fn extend(&mut self, later: Diff) {
-        for (topic, t) in later.topics {
-            let entry = self.topics.entry(topic).or_default();
-            entry.joins.extend(t.joins);
-            entry.leaves.extend(t.leaves);
-        }
+        self.topics.extend(later.topics);
+        self.topics = merge_topics(std::mem::take(&mut self.topics));
     }
 }
 
@@ -73,11 +74,57 @@ pub(crate) fn key_prefix(key: &str) -> u128 {
     u128::from_be_bytes(bytes)
 }
 
-fn by_key_then_ref(a: &(Arc<str>, Presence), b: &(Arc<str>, Presence)) -> Ordering {
-    key_prefix(&a.0)
+/// Orders two keys whose [`key_prefix`]es are equal, dereferencing them only when one is longer
+/// than the prefix: up to 16 bytes, equal prefixes mean one key is the other plus NUL padding.
+pub(crate) fn key_tail_cmp(a: &str, b: &str) -> Ordering {
+    if a.len() <= 16 && b.len() <= 16 {
+        a.len().cmp(&b.len())
+    } else {
+        a.cmp(b)
+    }
+}
+
+/// Sorts `(key, presence)` pairs by key, then `phx_ref`, reading each key's bytes once.
+fn sort_by_key_then_ref(items: &mut Vec<(Arc<str>, Presence)>) {
+    let in_order = |a: &(Arc<str>, Presence), b: &(Arc<str>, Presence)| match key_prefix(&a.0)
         .cmp(&key_prefix(&b.0))
-        .then_with(|| a.0.cmp(&b.0))
-        .then_with(|| a.1.phx_ref.cmp(&b.1.phx_ref))
+    {
+        Ordering::Less => true,
+        Ordering::Greater => false,
+        Ordering::Equal => key_tail_cmp(&a.0, &b.0)
+            .then_with(|| a.1.phx_ref.cmp(&b.1.phx_ref))
+            .is_le(),
+    };
+    // Merges record in index order already; checking is cheaper than sorting.
+    if items.windows(2).all(|w| in_order(&w[0], &w[1])) {
+        return;
+    }
+    let mut keyed: Vec<(u128, (Arc<str>, Presence))> = items
+        .drain(..)
+        .map(|item| (key_prefix(&item.0), item))
+        .collect();
+    keyed.sort_unstable_by(|(pa, a), (pb, b)| {
+        pa.cmp(pb)
+            .then_with(|| key_tail_cmp(&a.0, &b.0))
+            .then_with(|| a.1.phx_ref.cmp(&b.1.phx_ref))
+    });
+    items.extend(keyed.into_iter().map(|(_, item)| item));
+}
+
+/// Sorts by topic and folds entries of the same topic together (keeping their order).
+fn merge_topics(mut topics: Vec<(Arc<str>, TopicDiff)>) -> Vec<(Arc<str>, TopicDiff)> {
+    topics.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out: Vec<(Arc<str>, TopicDiff)> = Vec::with_capacity(topics.len());
+    for (topic, t) in topics {
+        match out.last_mut() {
+            Some((last, acc)) if *last == topic => {
+                acc.joins.extend(t.joins);
+                acc.leaves.extend(t.leaves);
+            }
+            _ => out.push((topic, t)),
+        }
+    }
+    out
 }
 
 pub(crate) struct Change {
@@ -89,12 +136,23 @@ pub(crate) struct Change {
 }
 
 /// Collects changes in order; at the end a join and a leave of the same dot cancel out.
+///
+/// Each state operation calls [`begin`](Self::begin) first. One operation never records a dot
+/// twice, so cancelling is only needed once changes of several operations are collected.
 #[derive(Default)]
 pub(crate) struct DiffBuilder {
     changes: Vec<Change>,
+    several_operations: bool,
 }
 
 impl DiffBuilder {
+    /// Starts the changes of one more operation.
+    pub(crate) fn begin(&mut self) {
+        if !self.changes.is_empty() {
+            self.several_operations = true;
+        }
+    }
+
     pub(crate) fn record(
         &mut self,
         dot: Dot,
@@ -116,19 +174,72 @@ impl DiffBuilder {
         self.changes.reserve(additional);
     }
 
-    pub(crate) fn finish(mut self) -> Diff {
+    /// The net changes, in recording order.
+    fn net_changes(self) -> Vec<Change> {
+        if !self.several_operations {
+            return self.changes;
+        }
         // Changes of one dot alternate (shown, hidden, shown…): an even run cancels out, an odd
-        // run nets to its last change. A stable sort keeps each run in recording order.
-        self.changes.sort_by_key(|c| c.dot);
-        // Group by topic allocation first (topics are interned), by name only at the end.
+        // run nets to its last change. Sort small (dot, position) pairs, not the changes.
+        let mut order: Vec<(Dot, u32)> = self
+            .changes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.dot, i as u32))
+            .collect();
+        order.sort_unstable();
+        let mut keep = vec![false; self.changes.len()];
+        let mut run_len = 0usize;
+        for (n, (dot, i)) in order.iter().enumerate() {
+            run_len += 1;
+            if order.get(n + 1).is_some_and(|(next, _)| next == dot) {
+                continue;
+            }
+            if run_len % 2 == 1 {
+                if let Some(k) = keep.get_mut(*i as usize) {
+                    *k = true;
+                }
+            }
+            run_len = 0;
+        }
+        self.changes
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(c, k)| k.then_some(c))
+            .collect()
+    }
+
+    pub(crate) fn finish(mut self) -> Diff {
+        if self.changes.len() <= 1 {
+            // One local operation on one presence: nothing to cancel, group or sort.
+            let mut topics = Vec::new();
+            if let Some(c) = self.changes.pop() {
+                let mut t = TopicDiff::default();
+                if c.join {
+                    t.joins.push((c.key, c.presence));
+                } else {
+                    t.leaves.push((c.key, c.presence));
+                }
+                topics.push((c.topic, t));
+            }
+            return Diff { topics };
+        }
+        let changes = self.net_changes();
+        // Group by topic allocation (topics are interned; runs of one topic are common), by name
+        // only at the end.
         let mut groups: Vec<(Arc<str>, TopicDiff)> = Vec::new();
         let mut group_of: FxHashMap<usize, usize> = FxHashMap::default();
-        let mut emit = |c: Change| {
+        let mut last: Option<(usize, usize)> = None;
+        for c in changes {
             let ptr = Arc::as_ptr(&c.topic) as *const u8 as usize;
-            let i = *group_of.entry(ptr).or_insert_with(|| {
-                groups.push((c.topic.clone(), TopicDiff::default()));
-                groups.len() - 1
-            });
+            let i = match last {
+                Some((p, i)) if p == ptr => i,
+                _ => *group_of.entry(ptr).or_insert_with(|| {
+                    groups.push((c.topic.clone(), TopicDiff::default()));
+                    groups.len() - 1
+                }),
+            };
+            last = Some((ptr, i));
             if let Some((_, t)) = groups.get_mut(i) {
                 if c.join {
                     t.joins.push((c.key, c.presence));
@@ -136,28 +247,15 @@ impl DiffBuilder {
                     t.leaves.push((c.key, c.presence));
                 }
             }
+        }
+        let mut topics = if groups.len() > 1 {
+            merge_topics(groups)
+        } else {
+            groups
         };
-        let mut changes = self.changes.into_iter().peekable();
-        let mut run_len = 0usize;
-        while let Some(c) = changes.next() {
-            run_len += 1;
-            if changes.peek().is_some_and(|next| next.dot == c.dot) {
-                continue;
-            }
-            if run_len % 2 == 1 {
-                emit(c);
-            }
-            run_len = 0;
-        }
-        let mut topics: BTreeMap<Arc<str>, TopicDiff> = BTreeMap::new();
-        for (topic, t) in groups {
-            let entry = topics.entry(topic).or_default();
-            entry.joins.extend(t.joins);
-            entry.leaves.extend(t.leaves);
-        }
-        for t in topics.values_mut() {
-            t.joins.sort_by(by_key_then_ref);
-            t.leaves.sort_by(by_key_then_ref);
+        for (_, t) in &mut topics {
+            sort_by_key_then_ref(&mut t.joins);
+            sort_by_key_then_ref(&mut t.leaves);
         }
         Diff { topics }
     }

@@ -78,17 +78,22 @@ const STEP_MS: u64 = 10;
 const TOPICS: [&str; 3] = ["room:a", "room:b", "room:c"];
 const KEYS: [&str; 5] = ["ann", "bob", "cat", "dan", "eve"];
 
-fn config() -> ShardConfig {
+/// The shard configuration of one run, varied by seed.
+fn config(rng: &mut Rng) -> ShardConfig {
     ShardConfig {
         broadcast_period_ms: 100,
-        max_silent_periods: 3,
-        // Longer than the idle heartbeat interval (400 ms) plus the worst network delay (350 ms),
-        // so a healthy peer is never marked down once faults stop.
+        max_silent_periods: [0, 3][rng.below(2) as usize],
+        // Longer than the idle heartbeat interval (at most 400 ms) plus the worst network delay
+        // (350 ms), so a healthy peer is never marked down once faults stop.
         down_period_ms: 1_000,
         permdown_period_ms: 2_500,
-        clock_sample_periods: 2,
-        // Small caps so windows overflow and the full-transfer fallback is exercised too.
-        max_delta_sizes: vec![4, 16, 64],
+        clock_sample_periods: 1 + rng.below(3) as u32,
+        // Small caps so windows overflow; none at all (always full transfers); Phoenix's.
+        max_delta_sizes: match rng.below(3) {
+            0 => vec![4, 16, 64],
+            1 => vec![],
+            _ => vec![100, 1_000, 10_000],
+        },
     }
 }
 
@@ -113,6 +118,7 @@ struct InFlight {
 
 struct World {
     rng: Rng,
+    config: ShardConfig,
     now: u64,
     nodes: Vec<Option<Node>>,
     incarnations: Vec<u64>,
@@ -145,8 +151,8 @@ impl World {
         self.incarnations[i] += 1;
         let id = ReplicaId::new(name(i), self.incarnations[i]);
         let phase = self.rng.below(10) * STEP_MS;
-        // `config()` is valid by construction.
-        let Ok(shard) = Shard::new(id, config(), self.now) else {
+        // The run's config is valid by construction.
+        let Ok(shard) = Shard::new(id, self.config.clone(), self.now) else {
             return;
         };
         self.nodes[i] = Some(Node {
@@ -287,7 +293,7 @@ impl World {
             if node.next_tick_ms > self.now {
                 continue;
             }
-            node.next_tick_ms += config().broadcast_period_ms;
+            node.next_tick_ms += self.config.broadcast_period_ms;
             let output = node.shard.tick(self.now);
             if !output.events.is_empty() {
                 let events = output.events.clone();
@@ -491,8 +497,10 @@ pub fn run(seed: u64, trace: bool) -> Result<Stats, String> {
     let drop_per_mille = [0, 50, 200][rng.below(3) as usize];
     let max_delay_ms = [0, 60, 350][rng.below(3) as usize];
     let fault_ms = 3_000 + rng.below(4) * 1_000;
+    let config = config(&mut rng);
     let mut world = World {
         rng,
+        config,
         now: 0,
         nodes: (0..n).map(|_| None).collect(),
         incarnations: vec![0; n],
@@ -517,7 +525,7 @@ pub fn run(seed: u64, trace: bool) -> Result<Stats, String> {
         // Faults stop: links heal, nothing is dropped; delays (and so reordering) remain.
         world.blocked.clear();
         world.log(|| "faults stop".to_string());
-        let c = config();
+        let c = world.config.clone();
         let settle = max_delay_ms + c.permdown_period_ms + 2 * c.down_period_ms + 2_000;
         let end = world.now + settle;
         while world.now < end {

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use super::diff::{key_prefix, Diff, DiffBuilder};
+use super::diff::{key_prefix, key_tail_cmp, Diff, DiffBuilder};
 use super::message::{Clock, PayloadKind, StatePayload, WireElement};
 use super::meta::{replica_hash, Meta, PhxRef, Presence};
 use super::replica::{FxHashMap, FxHashSet, ReplicaId, ReplicaStatus};
@@ -66,15 +66,66 @@ struct Slot {
     up: bool,
 }
 
+/// The dots of one local connection (usually one: no allocation then).
+#[derive(Clone)]
+enum OwnDots {
+    One(Dot),
+    Many(Vec<Dot>),
+}
+
+impl OwnDots {
+    fn push(&mut self, dot: Dot) {
+        match self {
+            OwnDots::One(d) => *self = OwnDots::Many(vec![*d, dot]),
+            OwnDots::Many(v) => v.push(dot),
+        }
+    }
+
+    /// Removes `dot`; true if none is left.
+    fn remove(&mut self, dot: Dot) -> bool {
+        match self {
+            OwnDots::One(d) => *d == dot,
+            OwnDots::Many(v) => {
+                v.retain(|d| *d != dot);
+                v.is_empty()
+            }
+        }
+    }
+
+    fn as_slice(&self) -> &[Dot] {
+        match self {
+            OwnDots::One(d) => std::slice::from_ref(d),
+            OwnDots::Many(v) => v,
+        }
+    }
+}
+
 /// The per-topic index entry: ordered by key, then by `phx_ref`, like diffs. `prefix` (the key's
 /// first 16 bytes) comes first so most comparisons are one integer compare, with the same order.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq)]
 struct TopicEntry {
     prefix: u128,
     key: Arc<str>,
     hash: u64,
     c: u64,
     r: Rx,
+}
+
+impl Ord for TopicEntry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.prefix
+            .cmp(&other.prefix)
+            .then_with(|| key_tail_cmp(&self.key, &other.key))
+            .then(self.hash.cmp(&other.hash))
+            .then(self.c.cmp(&other.c))
+            .then(self.r.cmp(&other.r))
+    }
+}
+
+impl PartialOrd for TopicEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// A delta fragment: the dots it observed (`clouds`), the elements among them still present
@@ -201,8 +252,17 @@ pub struct State {
     by_id: HashMap<ReplicaId, Rx>,
     values: FxHashMap<Dot, Element>,
     topics: HashMap<Arc<str>, BTreeSet<TopicEntry>>,
-    own: FxHashMap<u64, Vec<Dot>>,
-    delta: Delta,
+    own: FxHashMap<u64, OwnDots>,
+    pending: PendingDelta,
+}
+
+/// The delta accumulating until the next heartbeat. Own dots since `start` are implied (they are
+/// contiguous) and own elements are read from the state when the delta is taken, so a local
+/// operation only bumps the counter; `clouds` holds the other observed removals.
+#[derive(Clone, Default)]
+struct PendingDelta {
+    start: u64,
+    clouds: BTreeMap<Rx, BTreeSet<u64>>,
 }
 
 impl State {
@@ -214,7 +274,7 @@ impl State {
             values: FxHashMap::default(),
             topics: HashMap::new(),
             own: FxHashMap::default(),
-            delta: Delta::fresh(0),
+            pending: PendingDelta::default(),
         };
         let me = state.intern(&replica);
         debug_assert_eq!(me, ME);
@@ -313,7 +373,12 @@ impl State {
             .or_default()
             .insert(entry);
         if dot.r == ME {
-            self.own.entry(el.conn).or_default().push(dot);
+            match self.own.entry(el.conn) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut().push(dot),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(OwnDots::One(dot));
+                }
+            }
         }
         if self.visible(dot.r) {
             diff.record(dot, true, &el.topic, &el.key, self.presence(dot, &el));
@@ -337,13 +402,13 @@ impl State {
                 self.topics.remove(&el.topic);
             }
         }
-        if dot.r == ME {
-            if let Some(dots) = self.own.get_mut(&el.conn) {
-                dots.retain(|d| *d != dot);
-                if dots.is_empty() {
-                    self.own.remove(&el.conn);
-                }
-            }
+        if dot.r == ME
+            && self
+                .own
+                .get_mut(&el.conn)
+                .is_some_and(|dots| dots.remove(dot))
+        {
+            self.own.remove(&el.conn);
         }
         if self.visible(dot.r) {
             diff.record(dot, false, &el.topic, &el.key, self.presence(dot, &el));
@@ -356,20 +421,19 @@ impl State {
         let slot = self.slot_mut(ME);
         let c = slot.context.unwrap_or(0) + 1;
         slot.context = Some(c);
-        self.delta.clouds.entry(ME).or_default().insert(c);
-        let range = self.delta.range.entry(ME).or_insert((c - 1, c));
-        range.1 = c;
         c
     }
 
     /// Records in the pending delta that `dot` was removed, so peers learn it.
     fn delta_note_removed(&mut self, dot: Dot) {
-        self.delta.clouds.entry(dot.r).or_default().insert(dot.c);
-        self.delta.values.remove(&dot);
+        // Own dots of this period are implied, and their removed elements simply absent.
+        if dot.r != ME || dot.c <= self.pending.start {
+            self.pending.clouds.entry(dot.r).or_default().insert(dot.c);
+        }
     }
 
     fn find_own(&self, conn: u64, topic: &str, key: &str) -> Option<Dot> {
-        self.own.get(&conn)?.iter().copied().find(|dot| {
+        self.own.get(&conn)?.as_slice().iter().copied().find(|dot| {
             self.values
                 .get(dot)
                 .is_some_and(|el| &*el.topic == topic && &*el.key == key)
@@ -401,7 +465,6 @@ impl State {
             meta,
             prev: None,
         };
-        self.delta.values.insert(dot, el.clone());
         self.insert_value(dot, el, &mut diff);
         Ok((self.phx_ref(ME, c), diff.finish()))
     }
@@ -426,7 +489,12 @@ impl State {
     /// Removes every presence of local connection `conn`.
     pub fn leave_connection(&mut self, conn: u64) -> Diff {
         let mut diff = DiffBuilder::default();
-        for dot in self.own.get(&conn).cloned().unwrap_or_default() {
+        let dots: Vec<Dot> = self
+            .own
+            .get(&conn)
+            .map(|d| d.as_slice().to_vec())
+            .unwrap_or_default();
+        for dot in dots {
             self.leave_dot(dot, &mut diff);
         }
         diff.finish()
@@ -465,19 +533,33 @@ impl State {
             prev: Some(old.c),
             ..old_el
         };
-        self.delta.values.insert(dot, el.clone());
         self.insert_value(dot, el, &mut diff);
         Ok((self.phx_ref(ME, c), diff.finish()))
     }
 
     /// True if there are local changes (own or observed removals) not yet handed out as a delta.
     pub fn has_delta(&self) -> bool {
-        self.delta.clouds.values().any(|c| !c.is_empty())
+        self.slot(ME).context.unwrap_or(0) > self.pending.start
+            || self.pending.clouds.values().any(|c| !c.is_empty())
     }
 
     pub(crate) fn take_delta_raw(&mut self) -> Delta {
-        let c = self.slot(ME).context.unwrap_or(0);
-        let delta = std::mem::replace(&mut self.delta, Delta::fresh(c));
+        let end = self.slot(ME).context.unwrap_or(0);
+        let start = std::mem::replace(&mut self.pending.start, end);
+        let mut delta = Delta {
+            clouds: std::mem::take(&mut self.pending.clouds),
+            ..Delta::default()
+        };
+        delta.range.insert(ME, (start, end));
+        if end > start {
+            delta.clouds.entry(ME).or_default().extend(start + 1..=end);
+        }
+        for c in start + 1..=end {
+            let dot = Dot { r: ME, c };
+            if let Some(el) = self.values.get(&dot) {
+                delta.values.insert(dot, el.clone());
+            }
+        }
         self.compact();
         delta
     }
@@ -675,6 +757,7 @@ impl State {
     }
 
     pub(crate) fn merge_into(&mut self, p: &StatePayload, diff: &mut DiffBuilder) {
+        diff.begin();
         // Payload replica index -> local slot, for replicas we accept data of (never ourselves:
         // only we create our dots).
         let map: Vec<Option<Rx>> = p
@@ -738,27 +821,59 @@ impl State {
 
         // Joins: elements whose dot we never observed.
         let topics: Vec<Arc<str>> = p.topics.iter().map(|t| self.intern_topic(t)).collect();
-        self.values.reserve(p.values.len());
-        diff.reserve(p.values.len());
+        let mut joins: Vec<(u32, Dot, &WireElement)> = Vec::new();
         for v in &p.values {
-            let (Some(r), Some(topic)) = (at(v.replica), topics.get(v.topic as usize)) else {
+            let Some(r) = at(v.replica).filter(|_| (v.topic as usize) < topics.len()) else {
                 continue;
             };
             let dot = Dot { r, c: v.counter };
-            if self.observed(dot) {
-                continue;
+            if !self.observed(dot) {
+                joins.push((v.topic, dot, v));
             }
-            let el = Element {
-                topic: topic.clone(),
-                key: v.key.clone(),
-                conn: v.conn,
-                meta: v.meta.clone(),
-                prev: v.prev,
+        }
+        self.values.reserve(joins.len());
+        diff.reserve(joins.len());
+        // One topic-index lookup per topic, not per element.
+        joins.sort_by_key(|(t, _, _)| *t);
+        for group in joins.chunk_by(|a, b| a.0 == b.0) {
+            let Some(topic) = group.first().and_then(|(t, _, _)| topics.get(*t as usize)) else {
+                continue;
             };
-            self.insert_value(dot, el, diff);
-            // Mark the dot observed, unless the remote context is about to cover it anyway.
-            if rctx.get(&r).is_none_or(|c| dot.c > *c) {
-                self.slot_mut(r).cloud.insert(dot.c);
+            let mut entries: Vec<(TopicEntry, Dot, &WireElement)> = group
+                .iter()
+                .map(|(_, dot, v)| {
+                    let entry = TopicEntry {
+                        prefix: key_prefix(&v.key),
+                        key: v.key.clone(),
+                        hash: self.slots[dot.r as usize].hash,
+                        c: dot.c,
+                        r: dot.r,
+                    };
+                    (entry, *dot, *v)
+                })
+                .collect();
+            // Index order: cheaper inserts, and the diff comes out already sorted.
+            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let set = self.topics.entry(topic.clone()).or_default();
+            for (entry, _, _) in &entries {
+                set.insert(entry.clone());
+            }
+            for (entry, dot, v) in entries {
+                let el = Element {
+                    topic: topic.clone(),
+                    key: entry.key,
+                    conn: v.conn,
+                    meta: v.meta.clone(),
+                    prev: v.prev,
+                };
+                if self.visible(dot.r) {
+                    diff.record(dot, true, &el.topic, &el.key, self.presence(dot, &el));
+                }
+                self.values.insert(dot, el);
+                // Mark the dot observed, unless the remote context is about to cover it anyway.
+                if rctx.get(&dot.r).is_none_or(|c| dot.c > *c) {
+                    self.slot_mut(dot.r).cloud.insert(dot.c);
+                }
             }
         }
 
@@ -789,6 +904,7 @@ impl State {
     }
 
     pub(crate) fn replica_up_into(&mut self, replica: &ReplicaId, diff: &mut DiffBuilder) {
+        diff.begin();
         let r = self.intern(replica);
         if r == ME {
             return;
@@ -810,6 +926,7 @@ impl State {
     }
 
     pub(crate) fn replica_down_into(&mut self, replica: &ReplicaId, diff: &mut DiffBuilder) {
+        diff.begin();
         if let Some(r) = self.known(replica).filter(|r| *r != ME) {
             if self.visible(r) {
                 self.report_replica(r, false, diff);
@@ -840,6 +957,7 @@ impl State {
         replica: &ReplicaId,
         diff: &mut DiffBuilder,
     ) {
+        diff.begin();
         let Some(r) = self.by_id.get(replica).copied().filter(|r| *r != ME) else {
             return;
         };
@@ -851,7 +969,7 @@ impl State {
         slot.context = None;
         slot.cloud.clear();
         slot.up = false;
-        self.delta.forget_replica(r);
+        self.pending.clouds.remove(&r);
     }
 
     /// Presences in `topic` as `(key, presence)`, ordered by key then `phx_ref`; presences of down
@@ -900,7 +1018,8 @@ impl State {
         let Some(dots) = self.own.get(&conn) else {
             return Vec::new();
         };
-        dots.iter()
+        dots.as_slice()
+            .iter()
             .filter_map(|dot| {
                 self.values
                     .get(dot)
