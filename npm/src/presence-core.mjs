@@ -212,42 +212,106 @@ export function definePresence(wasm){
   // Applies {joins, leaves} (already cloned) to `state` (null-prototype), phoenix.js order:
   // every join, then every leave. `index` is an instance's key index or null (static API).
   function applyDiff(state, joins, leaves, onJoin, onLeave, index){
-    const jKeys = Object.getOwnPropertyNames(joins)
-    const jVals = new Array(jKeys.length)
-    for(let i = 0; i < jKeys.length; i++){ jVals[i] = joins[jKeys[i]] }
+    // packed arrays built by push, like syncState's: one shape for applyEntries to optimize for
+    const jKeys = []
+    const jVals = []
+    const jNames = Object.getOwnPropertyNames(joins)
+    for(let i = 0; i < jNames.length; i++){
+      jKeys.push(jNames[i])
+      jVals.push(joins[jNames[i]])
+    }
     // phoenix.js applies the joins before it trips over missing leaves
     if(leaves === null || leaves === undefined){
       applyEntries(state, jKeys, jVals, null, null, onJoin, onLeave, index)
       Object.getOwnPropertyNames(leaves) // throws phoenix.js's TypeError
     }
-    const lKeys = Object.getOwnPropertyNames(leaves)
-    const lVals = new Array(lKeys.length)
-    for(let i = 0; i < lKeys.length; i++){ lVals[i] = leaves[lKeys[i]] }
+    const lKeys = []
+    const lVals = []
+    const lNames = Object.getOwnPropertyNames(leaves)
+    for(let i = 0; i < lNames.length; i++){
+      lKeys.push(lNames[i])
+      lVals.push(leaves[lNames[i]])
+    }
     return applyEntries(state, jKeys, jVals, lKeys, lVals, onJoin, onLeave, index)
   }
 
   // applyDiff over the diff's keys and (cloned) presences, each in JavaScript key order
+  // One loop per function: syncState runs these over N keys, a diff over one or two, and V8
+  // optimizes a function with one hot loop for both without falling into deopt loops.
   function applyEntries(state, jKeys, joins, lKeys, leaves, onJoin, onLeave, index){
-    const nj = jKeys.length
-    const nl = lKeys === null ? 0 : lKeys.length
-    const curs = nj > 0 ? new Array(nj) : null
-    // the flat plan input of core::presence::plan::DiffInput::from_flat
-    const tokens = [0]
+    const run = new DiffRun(state, jKeys, joins, lKeys, leaves, index)
+    joinTokens(run)
+    leaveTokens(run)
+    let plan = null
+    if(run.sentJoins > 0 || run.nl > 0){
+      if(index !== null){
+        plan = index.plan(run.tokens, state)
+        // still out of step after a reset (a falsy value stored under a key): plan without it
+        if(plan === null){ run.index = index = null }
+      }
+      if(index === null){ plan = planDiff(run.tokens) }
+    }
+    run.plan = plan
+    // a callback that throws leaves the state half-updated, as in phoenix.js; the index then
+    // is out of step, so it only counts as in step again once the whole diff is applied
+    if(index !== null){
+      index.of = null
+      // an instance plan carries the slots after the plan proper: one per join, then one per
+      // leave that is not skipped
+      run.slotAt = plan === null ? 0 : plan.length - run.sentJoins - countKept(plan, run.sentJoins, run.nl)
+    }
+    applyJoins(run, onJoin)
+    applyLeaves(run, onLeave)
+    if(index !== null && !run.stale){ index.of = state }
+    return state
+  }
+
+  class DiffRun {
+    constructor(state, jKeys, joins, lKeys, leaves, index){
+      this.state = state
+      this.jKeys = jKeys
+      this.joins = joins
+      this.lKeys = lKeys
+      this.leaves = leaves
+      this.index = index
+      this.nj = jKeys.length
+      this.nl = lKeys === null ? 0 : lKeys.length
+      this.curs = new Array(this.nj)
+      // position of each join among those sent to the core (-1: nothing to match)
+      this.sent = new Array(this.nj)
+      // the flat plan input of core::presence::plan::DiffInput::from_flat
+      this.tokens = [0]
+      this.sentJoins = 0
+      this.plan = null
+      this.at = 0
+      this.slotAt = 0
+      this.stale = false
+    }
+  }
+
+  function joinTokens(run){
+    const {state, jKeys, joins, curs, sent, tokens, nj} = run
+    const all = run.index !== null
     let sentJoins = 0
-    // position of each join among those sent (-1: not sent, nothing to match)
-    const sent = nj > 0 ? new Int32Array(nj).fill(-1) : null
     for(let i = 0; i < nj; i++){
       const key = jKeys[i]
       const cur = state[key]
       curs[i] = cur
-      if(cur || index !== null){
+      if(cur || all){
         sent[i] = sentJoins++
         tokens.push(key)
         if(cur){ pushRefs(tokens, cur) } else { tokens.push(-1) }
         pushRefs(tokens, joins[i])
+      } else {
+        sent[i] = -1
       }
     }
     tokens[0] = sentJoins
+    run.sentJoins = sentJoins
+  }
+
+  function leaveTokens(run){
+    const {state, jKeys, joins, lKeys, leaves, sent, tokens, nj, nl} = run
     tokens.push(nl)
     let joinPos = null
     for(let i = 0; i < nl; i++){
@@ -274,59 +338,48 @@ export function definePresence(wasm){
       }
       pushRefs(tokens, leaves[i])
     }
-    let plan = null
-    if(sentJoins > 0 || nl > 0){
-      if(index !== null){
-        plan = index.plan(tokens, state)
-        // still out of step after a reset (a falsy value stored under a key): plan without it
-        if(plan === null){ index = null }
-      }
-      if(index === null){ plan = planDiff(tokens) }
-    }
-    // a callback that throws leaves the state half-updated, as in phoenix.js; the index then
-    // is out of step, so it only counts as in step again once the whole diff is applied
-    if(index !== null){ index.of = null }
-    let stale = false
-    let at = 0
-    // an instance plan carries the slots after the plan proper: one per join, then one per
-    // leave that is not skipped
-    let slotAt = (index === null || plan === null) ? 0 : plan.length - sentJoins - countKept(plan, sentJoins, nl)
+  }
+
+  function applyJoins(run, onJoin){
+    const {state, jKeys, joins, curs, sent, plan, index, nj} = run
     for(let i = 0; i < nj; i++){
       const key = jKeys[i]
       const newPresence = joins[i]
       const cur = curs[i]
       const stored = clone(newPresence)
       if(sent[i] >= 0){
-        const n = plan[at++]
-        if(n > 0){ stored.metas.unshift(...pick(cur.metas, plan, at, n)) }
-        at += n
+        const n = plan[run.at++]
+        if(n > 0){ stored.metas.unshift(...pick(cur.metas, plan, run.at, n)) }
+        run.at += n
       }
       state[key] = stored
-      if(index !== null){ index.stored(plan[slotAt++], key, stored) }
+      if(index !== null){ index.stored(plan[run.slotAt++], key, stored) }
       onJoin(key, cur, newPresence)
     }
+  }
+
+  function applyLeaves(run, onLeave){
+    const {state, lKeys, leaves, plan, index, nl} = run
     for(let i = 0; i < nl; i++){
-      const n = plan[at++]
+      const n = plan[run.at++]
       if(n < 0){ continue }
       const key = lKeys[i]
       const cur = state[key]
-      const slot = index === null ? -1 : plan[slotAt++]
+      const slot = index === null ? -1 : plan[run.slotAt++]
       if(!cur){
         // an earlier callback deleted the key: phoenix.js would skip it too
-        at += n
-        stale = true
+        run.at += n
+        run.stale = true
         continue
       }
-      cur.metas = pick(cur.metas, plan, at, n)
-      at += n
+      cur.metas = pick(cur.metas, plan, run.at, n)
+      run.at += n
       onLeave(key, cur, leaves[i])
       if(cur.metas.length === 0){
         delete state[key]
         if(index !== null){ index.removed(slot) }
       }
     }
-    if(index !== null && !stale){ index.of = state }
-    return state
   }
 
   // number of non-skipped leaves in a plan (each gets a slot after the plan proper)
