@@ -147,6 +147,47 @@ function cloneToNullProto(obj){
 
 const hasOwn = (obj, key) => OBJECT_PROTO.hasOwnProperty.call(obj, key)
 
+// Whether JavaScript lists `key` among the integer-like keys ("0".."4294967294", no leading
+// zeros), which come first in ascending order.
+function isArrayIndex(key){
+  const n = key.length
+  const c = key.charCodeAt(0)
+  if(n === 0 || n > 10 || c < 48 || c > 57 || (c === 48 && n > 1)){ return false }
+  for(let i = 1; i < n; i++){
+    const d = key.charCodeAt(i)
+    if(d < 48 || d > 57){ return false }
+  }
+  return Number(key) < 4294967295
+}
+
+// The keys (with their values) in the order an object would list them had they been added in
+// the given order: integer-like keys ascending, then the rest as given.
+function arrayIndexKeysFirst(keys, values){
+  let ints = null
+  for(let i = 0; i < keys.length; i++){
+    if(isArrayIndex(keys[i])){ (ints || (ints = [])).push(i) }
+  }
+  if(ints === null){ return {keys, values} }
+  ints.sort((a, b) => Number(keys[a]) - Number(keys[b]))
+  const order = ints.concat(keys.map((_, i) => i).filter(i => !isArrayIndex(keys[i])))
+  return {keys: order.map(i => keys[i]), values: order.map(i => values[i])}
+}
+
+// JSON copies of the values, dropping the entries JSON.stringify would drop from an object
+// (undefined, functions, symbols)
+function copyEntries(keys, values){
+  const outKeys = []
+  const outValues = []
+  for(let i = 0; i < keys.length; i++){
+    const v = values[i]
+    const t = typeof v
+    if(t === "undefined" || t === "function" || t === "symbol"){ continue }
+    outKeys.push(keys[i])
+    outValues.push(clone(v))
+  }
+  return {keys: outKeys, values: outValues}
+}
+
 function pick(list, plan, at, n){
   const out = new Array(n)
   for(let i = 0; i < n; i++){ out[i] = list[plan[at + i]] }
@@ -171,29 +212,106 @@ export function definePresence(wasm){
   // Applies {joins, leaves} (already cloned) to `state` (null-prototype), phoenix.js order:
   // every join, then every leave. `index` is an instance's key index or null (static API).
   function applyDiff(state, joins, leaves, onJoin, onLeave, index){
-    const jKeys = Object.getOwnPropertyNames(joins)
+    // packed arrays built by push, like syncState's: one shape for applyEntries to optimize for
+    const jKeys = []
+    const jVals = []
+    const jNames = Object.getOwnPropertyNames(joins)
+    for(let i = 0; i < jNames.length; i++){
+      jKeys.push(jNames[i])
+      jVals.push(joins[jNames[i]])
+    }
     // phoenix.js applies the joins before it trips over missing leaves
-    const lKeys = (leaves === null || leaves === undefined) ? null : Object.getOwnPropertyNames(leaves)
-    const nj = jKeys.length
-    const nl = lKeys === null ? 0 : lKeys.length
-    const curs = nj > 0 ? new Array(nj) : null
-    // the flat plan input of core::presence::plan::DiffInput::from_flat
-    const tokens = [0]
+    if(leaves === null || leaves === undefined){
+      applyEntries(state, jKeys, jVals, null, null, onJoin, onLeave, index)
+      Object.getOwnPropertyNames(leaves) // throws phoenix.js's TypeError
+    }
+    const lKeys = []
+    const lVals = []
+    const lNames = Object.getOwnPropertyNames(leaves)
+    for(let i = 0; i < lNames.length; i++){
+      lKeys.push(lNames[i])
+      lVals.push(leaves[lNames[i]])
+    }
+    return applyEntries(state, jKeys, jVals, lKeys, lVals, onJoin, onLeave, index)
+  }
+
+  // applyDiff over the diff's keys and (cloned) presences, each in JavaScript key order
+  // One loop per function: syncState runs these over N keys, a diff over one or two, and V8
+  // optimizes a function with one hot loop for both without falling into deopt loops.
+  function applyEntries(state, jKeys, joins, lKeys, leaves, onJoin, onLeave, index){
+    const run = new DiffRun(state, jKeys, joins, lKeys, leaves, index)
+    joinTokens(run)
+    leaveTokens(run)
+    let plan = null
+    if(run.sentJoins > 0 || run.nl > 0){
+      if(index !== null){
+        plan = index.plan(run.tokens, state)
+        // still out of step after a reset (a falsy value stored under a key): plan without it
+        if(plan === null){ run.index = index = null }
+      }
+      if(index === null){ plan = planDiff(run.tokens) }
+    }
+    run.plan = plan
+    // a callback that throws leaves the state half-updated, as in phoenix.js; the index then
+    // is out of step, so it only counts as in step again once the whole diff is applied
+    if(index !== null){
+      index.of = null
+      // an instance plan carries the slots after the plan proper: one per join, then one per
+      // leave that is not skipped
+      run.slotAt = plan === null ? 0 : plan.length - run.sentJoins - countKept(plan, run.sentJoins, run.nl)
+    }
+    applyJoins(run, onJoin)
+    applyLeaves(run, onLeave)
+    if(index !== null && !run.stale){ index.of = state }
+    return state
+  }
+
+  class DiffRun {
+    constructor(state, jKeys, joins, lKeys, leaves, index){
+      this.state = state
+      this.jKeys = jKeys
+      this.joins = joins
+      this.lKeys = lKeys
+      this.leaves = leaves
+      this.index = index
+      this.nj = jKeys.length
+      this.nl = lKeys === null ? 0 : lKeys.length
+      this.curs = new Array(this.nj)
+      // position of each join among those sent to the core (-1: nothing to match)
+      this.sent = new Array(this.nj)
+      // the flat plan input of core::presence::plan::DiffInput::from_flat
+      this.tokens = [0]
+      this.sentJoins = 0
+      this.plan = null
+      this.at = 0
+      this.slotAt = 0
+      this.stale = false
+    }
+  }
+
+  function joinTokens(run){
+    const {state, jKeys, joins, curs, sent, tokens, nj} = run
+    const all = run.index !== null
     let sentJoins = 0
-    // position of each join among those sent (-1: not sent, nothing to match)
-    const sent = nj > 0 ? new Int32Array(nj).fill(-1) : null
     for(let i = 0; i < nj; i++){
       const key = jKeys[i]
       const cur = state[key]
       curs[i] = cur
-      if(cur || index !== null){
+      if(cur || all){
         sent[i] = sentJoins++
         tokens.push(key)
         if(cur){ pushRefs(tokens, cur) } else { tokens.push(-1) }
-        pushRefs(tokens, joins[key])
+        pushRefs(tokens, joins[i])
+      } else {
+        sent[i] = -1
       }
     }
     tokens[0] = sentJoins
+    run.sentJoins = sentJoins
+  }
+
+  function leaveTokens(run){
+    const {state, jKeys, joins, lKeys, leaves, sent, tokens, nj, nl} = run
     tokens.push(nl)
     let joinPos = null
     for(let i = 0; i < nl; i++){
@@ -212,68 +330,56 @@ export function definePresence(wasm){
       } else if(k !== undefined){
         // joined as a new key without a plan entry: it holds exactly the joined metas
         tokens.push(-1)
-        pushRefs(tokens, joins[key])
+        pushRefs(tokens, joins[k])
       } else {
         const cur = state[key]
         tokens.push(-1)
         if(cur){ pushRefs(tokens, cur) } else { tokens.push(-1) }
       }
-      pushRefs(tokens, leaves[key])
+      pushRefs(tokens, leaves[i])
     }
-    let plan = null
-    if(sentJoins > 0 || nl > 0){
-      if(index !== null){
-        plan = index.plan(tokens, state)
-        // still out of step after a reset (a falsy value stored under a key): plan without it
-        if(plan === null){ index = null }
-      }
-      if(index === null){ plan = planDiff(tokens) }
-    }
-    // a callback that throws leaves the state half-updated, as in phoenix.js; the index then
-    // is out of step, so it only counts as in step again once the whole diff is applied
-    if(index !== null){ index.of = null }
-    let stale = false
-    let at = 0
-    // an instance plan carries the slots after the plan proper: one per join, then one per
-    // leave that is not skipped
-    let slotAt = (index === null || plan === null) ? 0 : plan.length - sentJoins - countKept(plan, sentJoins, nl)
+  }
+
+  function applyJoins(run, onJoin){
+    const {state, jKeys, joins, curs, sent, plan, index, nj} = run
     for(let i = 0; i < nj; i++){
       const key = jKeys[i]
-      const newPresence = joins[key]
+      const newPresence = joins[i]
       const cur = curs[i]
       const stored = clone(newPresence)
       if(sent[i] >= 0){
-        const n = plan[at++]
-        if(n > 0){ stored.metas.unshift(...pick(cur.metas, plan, at, n)) }
-        at += n
+        const n = plan[run.at++]
+        if(n > 0){ stored.metas.unshift(...pick(cur.metas, plan, run.at, n)) }
+        run.at += n
       }
       state[key] = stored
-      if(index !== null){ index.stored(plan[slotAt++], key, stored) }
+      if(index !== null){ index.stored(plan[run.slotAt++], key, stored) }
       onJoin(key, cur, newPresence)
     }
+  }
+
+  function applyLeaves(run, onLeave){
+    const {state, lKeys, leaves, plan, index, nl} = run
     for(let i = 0; i < nl; i++){
-      const n = plan[at++]
+      const n = plan[run.at++]
       if(n < 0){ continue }
       const key = lKeys[i]
       const cur = state[key]
-      const slot = index === null ? -1 : plan[slotAt++]
+      const slot = index === null ? -1 : plan[run.slotAt++]
       if(!cur){
         // an earlier callback deleted the key: phoenix.js would skip it too
-        at += n
-        stale = true
+        run.at += n
+        run.stale = true
         continue
       }
-      cur.metas = pick(cur.metas, plan, at, n)
-      at += n
-      onLeave(key, cur, leaves[key])
+      cur.metas = pick(cur.metas, plan, run.at, n)
+      run.at += n
+      onLeave(key, cur, leaves[i])
       if(cur.metas.length === 0){
         delete state[key]
         if(index !== null){ index.removed(slot) }
       }
     }
-    if(index !== null && !stale){ index.of = state }
-    if(lKeys === null){ Object.getOwnPropertyNames(leaves) } // throws phoenix.js's TypeError
-    return state
   }
 
   // number of non-skipped leaves in a plan (each gets a slot after the plan proper)
@@ -288,19 +394,26 @@ export function definePresence(wasm){
     return kept
   }
 
+  // phoenix.js's syncState builds {joins, leaves} objects and hands syncDiff a JSON copy of
+  // them. The same diff is built here directly as key/presence arrays in the order those objects
+  // would list their keys, with each presence copied the way the JSON copy would: no N-key
+  // dictionary objects to fill and walk twice.
   function syncState(currentState, newState, onJoin, onLeave){
     const {out: state, keys: sKeys, values: sValues} = cloneToNullProto(currentState)
     // phoenix.js copies newState into a null-prototype object only so that lookups cannot hit
     // Object.prototype; checking own-ness where that could happen does the same without
     // copying N keys
     const newProto = Object.getPrototypeOf(newState)
-    const joins = Object.create(null)
-    const leaves = Object.create(null)
+    const lKeys = []
+    const lVals = []
     for(let i = 0; i < sKeys.length; i++){
       const key = sKeys[i]
       const v = newState[key]
       const inherited = v && newProto !== null && (newProto !== OBJECT_PROTO || key in OBJECT_PROTO) && !hasOwn(newState, key)
-      if(!v || inherited){ leaves[key] = sValues[i] }
+      if(!v || inherited){
+        lKeys.push(key)
+        lVals.push(sValues[i])
+      }
     }
     const nKeys = Object.getOwnPropertyNames(newState)
     const nValues = new Array(nKeys.length)
@@ -316,13 +429,16 @@ export function definePresence(wasm){
       }
     }
     const plan = input.length > 0 ? planState(input) : null
+    const jKeys = []
+    const jVals = []
     let at = 0
     for(let i = 0; i < nKeys.length; i++){
       const key = nKeys[i]
       const newPresence = nValues[i]
       const cur = curs[i]
       if(!cur){
-        joins[key] = newPresence
+        jKeys.push(key)
+        jVals.push(newPresence)
         continue
       }
       const nJoined = plan[at++]
@@ -332,16 +448,23 @@ export function definePresence(wasm){
       const leftMetas = nLeft > 0 ? pick(cur.metas, plan, at, nLeft) : null
       at += nLeft
       if(nJoined > 0){
-        joins[key] = newPresence
+        jKeys.push(key)
+        jVals.push(newPresence)
         newPresence.metas = joinedMetas
       }
       if(nLeft > 0){
         const left = clone(cur)
         left.metas = leftMetas
-        leaves[key] = left
+        lKeys.push(key)
+        lVals.push(left)
       }
     }
-    return syncDiff(state, {joins, leaves}, onJoin, onLeave)
+    // joins follow newState's order, which already lists integer-like keys first; leaves mix
+    // state order and newState order, so their integer-like keys may need to move up
+    const leaves = arrayIndexKeysFirst(lKeys, lVals)
+    const joins = copyEntries(jKeys, jVals)
+    const leftCopies = copyEntries(leaves.keys, leaves.values)
+    return applyEntries(state, joins.keys, joins.values, leftCopies.keys, leftCopies.values, onJoin || noop, onLeave || noop, null)
   }
 
   function syncDiff(state, diff, onJoin, onLeave){

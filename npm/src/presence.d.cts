@@ -1,4 +1,4 @@
-// Types of the CommonJS entry (presence.cjs); the same declarations as presence.d.ts.
+// Types of the CommonJS entry (presence.cjs); the same declarations as presence.d.mts.
 
 /** One connection's metadata. `phx_ref` identifies it; `phx_ref_prev` is set after an update. */
 export interface PresenceMeta {
