@@ -36,8 +36,13 @@ function cloneValue(v, depth){
         const out = new Array(n)
         for(let i = 0; i < n; i++){
           const e = v[i]
-          const t = typeof e
-          out[i] = (t === "undefined" || t === "function" || t === "symbol") ? null : cloneValue(e, depth + 1)
+          // leaf values inline: most of a presence is strings and numbers
+          switch(typeof e){
+            case "string": case "boolean": out[i] = e; break
+            case "number": out[i] = Number.isFinite(e) ? (e === 0 ? 0 : e) : null; break
+            case "undefined": case "function": case "symbol": out[i] = null; break
+            default: out[i] = cloneValue(e, depth + 1)
+          }
         }
         return out
       }
@@ -53,6 +58,10 @@ function cloneValue(v, depth){
         if(k === "__proto__"){
           // JSON.parse makes an own property here; assignment would set the prototype
           Object.defineProperty(out, k, {value: cloneValue(e, depth + 1), enumerable: true, writable: true, configurable: true})
+        } else if(t === "string" || t === "boolean"){
+          out[k] = e
+        } else if(t === "number"){
+          out[k] = Number.isFinite(e) ? (e === 0 ? 0 : e) : null
         } else {
           out[k] = cloneValue(e, depth + 1)
         }
