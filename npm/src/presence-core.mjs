@@ -478,6 +478,8 @@ export function definePresence(wasm){
 
   function syncDiff(state, diff, onJoin, onLeave){
     state = toNullProtoObj(state)
+    const owner = indexOfState.get(state)
+    if(owner !== undefined){ owner.of = null }
     const {joins, leaves} = clone(diff)
     return applyDiff(state, joins, leaves, onJoin || noop, onLeave || noop, null)
   }
@@ -497,12 +499,25 @@ export function definePresence(wasm){
   // JavaScript order under slots) plus, per slot, the key and the stored presence object. The
   // list is rebuilt from it in O(N) array work only after the key set or a stored object
   // changed; a diff that only removes metas keeps it.
+  // which StateIndex describes a state object, so that a static syncDiff on an instance's
+  // state (mutating it behind the index's back) puts that index out of step
+  const indexOfState = new WeakMap()
+
   class StateIndex {
+    // the state object the index describes and keeps in step, or null
+    get of(){ return this.described }
+
+    set of(state){
+      if(this.described !== null){ indexOfState.delete(this.described) }
+      this.described = state
+      if(state !== null){ indexOfState.set(state, this) }
+    }
+
     constructor(){
       this.core = new wasm.KeyIndex()
       this.keys = []
       this.objs = []
-      this.of = null // the state object the index describes
+      this.described = null
       this.order = null // slots in key order, null when the key set changed
       this.cache = null // presences in key order, null when anything changed
     }
