@@ -2,6 +2,7 @@
 //
 //   cd npm && npm run build && node bench/presence-bench.mjs
 //   BENCH_SIZES=100,10000 BENCH_ROUNDS=5 node bench/presence-bench.mjs      # quicker
+//   BENCH_ONLY=syncDiff node bench/presence-bench.mjs                       # rows whose name has it
 //
 // Fixtures and operations are those of the project's shared baseline benchmark
 // (../shared/bench): every presence has one meta {phx_ref, online_at, device}, keys are
@@ -20,6 +21,7 @@ const SELF = fileURLToPath(import.meta.url)
 const OURS = path.resolve(path.dirname(SELF), "../src/presence.mjs")
 const SIZES = (process.env.BENCH_SIZES || "100,1000,10000,100000").split(",").map(Number)
 const ROUNDS = Number(process.env.BENCH_ROUNDS || 5)
+const ONLY = process.env.BENCH_ONLY || ""
 const STREAM_N = 10000
 const STREAM_LEN = 1000
 const noop = () => {}
@@ -149,6 +151,7 @@ if(taskArg){
   console.log("|---|---:|---:|---:|---:|")
   const all = tasks()
   for(let i = 0; i < all.length; i++){
+    if(!all[i].id.includes(ONLY)){ continue }
     const times = {phoenix: [], rollcall: []}
     const ratios = []
     for(let r = 0; r < ROUNDS; r++){

@@ -36,8 +36,13 @@ function cloneValue(v, depth){
         const out = new Array(n)
         for(let i = 0; i < n; i++){
           const e = v[i]
-          const t = typeof e
-          out[i] = (t === "undefined" || t === "function" || t === "symbol") ? null : cloneValue(e, depth + 1)
+          // leaf values inline: most of a presence is strings and numbers
+          switch(typeof e){
+            case "string": case "boolean": out[i] = e; break
+            case "number": out[i] = Number.isFinite(e) ? (e === 0 ? 0 : e) : null; break
+            case "undefined": case "function": case "symbol": out[i] = null; break
+            default: out[i] = cloneValue(e, depth + 1)
+          }
         }
         return out
       }
@@ -53,6 +58,10 @@ function cloneValue(v, depth){
         if(k === "__proto__"){
           // JSON.parse makes an own property here; assignment would set the prototype
           Object.defineProperty(out, k, {value: cloneValue(e, depth + 1), enumerable: true, writable: true, configurable: true})
+        } else if(t === "string" || t === "boolean"){
+          out[k] = e
+        } else if(t === "number"){
+          out[k] = Number.isFinite(e) ? (e === 0 ? 0 : e) : null
         } else {
           out[k] = cloneValue(e, depth + 1)
         }
@@ -469,6 +478,8 @@ export function definePresence(wasm){
 
   function syncDiff(state, diff, onJoin, onLeave){
     state = toNullProtoObj(state)
+    const owner = indexOfState.get(state)
+    if(owner !== undefined){ owner.of = null }
     const {joins, leaves} = clone(diff)
     return applyDiff(state, joins, leaves, onJoin || noop, onLeave || noop, null)
   }
@@ -488,12 +499,25 @@ export function definePresence(wasm){
   // JavaScript order under slots) plus, per slot, the key and the stored presence object. The
   // list is rebuilt from it in O(N) array work only after the key set or a stored object
   // changed; a diff that only removes metas keeps it.
+  // which StateIndex describes a state object, so that a static syncDiff on an instance's
+  // state (mutating it behind the index's back) puts that index out of step
+  const indexOfState = new WeakMap()
+
   class StateIndex {
+    // the state object the index describes and keeps in step, or null
+    get of(){ return this.described }
+
+    set of(state){
+      if(this.described !== null){ indexOfState.delete(this.described) }
+      this.described = state
+      if(state !== null){ indexOfState.set(state, this) }
+    }
+
     constructor(){
       this.core = new wasm.KeyIndex()
       this.keys = []
       this.objs = []
-      this.of = null // the state object the index describes
+      this.described = null
       this.order = null // slots in key order, null when the key set changed
       this.cache = null // presences in key order, null when anything changed
     }

@@ -440,6 +440,17 @@ for(const [name, Presence] of IMPLS){
         assert.deepEqual(presence.list((k) => k), ["b", "c", "e"])
       })
 
+      test("list() follows a static syncDiff applied to the instance's state", () => {
+        const channel = fakeChannel()
+        const presence = new Presence(channel)
+        channel.handlers.presence_state({a: p("1"), b: p("2")})
+        presence.list()
+        Presence.syncDiff(presence.state, {joins: {c: p("3")}, leaves: {a: p("1")}})
+        assert.deepEqual(presence.list((k) => k), ["b", "c"])
+        channel.handlers.presence_diff({joins: {d: p("4")}, leaves: {}})
+        assert.deepEqual(presence.list((k) => k), ["b", "c", "d"])
+      })
+
       test("works on a Channel of the official phoenix package", () => {
         const socket = new phoenix.Socket("ws://127.0.0.1:9/socket", {transport: class { close(){} }})
         const channel = socket.channel("room:1")
