@@ -1,0 +1,86 @@
+// The whole package as an app uses it — our Socket, Channel and Presence (on the wasm core) —
+// against a real `rollcall` process on 127.0.0.1: two users see each other, a meta update and a
+// leave arrive through onJoin / onLeave / onSync. Skipped, with the reason, while the server
+// binary has not been built (cargo build -p rollcall-server); ROLLCALL_BIN overrides its path.
+import {after, before, test} from "node:test"
+import assert from "node:assert/strict"
+import {spawn} from "node:child_process"
+import fs from "node:fs"
+import path from "node:path"
+import {fileURLToPath} from "node:url"
+import WebSocket from "ws"
+import {Socket, Presence} from "../src/index.mjs"
+
+const pkgDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
+const bin = process.env.ROLLCALL_BIN || path.resolve(pkgDir, "../target/debug/rollcall")
+const skip = !fs.existsSync(bin) && `rollcall server binary not built at ${bin}`
+const DEADLINE_MS = 10000
+
+let server
+let url
+
+before(async () => {
+  if (skip) { return }
+  server = spawn(bin, ["serve", "--host", "127.0.0.1", "--port", "0"], {stdio: ["ignore", "pipe", "pipe"]})
+  url = await new Promise((resolve, reject) => {
+    let out = ""
+    const timer = setTimeout(() => reject(new Error(`server did not start:\n${out}`)), 20000)
+    const onData = (chunk) => {
+      out += chunk
+      const m = out.match(/listening on (http:\/\/127\.0\.0\.1:\d+)/)
+      if (m) { clearTimeout(timer); resolve(m[1].replace("http", "ws") + "/socket") }
+    }
+    server.stdout.on("data", onData)
+    server.stderr.on("data", onData)
+  })
+})
+
+after(() => server?.kill("SIGTERM"))
+
+/** Resolves once `check()` is true, re-checked after every `onSync`; rejects at the deadline. */
+function until(presence, check, what) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), DEADLINE_MS)
+    const poll = () => { if (check()) { clearTimeout(timer); resolve() } }
+    presence.onSync(poll)
+    poll()
+  })
+}
+
+function member(userId, meta) {
+  const socket = new Socket(url, {transport: WebSocket, params: {user_id: userId}})
+  socket.connect()
+  const channel = socket.channel("room:npm-client", {meta})
+  const presence = new Presence(channel)
+  const events = []
+  presence.onJoin((key, current, joined) => events.push(["join", key, current?.metas.length ?? 0, joined.metas.map((m) => m.name)]))
+  presence.onLeave((key, current, left) => events.push(["leave", key, current.metas.length, left.metas.map((m) => m.name)]))
+  channel.join()
+  return {socket, channel, presence, events}
+}
+
+test("our Socket, Channel and Presence work end to end against rollcall", {skip}, async () => {
+  const alice = member("alice", {name: "Alice"})
+  const bob = member("bob", {name: "Bob"})
+  const keys = (p) => p.list((key) => key).sort()
+
+  await until(alice.presence, () => keys(alice.presence).join() === "alice,bob", "alice to see bob")
+  await until(bob.presence, () => keys(bob.presence).join() === "alice,bob", "bob to see alice")
+  assert.equal(alice.presence.inPendingSyncState(), false)
+  assert.equal(alice.presence.joinRef, alice.channel.joinRef())
+
+  // A meta update: one leave + one join of the same key, only the new meta left.
+  bob.channel.push("track", {name: "Bobby"})
+  await until(alice.presence, () => alice.presence.state.bob?.metas[0].name === "Bobby", "bob's new name")
+  const bobMetas = alice.presence.state.bob.metas
+  assert.equal(bobMetas.length, 1)
+  assert.ok(bobMetas[0].phx_ref_prev, "an update carries phx_ref_prev")
+  assert.deepEqual(alice.events.filter((e) => e[1] === "bob").slice(-2),
+    [["join", "bob", 1, ["Bobby"]], ["leave", "bob", 1, ["Bob"]]])
+
+  // Bob goes away: Alice sees him leave.
+  bob.socket.disconnect()
+  await until(alice.presence, () => keys(alice.presence).join() === "alice", "bob to leave")
+  assert.deepEqual(alice.events.at(-1), ["leave", "bob", 0, ["Bobby"]])
+  alice.socket.disconnect()
+})
