@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod pubsub;
+
 use std::path::PathBuf;
 
 use axum::routing::get;
