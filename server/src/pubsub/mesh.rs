@@ -12,7 +12,7 @@
 //!
 //! | kind | body after the kind byte |
 //! | --- | --- |
-//! | 1 `Hello` | version `u8`, node name `str16`, advertised address `str16`, nonce `[u8; 32]` |
+//! | 1 `Hello` | version `u8`, name `str16`, advertised address `str16`, nonce `[u8; 32]`, incarnation `u64` |
 //! | 2 `Auth` | HMAC-SHA256 proof `[u8; 32]` |
 //! | 3 `Reject` | reason `str16`, sent before closing so the other side can log why |
 //! | 4 `Data` | channel `str8`, then the payload to the end of the frame |
@@ -151,8 +151,9 @@ struct Shared {
     stop: watch::Sender<bool>,
     /// Woken when a connection comes or goes, so idle dialers re-check.
     changed: Notify,
-    /// Nonces of our own outgoing handshakes, to recognise a connection to ourselves.
-    dial_nonces: Mutex<HashSet<[u8; 32]>>,
+    /// Random per start; a `Hello` carrying our name *and* this is a connection to ourselves,
+    /// our name with another value is a second node misconfigured with the same name.
+    incarnation: u64,
     next_conn_id: AtomicU64,
     handshakes: Arc<tokio::sync::Semaphore>,
     /// Held (cloned) by every connection task; `shutdown` drops the original and waits until
@@ -275,7 +276,7 @@ impl Mesh {
             state: Mutex::new(State::default()),
             stop,
             changed: Notify::new(),
-            dial_nonces: Mutex::new(HashSet::new()),
+            incarnation: rand::random(),
             next_conn_id: AtomicU64::new(1),
             handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES)),
             drain: Mutex::new(Some(drain_tx)),
@@ -731,13 +732,7 @@ async fn handshake(
     let (read, mut writer) = stream.into_split();
     let mut reader = BufReader::new(read);
     let nonce: [u8; 32] = rand::random();
-    if we_dial {
-        lock(&shared.dial_nonces).insert(nonce);
-    }
     let result = handshake_steps(shared, &mut reader, &mut writer, remote, we_dial, &nonce).await;
-    if we_dial {
-        lock(&shared.dial_nonces).remove(&nonce);
-    }
     let (name, addr) = match result {
         Ok(pair) => pair,
         Err(e) => {
@@ -774,12 +769,17 @@ async fn handshake_steps(
     nonce: &[u8; 32],
 ) -> Result<(String, String), HandshakeError> {
     writer
-        .write_all(&encode_hello(&shared.name, &shared.advertise, nonce))
+        .write_all(&encode_hello(
+            &shared.name,
+            &shared.advertise,
+            nonce,
+            shared.incarnation,
+        ))
         .await?;
     let hello = read_handshake_frame(reader).await?;
-    let (their_name, their_advertise, their_nonce) = decode_hello(hello)?;
+    let (their_name, their_advertise, their_nonce, their_incarnation) = decode_hello(hello)?;
     if their_name == shared.name {
-        if &their_nonce == nonce || lock(&shared.dial_nonces).contains(&their_nonce) {
+        if their_incarnation == shared.incarnation {
             return Err(HandshakeError::SelfConnection);
         }
         return Err(HandshakeError::DuplicateName(their_name));
@@ -1016,12 +1016,13 @@ fn encode_empty(kind: u8) -> Bytes {
     frame(kind, 0, |_| {})
 }
 
-fn encode_hello(name: &str, advertise: &str, nonce: &[u8; 32]) -> Bytes {
-    frame(KIND_HELLO, 37 + name.len() + advertise.len(), |b| {
+fn encode_hello(name: &str, advertise: &str, nonce: &[u8; 32], incarnation: u64) -> Bytes {
+    frame(KIND_HELLO, 45 + name.len() + advertise.len(), |b| {
         b.put_u8(VERSION);
         put_str16(b, name);
         put_str16(b, advertise);
         b.put_slice(nonce);
+        b.put_u64(incarnation);
     })
 }
 
@@ -1077,7 +1078,7 @@ fn take_utf8(buf: &mut Bytes, len: usize) -> Result<String, String> {
     String::from_utf8(buf.split_to(len).to_vec()).map_err(|_| "string is not UTF-8".into())
 }
 
-fn decode_hello(mut frame: Bytes) -> Result<(String, String, [u8; 32]), HandshakeError> {
+fn decode_hello(mut frame: Bytes) -> Result<(String, String, [u8; 32], u64), HandshakeError> {
     let bad = |m: &str| HandshakeError::Protocol(format!("bad hello: {m}"));
     if frame.is_empty() || frame.get_u8() != KIND_HELLO {
         return Err(bad(
@@ -1096,12 +1097,12 @@ fn decode_hello(mut frame: Bytes) -> Result<(String, String, [u8; 32]), Handshak
     let name = get_str16(&mut frame).map_err(|e| bad(&e))?;
     validate_name("node name", &name).map_err(|e| bad(&e.to_string()))?;
     let advertise = get_str16(&mut frame).map_err(|e| bad(&e))?;
-    if frame.remaining() != 32 {
-        return Err(bad("nonce must be 32 bytes"));
+    if frame.remaining() != 40 {
+        return Err(bad("expected a 32-byte nonce and an 8-byte incarnation"));
     }
     let mut nonce = [0u8; 32];
     frame.copy_to_slice(&mut nonce);
-    Ok((name, advertise, nonce))
+    Ok((name, advertise, nonce, frame.get_u64()))
 }
 
 fn decode_auth(mut frame: Bytes) -> Result<[u8; 32], HandshakeError> {
@@ -1143,7 +1144,7 @@ mod tests {
 
     #[test]
     fn truncated_hello_is_an_error_not_a_panic() {
-        let hello = encode_hello("a", "127.0.0.1:1", &[7; 32]).slice(4..);
+        let hello = encode_hello("a", "127.0.0.1:1", &[7; 32], 9).slice(4..);
         for cut in 1..hello.len() {
             assert!(decode_hello(hello.slice(..cut)).is_err(), "cut {cut}");
         }
