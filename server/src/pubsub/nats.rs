@@ -45,12 +45,13 @@ impl Nats {
             .subscribe(core.node_subject(node))
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        // Make sure the server has our subscriptions before we report ready, so nothing sent
-        // to us after `connect` returns can be missed.
-        client
-            .flush()
+        // Make sure the server has processed our subscriptions before we report ready, so
+        // nothing sent to us after `connect` returns can be missed. `flush` only empties our
+        // write buffer; a message to ourselves coming back is a true round trip, and the server
+        // handles one connection's commands in order.
+        round_trip(&client)
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(format!("no answer to a round trip: {e}")))?;
         info!(node, url, "cluster connected to NATS");
 
         let publisher = {
@@ -99,6 +100,23 @@ impl Nats {
             drop(client);
         });
         Ok(Nats { core })
+    }
+}
+
+async fn round_trip(client: &async_nats::Client) -> Result<(), String> {
+    let inbox = client.new_inbox();
+    let mut echo = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .publish(inbox, Bytes::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(std::time::Duration::from_secs(5), echo.next()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err("connection closed".into()),
+        Err(_) => Err("timed out after 5 s".into()),
     }
 }
 
