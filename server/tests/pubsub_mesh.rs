@@ -388,3 +388,79 @@ async fn the_local_adapter_sends_nowhere() {
     assert!(rx.try_recv().is_err());
     local.shutdown().await;
 }
+
+/// Completes the handshake by hand, as node `name` holding `secret`; returns the stream.
+async fn raw_authenticated_peer(target: &Mesh, name: &str, secret: &str) -> TcpStream {
+    use hmac::{Hmac, Mac};
+    let mut s = TcpStream::connect(target.local_addr())
+        .await
+        .expect("connect");
+    let nonce = [5u8; 32];
+    let mut hello = vec![1u8, 1];
+    for field in [name, "127.0.0.1:1"] {
+        hello.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        hello.extend_from_slice(field.as_bytes());
+    }
+    hello.extend_from_slice(&nonce);
+    hello.extend_from_slice(&99u64.to_be_bytes());
+    write_frame(&mut s, &hello).await;
+    let theirs = read_frame(&mut s).await.expect("hello");
+    // Their nonce sits before the trailing 8-byte incarnation.
+    let their_nonce = &theirs[theirs.len() - 40..theirs.len() - 8];
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(b"rollcall-mesh-auth-v1");
+    mac.update(b"D");
+    mac.update(&nonce);
+    mac.update(their_nonce);
+    for n in [name, target.node()] {
+        mac.update(&(n.len() as u32).to_be_bytes());
+        mac.update(n.as_bytes());
+    }
+    let mut auth = vec![2u8];
+    auth.extend_from_slice(&mac.finalize().into_bytes());
+    write_frame(&mut s, &auth).await;
+    let their_auth = read_frame(&mut s).await.expect("auth");
+    assert_eq!(their_auth.first(), Some(&2u8), "accepted");
+    s
+}
+
+#[tokio::test]
+async fn an_authenticated_peer_sending_a_bad_frame_is_cut_off_alone() {
+    let a = node("a", &[]).await;
+    let b = node("b", &[addr(&a)]).await;
+    wait_connected(&[&a, &b]).await;
+    let mut at_a = a.subscribe("t");
+    let mut at_b = b.subscribe("t");
+
+    let mut raw = raw_authenticated_peer(&a, "raw", SECRET).await;
+    wait_until("a sees the raw peer", || {
+        up_peers(&a).contains(&"raw".into())
+    })
+    .await;
+    // A well-formed data frame from it is delivered like any peer's...
+    write_frame(&mut raw, b"\x04\x01thello").await;
+    let got = recv(&mut at_a).await;
+    assert_eq!(
+        (got.from.as_str(), &got.payload[..]),
+        ("raw", &b"hello"[..])
+    );
+    // ...an unknown frame kind gets it disconnected...
+    write_frame(&mut raw, b"\x63junk").await;
+    wait_until("a drops the raw peer", || {
+        !up_peers(&a).contains(&"raw".into())
+    })
+    .await;
+    while read_frame(&mut raw).await.is_some() {}
+    // ...and so does an oversized length prefix, never allocating it.
+    let mut raw = raw_authenticated_peer(&a, "raw", SECRET).await;
+    raw.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
+    while read_frame(&mut raw).await.is_some() {}
+    wait_until("a drops the raw peer again", || {
+        !up_peers(&a).contains(&"raw".into())
+    })
+    .await;
+    // B never noticed.
+    a.broadcast("t", msg("unaffected"));
+    assert_eq!(&recv(&mut at_b).await.payload[..], b"unaffected");
+    assert!(up_peers(&a).contains(&"b".into()));
+}

@@ -70,6 +70,8 @@ const AUTH_LABEL: &[u8] = b"rollcall-mesh-auth-v1";
 /// Handshakes in progress at once; more are closed at once (a flood of strangers cannot starve
 /// real peers of memory or tasks).
 const MAX_PENDING_HANDSHAKES: usize = 64;
+/// Addresses we keep dialing at most: a bound on what gossip can make us do.
+const MAX_TARGETS: usize = 1024;
 
 const KIND_HELLO: u8 = 1;
 const KIND_AUTH: u8 = 2;
@@ -430,6 +432,10 @@ impl Shared {
         if state.self_addrs.contains(&addr) || self.stopping() {
             return;
         }
+        if state.targets.len() >= MAX_TARGETS && !state.targets.contains_key(&addr) {
+            warn!(%addr, "too many cluster peer addresses; ignoring this one");
+            return;
+        }
         if let Some(target) = state.targets.get_mut(&addr) {
             target.configured |= configured;
             if target.name.is_none() {
@@ -598,6 +604,9 @@ async fn dial_loop(shared: Arc<Shared>, addr: String) {
     let mut backoff = Backoff::new(shared.config.backoff_min, shared.config.backoff_max);
     let mut last_error = String::new();
     let mut failing_since: Option<Instant> = None;
+    // When our last dial succeeded: only a connection that then lived a while resets the
+    // backoff, so a peer that accepts and at once drops us is not redialed in a tight loop.
+    let mut connected_at: Option<Instant> = None;
     let mut first = true;
     loop {
         if shared.stopping() {
@@ -625,6 +634,12 @@ async fn dial_loop(shared: Arc<Shared>, addr: String) {
             }
             continue;
         }
+        if connected_at
+            .take()
+            .is_some_and(|at| at.elapsed() >= shared.config.backoff_max)
+        {
+            backoff.reset();
+        }
         if !first {
             tokio::select! {
                 _ = sleep(backoff.next_delay()) => {}
@@ -645,7 +660,7 @@ async fn dial_loop(shared: Arc<Shared>, addr: String) {
         };
         match result {
             Ok(est) => {
-                backoff.reset();
+                connected_at = Some(Instant::now());
                 last_error.clear();
                 failing_since = None;
                 if let Some(t) = lock(&shared.state).targets.get_mut(&addr) {
@@ -860,7 +875,12 @@ async fn run_connection(
     let mut stop = shared.stop.subscribe();
     let mut ping = tokio::time::interval(shared.config.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let graceful = loop {
+    enum End {
+        Lost,
+        Replaced,
+        Stopping,
+    }
+    let end = loop {
         tokio::select! {
             read = &mut reader_task => {
                 match read {
@@ -868,17 +888,17 @@ async fn run_connection(
                     Ok(Err(reason)) => warn!(peer = %name, %reason, "cluster connection dropped"),
                     Err(_) => warn!(peer = %name, "cluster connection reader failed"),
                 }
-                break false;
+                break End::Lost;
             }
             _ = &mut writer_task => {
-                debug!(peer = %name, "cluster connection writer ended");
-                break false;
+                warn!(peer = %name, "cluster connection write failed");
+                break End::Lost;
             }
             _ = kill.notified() => {
                 debug!(peer = %name, "cluster connection replaced or partitioned");
-                break false;
+                break End::Replaced;
             }
-            _ = stopped(&mut stop) => break true,
+            _ = stopped(&mut stop) => break End::Stopping,
             _ = ping.tick() => {
                 let _ = tx.try_send(encode_empty(KIND_PING));
             }
@@ -887,12 +907,14 @@ async fn run_connection(
     shared.unregister(&name, id);
     drop(tx);
     reader_task.abort();
-    if graceful {
+    if matches!(end, End::Stopping) {
         // Every sender is gone now, so the writer drains its queue and closes.
         let _ = timeout(Duration::from_secs(2), &mut writer_task).await;
     }
     writer_task.abort();
-    info!(peer = %name, "cluster peer down");
+    if matches!(end, End::Lost) {
+        info!(peer = %name, "cluster peer down");
+    }
     drop(drain);
 }
 
