@@ -315,3 +315,30 @@ on_both_brokers!(
     delivery_resumes_after_the_broker_restarts,
     an_unreachable_broker_is_a_clear_error,
 );
+
+/// Measures one-way delivery latency (send → subscriber wakes) through each broker.
+/// Run: `cargo test --release -p rollcall-server --test pubsub_brokers -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, not a test"]
+async fn measure_broker_latency() {
+    for kind in [Kind::Nats, Kind::Redis] {
+        let broker = Broker::start(kind).await;
+        let a = node(kind, "a", &broker.url()).await;
+        let b = node(kind, "b", &broker.url()).await;
+        let mut at_b = b.subscribe("t");
+        let mut samples = Vec::new();
+        for i in 0..2000u32 {
+            let start = std::time::Instant::now();
+            a.broadcast("t", Bytes::from(i.to_be_bytes().to_vec()));
+            recv(&mut at_b).await;
+            samples.push(start.elapsed());
+        }
+        samples.sort();
+        println!(
+            "{kind:?} one-way latency over 2000 messages: p50 {:?}, p99 {:?}, max {:?}",
+            samples[samples.len() / 2],
+            samples[samples.len() * 99 / 100],
+            samples[samples.len() - 1]
+        );
+    }
+}
