@@ -274,6 +274,45 @@ async fn delivery_resumes_after_the_broker_restarts(kind: Kind) {
     );
 }
 
+async fn a_partition_cuts_one_node_off_and_healing_restores_it(kind: Kind) {
+    let broker = Broker::start(kind).await;
+    let a = node(kind, "a", &broker.url()).await;
+    let b = node(kind, "b", &broker.url()).await;
+    let c = node(kind, "c", &broker.url()).await;
+    // A must have heard of B and C (brokers know peers only from their messages).
+    b.broadcast("hello", msg("b"));
+    c.broadcast("hello", msg("c"));
+    let heard = timeout(DEADLINE, async {
+        while a.peers().iter().filter(|p| p.up).count() < 2 {
+            sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(heard.is_ok(), "a hears from b and c");
+    let mut at_a = a.subscribe("t");
+    let mut at_b = b.subscribe("t");
+    let mut at_c = c.subscribe("t");
+
+    a.set_partitioned("b", true);
+    assert!(a.peers().iter().any(|p| p.name == "b" && !p.up));
+    a.broadcast("t", msg("cut-a"));
+    b.broadcast("t", msg("cut-b"));
+    let dropped = a.stats().dropped_outbound;
+    a.send_to("b", "t", msg("cut-direct"));
+    assert_eq!(a.stats().dropped_outbound, dropped + 1);
+    // C, on the other side of nothing, still hears both.
+    let mut heard_by_c = vec![recv(&mut at_c).await.payload, recv(&mut at_c).await.payload];
+    heard_by_c.sort();
+    assert_eq!(heard_by_c, vec![msg("cut-a"), msg("cut-b")]);
+
+    a.set_partitioned("b", false);
+    a.broadcast("t", msg("healed-a"));
+    b.broadcast("t", msg("healed-b"));
+    // Neither side got anything from the other while cut.
+    assert_eq!(recv(&mut at_b).await.payload, msg("healed-a"));
+    assert_eq!(recv(&mut at_a).await.payload, msg("healed-b"));
+}
+
 async fn an_unreachable_broker_is_a_clear_error(kind: Kind) {
     let url = kind.url(free_port());
     let result = connect("a", kind.config(&url, "test")).await;
@@ -313,6 +352,7 @@ on_both_brokers!(
     clusters_sharing_a_broker_do_not_hear_each_other,
     shutdown_flushes_what_is_queued,
     delivery_resumes_after_the_broker_restarts,
+    a_partition_cuts_one_node_off_and_healing_restores_it,
     an_unreachable_broker_is_a_clear_error,
 );
 

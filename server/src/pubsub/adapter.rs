@@ -22,6 +22,10 @@ use tokio::sync::mpsc;
 pub const DEFAULT_INBOX_CAPACITY: usize = 4096;
 
 /// One message received from another node.
+///
+/// Ordering: the mesh and Redis deliver one sender's messages in the order it sent them (while
+/// its connection lasts); NATS keeps order among broadcasts and among directed messages, but a
+/// broadcast and a directed message may swap. Nothing is ordered across senders.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     /// Name of the node that sent it.
@@ -88,6 +92,18 @@ pub trait PubSub: Send + Sync {
     /// Flushes what is queued (bounded by a short deadline), then closes every connection.
     /// Sends after shutdown are dropped.
     fn shutdown(&self) -> BoxFuture<'_, ()>;
+
+    /// The address other nodes dial to reach this one, when the transport listens (mesh only;
+    /// useful when it was bound to port 0).
+    fn cluster_addr(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
+
+    /// Test fault switch: while `partitioned`, nothing flows between this node and `peer`, in
+    /// either direction, and `peer` shows as down here. Setting it on one side is enough.
+    /// Healing restores traffic (the mesh redials at once). No-op for [`Local`].
+    #[doc(hidden)]
+    fn set_partitioned(&self, _peer: &str, _partitioned: bool) {}
 }
 
 /// Which transport a node uses, from the command line (`--cluster none|mesh|nats|redis`).
@@ -395,6 +411,8 @@ pub(crate) struct BrokerCore {
     node_prefix: String,
     pub(crate) inbox: Inbox,
     heard: Mutex<HashMap<String, std::time::Instant>>,
+    /// Test fault switch (see [`PubSub::set_partitioned`]).
+    blocked: Mutex<std::collections::HashSet<String>>,
     outbound: Mutex<Option<mpsc::Sender<(String, Bytes)>>>,
     publisher: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub(crate) stop: tokio::sync::watch::Sender<bool>,
@@ -427,6 +445,7 @@ impl BrokerCore {
             node_prefix: format!("rollcall.{cluster}.node."),
             inbox: Inbox::new(DEFAULT_INBOX_CAPACITY),
             heard: Mutex::new(HashMap::new()),
+            blocked: Mutex::new(std::collections::HashSet::new()),
             outbound: Mutex::new(Some(tx)),
             publisher: tokio::sync::Mutex::new(None),
             stop,
@@ -457,11 +476,37 @@ impl BrokerCore {
     }
 
     pub(crate) fn broadcast(&self, channel: &str, payload: Bytes) {
-        self.enqueue(self.all.clone(), channel, &payload);
+        let blocked = lock(&self.blocked).clone();
+        if blocked.is_empty() {
+            self.enqueue(self.all.clone(), channel, &payload);
+            return;
+        }
+        // Partitioned (tests only): the broker cannot exclude a receiver, so address every
+        // other node we have heard from directly instead.
+        let others: Vec<String> = lock(&self.heard)
+            .keys()
+            .filter(|n| !blocked.contains(*n))
+            .cloned()
+            .collect();
+        for node in others {
+            self.enqueue(self.node_subject(&node), channel, &payload);
+        }
+    }
+
+    pub(crate) fn set_partitioned(&self, peer: &str, partitioned: bool) {
+        let mut blocked = lock(&self.blocked);
+        if partitioned {
+            blocked.insert(peer.to_owned());
+        } else {
+            blocked.remove(peer);
+        }
     }
 
     pub(crate) fn send_to(&self, node: &str, channel: &str, payload: Bytes) {
-        if node == self.node || validate_name("node name", node).is_err() {
+        if node == self.node
+            || validate_name("node name", node).is_err()
+            || lock(&self.blocked).contains(node)
+        {
             self.inbox.counters.add_dropped_outbound();
             return;
         }
@@ -472,6 +517,7 @@ impl BrokerCore {
     pub(crate) fn receive(&self, raw: Bytes) {
         match broker_wire::decode(raw) {
             Ok(envelope) if envelope.from == self.node => {}
+            Ok(envelope) if lock(&self.blocked).contains(&envelope.from) => {}
             Ok(envelope) => {
                 lock(&self.heard).insert(envelope.from.clone(), std::time::Instant::now());
                 self.inbox.deliver(envelope);
@@ -483,13 +529,14 @@ impl BrokerCore {
     }
 
     pub(crate) fn peers(&self) -> Vec<PeerInfo> {
+        let blocked = lock(&self.blocked).clone();
         let heard = lock(&self.heard);
         let mut out: Vec<PeerInfo> = heard
             .iter()
             .map(|(name, at)| PeerInfo {
                 name: name.clone(),
                 addr: self.url.clone(),
-                up: at.elapsed() < BROKER_PEER_LIVENESS,
+                up: at.elapsed() < BROKER_PEER_LIVENESS && !blocked.contains(name),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -294,23 +294,6 @@ impl Mesh {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
-
-    /// Test fault switch: while `partitioned`, every connection to `peer` is closed, none is
-    /// accepted or dialed, and so nothing flows between us. Healing redials at once.
-    #[doc(hidden)]
-    pub fn set_partitioned(&self, peer: &str, partitioned: bool) {
-        let mut state = lock(&self.shared.state);
-        if partitioned {
-            state.blocked.insert(peer.to_owned());
-            if let Some(conn) = state.peers.get_mut(peer).and_then(|p| p.conn.take()) {
-                conn.kill.notify_one();
-            }
-        } else {
-            state.blocked.remove(peer);
-        }
-        drop(state);
-        self.shared.changed.notify_waiters();
-    }
 }
 
 impl Drop for Mesh {
@@ -374,6 +357,25 @@ impl PubSub for Mesh {
 
     fn stats(&self) -> Stats {
         self.shared.inbox.counters.snapshot()
+    }
+
+    fn cluster_addr(&self) -> Option<SocketAddr> {
+        Some(self.local_addr)
+    }
+
+    // Every connection to `peer` is closed, and none is accepted or dialed while partitioned.
+    fn set_partitioned(&self, peer: &str, partitioned: bool) {
+        let mut state = lock(&self.shared.state);
+        if partitioned {
+            state.blocked.insert(peer.to_owned());
+            if let Some(conn) = state.peers.get_mut(peer).and_then(|p| p.conn.take()) {
+                conn.kill.notify_one();
+            }
+        } else {
+            state.blocked.remove(peer);
+        }
+        drop(state);
+        self.shared.changed.notify_waiters();
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {

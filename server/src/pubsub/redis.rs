@@ -176,4 +176,7 @@ impl PubSub for Redis {
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.core.shutdown())
     }
+    fn set_partitioned(&self, peer: &str, partitioned: bool) {
+        self.core.set_partitioned(peer, partitioned);
+    }
 }
