@@ -60,6 +60,9 @@ pub struct Stats {
     pub dropped_outbound: u64,
     /// Inbound messages dropped because a subscriber's queue was full.
     pub dropped_inbound: u64,
+    /// Mesh only: handshakes that failed for a reason worth an operator's attention (wrong
+    /// secret, duplicate node name, not speaking our protocol, too slow), either side.
+    pub refused: u64,
 }
 
 /// The cluster transport every adapter implements. Object safe: the server holds an
@@ -288,6 +291,7 @@ pub(crate) struct Counters {
     pub(crate) received: AtomicU64,
     pub(crate) dropped_outbound: AtomicU64,
     pub(crate) dropped_inbound: AtomicU64,
+    pub(crate) refused: AtomicU64,
 }
 
 impl Counters {
@@ -297,10 +301,14 @@ impl Counters {
             received: self.received.load(Ordering::Relaxed),
             dropped_outbound: self.dropped_outbound.load(Ordering::Relaxed),
             dropped_inbound: self.dropped_inbound.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
         }
     }
     pub(crate) fn add_sent(&self) {
         self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn add_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn add_dropped_outbound(&self) {
         self.dropped_outbound.fetch_add(1, Ordering::Relaxed);

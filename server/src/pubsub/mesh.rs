@@ -308,7 +308,9 @@ impl PubSub for Mesh {
     }
 
     fn broadcast(&self, channel: &str, payload: Bytes) {
-        let frame = encode_data(channel, &payload);
+        let Some(frame) = self.shared.data_frame(channel, &payload) else {
+            return;
+        };
         let state = lock(&self.shared.state);
         for peer in state.peers.values() {
             if let Some(conn) = &peer.conn {
@@ -320,7 +322,11 @@ impl PubSub for Mesh {
     fn send_to(&self, node: &str, channel: &str, payload: Bytes) {
         let state = lock(&self.shared.state);
         match state.peers.get(node).and_then(|p| p.conn.as_ref()) {
-            Some(conn) => self.shared.enqueue(conn, encode_data(channel, &payload)),
+            Some(conn) => {
+                if let Some(frame) = self.shared.data_frame(channel, &payload) {
+                    self.shared.enqueue(conn, frame);
+                }
+            }
             None => self.shared.inbox.counters.add_dropped_outbound(),
         }
     }
@@ -391,6 +397,20 @@ impl PubSub for Mesh {
 }
 
 impl Shared {
+    /// Encodes a data frame, or drops (and counts) a message too large for any peer to accept.
+    fn data_frame(&self, channel: &str, payload: &[u8]) -> Option<Bytes> {
+        if 2 + channel.len().min(255) + payload.len() > MAX_FRAME {
+            warn!(
+                channel,
+                bytes = payload.len(),
+                "dropping a cluster message larger than the {MAX_FRAME}-byte frame limit"
+            );
+            self.inbox.counters.add_dropped_outbound();
+            return None;
+        }
+        Some(encode_data(channel, payload))
+    }
+
     fn enqueue(&self, conn: &Conn, frame: Bytes) {
         match conn.tx.try_send(frame) {
             Ok(()) => self.inbox.counters.add_sent(),
@@ -594,7 +614,10 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             match result {
                 Ok(est) => start_connection(shared, est),
                 Err(HandshakeError::SelfConnection) => {}
-                Err(e) => warn!(%remote, reason = %e, "refused cluster connection"),
+                Err(e) => {
+                    shared.inbox.counters.add_refused();
+                    warn!(%remote, reason = %e, "refused cluster connection");
+                }
             }
         });
     }
@@ -678,6 +701,15 @@ async fn dial_loop(shared: Arc<Shared>, addr: String) {
                 return;
             }
             Err(e) => {
+                if matches!(
+                    e,
+                    HandshakeError::AuthFailed(_)
+                        | HandshakeError::Refused(_)
+                        | HandshakeError::DuplicateName(_)
+                        | HandshakeError::Protocol(_)
+                ) {
+                    shared.inbox.counters.add_refused();
+                }
                 let message = e.to_string();
                 if message != last_error {
                     warn!(%addr, reason = %message, "cannot connect to cluster peer; retrying");
