@@ -523,3 +523,20 @@ async fn a_message_over_the_frame_limit_is_dropped_at_the_sender() {
     assert_eq!(&recv(&mut at_b).await.payload[..], b"next");
     assert!(up_peers(&b).contains(&"a".into()));
 }
+
+#[tokio::test]
+async fn shutdown_flushes_what_is_queued() {
+    let a = node("a", &[]).await;
+    let b = node("b", &[addr(&a)]).await;
+    wait_connected(&[&a, &b]).await;
+    let mut at_b = b.subscribe("t");
+    for i in 0..500u32 {
+        a.broadcast("t", Bytes::from(i.to_be_bytes().to_vec()));
+    }
+    a.shutdown().await;
+    drop(a);
+    for i in 0..500u32 {
+        assert_eq!(&recv(&mut at_b).await.payload[..], &i.to_be_bytes());
+    }
+    wait_until("b sees a down", || !up_peers(&b).contains(&"a".into())).await;
+}
