@@ -305,6 +305,14 @@ async fn a_partition_cuts_one_node_off_and_healing_restores_it(kind: Kind) {
     heard_by_c.sort();
     assert_eq!(heard_by_c, vec![msg("cut-a"), msg("cut-b")]);
 
+    // Heal only once A has seen (and dropped) B's message, or it could slip in after.
+    let dropped = timeout(DEADLINE, async {
+        while a.stats().dropped_inbound < 1 {
+            sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(dropped.is_ok(), "a drops what b sends while cut");
     a.set_partitioned("b", false);
     a.broadcast("t", msg("healed-a"));
     b.broadcast("t", msg("healed-b"));

@@ -58,7 +58,8 @@ pub struct Stats {
     pub received: u64,
     /// Outbound messages dropped: queue full, destination not connected, or broker down.
     pub dropped_outbound: u64,
-    /// Inbound messages dropped because a subscriber's queue was full.
+    /// Inbound messages dropped because a subscriber's queue was full (or, in tests, because
+    /// the sender is partitioned off).
     pub dropped_inbound: u64,
     /// Mesh only: handshakes that failed for a reason worth an operator's attention (wrong
     /// secret, duplicate node name, not speaking our protocol, too slow), either side.
@@ -525,7 +526,12 @@ impl BrokerCore {
     pub(crate) fn receive(&self, raw: Bytes) {
         match broker_wire::decode(raw) {
             Ok(envelope) if envelope.from == self.node => {}
-            Ok(envelope) if lock(&self.blocked).contains(&envelope.from) => {}
+            Ok(envelope) if lock(&self.blocked).contains(&envelope.from) => {
+                self.inbox
+                    .counters
+                    .dropped_inbound
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             Ok(envelope) => {
                 lock(&self.heard).insert(envelope.from.clone(), std::time::Instant::now());
                 self.inbox.deliver(envelope);

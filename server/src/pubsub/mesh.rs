@@ -614,6 +614,10 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             match result {
                 Ok(est) => start_connection(shared, est),
                 Err(HandshakeError::SelfConnection) => {}
+                // A bare connect-and-close (a TCP health probe, a port scan) is not news.
+                Err(HandshakeError::Io(e)) => {
+                    debug!(%remote, reason = %e, "cluster connection closed during handshake")
+                }
                 Err(e) => {
                     shared.inbox.counters.add_refused();
                     warn!(%remote, reason = %e, "refused cluster connection");
@@ -855,7 +859,11 @@ async fn read_handshake_frame(
     reader: &mut BufReader<OwnedReadHalf>,
 ) -> Result<Bytes, HandshakeError> {
     let frame = read_frame(reader, MAX_HANDSHAKE_FRAME)
-        .await?
+        .await
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidData => HandshakeError::Protocol(e.to_string()),
+            _ => HandshakeError::Io(e),
+        })?
         .ok_or_else(|| HandshakeError::Io(io::ErrorKind::UnexpectedEof.into()))?;
     if frame.first() == Some(&KIND_REJECT) {
         let mut body = frame.slice(1..);
