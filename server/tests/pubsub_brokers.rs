@@ -390,3 +390,16 @@ async fn measure_broker_latency() {
         );
     }
 }
+
+#[tokio::test]
+async fn nats_drops_a_message_over_max_payload_and_keeps_working() {
+    let broker = Broker::start(Kind::Nats).await;
+    let a = node(Kind::Nats, "a", &broker.url()).await;
+    let b = node(Kind::Nats, "b", &broker.url()).await;
+    let mut at_b = b.subscribe("t");
+    // nats-server's default max_payload is 1 MiB.
+    a.broadcast("t", Bytes::from(vec![0u8; 2 * 1024 * 1024]));
+    a.broadcast("t", msg("small"));
+    assert_eq!(recv(&mut at_b).await.payload, msg("small"));
+    assert_eq!(a.stats().dropped_outbound, 1);
+}
