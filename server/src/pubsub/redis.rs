@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use redis::aio::{MultiplexedConnection, PubSubStream};
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use tokio::sync::mpsc;
 use tokio::time::sleep;
 use tracing::{info, warn};
@@ -24,13 +24,17 @@ pub struct Redis {
     core: Arc<BrokerCore>,
 }
 
+/// How often the subscriber connection is pinged: a connection that died silently (a NAT or
+/// firewall forgot it) would otherwise look like a quiet cluster forever.
+const SUBSCRIBER_PING: Duration = Duration::from_secs(5);
+
 async fn open_subscription(
     client: &redis::Client,
     channels: &[String],
-) -> redis::RedisResult<PubSubStream> {
+) -> redis::RedisResult<(PubSubSink, PubSubStream)> {
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(channels).await?;
-    Ok(pubsub.into_on_message())
+    Ok(pubsub.split())
 }
 
 impl Redis {
@@ -114,8 +118,10 @@ impl Redis {
         tokio::spawn(async move {
             let mut stream = Some(stream);
             let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+            let mut ping = tokio::time::interval(SUBSCRIBER_PING);
+            ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                let Some(messages) = stream.as_mut() else {
+                let Some((sink, messages)) = stream.as_mut() else {
                     tokio::select! {
                         _ = sleep(backoff.next_delay()) => {}
                         _ = stopped(&mut stop) => return,
@@ -132,6 +138,14 @@ impl Redis {
                 };
                 tokio::select! {
                     _ = stopped(&mut stop) => return,
+                    _ = ping.tick() => {
+                        let answer =
+                            tokio::time::timeout(SUBSCRIBER_PING, sink.ping::<redis::Value>()).await;
+                        if !matches!(answer, Ok(Ok(_))) {
+                            warn!("Redis subscription connection stopped answering; reconnecting");
+                            stream = None;
+                        }
+                    }
                     message = messages.next() => match message {
                         Some(message) => {
                             receiver_core.receive(Bytes::copy_from_slice(message.get_payload_bytes()));
