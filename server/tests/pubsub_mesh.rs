@@ -540,3 +540,29 @@ async fn shutdown_flushes_what_is_queued() {
     }
     wait_until("b sees a down", || !up_peers(&b).contains(&"a".into())).await;
 }
+
+#[tokio::test]
+async fn connect_gives_a_working_mesh_behind_the_trait() {
+    let a = connect("a", ClusterConfig::Mesh(config("127.0.0.1:0", &[], SECRET)))
+        .await
+        .expect("a");
+    let a_addr = a.cluster_addr().expect("the mesh listens").to_string();
+    let b = connect(
+        "b",
+        ClusterConfig::Mesh(config("127.0.0.1:0", &[a_addr], SECRET)),
+    )
+    .await
+    .expect("b");
+    let up = |n: &std::sync::Arc<dyn PubSub>| n.peers().iter().filter(|p| p.up).count();
+    wait_until("a and b connect", || up(&a) == 1 && up(&b) == 1).await;
+    let mut at_b = b.subscribe("t");
+    a.set_partitioned("b", true);
+    wait_until("the switch works through the trait", || {
+        up(&a) == 0 && up(&b) == 0
+    })
+    .await;
+    a.set_partitioned("b", false);
+    wait_until("healed", || up(&a) == 1 && up(&b) == 1).await;
+    a.broadcast("t", msg("via dyn"));
+    assert_eq!(&recv(&mut at_b).await.payload[..], b"via dyn");
+}
