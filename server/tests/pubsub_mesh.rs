@@ -566,3 +566,19 @@ async fn connect_gives_a_working_mesh_behind_the_trait() {
     a.broadcast("t", msg("via dyn"));
     assert_eq!(&recv(&mut at_b).await.payload[..], b"via dyn");
 }
+
+#[tokio::test]
+async fn a_gossiped_peer_gone_for_good_is_forgotten() {
+    let mut c = config("127.0.0.1:0", &[], SECRET);
+    c.forget_after = Duration::from_millis(300);
+    let a = Mesh::start("a", c).await.expect("a starts");
+    let b = node("b", &[addr(&a)]).await;
+    wait_connected(&[&a, &b]).await;
+    drop(b);
+    wait_until("a reports b down", || {
+        a.peers().iter().any(|p| p.name == "b" && !p.up)
+    })
+    .await;
+    // A pod that is gone does not stay on /healthz (or in the dial list) forever.
+    wait_until("a forgets b", || a.peers().is_empty()).await;
+}
