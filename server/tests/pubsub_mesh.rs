@@ -390,10 +390,17 @@ async fn the_local_adapter_sends_nowhere() {
 
 /// Completes the handshake by hand, as node `name` holding `secret`; returns the stream.
 async fn raw_authenticated_peer(target: &Mesh, name: &str, secret: &str) -> TcpStream {
-    use hmac::{Hmac, Mac};
     let mut s = TcpStream::connect(target.local_addr())
         .await
         .expect("connect");
+    raw_handshake(&mut s, name, secret, b'D').await;
+    s
+}
+
+/// Speaks our side of the handshake on `s` (`role` `D` dialer or `A` acceptor); returns the
+/// other node's name.
+async fn raw_handshake(s: &mut TcpStream, name: &str, secret: &str, role: u8) -> String {
+    use hmac::{Hmac, Mac};
     let nonce = [5u8; 32];
     let mut hello = vec![1u8, 1];
     for field in [name, "127.0.0.1:1"] {
@@ -402,25 +409,55 @@ async fn raw_authenticated_peer(target: &Mesh, name: &str, secret: &str) -> TcpS
     }
     hello.extend_from_slice(&nonce);
     hello.extend_from_slice(&99u64.to_be_bytes());
-    write_frame(&mut s, &hello).await;
-    let theirs = read_frame(&mut s).await.expect("hello");
+    write_frame(s, &hello).await;
+    let theirs = read_frame(s).await.expect("hello");
+    let name_len = usize::from(u16::from_be_bytes([theirs[2], theirs[3]]));
+    let their_name = String::from_utf8(theirs[4..4 + name_len].to_vec()).expect("utf-8");
     // Their nonce sits before the trailing 8-byte incarnation.
     let their_nonce = &theirs[theirs.len() - 40..theirs.len() - 8];
     let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("key");
     mac.update(b"rollcall-mesh-auth-v1");
-    mac.update(b"D");
+    mac.update(&[role]);
     mac.update(&nonce);
     mac.update(their_nonce);
-    for n in [name, target.node()] {
+    for n in [name, their_name.as_str()] {
         mac.update(&(n.len() as u32).to_be_bytes());
         mac.update(n.as_bytes());
     }
     let mut auth = vec![2u8];
     auth.extend_from_slice(&mac.finalize().into_bytes());
-    write_frame(&mut s, &auth).await;
-    let their_auth = read_frame(&mut s).await.expect("auth");
+    write_frame(s, &auth).await;
+    let their_auth = read_frame(s).await.expect("auth");
     assert_eq!(their_auth.first(), Some(&2u8), "accepted");
-    s
+    their_name
+}
+
+#[tokio::test]
+async fn a_restarted_peer_replaces_its_hung_old_connection_at_once() {
+    // "b" before the restart: a fake node that A dials (A's name is smaller, so that
+    // connection wins the tie-break), which completes the handshake and then hangs.
+    let old_b = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let old_b_addr = old_b.local_addr().expect("addr").to_string();
+    let mut c = config("127.0.0.1:0", &[old_b_addr], SECRET);
+    // Far beyond the test deadline: only the restart rule can save us here.
+    c.ping_timeout = Duration::from_secs(600);
+    let a = Mesh::start("a", c).await.expect("a starts");
+    let (mut hung, _) = timeout(DEADLINE, old_b.accept())
+        .await
+        .expect("a dials")
+        .expect("accept");
+    assert_eq!(raw_handshake(&mut hung, "b", SECRET, b'A').await, "a");
+    wait_until("a sees the old b", || up_peers(&a).contains(&"b".into())).await;
+
+    // The new "b" (another incarnation) dials A: its connection loses the tie-break by
+    // direction, but A must see that the peer restarted and take it.
+    let b = node("b", &[addr(&a)]).await;
+    let mut at_b = b.subscribe("t");
+    wait_until("the new b is up", || up_peers(&b).contains(&"a".into())).await;
+    a.broadcast("t", msg("to the new b"));
+    assert_eq!(&recv(&mut at_b).await.payload[..], b"to the new b");
 }
 
 #[tokio::test]

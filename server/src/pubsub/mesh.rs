@@ -27,8 +27,10 @@
 //!
 //! ## One connection per pair
 //! When both nodes dial each other at once, the connection dialed by the node with the smaller
-//! name wins on both sides (a deterministic rule both can apply without talking); otherwise a
-//! newer connection replaces an older one, which covers a peer that restarted.
+//! name wins on both sides (a deterministic rule both can apply without talking). A connection
+//! from a new incarnation of the peer always replaces the old one: the peer restarted, so the
+//! old connection is a leftover even if it has not noticed yet (a host that vanished sends no
+//! FIN). Otherwise a newer connection replaces an older one.
 //!
 //! ## Full mesh
 //! After the handshake each side sends `Peers`: itself and every node it is connected to. Every
@@ -182,6 +184,9 @@ struct Peer {
 struct Conn {
     id: u64,
     we_dialed: bool,
+    /// The peer's incarnation on this connection: a different one on a new connection means
+    /// the peer restarted and this connection is a leftover.
+    incarnation: u64,
     tx: mpsc::Sender<Bytes>,
     kill: Arc<Notify>,
 }
@@ -196,6 +201,7 @@ struct Established {
     name: String,
     addr: String,
     we_dialed: bool,
+    incarnation: u64,
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
 }
@@ -491,11 +497,10 @@ impl Shared {
     /// Returns its id and send queue, or `None` if the connection must be closed.
     fn register(
         self: &Arc<Self>,
-        name: &str,
-        addr: &str,
-        we_dialed: bool,
+        est: &Established,
         kill: Arc<Notify>,
     ) -> Option<(u64, mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>)> {
+        let (name, addr, we_dialed) = (est.name.as_str(), est.addr.as_str(), est.we_dialed);
         let mut state = lock(&self.state);
         if self.stopping() || state.blocked.contains(name) {
             return None;
@@ -516,7 +521,8 @@ impl Shared {
             dialer_is_smaller
         };
         if let Some(existing) = &peer.conn {
-            if canonical(existing.we_dialed) && !canonical(we_dialed) {
+            let same_incarnation = existing.incarnation == est.incarnation;
+            if same_incarnation && canonical(existing.we_dialed) && !canonical(we_dialed) {
                 debug!(peer = name, "keeping the existing connection (tie-break)");
                 return None;
             }
@@ -527,6 +533,7 @@ impl Shared {
         peer.conn = Some(Conn {
             id,
             we_dialed,
+            incarnation: est.incarnation,
             tx: tx.clone(),
             kill,
         });
@@ -786,8 +793,8 @@ async fn handshake(
     let mut reader = BufReader::new(read);
     let nonce: [u8; 32] = rand::random();
     let result = handshake_steps(shared, &mut reader, &mut writer, remote, we_dial, &nonce).await;
-    let (name, addr) = match result {
-        Ok(pair) => pair,
+    let (name, addr, incarnation) = match result {
+        Ok(found) => found,
         Err(e) => {
             let reason = match &e {
                 HandshakeError::AuthFailed(_) => {
@@ -807,6 +814,7 @@ async fn handshake(
     Ok(Established {
         name,
         addr,
+        incarnation,
         we_dialed: we_dial,
         reader,
         writer,
@@ -820,7 +828,7 @@ async fn handshake_steps(
     remote: SocketAddr,
     we_dial: bool,
     nonce: &[u8; 32],
-) -> Result<(String, String), HandshakeError> {
+) -> Result<(String, String, u64), HandshakeError> {
     writer
         .write_all(&encode_hello(
             &shared.name,
@@ -852,7 +860,11 @@ async fn handshake_steps(
         .proof(their_role, &their_nonce, nonce, &their_name, &shared.name)?
         .verify_slice(&their_proof)
         .map_err(|_| HandshakeError::AuthFailed(their_name.clone()))?;
-    Ok((their_name, effective_addr(&their_advertise, remote)))
+    Ok((
+        their_name,
+        effective_addr(&their_advertise, remote),
+        their_incarnation,
+    ))
 }
 
 async fn read_handshake_frame(
@@ -876,8 +888,7 @@ async fn read_handshake_frame(
 /// Registers an established connection and runs it in its own tasks.
 fn start_connection(shared: Arc<Shared>, est: Established) {
     let kill = Arc::new(Notify::new());
-    let Some((id, tx, rx)) = shared.register(&est.name, &est.addr, est.we_dialed, kill.clone())
-    else {
+    let Some((id, tx, rx)) = shared.register(&est, kill.clone()) else {
         return;
     };
     let Some(drain) = lock(&shared.drain).clone() else {
