@@ -84,11 +84,26 @@ fn free_port() -> u16 {
 }
 
 impl Broker {
+    /// Starts a broker on a free port. Another process may grab the port between our probe
+    /// and the broker's bind; a broker that exits at once is retried on another port.
     async fn start(kind: Kind) -> Broker {
-        Broker::start_on(kind, free_port()).await
+        for _ in 0..5 {
+            if let Some(broker) = Broker::try_start_on(kind, free_port()).await {
+                return broker;
+            }
+        }
+        panic!("{kind:?} broker exited at start on 5 different ports");
     }
 
+    /// Starts a broker on `port`, which must be free.
     async fn start_on(kind: Kind, port: u16) -> Broker {
+        match Broker::try_start_on(kind, port).await {
+            Some(broker) => broker,
+            None => panic!("{kind:?} broker could not start on port {port}"),
+        }
+    }
+
+    async fn try_start_on(kind: Kind, port: u16) -> Option<Broker> {
         let binary = kind.find_binary();
         let mut command = Command::new(&binary);
         match kind {
@@ -110,19 +125,31 @@ impl Broker {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let broker = Broker {
+        let mut broker = Broker {
             kind,
             port,
             child: Some(child),
         };
         let ready = timeout(DEADLINE, async {
-            while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            loop {
+                if let Some(Ok(Some(_))) = broker.child.as_mut().map(|c| c.try_wait()) {
+                    return false;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                    return true;
+                }
                 sleep(Duration::from_millis(20)).await;
             }
         })
         .await;
-        assert!(ready.is_ok(), "{kind:?} broker did not listen on {port}");
-        broker
+        match ready {
+            Ok(true) => Some(broker),
+            Ok(false) => {
+                broker.child = None;
+                None
+            }
+            Err(_) => panic!("{kind:?} broker did not listen on {port}"),
+        }
     }
 
     fn url(&self) -> String {
