@@ -619,3 +619,23 @@ async fn a_gossiped_peer_gone_for_good_is_forgotten() {
     // A pod that is gone does not stay on /healthz (or in the dial list) forever.
     wait_until("a forgets b", || a.peers().is_empty()).await;
 }
+
+#[tokio::test]
+async fn a_seed_that_starts_later_is_connected_when_it_comes_up() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let seed = format!("127.0.0.1:{port}");
+    let a = node("a", std::slice::from_ref(&seed)).await;
+    // Nobody listens there yet: A keeps retrying with backoff instead of giving up.
+    wait_until("a lists the unreachable seed", || {
+        a.peers().iter().any(|p| p.addr == seed && !p.up)
+    })
+    .await;
+    let b = Mesh::start("b", config(&seed, &[], SECRET))
+        .await
+        .expect("b starts on the seed address");
+    wait_connected(&[&a, &b]).await;
+    assert!(a.peers().iter().all(|p| p.name == "b"), "{:?}", a.peers());
+}
