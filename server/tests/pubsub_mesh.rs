@@ -639,3 +639,19 @@ async fn a_seed_that_starts_later_is_connected_when_it_comes_up() {
     wait_connected(&[&a, &b]).await;
     assert!(a.peers().iter().all(|p| p.name == "b"), "{:?}", a.peers());
 }
+
+#[tokio::test]
+async fn the_rest_of_the_mesh_survives_the_death_of_the_seed() {
+    let a = node("a", &[]).await;
+    let b = node("b", &[addr(&a)]).await;
+    let c = node("c", &[addr(&a)]).await;
+    wait_connected(&[&a, &b, &c]).await;
+    a.shutdown().await;
+    drop(a);
+    wait_until("b sees a down", || !up_peers(&b).contains(&"a".into())).await;
+    // B and C hold a direct connection learnt by gossip, not one through A.
+    assert!(up_peers(&b).contains(&"c".into()));
+    let mut at_c = c.subscribe("t");
+    b.broadcast("t", msg("still here"));
+    assert_eq!(&recv(&mut at_c).await.payload[..], b"still here");
+}

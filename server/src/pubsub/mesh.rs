@@ -72,6 +72,8 @@ const AUTH_LABEL: &[u8] = b"rollcall-mesh-auth-v1";
 /// Handshakes in progress at once; more are closed at once (a flood of strangers cannot starve
 /// real peers of memory or tasks).
 const MAX_PENDING_HANDSHAKES: usize = 64;
+/// Every this many pings a connection re-sends our peer list.
+const REGOSSIP_EVERY_PINGS: u32 = 10;
 /// Addresses we keep dialing at most: a bound on what gossip can make us do.
 const MAX_TARGETS: usize = 1024;
 
@@ -933,6 +935,7 @@ async fn run_connection(
         Replaced,
         Stopping,
     }
+    let mut pings: u32 = 0;
     let end = loop {
         tokio::select! {
             read = &mut reader_task => {
@@ -954,6 +957,12 @@ async fn run_connection(
             _ = stopped(&mut stop) => break End::Stopping,
             _ = ping.tick() => {
                 let _ = tx.try_send(encode_empty(KIND_PING));
+                // Re-gossip now and then, so a lost `Peers` frame cannot leave a hole in the
+                // mesh for good.
+                pings += 1;
+                if pings % REGOSSIP_EVERY_PINGS == 0 {
+                    let _ = tx.try_send(shared.peers_frame());
+                }
             }
         }
     };
