@@ -84,7 +84,8 @@ pub trait PubSub: Send + Sync {
 
     /// Returns a receiver of every message other nodes send on `channel` (never our own).
     /// May be called several times; each receiver gets its own copy. A receiver that falls more
-    /// than its capacity behind loses messages (counted in [`Stats::dropped_inbound`]).
+    /// than its capacity behind loses messages (counted in [`Stats::dropped_inbound`]). Messages
+    /// on a channel nobody subscribed to are discarded, so subscribe before traffic starts.
     fn subscribe(&self, channel: &str) -> mpsc::Receiver<Envelope>;
 
     /// The other nodes this node knows of, for `/healthz`.
