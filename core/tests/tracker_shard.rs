@@ -594,3 +594,26 @@ fn many_topics_in_one_shard_are_listed_independently() {
     assert!(c.keys("b", "topic:5").is_empty());
     assert_eq!(c.keys("b", "topic:6"), ["k"]);
 }
+
+#[test]
+fn flush_delta_sends_a_local_change_at_once_without_counting_a_period() {
+    let mut a = Shard::new(rid("a", 1), config(), 0).unwrap();
+    let mut b = Shard::new(rid("b", 1), config(), 0).unwrap();
+    // Nothing pending: nothing to send.
+    assert!(a.flush_delta(10).messages.is_empty());
+    a.track(1, "room", "alice", meta("{}")).unwrap();
+    let out = a.flush_delta(20);
+    assert_eq!(out.messages.len(), 1);
+    assert!(matches!(out.messages[0].to, Destination::Broadcast));
+    assert_eq!(kind(&out.messages[0].message), "delta");
+    let diff = b.receive("a", out.messages[0].message.clone(), 20).diff;
+    assert_eq!(diff.topic("room").unwrap().joins[0].0.as_ref(), "alice");
+    // The delta is gone: a second flush and the next tick carry no delta.
+    assert!(a.flush_delta(30).messages.is_empty());
+    let tick = a.tick(PERIOD);
+    assert!(tick.messages.iter().all(|m| kind(&m.message) != "delta"));
+    // Stopped shards stay silent.
+    a.track(2, "room", "bob", meta("{}")).unwrap();
+    a.graceful_permdown();
+    assert!(a.flush_delta(40).messages.is_empty());
+}
