@@ -41,12 +41,21 @@ pub const CHANNEL_RELAY: &str = "relay";
 pub const META_NODE: &str = "node";
 
 /// The shard timing for `settings` (other knobs at Phoenix's defaults).
+///
+/// A quiet node heartbeats only every `max_silent_periods + 1` periods; that interval must stay
+/// well inside the down period or quiet peers flap down and up. Phoenix's 10 fits its defaults
+/// (16.5 s against 30 s); shorter down periods get fewer silent periods, so that the interval is
+/// at most two thirds of the down period.
 pub fn shard_config(settings: &ClusterSettings) -> ShardConfig {
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let broadcast = ms(settings.broadcast_period).max(1);
+    let down = ms(settings.down_period);
+    let fit = (down.saturating_mul(2) / broadcast.saturating_mul(3)).saturating_sub(1);
     ShardConfig {
         broadcast_period_ms: ms(settings.broadcast_period),
-        down_period_ms: ms(settings.down_period),
+        down_period_ms: down,
         permdown_period_ms: ms(settings.permdown_period),
+        max_silent_periods: u32::try_from(fit.min(10)).unwrap_or(10),
         ..ShardConfig::default()
     }
 }
@@ -714,5 +723,33 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_nodes_heartbeats_stay_within_two_thirds_of_the_down_period() {
+        for (broadcast, down) in [(1_500, 30_000), (100, 1_000), (100, 200), (50, 60_000)] {
+            let settings = ClusterSettings {
+                broadcast_period: Duration::from_millis(broadcast),
+                down_period: Duration::from_millis(down),
+                ..ClusterSettings::default()
+            };
+            let config = shard_config(&settings);
+            let interval = (u64::from(config.max_silent_periods) + 1) * broadcast;
+            assert!(
+                interval * 3 <= down * 2 || config.max_silent_periods == 0,
+                "{config:?}"
+            );
+            assert!(config.max_silent_periods <= 10);
+        }
+        // Phoenix's defaults keep Phoenix's 10 silent periods.
+        assert_eq!(
+            shard_config(&ClusterSettings::default()).max_silent_periods,
+            10
+        );
     }
 }
