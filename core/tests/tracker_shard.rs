@@ -617,3 +617,19 @@ fn flush_delta_sends_a_local_change_at_once_without_counting_a_period() {
     a.graceful_permdown();
     assert!(a.flush_delta(40).messages.is_empty());
 }
+
+#[test]
+fn heartbeat_now_makes_a_quiet_node_known_at_once() {
+    let mut a = Shard::new(rid("a", 1), config(), 0).unwrap();
+    let mut b = Shard::new(rid("b", 1), config(), 0).unwrap();
+    // a's first tick heartbeats, then a stays quiet for max_silent_periods ticks.
+    a.tick(PERIOD);
+    assert!(a.tick(2 * PERIOD).messages.is_empty());
+    let out = a.heartbeat_now(2 * PERIOD + 1);
+    assert_eq!(out.messages.len(), 1);
+    assert_eq!(kind(&out.messages[0].message), "empty");
+    let events = b.receive("a", out.messages[0].message.clone(), 5).events;
+    assert_eq!(events, [ReplicaEvent::Up(rid("a", 1))]);
+    a.graceful_permdown();
+    assert!(a.heartbeat_now(300).messages.is_empty());
+}

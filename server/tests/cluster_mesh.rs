@@ -171,3 +171,16 @@ async fn sigterm_makes_a_nodes_members_leave_elsewhere_at_once_and_closes_with_1
     // Printed, not asserted: timing belongs to benchmarks.
     eprintln!("SIGTERM → leave seen on a after {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_later_sees_existing_members_with_phoenix_timing() {
+    let _serial = serial().await;
+    // Phoenix's timing: a quiet node heartbeats only every 16.5 s, beyond the deadline.
+    let a = Node::mesh("a", &[], &[]).await;
+    let ua = User::join(&a, "ua", ROOM, json!({})).await;
+    let b = Node::mesh("b", &[&a], &[]).await;
+    // Nobody changes anything on b, so only heartbeats can make a and b meet.
+    let watcher = User::observe(&b, "watcher", ROOM).await;
+    watcher.wait_keys(&["ua"]).await;
+    ua.wait_keys(&["ua"]).await;
+}

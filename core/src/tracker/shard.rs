@@ -335,6 +335,19 @@ impl Shard {
         out.finish()
     }
 
+    /// Sends a heartbeat now (with the pending delta, if any), whatever the silent-period count;
+    /// nothing after [`graceful_permdown`](Self::graceful_permdown). For a node that just heard
+    /// from a new peer: the peer learns of it (and asks for a transfer) at once instead of after
+    /// up to `max_silent_periods` quiet periods.
+    pub fn heartbeat_now(&mut self, _now_ms: u64) -> Output {
+        let mut out = Pending::default();
+        if !self.stopped {
+            self.silent_periods = self.silent_periods.max(self.config.max_silent_periods);
+            self.broadcast_heartbeat(&mut out);
+        }
+        out.finish()
+    }
+
     /// One heartbeat period elapsed.
     pub fn tick(&mut self, now_ms: u64) -> Output {
         let mut out = Pending::default();

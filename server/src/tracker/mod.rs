@@ -193,6 +193,7 @@ impl Tracker {
             coalesce: settings.coalesce,
             flush_at: None,
             last_flush: None,
+            transport_up: HashSet::new(),
         };
         tokio::spawn(task.run(inputs));
         Tracker {
@@ -365,6 +366,8 @@ struct TrackerTask {
     /// When pending local changes go out, if any are pending.
     flush_at: Option<Instant>,
     last_flush: Option<Instant>,
+    /// Peers the transport reached at the last tick.
+    transport_up: HashSet<String>,
 }
 
 fn unix_seconds() -> u64 {
@@ -425,9 +428,29 @@ impl TrackerTask {
                 _ = ticks.tick() => {
                     let output = self.shard.tick(self.now_ms());
                     self.apply(output);
+                    self.greet_new_connections();
                 }
                 _ = sleep_until(flush_at), if flush_at.is_some() => self.flush(),
             }
+        }
+    }
+
+    /// Heartbeats at once when the transport reaches a peer it did not reach at the previous
+    /// tick: a quiet node otherwise heartbeats only every `max_silent_periods` periods, and a
+    /// new or healed peer would wait that long to learn of it.
+    fn greet_new_connections(&mut self) {
+        let up: HashSet<String> = self
+            .pubsub
+            .peers()
+            .into_iter()
+            .filter(|p| p.up && !p.name.is_empty())
+            .map(|p| p.name)
+            .collect();
+        let new = up.iter().any(|p| !self.transport_up.contains(p));
+        self.transport_up = up;
+        if new {
+            let hello = self.shard.heartbeat_now(self.now_ms());
+            self.apply(hello);
         }
     }
 
@@ -471,10 +494,18 @@ impl TrackerTask {
                 Some(node) => self.pubsub.send_to(&node, CHANNEL_TRACKER, bytes),
             }
         }
+        let mut met_a_peer = false;
         for event in &output.events {
             tracing::info!("cluster: {event:?}");
+            met_a_peer |= matches!(event, state::ReplicaEvent::Up(_));
         }
         self.dispatch_diff(output.diff);
+        if met_a_peer {
+            // Answer first contact (or a return after a split) at once, so the peer learns of
+            // this node and asks for its state now rather than at our next quiet heartbeat.
+            let hello = self.shard.heartbeat_now(self.now_ms());
+            self.apply(hello);
+        }
     }
 
     fn handle_relay(&mut self, envelope: &Envelope) {

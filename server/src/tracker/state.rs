@@ -190,6 +190,11 @@ impl Shard {
         self.inner.tick(now_ms).into()
     }
 
+    /// Sends a heartbeat now (with pending changes, if any).
+    pub fn heartbeat_now(&mut self, now_ms: u64) -> Output {
+        self.inner.heartbeat_now(now_ms).into()
+    }
+
     /// Sends pending local changes now, without counting a period.
     pub fn flush(&mut self, now_ms: u64) -> Output {
         self.inner.flush_delta(now_ms).into()

@@ -287,6 +287,19 @@ impl User {
     /// Connects to `node` as `key` and joins `topic` with `meta`; returns once the join is
     /// answered and the initial `presence_state` applied.
     pub async fn join(node: &Node, key: &str, topic: &str, meta: Value) -> User {
+        let user = User::connect(node, key, topic, json!({"meta": meta})).await;
+        user.wait_for("own join", |v| v.presence.contains_key(key))
+            .await;
+        user
+    }
+
+    /// Connects to `node` as `key` and joins `topic` as an observer (`track: false`): it
+    /// receives presence but is not listed.
+    pub async fn observe(node: &Node, key: &str, topic: &str) -> User {
+        User::connect(node, key, topic, json!({"track": false})).await
+    }
+
+    async fn connect(node: &Node, key: &str, topic: &str, payload: Value) -> User {
         let url = format!(
             "ws://{}/socket/websocket?vsn=2.0.0&user_id={key}",
             node.addr
@@ -354,9 +367,7 @@ impl User {
             join_ref: "1".into(),
             next_ref: 1,
         };
-        user.send(json!(["1", "1", topic, "phx_join", {"meta": meta}]));
-        user.wait_for("own join", |v| v.presence.contains_key(key))
-            .await;
+        user.send(json!(["1", "1", topic, "phx_join", payload]));
         user
     }
 
