@@ -70,7 +70,6 @@ async fn three_mesh_nodes_share_members_meta_updates_and_relays() {
         .collect();
     up.sort();
     assert_eq!(up, ["b", "c"], "{health}");
-    let _ = ub.view();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
