@@ -34,7 +34,18 @@ async fn healthz(State(state): State<AppState>) -> Json<Value> {
         "node": state.tracker.node(),
         "version": env!("CARGO_PKG_VERSION"),
         "peers": state.tracker.health().await,
+        "transport": transport_stats(state.tracker.pubsub().stats()),
     }))
+}
+
+fn transport_stats(stats: crate::pubsub::Stats) -> Value {
+    json!({
+        "sent": stats.sent,
+        "received": stats.received,
+        "dropped_outbound": stats.dropped_outbound,
+        "dropped_inbound": stats.dropped_inbound,
+        "refused": stats.refused,
+    })
 }
 
 /// Query of the test-only `POST /_fault/partition`.

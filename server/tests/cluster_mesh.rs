@@ -183,3 +183,50 @@ async fn a_node_started_later_sees_existing_members_with_phoenix_timing() {
     watcher.wait_keys(&["ua"]).await;
     ua.wait_keys(&["ua"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_change_crosses_at_once_and_a_burst_travels_as_one_delta() {
+    let _serial = serial().await;
+    // Heartbeats a minute apart: anything seen sooner was sent on the change itself.
+    let timing = [
+        "--broadcast-period-ms",
+        "60000",
+        "--down-period-ms",
+        "120000",
+        "--permdown-period-ms",
+        "240000",
+        "--coalesce-ms",
+        "2000",
+    ];
+    let a = Node::mesh("a", &[], &timing).await;
+    let b = Node::mesh("b", &[&a], &timing).await;
+    // A delta sent before the mesh connects would wait for a heartbeat a minute away.
+    b.wait_peers_up(&["a"]).await;
+    let watcher = User::observe(&a, "watcher", ROOM).await;
+    let first = User::join(&b, "first", ROOM, json!({})).await;
+    watcher.wait_keys(&["first"]).await;
+
+    // Twenty joins on b within 0.2 s, inside one coalescing window.
+    let sent = |h: serde_json::Value| h["transport"]["sent"].as_u64().unwrap_or(0);
+    let before = sent(b.healthz().await);
+    let mut sockets = Vec::new();
+    for i in 0..20 {
+        sockets.push(User::open(&b, &format!("u{i:02}"), ROOM).await);
+    }
+    for s in &sockets {
+        s.send_join(json!({"meta": {}}));
+        // Spaced out so that, without coalescing, each join would travel on its own.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let mut keys: Vec<String> = (0..20).map(|i| format!("u{i:02}")).collect();
+    keys.push("first".into());
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    watcher.wait_keys(&keys).await;
+    let messages = sent(b.healthz().await) - before;
+    // The first change goes at once; the rest wait for the window's end and travel together.
+    assert!(
+        messages <= 3,
+        "{messages} tracker messages for a burst of 20 joins"
+    );
+    drop(first);
+}

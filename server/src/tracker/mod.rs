@@ -401,6 +401,11 @@ impl TrackerTask {
         // The first tick is at once: an empty heartbeat, so peers discover this node.
         let mut ticks = tokio::time::interval(self.broadcast_period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Transport connections are checked more often than the heartbeat, so a new peer is
+        // greeted within a quarter second.
+        let mut greetings =
+            tokio::time::interval(self.broadcast_period.min(Duration::from_millis(250)));
+        greetings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tracker_open = true;
         let mut relay_open = true;
         loop {
@@ -428,16 +433,17 @@ impl TrackerTask {
                 _ = ticks.tick() => {
                     let output = self.shard.tick(self.now_ms());
                     self.apply(output);
-                    self.greet_new_connections();
                 }
+                _ = greetings.tick() => self.greet_new_connections(),
                 _ = sleep_until(flush_at), if flush_at.is_some() => self.flush(),
             }
         }
     }
 
     /// Heartbeats at once when the transport reaches a peer it did not reach at the previous
-    /// tick: a quiet node otherwise heartbeats only every `max_silent_periods` periods, and a
-    /// new or healed peer would wait that long to learn of it.
+    /// check: a quiet node otherwise heartbeats only every `max_silent_periods` periods, and a
+    /// new or healed peer (or one that missed a delta while disconnected) would wait that long
+    /// to learn of it.
     fn greet_new_connections(&mut self) {
         let up: HashSet<String> = self
             .pubsub

@@ -164,6 +164,30 @@ impl Node {
         assert_eq!(status, 200);
     }
 
+    /// Waits until `/healthz` shows every peer in `peers` up.
+    pub async fn wait_peers_up(&self, peers: &[&str]) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let health = self.healthz().await;
+            let up = |name: &str| {
+                health["peers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["name"] == json!(name) && p["transport"] == json!("up"))
+            };
+            if peers.iter().all(|p| up(p)) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: peers {peers:?} not up: {health}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `GET /healthz` as JSON.
     pub async fn healthz(&self) -> Value {
         let (status, body) = http(&self.addr, "GET", "/healthz").await;
@@ -300,6 +324,18 @@ impl User {
     }
 
     async fn connect(node: &Node, key: &str, topic: &str, payload: Value) -> User {
+        let user = User::open(node, key, topic).await;
+        user.send_join(payload);
+        user
+    }
+
+    /// Sends the `phx_join` of the user's topic with `payload` (without waiting for anything).
+    pub fn send_join(&self, payload: Value) {
+        self.send(json!(["1", "1", self.topic, "phx_join", payload]));
+    }
+
+    /// Connects to `node` as `key` for `topic` without joining yet (see [`User::send_join`]).
+    pub async fn open(node: &Node, key: &str, topic: &str) -> User {
         let url = format!(
             "ws://{}/socket/websocket?vsn=2.0.0&user_id={key}",
             node.addr
@@ -359,16 +395,14 @@ impl User {
             drop(view);
             reader.1.notify_waiters();
         });
-        let user = User {
+        User {
             key: key.to_string(),
             topic: topic.to_string(),
             view,
             out,
             join_ref: "1".into(),
             next_ref: 1,
-        };
-        user.send(json!(["1", "1", topic, "phx_join", payload]));
-        user
+        }
     }
 
     fn send(&self, frame: Value) {
