@@ -1,4 +1,4 @@
-// Interop across a cluster: the official `phoenix` npm client on two `rollcall serve` processes
+// Interop across a cluster: the official `phoenix` npm client on three `rollcall serve` processes
 // joined over the mesh. Users on either node see each other (with the node each is connected to),
 // relayed events cross nodes, and a node's SIGTERM makes its users leave the other node.
 // Run by `make test` after `cargo build -p rollcall-server` (npm test).
@@ -74,27 +74,40 @@ function joinRoom(node, userId) {
 
 const ids = p => p.list(id => id).sort()
 
-test("phoenix clients on two mesh nodes see each other, relay events, and see a SIGTERM leave",
+test("phoenix clients on three mesh nodes see each other, relay events, and see a SIGTERM leave",
   {skip: built ? false : `${binary} not built (cargo build -p rollcall-server)`}, async () => {
     const a = await startNode("a")
     const b = await startNode("b", [a.cluster])
+    // c knows only a and learns b from it.
+    const c = await startNode("c", [a.cluster])
     const alice = await joinRoom(a, "alice")
     const bob = await joinRoom(b, "bob")
-    await until(() => ids(alice.presence).join() === "alice,bob", "alice sees bob")
-    await until(() => ids(bob.presence).join() === "alice,bob", "bob sees alice")
+    const carol = await joinRoom(c, "carol")
+    for (const [who, user] of [["alice", alice], ["bob", bob], ["carol", carol]]) {
+      await until(() => ids(user.presence).join() === "alice,bob,carol", `${who} sees everyone`)
+    }
     const nodeOf = (p, id) => p.list((key, {metas}) => [key, metas[0].node]).find(([k]) => k === id)?.[1]
     assert.equal(nodeOf(alice.presence, "bob"), "b")
-    assert.equal(nodeOf(bob.presence, "alice"), "a")
+    assert.equal(nodeOf(bob.presence, "carol"), "c")
+    assert.equal(nodeOf(carol.presence, "alice"), "a")
+
+    // A meta update on c reaches a as one new version of carol's meta.
+    carol.channel.push("track", {status: "away"})
+    await until(() => alice.presence.list((k, {metas}) => k === "carol" && metas.length === 1 && metas[0].status === "away").some(Boolean),
+      "carol away on a")
 
     const heard = []
     alice.channel.on("shout", payload => heard.push(payload))
+    carol.channel.on("shout", payload => heard.push(payload))
     bob.channel.push("shout", {body: "hi from b"})
-    await until(() => heard.length === 1, "bob's shout on a")
-    assert.deepEqual(heard[0], {body: "hi from b"})
+    await until(() => heard.length === 2, "bob's shout on a and c")
+    assert.deepEqual(heard, [{body: "hi from b"}, {body: "hi from b"}])
 
     // The down period is a minute: only the graceful permdown explains a prompt leave.
     b.proc.kill("SIGTERM")
-    await until(() => ids(alice.presence).join() === "alice", "bob leaves a after b's SIGTERM")
+    await until(() => ids(alice.presence).join() === "alice,carol", "bob leaves a after b's SIGTERM")
+    await until(() => ids(carol.presence).join() === "alice,carol", "bob leaves c after b's SIGTERM")
     alice.socket.disconnect()
     bob.socket.disconnect()
+    carol.socket.disconnect()
   })
