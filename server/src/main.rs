@@ -112,7 +112,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let cluster_settings = args.cluster.settings();
     if let Err(e) = rollcall_server::tracker::shard_config(&cluster_settings).validate() {
-        return Err(format!("tracker timing: {e}").into());
+        return Err(StartError(format!("tracker timing: {e}")).into());
     }
     let config = Config {
         node_name: args
@@ -264,9 +264,29 @@ impl ClusterArgs {
                 cluster_name: self.cluster_name.clone(),
             },
         };
-        Ok(connect(node, config).await?)
+        connect(node, config)
+            .await
+            .map_err(|e| StartError(e.to_string()).into())
     }
 }
+
+/// A start-up error that `main` prints as its message (its `Debug` is its `Display`), so the
+/// operator reads the reason, not a Rust enum.
+struct StartError(String);
+
+impl std::fmt::Debug for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
 
 #[cfg(test)]
 mod tests {

@@ -230,3 +230,25 @@ async fn a_local_change_crosses_at_once_and_a_burst_travels_as_one_delta() {
     );
     drop(first);
 }
+
+/// Runs `rollcall serve` with `args` expecting it to refuse to start; returns its stderr.
+fn refused_start(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rollcall"))
+        .args(["serve", "--port", "0"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("rollcall runs");
+    assert!(!out.status.success(), "{args:?} started");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn a_mesh_without_a_secret_bad_timing_or_a_bad_node_name_stop_the_start_with_the_reason() {
+    let err = refused_start(&["--cluster", "mesh", "--cluster-listen", "127.0.0.1:0"]);
+    assert!(err.contains("--cluster-secret"), "{err}");
+    let err = refused_start(&["--broadcast-period-ms", "1000", "--down-period-ms", "1500"]);
+    assert!(err.contains("down_period must be at least twice"), "{err}");
+    let err = refused_start(&["--node", "no spaces please"]);
+    assert!(err.contains("bad node name"), "{err}");
+}
