@@ -1,6 +1,6 @@
 //! The replication test over a broker: three real `rollcall` processes on one `nats-server` or
 //! `redis-server` (started by the test on a free loopback port) share members, meta updates and
-//! relayed events, and a crashed node's members leave.
+//! relayed events; a node split off and healed converges; a crashed node's members leave.
 
 mod cluster_support;
 
@@ -39,6 +39,24 @@ async fn replication_over(kind: BrokerKind) {
             .await;
     }
 
+    // Split c off and heal: each side sees the other leave, then everyone converges.
+    c.partition("a", true).await;
+    c.partition("b", true).await;
+    for u in [&ua, &ub] {
+        u.wait_keys(&["ua", "ub"]).await;
+    }
+    uc.wait_keys(&["uc"]).await;
+    c.partition("a", false).await;
+    c.partition("b", false).await;
+    for u in [&ua, &ub, &uc] {
+        u.wait_keys(&["ua", "ub", "uc"]).await;
+    }
+    let refs = ua.view().refs();
+    for u in [&ub, &uc] {
+        u.wait_for("the same presences as ua", |v| v.refs() == refs)
+            .await;
+    }
+
     c.kill9().await;
     for u in [&ua, &ub] {
         u.wait_keys(&["ua", "ub"]).await;
@@ -56,11 +74,11 @@ async fn replication_over(kind: BrokerKind) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_over_nats_share_members_updates_and_relays() {
+async fn three_nodes_over_nats_share_members_updates_relays_and_heal() {
     replication_over(BrokerKind::Nats).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_over_redis_share_members_updates_and_relays() {
+async fn three_nodes_over_redis_share_members_updates_relays_and_heal() {
     replication_over(BrokerKind::Redis).await;
 }
