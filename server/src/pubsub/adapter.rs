@@ -111,6 +111,12 @@ pub trait PubSub: Send + Sync {
     fn set_partitioned(&self, _peer: &str, _partitioned: bool) {}
 }
 
+impl fmt::Debug for dyn PubSub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PubSub({})", self.node())
+    }
+}
+
 /// Which transport a node uses, from the command line (`--cluster none|mesh|nats|redis`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClusterConfig {

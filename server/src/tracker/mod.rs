@@ -146,12 +146,6 @@ pub struct Tracker {
     pubsub: Arc<dyn PubSub>,
 }
 
-impl std::fmt::Debug for dyn PubSub {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PubSub({})", self.node())
-    }
-}
-
 impl Tracker {
     /// Starts the tracker task of the node `pubsub` speaks for, with Phoenix's default timing,
     /// on the current Tokio runtime.
