@@ -635,3 +635,42 @@ fn a_delta_transfer_relayed_through_generations_keeps_every_presence() {
     );
     assert_eq!(c.keys("c", "lobby"), ["alice", "bob"]);
 }
+
+#[test]
+fn flush_delta_sends_a_local_change_at_once_without_counting_a_period() {
+    let mut a = Shard::new(rid("a", 1), config(), 0).unwrap();
+    let mut b = Shard::new(rid("b", 1), config(), 0).unwrap();
+    // Nothing pending: nothing to send.
+    assert!(a.flush_delta(10).messages.is_empty());
+    a.track(1, "room", "alice", meta("{}")).unwrap();
+    let out = a.flush_delta(20);
+    assert_eq!(out.messages.len(), 1);
+    assert!(matches!(out.messages[0].to, Destination::Broadcast));
+    assert_eq!(kind(&out.messages[0].message), "delta");
+    let diff = b.receive("a", out.messages[0].message.clone(), 20).diff;
+    assert_eq!(diff.topic("room").unwrap().joins[0].0.as_ref(), "alice");
+    // The delta is gone: a second flush and the next tick carry no delta.
+    assert!(a.flush_delta(30).messages.is_empty());
+    let tick = a.tick(PERIOD);
+    assert!(tick.messages.iter().all(|m| kind(&m.message) != "delta"));
+    // Stopped shards stay silent.
+    a.track(2, "room", "bob", meta("{}")).unwrap();
+    a.graceful_permdown();
+    assert!(a.flush_delta(40).messages.is_empty());
+}
+
+#[test]
+fn heartbeat_now_makes_a_quiet_node_known_at_once() {
+    let mut a = Shard::new(rid("a", 1), config(), 0).unwrap();
+    let mut b = Shard::new(rid("b", 1), config(), 0).unwrap();
+    // a's first tick heartbeats, then a stays quiet for max_silent_periods ticks.
+    a.tick(PERIOD);
+    assert!(a.tick(2 * PERIOD).messages.is_empty());
+    let out = a.heartbeat_now(2 * PERIOD + 1);
+    assert_eq!(out.messages.len(), 1);
+    assert_eq!(kind(&out.messages[0].message), "empty");
+    let events = b.receive("a", out.messages[0].message.clone(), 5).events;
+    assert_eq!(events, [ReplicaEvent::Up(rid("a", 1))]);
+    a.graceful_permdown();
+    assert!(a.heartbeat_now(300).messages.is_empty());
+}

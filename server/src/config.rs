@@ -30,6 +30,9 @@ pub struct Config {
     /// Long-poll window: how long a poll waits for messages before answering 204 (Phoenix: 10 s).
     /// A session with no poll for 1.5 × this is closed.
     pub longpoll_window: Duration,
+    /// How the tracker replicates presence with other nodes (timing; the transport is
+    /// chosen by the [`pubsub`](crate::pubsub) adapter given to the builder).
+    pub cluster: ClusterSettings,
 }
 
 impl Default for Config {
@@ -44,14 +47,67 @@ impl Default for Config {
             max_channels: 100,
             max_queued_frames: 1024,
             longpoll_window: Duration::from_secs(10),
+            cluster: ClusterSettings::default(),
         }
     }
 }
 
-/// `$HOSTNAME` when set, else `rollcall`.
+// ---- cluster (issue 5) ----
+
+/// Tracker replication timing (and a test switch). The periods default to Phoenix's; `coalesce` is ours: local
+/// changes go to other nodes at once, batched over at most this window, instead of waiting for
+/// the next heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// Heartbeat interval (Phoenix: 1.5 s).
+    pub broadcast_period: Duration,
+    /// A node silent this long is down: its members leave (Phoenix: 30 s).
+    pub down_period: Duration,
+    /// A node silent this long is forgotten for good (Phoenix: 20 min).
+    pub permdown_period: Duration,
+    /// Longest wait before a local change is sent to other nodes; changes within one window go
+    /// in one message. Zero sends every change on its own.
+    pub coalesce: Duration,
+    /// Test-only: serve `POST /_fault/partition` (cuts this node off from a peer).
+    pub fault_injection: bool,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            broadcast_period: Duration::from_millis(1_500),
+            down_period: Duration::from_millis(30_000),
+            permdown_period: Duration::from_millis(1_200_000),
+            coalesce: Duration::from_millis(10),
+            fault_injection: false,
+        }
+    }
+}
+
+/// The host name (from `$HOSTNAME` or the kernel) reduced to `A-Z a-z 0-9 . _ -`, plus a random
+/// suffix, so two nodes started on one host without `--node` still get distinct names.
 pub fn default_node_name() -> String {
-    std::env::var("HOSTNAME")
+    let host = std::env::var("HOSTNAME")
         .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "rollcall".to_string())
+        .filter(|h| !h.trim().is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(100)
+        .collect();
+    let host = if host.is_empty() {
+        "rollcall".to_string()
+    } else {
+        host
+    };
+    format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
 }

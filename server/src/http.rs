@@ -31,15 +31,56 @@ pub struct AppState {
 async fn healthz(State(state): State<AppState>) -> Json<Value> {
     Json(json!({
         "status": "ok",
-        "node": state.config.node_name,
+        "node": state.tracker.node(),
         "version": env!("CARGO_PKG_VERSION"),
+        "peers": state.tracker.health().await,
+        "transport": transport_stats(state.tracker.pubsub().stats()),
     }))
+}
+
+fn transport_stats(stats: crate::pubsub::Stats) -> Value {
+    json!({
+        "sent": stats.sent,
+        "received": stats.received,
+        "dropped_outbound": stats.dropped_outbound,
+        "dropped_inbound": stats.dropped_inbound,
+        "refused": stats.refused,
+    })
+}
+
+/// Query of the test-only `POST /_fault/partition`.
+#[derive(Debug, serde::Deserialize)]
+struct PartitionQuery {
+    peer: String,
+    partitioned: bool,
+}
+
+/// Test-only fault switch (served with `ClusterSettings::fault_injection`): cuts this node off
+/// from `peer` (or heals the cut), through the transport's partition switch.
+async fn fault_partition(
+    State(state): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<PartitionQuery>,
+) -> Json<Value> {
+    tracing::warn!(
+        peer = q.peer,
+        partitioned = q.partitioned,
+        "fault injection"
+    );
+    state
+        .tracker
+        .pubsub()
+        .set_partitioned(&q.peer, q.partitioned);
+    Json(json!({"status": "ok"}))
 }
 
 /// The router: `/socket/websocket`, `/socket/longpoll`, `/healthz`, and the static directory.
 pub fn router(state: AppState) -> Router {
     let static_dir = state.config.static_dir.clone();
-    let router = Router::new()
+    let mut router = Router::new();
+    if state.config.cluster.fault_injection {
+        router = router.route("/_fault/partition", axum::routing::post(fault_partition));
+    }
+    let router = router
         .route("/healthz", get(healthz))
         .route("/socket/websocket", get(websocket::handler))
         .route(

@@ -48,21 +48,30 @@ impl ConnId {
 /// Configures a [`Server`] before it starts.
 pub struct ServerBuilder {
     config: Config,
-    pubsub: Box<dyn pubsub::PubSub>,
+    pubsub: Option<Arc<dyn pubsub::PubSub>>,
 }
 
 impl ServerBuilder {
-    /// Uses `pubsub` to reach other nodes (default: [`pubsub::local::LocalPubSub`], one node).
-    pub fn pubsub(mut self, pubsub: Box<dyn pubsub::PubSub>) -> Self {
-        self.pubsub = pubsub;
+    /// Uses `pubsub` to reach other nodes (default: [`pubsub::Local`], one node); see
+    /// [`pubsub::connect`]. The node is then known by the adapter's name
+    /// ([`pubsub::PubSub::node`]), which replaces `config.node_name`.
+    pub fn pubsub(mut self, pubsub: Arc<dyn pubsub::PubSub>) -> Self {
+        self.pubsub = Some(pubsub);
         self
     }
 
     /// Starts the tracker task (needs a Tokio runtime) and returns the server.
-    pub fn build(self) -> Server {
+    pub fn build(mut self) -> Server {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (connections, drained) = mpsc::channel(1);
-        let tracker = Tracker::spawn(&self.config.node_name, self.pubsub);
+        let pubsub = match self.pubsub {
+            Some(pubsub) => {
+                self.config.node_name = pubsub.node().to_string();
+                pubsub
+            }
+            None => Arc::new(pubsub::Local::new(&self.config.node_name)),
+        };
+        let tracker = Tracker::spawn_with(pubsub, &self.config.cluster);
         let state = http::AppState {
             config: Arc::new(self.config),
             tracker,
@@ -106,7 +115,7 @@ impl Server {
     pub fn builder(config: Config) -> ServerBuilder {
         ServerBuilder {
             config,
-            pubsub: Box::new(pubsub::local::LocalPubSub::new()),
+            pubsub: None,
         }
     }
 
@@ -130,8 +139,9 @@ impl Server {
         ShutdownHandle(self.shutdown_tx.clone())
     }
 
-    /// Serves on `listener` until `signal` completes; then stops accepting, closes every socket
-    /// with 1001 and waits (up to 5 s) for connections to finish.
+    /// Serves on `listener` until `signal` completes; then leaves the cluster (the graceful
+    /// permdown: other nodes drop this node's members at once), stops accepting, closes every
+    /// socket with 1001 and waits (up to 5 s) for connections to finish.
     pub async fn serve<F>(self, listener: TcpListener, signal: F) -> std::io::Result<()>
     where
         F: Future<Output = ()> + Send + 'static,
@@ -143,6 +153,7 @@ impl Server {
         } = self;
         let router = http::router(state.clone());
         let mut shutdown_seen = state.shutdown.clone();
+        let tracker = state.tracker.clone();
         drop(state);
         let trigger = shutdown_tx.clone();
         let stop = async move {
@@ -150,6 +161,9 @@ impl Server {
                 _ = signal => {}
                 _ = shutdown_seen.wait_for(|s| *s) => {}
             }
+            // Members leave other nodes before their sockets close here. The transport's own
+            // flush is bounded; this bound only guards against a wedged tracker task.
+            let _ = tokio::time::timeout(Duration::from_secs(3), tracker.shutdown()).await;
             let _ = trigger.send(true);
         };
         // Presence frames are small and latency-bound: no Nagle delay on any connection.

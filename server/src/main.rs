@@ -20,11 +20,11 @@ const SERVE_FLAGS: &str = "\
   --max-channels N            ROLLCALL_MAX_CHANNELS        channels per connection [100]
   --max-queued-frames N       ROLLCALL_MAX_QUEUED_FRAMES   frames queued for a slow client, else close 1013 [1024]
   --longpoll-window-ms MS     ROLLCALL_LONGPOLL_WINDOW_MS  long-poll window; sessions expire after 1.5x [10000]
-  --node-name NAME            ROLLCALL_NODE_NAME           name reported by /healthz [$HOSTNAME]";
+  --node NAME (--node-name)   ROLLCALL_NODE_NAME           node name, unique in the cluster [host name + random suffix]";
 
 /// Phoenix-style presence server: Phoenix Channels over WebSocket and long-poll, presence rooms.
 #[derive(Parser, Debug)]
-#[command(name = "rollcall", version, about, after_help = SERVE_FLAGS)]
+#[command(name = "rollcall", version, about, after_help = format!("{SERVE_FLAGS}\n{CLUSTER_FLAGS}"))]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -68,9 +68,12 @@ struct ServeArgs {
     /// Long-poll window in milliseconds (a poll waits this long; sessions expire after 1.5x).
     #[arg(long, env = "ROLLCALL_LONGPOLL_WINDOW_MS", default_value_t = 10_000)]
     longpoll_window_ms: u64,
-    /// This node's name (reported by /healthz); defaults to $HOSTNAME.
-    #[arg(long, env = "ROLLCALL_NODE_NAME")]
+    /// This node's name, unique in the cluster (1-128 of A-Z a-z 0-9 . _ -); defaults to the
+    /// host name plus a random suffix.
+    #[arg(long = "node", visible_alias = "node-name", env = "ROLLCALL_NODE_NAME")]
     node_name: Option<String>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 async fn stop_signal() {
@@ -107,6 +110,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if rooms.is_empty() {
         return Err("--rooms needs at least one pattern".into());
     }
+    let cluster_settings = args.cluster.settings();
+    if let Err(e) = rollcall_server::tracker::shard_config(&cluster_settings).validate() {
+        return Err(StartError(format!("tracker timing: {e}")).into());
+    }
     let config = Config {
         node_name: args
             .node_name
@@ -119,14 +126,167 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_channels: args.max_channels,
         max_queued_frames: args.max_queued_frames,
         longpoll_window: Duration::from_millis(args.longpoll_window_ms),
+        cluster: cluster_settings,
     };
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
     // Tests and scripts read this exact line to learn the port.
     println!("rollcall listening on http://{}", listener.local_addr()?);
-    let server = Server::new(config);
+    let pubsub = args.cluster.connect(&config.node_name).await?;
+    if let Some(addr) = pubsub.cluster_addr() {
+        println!("rollcall cluster listening on {addr}");
+    }
+    let server = Server::builder(config).pubsub(pubsub).build();
     server.serve(listener, stop_signal()).await?;
     Ok(())
 }
+
+// ---- cluster flags (issue 5) ----
+
+/// Shown by `rollcall --help` after [`SERVE_FLAGS`].
+const CLUSTER_FLAGS: &str = "\
+Cluster flags (see README, \"Running a cluster\"):
+  --cluster none|mesh|nats|redis   ROLLCALL_CLUSTER             how nodes reach each other [none]
+  --cluster-listen HOST:PORT       ROLLCALL_CLUSTER_LISTEN      mesh: where peers connect [127.0.0.1:7000]
+  --peers HOST:PORT,...            ROLLCALL_PEERS               mesh: seed nodes to dial
+  --cluster-secret SECRET          ROLLCALL_CLUSTER_SECRET      mesh: shared secret (required for mesh)
+  --nats-url URL                   ROLLCALL_NATS_URL            nats: server URL [nats://127.0.0.1:4222]
+  --redis-url URL                  ROLLCALL_REDIS_URL           redis: server URL [redis://127.0.0.1:6379]
+  --cluster-name NAME              ROLLCALL_CLUSTER_NAME        nats/redis: namespace on a shared broker [rollcall]
+  --broadcast-period-ms MS         ROLLCALL_BROADCAST_PERIOD_MS tracker heartbeat period [1500]
+  --down-period-ms MS              ROLLCALL_DOWN_PERIOD_MS      a silent node's members leave after [30000]
+  --permdown-period-ms MS          ROLLCALL_PERMDOWN_PERIOD_MS  a silent node is forgotten after [1200000]
+  --coalesce-ms MS                 ROLLCALL_COALESCE_MS         local changes reach other nodes within [10]";
+
+/// The cluster transport a node uses.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ClusterKind {
+    /// A single node.
+    None,
+    /// Direct TCP connections between nodes.
+    Mesh,
+    /// Through a NATS server.
+    Nats,
+    /// Through a Redis server (PUBLISH/SUBSCRIBE).
+    Redis,
+}
+
+#[derive(clap::Args, Debug)]
+struct ClusterArgs {
+    /// How nodes reach each other.
+    #[arg(long, env = "ROLLCALL_CLUSTER", value_enum, default_value = "none")]
+    cluster: ClusterKind,
+    /// Mesh: HOST:PORT where other nodes connect to this one (port 0 picks a free port; the
+    /// node prints `rollcall cluster listening on HOST:PORT`).
+    #[arg(
+        long,
+        env = "ROLLCALL_CLUSTER_LISTEN",
+        default_value = "127.0.0.1:7000"
+    )]
+    cluster_listen: String,
+    /// Mesh: comma-separated HOST:PORT seeds to dial (one is enough; a DNS name with several
+    /// addresses dials each and is re-resolved).
+    #[arg(long, env = "ROLLCALL_PEERS", value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Mesh: the secret every node of the cluster shares.
+    #[arg(long, env = "ROLLCALL_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
+    /// NATS server URL.
+    #[arg(
+        long,
+        env = "ROLLCALL_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats_url: String,
+    /// Redis server URL.
+    #[arg(
+        long,
+        env = "ROLLCALL_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis_url: String,
+    /// NATS / Redis: namespace of this cluster's subjects or channels on a shared broker.
+    #[arg(long, env = "ROLLCALL_CLUSTER_NAME", default_value = "rollcall")]
+    cluster_name: String,
+    /// Tracker heartbeat period in milliseconds (Phoenix: 1500).
+    #[arg(long, env = "ROLLCALL_BROADCAST_PERIOD_MS", default_value_t = 1_500)]
+    broadcast_period_ms: u64,
+    /// A node silent this many milliseconds is down: its members leave (Phoenix: 30000; at
+    /// least twice the broadcast period).
+    #[arg(long, env = "ROLLCALL_DOWN_PERIOD_MS", default_value_t = 30_000)]
+    down_period_ms: u64,
+    /// A node silent this many milliseconds is forgotten for good (Phoenix: 1200000).
+    #[arg(long, env = "ROLLCALL_PERMDOWN_PERIOD_MS", default_value_t = 1_200_000)]
+    permdown_period_ms: u64,
+    /// Local presence changes reach other nodes within this many milliseconds (changes in one
+    /// window travel together; 0 sends each at once).
+    #[arg(long, env = "ROLLCALL_COALESCE_MS", default_value_t = 10)]
+    coalesce_ms: u64,
+    /// Test only: serve POST /_fault/partition?peer=NAME&partitioned=true|false.
+    #[arg(long, env = "ROLLCALL_FAULT_INJECTION", hide = true)]
+    fault_injection: bool,
+}
+
+impl ClusterArgs {
+    fn settings(&self) -> rollcall_server::config::ClusterSettings {
+        rollcall_server::config::ClusterSettings {
+            broadcast_period: Duration::from_millis(self.broadcast_period_ms),
+            down_period: Duration::from_millis(self.down_period_ms),
+            permdown_period: Duration::from_millis(self.permdown_period_ms),
+            coalesce: Duration::from_millis(self.coalesce_ms),
+            fault_injection: self.fault_injection,
+        }
+    }
+
+    /// Starts the transport; errors say what to fix.
+    async fn connect(
+        &self,
+        node: &str,
+    ) -> Result<std::sync::Arc<dyn rollcall_server::pubsub::PubSub>, Box<dyn std::error::Error>>
+    {
+        use rollcall_server::pubsub::{connect, ClusterConfig, MeshConfig};
+        let config = match self.cluster {
+            ClusterKind::None => ClusterConfig::None,
+            ClusterKind::Mesh => ClusterConfig::Mesh(MeshConfig::new(
+                self.cluster_listen.clone(),
+                self.peers
+                    .iter()
+                    .filter(|p| !p.is_empty())
+                    .cloned()
+                    .collect(),
+                self.cluster_secret.clone().unwrap_or_default(),
+            )),
+            ClusterKind::Nats => ClusterConfig::Nats {
+                url: self.nats_url.clone(),
+                cluster_name: self.cluster_name.clone(),
+            },
+            ClusterKind::Redis => ClusterConfig::Redis {
+                url: self.redis_url.clone(),
+                cluster_name: self.cluster_name.clone(),
+            },
+        };
+        connect(node, config)
+            .await
+            .map_err(|e| StartError(e.to_string()).into())
+    }
+}
+
+/// A start-up error that `main` prints as its message (its `Debug` is its `Display`), so the
+/// operator reads the reason, not a Rust enum.
+struct StartError(String);
+
+impl std::fmt::Debug for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
 
 #[cfg(test)]
 mod tests {
@@ -139,12 +299,13 @@ mod tests {
         let serve = cli.find_subcommand("serve").expect("serve subcommand");
         for arg in serve.get_arguments() {
             let Some(long) = arg.get_long() else { continue };
-            if long == "help" {
+            if long == "help" || arg.is_hide_set() {
                 continue;
             }
-            assert!(SERVE_FLAGS.contains(&format!("--{long} ")), "--{long}");
+            let help = format!("{SERVE_FLAGS}\n{CLUSTER_FLAGS}");
+            assert!(help.contains(&format!("--{long} ")), "--{long}");
             let env = arg.get_env().expect("every flag has an env var");
-            assert!(SERVE_FLAGS.contains(env.to_str().unwrap_or("?")), "{env:?}");
+            assert!(help.contains(env.to_str().unwrap_or("?")), "{env:?}");
         }
     }
 }

@@ -458,7 +458,7 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::local::LocalPubSub;
+    use crate::pubsub::Local;
     use rollcall_core::protocol::Frame;
 
     /// A machine driven by channels: returns the frame sender, the output receiver, and the
@@ -473,7 +473,7 @@ mod tests {
         let (in_tx, mut in_rx) = mpsc::unbounded_channel::<Inbound>();
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (_shutdown_tx, shutdown_rx) = watch::channel(false);
-        let tracker = Tracker::spawn("test", Box::new(LocalPubSub::new()));
+        let tracker = Tracker::spawn(std::sync::Arc::new(Local::new("test")));
         let ctx = SocketContext::new(
             Serializer::V2,
             ConnectInfo::default(),

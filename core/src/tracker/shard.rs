@@ -322,6 +322,32 @@ impl Shard {
         }]
     }
 
+    /// Sends the pending local delta now, as a heartbeat, instead of waiting for the next
+    /// [`tick`](Self::tick); returns no messages when there is nothing pending (or after
+    /// [`graceful_permdown`](Self::graceful_permdown)). It neither counts as a period nor samples
+    /// clocks or detects downs, so calling it as often as local changes happen keeps
+    /// cross-node latency low without changing the heartbeat rhythm.
+    pub fn flush_delta(&mut self, _now_ms: u64) -> Output {
+        let mut out = Pending::default();
+        if !self.stopped && self.state.has_delta() {
+            self.broadcast_heartbeat(&mut out);
+        }
+        out.finish()
+    }
+
+    /// Sends a heartbeat now (with the pending delta, if any), whatever the silent-period count;
+    /// nothing after [`graceful_permdown`](Self::graceful_permdown). For a node that just heard
+    /// from a new peer: the peer learns of it (and asks for a transfer) at once instead of after
+    /// up to `max_silent_periods` quiet periods.
+    pub fn heartbeat_now(&mut self, _now_ms: u64) -> Output {
+        let mut out = Pending::default();
+        if !self.stopped {
+            self.silent_periods = self.silent_periods.max(self.config.max_silent_periods);
+            self.broadcast_heartbeat(&mut out);
+        }
+        out.finish()
+    }
+
     /// One heartbeat period elapsed.
     pub fn tick(&mut self, now_ms: u64) -> Output {
         let mut out = Pending::default();

@@ -1,39 +1,33 @@
-//! How nodes talk to each other. The tracker task publishes through a [`PubSub`] adapter and
-//! reads what other nodes published from it; it does not know which adapter carries it.
-//! Today there is [`local::LocalPubSub`] (one node, nothing leaves the process); cluster
-//! adapters (mesh, NATS, Redis) plug in behind the same trait.
+//! Cluster transport: how rollcall nodes send each other tracker deltas and room relays.
+//!
+//! [`PubSub`] is the contract; [`connect`] picks an adapter from a [`ClusterConfig`]:
+//! [`Local`] (single node), [`mesh`] (direct TCP between nodes), [`nats`] or [`redis`] (a broker
+//! relays messages).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), rollcall_server::pubsub::Error> {
+//! use rollcall_server::pubsub::{connect, ClusterConfig, MeshConfig};
+//!
+//! let seeds = vec!["rollcall-cluster.default.svc:7000".to_string()];
+//! let config = ClusterConfig::Mesh(MeshConfig::new("0.0.0.0:7000", seeds, "s3cret"));
+//! let cluster = connect("node-a", config).await?;
+//! let mut deltas = cluster.subscribe("tracker");
+//! cluster.broadcast("tracker", bytes::Bytes::from_static(b"delta"));
+//! cluster.send_to("node-b", "tracker", bytes::Bytes::from_static(b"transfer request"));
+//! while let Some(envelope) = deltas.recv().await {
+//!     println!("{} sent {} bytes", envelope.from, envelope.payload.len());
+//! }
+//! cluster.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 
-pub mod local;
+pub mod adapter;
+pub mod mesh;
+pub mod nats;
+pub mod redis;
 
-use rollcall_core::protocol::Payload;
-use tokio::sync::mpsc;
-
-/// What travels between nodes.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ClusterMessage {
-    /// A client event relayed to a topic: every node delivers it to its local subscribers.
-    Broadcast {
-        /// The topic.
-        topic: String,
-        /// The event name.
-        event: String,
-        /// The payload.
-        payload: Payload,
-    },
-    /// Replication traffic of the presence tracker (opaque to the adapter).
-    Tracker {
-        /// The sending node.
-        from: String,
-        /// The encoded tracker message.
-        bytes: Vec<u8>,
-    },
-}
-
-/// A way to reach the other nodes of the cluster.
-pub trait PubSub: Send + 'static {
-    /// Sends `message` to every other node (never back to this one).
-    fn publish(&mut self, message: ClusterMessage);
-
-    /// The stream of messages other nodes published. Called once, by the tracker task.
-    fn subscribe(&mut self) -> mpsc::UnboundedReceiver<ClusterMessage>;
-}
+pub use adapter::{connect, ClusterConfig, Envelope, Error, Local, PeerInfo, PubSub, Stats};
+pub use mesh::{Mesh, MeshConfig};
+pub use nats::Nats;
+pub use redis::Redis;

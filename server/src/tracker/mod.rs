@@ -4,9 +4,15 @@
 //! subscriber sees diffs in that order.
 //!
 //! The task also fans frames out: a presence diff or a relayed event is encoded once per
-//! serializer and the same bytes are queued to every subscriber. Messages for other nodes go
-//! through the [`PubSub`] adapter; what other nodes publish comes back in through it.
+//! serializer and the same bytes are queued to every subscriber.
+//!
+//! The presence state is a replica ([`state::Shard`], over `core::tracker::Shard`) of the
+//! cluster's CRDT. Its replication messages travel over the [`PubSub`] adapter on channel
+//! [`CHANNEL_TRACKER`], relayed client events on [`CHANNEL_RELAY`]. Local changes are sent at
+//! once (batched over `coalesce`), and a heartbeat goes out every broadcast period as in Phoenix.
+//! Time comes from `tokio::time`, so tests can pause it.
 
+pub mod relay;
 pub mod state;
 
 use std::collections::{HashMap, HashSet};
@@ -14,15 +20,45 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use rollcall_core::protocol::{Outbound, Payload, Serializer};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
 
 use crate::channel::{EVENT_PRESENCE_DIFF, EVENT_PRESENCE_STATE};
-use crate::pubsub::{ClusterMessage, PubSub};
+use crate::config::ClusterSettings;
+use crate::pubsub::{Envelope, PubSub};
 use crate::transport::WireFrame;
 use crate::ConnId;
-use state::{Diff, PresenceMeta, Shard};
+use state::{Diff, PresenceMeta, Shard, ShardConfig};
+
+/// Pubsub channel of the tracker's replication messages.
+pub const CHANNEL_TRACKER: &str = "tracker";
+/// Pubsub channel of relayed client events.
+pub const CHANNEL_RELAY: &str = "relay";
+/// The meta field the server sets to the name of the node a member is connected to.
+pub const META_NODE: &str = "node";
+
+/// The shard timing for `settings` (other knobs at Phoenix's defaults).
+///
+/// A quiet node heartbeats only every `max_silent_periods + 1` periods; that interval must stay
+/// well inside the down period or quiet peers flap down and up. Phoenix's 10 fits its defaults
+/// (16.5 s against 30 s); shorter down periods get fewer silent periods, so that the interval is
+/// at most two thirds of the down period.
+pub fn shard_config(settings: &ClusterSettings) -> ShardConfig {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let broadcast = ms(settings.broadcast_period).max(1);
+    let down = ms(settings.down_period);
+    let fit = (down.saturating_mul(2) / broadcast.saturating_mul(3)).saturating_sub(1);
+    ShardConfig {
+        broadcast_period_ms: ms(settings.broadcast_period),
+        down_period_ms: down,
+        permdown_period_ms: ms(settings.permdown_period),
+        max_silent_periods: u32::try_from(fit.min(10)).unwrap_or(10),
+        ..ShardConfig::default()
+    }
+}
 
 /// Where frames for one connection are queued. The queue is bounded: a connection that does not
 /// keep up is told to close (through `overflow`) instead of growing without limit or silently
@@ -94,6 +130,12 @@ enum Command {
         topic: String,
         reply: oneshot::Sender<Value>,
     },
+    Replicas {
+        reply: oneshot::Sender<Vec<(String, bool)>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Handle to the tracker task. Cheap to clone; commands are applied in the order sent.
@@ -101,27 +143,113 @@ enum Command {
 pub struct Tracker {
     commands: mpsc::UnboundedSender<Command>,
     frames_encoded: Arc<AtomicU64>,
+    pubsub: Arc<dyn PubSub>,
 }
 
 impl Tracker {
-    /// Starts the tracker task of node `node` on the current Tokio runtime.
-    pub fn spawn(node: &str, mut pubsub: Box<dyn PubSub>) -> Tracker {
+    /// Starts the tracker task of the node `pubsub` speaks for, with Phoenix's default timing,
+    /// on the current Tokio runtime.
+    pub fn spawn(pubsub: Arc<dyn PubSub>) -> Tracker {
+        Tracker::spawn_with(pubsub, &ClusterSettings::default())
+    }
+
+    /// Starts the tracker task with the given replication timing. Timing the shard refuses
+    /// (see [`ShardConfig::validate`]) is logged and replaced by the defaults; check it first
+    /// with [`shard_config`] to refuse it instead.
+    pub fn spawn_with(pubsub: Arc<dyn PubSub>, settings: &ClusterSettings) -> Tracker {
         let (tx, rx) = mpsc::unbounded_channel();
         let frames_encoded = Arc::new(AtomicU64::new(0));
-        let incoming = pubsub.subscribe();
+        let node = pubsub.node().to_string();
+        // Incarnations must grow from one start to the next: start time in microseconds.
+        let incarnation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let shard = Shard::new(&node, incarnation, shard_config(settings)).unwrap_or_else(|e| {
+            tracing::error!("tracker timing refused ({e}); using the defaults");
+            Shard::new(&node, incarnation, ShardConfig::default())
+                .unwrap_or_else(|_| unreachable!("the default shard config is valid"))
+        });
+        let inputs = Inputs {
+            commands: rx,
+            tracker: pubsub.subscribe(CHANNEL_TRACKER),
+            relay: pubsub.subscribe(CHANNEL_RELAY),
+        };
         let task = TrackerTask {
-            node: node.to_string(),
-            shard: Shard::new(rand::random()),
+            node,
+            shard,
             topics: HashMap::new(),
             by_conn: HashMap::new(),
-            pubsub,
+            pubsub: pubsub.clone(),
             frames_encoded: frames_encoded.clone(),
+            start: Instant::now(),
+            broadcast_period: settings.broadcast_period.max(Duration::from_millis(1)),
+            coalesce: settings.coalesce,
+            flush_at: None,
+            last_flush: None,
+            transport_up: HashSet::new(),
         };
-        tokio::spawn(task.run(rx, incoming));
+        tokio::spawn(task.run(inputs));
         Tracker {
             commands: tx,
             frames_encoded,
+            pubsub,
         }
+    }
+
+    /// The cluster transport this tracker replicates over.
+    pub fn pubsub(&self) -> &Arc<dyn PubSub> {
+        &self.pubsub
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        self.pubsub.node()
+    }
+
+    /// The node's view of its cluster, for `/healthz`: every peer the transport or the tracker
+    /// knows, with `up` true when the transport reaches it and its tracker replica is not down.
+    pub async fn health(&self) -> Value {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Replicas { reply });
+        let replicas: HashMap<String, bool> = rx.await.unwrap_or_default().into_iter().collect();
+        let mut peers = Vec::new();
+        let mut seen = HashSet::new();
+        for p in self.pubsub.peers() {
+            let replica = replicas.get(&p.name).copied();
+            seen.insert(p.name.clone());
+            peers.push(json!({
+                "name": p.name,
+                "addr": p.addr,
+                "transport": if p.up { "up" } else { "down" },
+                "replica": match replica { Some(true) => "up", Some(false) => "down", None => "unknown" },
+                "up": p.up && replica != Some(false),
+            }));
+        }
+        let mut rest: Vec<_> = replicas
+            .iter()
+            .filter(|(n, _)| !seen.contains(*n))
+            .collect();
+        rest.sort();
+        for (name, up) in rest {
+            peers.push(json!({
+                "name": name,
+                "addr": null,
+                "transport": "unknown",
+                "replica": if *up { "up" } else { "down" },
+                "up": *up,
+            }));
+        }
+        Value::Array(peers)
+    }
+
+    /// Leaves the cluster for good: sends the graceful permdown (every other node drops this
+    /// node's members at once) and flushes the transport. Presence changes after this stay
+    /// local.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Shutdown { reply });
+        let _ = rx.await;
     }
 
     fn send(&self, command: Command) {
@@ -210,6 +338,12 @@ struct Member {
     online_at: Option<u64>,
 }
 
+struct Inputs {
+    commands: mpsc::UnboundedReceiver<Command>,
+    tracker: mpsc::Receiver<Envelope>,
+    relay: mpsc::Receiver<Envelope>,
+}
+
 struct TrackerTask {
     node: String,
     shard: Shard,
@@ -217,23 +351,25 @@ struct TrackerTask {
     topics: HashMap<String, HashMap<ConnId, Member>>,
     /// Topics per connection, for disconnects.
     by_conn: HashMap<ConnId, HashSet<String>>,
-    pubsub: Box<dyn PubSub>,
+    pubsub: Arc<dyn PubSub>,
     frames_encoded: Arc<AtomicU64>,
+    /// The shard's clock is milliseconds since this instant.
+    start: Instant,
+    broadcast_period: Duration,
+    coalesce: Duration,
+    /// When pending local changes go out, if any are pending.
+    flush_at: Option<Instant>,
+    last_flush: Option<Instant>,
+    /// Peers the transport reached at the last tick.
+    transport_up: HashSet<String>,
 }
 
 fn unix_seconds() -> u64 {
-    unix_millis() / 1000
-}
-
-fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| d.as_secs())
         .unwrap_or(0)
 }
-
-/// How often the shard gets `tick` (Phoenix's default broadcast period).
-const TICK_PERIOD: Duration = Duration::from_millis(1500);
 
 /// Groups `(key, meta)` pairs as Phoenix does: `{key: {"metas": [meta, ...]}}`, keys in order of
 /// first appearance.
@@ -251,47 +387,134 @@ fn group(entries: &[(String, PresenceMeta)]) -> Value {
 }
 
 impl TrackerTask {
-    async fn run(
-        mut self,
-        mut commands: mpsc::UnboundedReceiver<Command>,
-        mut incoming: mpsc::UnboundedReceiver<ClusterMessage>,
-    ) {
-        let mut ticks = tokio::time::interval(TICK_PERIOD);
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    async fn run(mut self, mut inputs: Inputs) {
+        // The first tick is at once: an empty heartbeat, so peers discover this node.
+        let mut ticks = tokio::time::interval(self.broadcast_period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Transport connections are checked more often than the heartbeat, so a new peer is
+        // greeted within a quarter second.
+        let mut greetings =
+            tokio::time::interval(self.broadcast_period.min(Duration::from_millis(250)));
+        greetings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tracker_open = true;
+        let mut relay_open = true;
         loop {
+            let flush_at = self.flush_at;
             tokio::select! {
-                command = commands.recv() => match command {
+                command = inputs.commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => {
+                        self.leave_cluster().await;
+                        let _ = reply.send(());
+                    }
                     Some(command) => self.handle(command),
                     None => break,
                 },
-                Some(message) = incoming.recv() => self.handle_remote(message),
+                envelope = inputs.tracker.recv(), if tracker_open => match envelope {
+                    Some(envelope) => {
+                        let output = self.shard.receive(&envelope.from, &envelope.payload, self.now_ms());
+                        self.apply(output);
+                    }
+                    None => tracker_open = false,
+                },
+                envelope = inputs.relay.recv(), if relay_open => match envelope {
+                    Some(envelope) => self.handle_relay(&envelope),
+                    None => relay_open = false,
+                },
                 _ = ticks.tick() => {
-                    let output = self.shard.tick(unix_millis());
+                    let output = self.shard.tick(self.now_ms());
                     self.apply(output);
                 }
+                _ = greetings.tick() => self.greet_new_connections(),
+                _ = sleep_until(flush_at), if flush_at.is_some() => self.flush(),
             }
         }
     }
 
-    /// Sends a shard's replication messages and dispatches its diff.
-    fn apply(&mut self, output: state::Output) {
-        for (_to, bytes) in output.messages {
-            // Adapters broadcast; point-to-point routing arrives with the cluster adapters.
-            self.pubsub.publish(ClusterMessage::Tracker {
-                from: self.node.clone(),
-                bytes,
-            });
+    /// Heartbeats at once when the transport reaches a peer it did not reach at the previous
+    /// check: a quiet node otherwise heartbeats only every `max_silent_periods` periods, and a
+    /// new or healed peer (or one that missed a delta while disconnected) would wait that long
+    /// to learn of it.
+    fn greet_new_connections(&mut self) {
+        let up: HashSet<String> = self
+            .pubsub
+            .peers()
+            .into_iter()
+            .filter(|p| p.up && !p.name.is_empty())
+            .map(|p| p.name)
+            .collect();
+        let new = up.iter().any(|p| !self.transport_up.contains(p));
+        self.transport_up = up;
+        if new {
+            let hello = self.shard.heartbeat_now(self.now_ms());
+            self.apply(hello);
         }
-        self.dispatch_diff(output.diff);
     }
 
-    fn handle_remote(&mut self, message: ClusterMessage) {
-        match message {
-            ClusterMessage::Broadcast {
+    /// Sends pending local changes now.
+    fn flush(&mut self) {
+        self.flush_at = None;
+        self.last_flush = Some(Instant::now());
+        let output = self.shard.flush(self.now_ms());
+        self.apply(output);
+    }
+
+    /// A local change happened: send it at once if nothing was sent within the coalescing
+    /// window, else at the end of that window (so a burst goes out as one delta).
+    fn schedule_flush(&mut self) {
+        if self.flush_at.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        let at = match self.last_flush {
+            Some(last) if last + self.coalesce > now => last + self.coalesce,
+            _ => now,
+        };
+        self.flush_at = Some(at);
+    }
+
+    async fn leave_cluster(&mut self) {
+        for message in self.shard.graceful_permdown() {
+            self.pubsub
+                .broadcast(CHANNEL_TRACKER, Bytes::from(message.bytes));
+        }
+        self.flush_at = None;
+        self.pubsub.shutdown().await;
+    }
+
+    /// Sends a shard's replication messages and dispatches its diff.
+    fn apply(&mut self, output: state::Output) {
+        for message in output.messages {
+            let bytes = Bytes::from(message.bytes);
+            match message.to {
+                None => self.pubsub.broadcast(CHANNEL_TRACKER, bytes),
+                Some(node) => self.pubsub.send_to(&node, CHANNEL_TRACKER, bytes),
+            }
+        }
+        let mut met_a_peer = false;
+        for event in &output.events {
+            tracing::info!("cluster: {event:?}");
+            met_a_peer |= matches!(event, state::ReplicaEvent::Up(_));
+        }
+        self.dispatch_diff(output.diff);
+        if met_a_peer {
+            // Answer first contact (or a return after a split) at once, so the peer learns of
+            // this node and asks for its state now rather than at our next quiet heartbeat.
+            let hello = self.shard.heartbeat_now(self.now_ms());
+            self.apply(hello);
+        }
+    }
+
+    fn handle_relay(&mut self, envelope: &Envelope) {
+        match relay::decode(&envelope.payload) {
+            Ok(relay::Relay {
                 topic,
                 event,
                 payload,
-            } => self.dispatch(
+            }) => self.dispatch(
                 &Outbound::Broadcast {
                     topic,
                     event,
@@ -299,11 +522,16 @@ impl TrackerTask {
                 },
                 None,
             ),
-            ClusterMessage::Tracker { from, bytes } => {
-                let output = self.shard.receive(&from, &bytes, unix_millis());
-                self.apply(output);
-            }
+            Err(e) => tracing::warn!(from = envelope.from, "relay dropped: {e}"),
         }
+    }
+
+    /// Dispatches a local change's diff and schedules sending it to other nodes.
+    fn local_change(&mut self, diff: Diff) {
+        if !diff.is_empty() {
+            self.schedule_flush();
+        }
+        self.dispatch_diff(diff);
     }
 
     fn handle(&mut self, command: Command) {
@@ -324,7 +552,7 @@ impl TrackerTask {
                 member.online_at = None;
                 let key = member.subscriber.key.clone();
                 let diff = self.shard.untrack(conn, &topic, &key);
-                self.dispatch_diff(diff);
+                self.local_change(diff);
             }
             Command::Broadcast {
                 topic,
@@ -342,13 +570,12 @@ impl TrackerTask {
                     topic,
                     event,
                     payload,
-                } = out
+                } = &out
                 {
-                    self.pubsub.publish(ClusterMessage::Broadcast {
-                        topic,
-                        event,
-                        payload,
-                    });
+                    match relay::encode(topic, event, payload) {
+                        Some(bytes) => self.pubsub.broadcast(CHANNEL_RELAY, Bytes::from(bytes)),
+                        None => tracing::debug!(topic, "relay too large for other nodes"),
+                    }
                 }
             }
             Command::Disconnect { conn } => {
@@ -356,10 +583,23 @@ impl TrackerTask {
                     self.remove_member(conn, &topic);
                 }
                 let diff = self.shard.untrack_connection(conn);
-                self.dispatch_diff(diff);
+                self.local_change(diff);
             }
             Command::List { topic, reply } => {
                 let _ = reply.send(group(&self.shard.list(&topic)));
+            }
+            Command::Replicas { reply } => {
+                let replicas = self
+                    .shard
+                    .replicas()
+                    .into_iter()
+                    .map(|(id, status)| (id.node, status == state::ReplicaStatus::Up))
+                    .collect();
+                let _ = reply.send(replicas);
+            }
+            // Handled in `run`, which can await the transport's flush.
+            Command::Shutdown { reply } => {
+                let _ = reply.send(());
             }
         }
     }
@@ -407,11 +647,12 @@ impl TrackerTask {
     fn track_new(&mut self, conn: ConnId, topic: &str, key: &str, mut meta: Map<String, Value>) {
         let online_at = unix_seconds();
         meta.insert("online_at".into(), Value::from(online_at));
-        if let Ok((_, diff)) = self.shard.track(conn, topic, key, meta) {
+        meta.insert(META_NODE.into(), Value::String(self.node.clone()));
+        if let Ok((_, diff)) = self.shard.track(conn, topic, key, &meta) {
             if let Some(member) = self.topics.get_mut(topic).and_then(|m| m.get_mut(&conn)) {
                 member.online_at = Some(online_at);
             }
-            self.dispatch_diff(diff);
+            self.local_change(diff);
         }
     }
 
@@ -424,8 +665,9 @@ impl TrackerTask {
             // Still online since the first track: an update keeps `online_at`.
             Some(online_at) => {
                 meta.insert("online_at".into(), Value::from(online_at));
-                if let Ok((_, diff)) = self.shard.update(conn, topic, &key, meta) {
-                    self.dispatch_diff(diff);
+                meta.insert(META_NODE.into(), Value::String(self.node.clone()));
+                if let Ok((_, diff)) = self.shard.update(conn, topic, &key, &meta) {
+                    self.local_change(diff);
                 }
             }
             None => self.track_new(conn, topic, &key, meta),
@@ -441,7 +683,7 @@ impl TrackerTask {
         }
         if let Some(member) = self.remove_member(conn, topic) {
             let diff = self.shard.untrack(conn, topic, &member.subscriber.key);
-            self.dispatch_diff(diff);
+            self.local_change(diff);
         }
     }
 
@@ -504,5 +746,41 @@ impl TrackerTask {
                 member.subscriber.outbox.deliver(frame.clone());
             }
         }
+    }
+}
+
+/// Sleeps until `at`; never completes for `None` (the branch is disabled then anyway).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_nodes_heartbeats_stay_within_two_thirds_of_the_down_period() {
+        for (broadcast, down) in [(1_500, 30_000), (100, 1_000), (100, 200), (50, 60_000)] {
+            let settings = ClusterSettings {
+                broadcast_period: Duration::from_millis(broadcast),
+                down_period: Duration::from_millis(down),
+                ..ClusterSettings::default()
+            };
+            let config = shard_config(&settings);
+            let interval = (u64::from(config.max_silent_periods) + 1) * broadcast;
+            assert!(
+                interval * 3 <= down * 2 || config.max_silent_periods == 0,
+                "{config:?}"
+            );
+            assert!(config.max_silent_periods <= 10);
+        }
+        // Phoenix's defaults keep Phoenix's 10 silent periods.
+        assert_eq!(
+            shard_config(&ClusterSettings::default()).max_silent_periods,
+            10
+        );
     }
 }

@@ -1,17 +1,18 @@
-//! The presence state of this node: who is tracked in which topic, by which connection.
-//!
-//! This is the single file to switch when `core::tracker` shards land: it offers the same
-//! operations with the same shapes (`track`/`untrack`/`untrack_connection`/`update`/`list`
-//! returning per-topic [`Diff`]s of joins and leaves), backed today by a plain in-memory map
-//! that knows only this node.
+//! The presence state of this node: a [`rollcall_core::tracker::Shard`] (the replicated CRDT and
+//! its replication state machine) seen through the shapes the tracker task works with — JSON
+//! metas, `String` refs, per-topic [`Diff`]s, and replication messages already encoded for the
+//! [`PubSub`](crate::pubsub::PubSub) adapter.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
+use rollcall_core::tracker::{self as core, Destination, Meta, ReplicaId, ReplicationMessage};
 use serde_json::{Map, Value};
 
 use crate::ConnId;
+
+pub use rollcall_core::tracker::{
+    AlreadyTracked, ConfigError, NoPresence, ReplicaEvent, ReplicaStatus, ShardConfig,
+};
 
 /// One tracked meta: the user's meta plus the refs that identify this version of it.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +26,14 @@ pub struct PresenceMeta {
 }
 
 impl PresenceMeta {
+    fn from_core(p: &core::Presence) -> PresenceMeta {
+        PresenceMeta {
+            meta: p.meta_json.to_map(),
+            phx_ref: p.phx_ref.to_string(),
+            phx_ref_prev: p.phx_ref_prev.map(|r| r.to_string()),
+        }
+    }
+
     /// The meta as clients see it: the user's fields plus `phx_ref` (and `phx_ref_prev`).
     pub fn to_json(&self) -> Value {
         let mut obj = self.meta.clone();
@@ -36,7 +45,7 @@ impl PresenceMeta {
     }
 }
 
-/// Joins and leaves of one topic, in the order they happened.
+/// Joins and leaves of one topic.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TopicDiff {
     /// `(key, meta)` that joined.
@@ -48,213 +57,170 @@ pub struct TopicDiff {
 /// Per-topic joins and leaves.
 pub type Diff = BTreeMap<String, TopicDiff>;
 
-/// `track` of a (connection, topic, key) that is already tracked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AlreadyTracked;
+fn convert(diff: &core::Diff) -> Diff {
+    diff.iter()
+        .map(|(topic, d)| {
+            let side = |v: &[(std::sync::Arc<str>, core::Presence)]| {
+                v.iter()
+                    .map(|(k, p)| (k.to_string(), PresenceMeta::from_core(p)))
+                    .collect()
+            };
+            (
+                topic.to_string(),
+                TopicDiff {
+                    joins: side(&d.joins),
+                    leaves: side(&d.leaves),
+                },
+            )
+        })
+        .collect()
+}
 
-/// `update` of a (connection, topic, key) that is not tracked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NoPresence;
+/// A replication message ready for the adapter: `to` is `None` for every node, else one node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Destination node, or `None` to broadcast.
+    pub to: Option<String>,
+    /// The encoded [`ReplicationMessage`].
+    pub bytes: Vec<u8>,
+}
 
-/// What a shard wants done after `tick` or `receive`: messages for other replicas (`None` =
-/// every node) and the presence changes to report locally.
+/// What the shard wants done after `tick`, `flush` or `receive`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Output {
-    /// Encoded replication messages, each with its destination node (`None`: broadcast).
-    pub messages: Vec<(Option<String>, Vec<u8>)>,
+    /// Replication messages to send, in order.
+    pub messages: Vec<Message>,
     /// Presence changes to dispatch to local subscribers.
     pub diff: Diff,
+    /// Peers that came up, went down or were forgotten.
+    pub events: Vec<ReplicaEvent>,
 }
 
-#[derive(Debug, Clone)]
-struct Entry {
-    conn: ConnId,
-    key: String,
-    meta: PresenceMeta,
+fn encode_all(messages: Vec<core::Outgoing>) -> Vec<Message> {
+    messages
+        .into_iter()
+        .filter_map(|out| {
+            let to = match out.to {
+                Destination::Broadcast => None,
+                Destination::Replica(id) => Some(id.node),
+            };
+            match out.message.encode() {
+                Ok(bytes) => Some(Message { to, bytes }),
+                Err(e) => {
+                    tracing::warn!("tracker message not sent: {e}");
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
-/// The presence state of one node (single-node stand-in for a `core::tracker` shard).
-#[derive(Debug)]
+impl From<core::Output> for Output {
+    fn from(out: core::Output) -> Output {
+        Output {
+            diff: convert(&out.diff),
+            events: out.events,
+            messages: encode_all(out.messages),
+        }
+    }
+}
+
+/// This node's replica of the cluster's presence.
 pub struct Shard {
-    /// Random per start, so refs stay unique across restarts.
-    incarnation: [u8; 8],
-    counter: u32,
-    /// Entries per topic in track order (lists keep that order, as Phoenix does).
-    topics: HashMap<String, Vec<Entry>>,
+    inner: core::Shard,
 }
 
 impl Shard {
-    /// An empty state; `incarnation` makes this start's `phx_ref`s unique.
-    pub fn new(incarnation: u64) -> Self {
-        Shard {
-            incarnation: incarnation.to_be_bytes(),
-            counter: 0,
-            topics: HashMap::new(),
-        }
+    /// The replica of node `node` in its incarnation `incarnation` (larger on every start).
+    pub fn new(node: &str, incarnation: u64, config: ShardConfig) -> Result<Shard, ConfigError> {
+        Ok(Shard {
+            inner: core::Shard::new(ReplicaId::new(node, incarnation), config, 0)?,
+        })
     }
 
-    fn next_ref(&mut self) -> String {
-        self.counter = self.counter.wrapping_add(1);
-        let mut bytes = [0u8; 12];
-        bytes[..8].copy_from_slice(&self.incarnation);
-        bytes[8..].copy_from_slice(&self.counter.to_be_bytes());
-        URL_SAFE_NO_PAD.encode(bytes)
-    }
-
-    /// Tracks `key` in `topic` for `conn` with `meta`.
+    /// Tracks `key` in `topic` for `conn` with `meta`; returns the new `phx_ref` and the join.
     pub fn track(
         &mut self,
         conn: ConnId,
         topic: &str,
         key: &str,
-        meta: Map<String, Value>,
+        meta: &Map<String, Value>,
     ) -> Result<(String, Diff), AlreadyTracked> {
-        let entries = self.topics.entry(topic.to_string()).or_default();
-        if entries.iter().any(|e| e.conn == conn && e.key == key) {
-            return Err(AlreadyTracked);
-        }
-        let phx_ref = self.next_ref();
-        let meta = PresenceMeta {
-            meta,
-            phx_ref: phx_ref.clone(),
-            phx_ref_prev: None,
-        };
-        self.topics
-            .entry(topic.to_string())
-            .or_default()
-            .push(Entry {
-                conn,
-                key: key.to_string(),
-                meta: meta.clone(),
-            });
-        let mut diff = Diff::new();
-        diff.entry(topic.to_string())
-            .or_default()
-            .joins
-            .push((key.to_string(), meta));
-        Ok((phx_ref, diff))
+        let (phx_ref, diff) = self.inner.track(conn.0, topic, key, Meta::from_map(meta))?;
+        Ok((phx_ref.to_string(), convert(&diff)))
     }
 
-    /// Stops tracking `key` in `topic` for `conn` (a no-op diff if it was not tracked).
+    /// Stops tracking `key` in `topic` for `conn` (an empty diff if it was not tracked).
     pub fn untrack(&mut self, conn: ConnId, topic: &str, key: &str) -> Diff {
-        let mut diff = Diff::new();
-        if let Some(entries) = self.topics.get_mut(topic) {
-            let mut leaves = Vec::new();
-            entries.retain(|e| {
-                let gone = e.conn == conn && e.key == key;
-                if gone {
-                    leaves.push((e.key.clone(), e.meta.clone()));
-                }
-                !gone
-            });
-            if entries.is_empty() {
-                self.topics.remove(topic);
-            }
-            if !leaves.is_empty() {
-                diff.insert(
-                    topic.to_string(),
-                    TopicDiff {
-                        joins: Vec::new(),
-                        leaves,
-                    },
-                );
-            }
-        }
-        diff
+        convert(&self.inner.untrack(conn.0, topic, key))
     }
 
     /// Stops tracking everything `conn` tracked, in every topic.
     pub fn untrack_connection(&mut self, conn: ConnId) -> Diff {
-        let mut diff = Diff::new();
-        self.topics.retain(|topic, entries| {
-            let mut leaves = Vec::new();
-            entries.retain(|e| {
-                let gone = e.conn == conn;
-                if gone {
-                    leaves.push((e.key.clone(), e.meta.clone()));
-                }
-                !gone
-            });
-            if !leaves.is_empty() {
-                diff.insert(
-                    topic.clone(),
-                    TopicDiff {
-                        joins: Vec::new(),
-                        leaves,
-                    },
-                );
-            }
-            !entries.is_empty()
-        });
-        diff
+        convert(&self.inner.untrack_connection(conn.0))
     }
 
-    /// Replaces the meta of a tracked (conn, topic, key): one diff with the old meta under
-    /// leaves and the new one (with `phx_ref_prev`) under joins.
+    /// Replaces the meta of a tracked (conn, topic, key): the old meta under leaves and the new
+    /// one (with `phx_ref_prev`) under joins.
     pub fn update(
         &mut self,
         conn: ConnId,
         topic: &str,
         key: &str,
-        meta: Map<String, Value>,
+        meta: &Map<String, Value>,
     ) -> Result<(String, Diff), NoPresence> {
-        let phx_ref = self.next_ref();
-        let entry = self
-            .topics
-            .get_mut(topic)
-            .and_then(|entries| entries.iter_mut().find(|e| e.conn == conn && e.key == key))
-            .ok_or(NoPresence)?;
-        let old = std::mem::replace(
-            &mut entry.meta,
-            PresenceMeta {
-                meta,
-                phx_ref: phx_ref.clone(),
-                phx_ref_prev: None,
-            },
-        );
-        entry.meta.phx_ref_prev = Some(old.phx_ref.clone());
-        let new = entry.meta.clone();
-        let mut diff = Diff::new();
-        diff.insert(
-            topic.to_string(),
-            TopicDiff {
-                joins: vec![(key.to_string(), new)],
-                leaves: vec![(key.to_string(), old)],
-            },
-        );
-        Ok((phx_ref, diff))
+        let (phx_ref, diff) = self
+            .inner
+            .update(conn.0, topic, key, Meta::from_map(meta))?;
+        Ok((phx_ref.to_string(), convert(&diff)))
     }
 
-    /// Periodic work (replication heartbeat, down detection). A single node has none.
-    pub fn tick(&mut self, _now_ms: u64) -> Output {
-        Output::default()
-    }
-
-    /// A replication message from node `from`. A single node never gets one.
-    pub fn receive(&mut self, _from: &str, _bytes: &[u8], _now_ms: u64) -> Output {
-        Output::default()
-    }
-
-    /// The meta of a tracked (conn, topic, key).
-    pub fn get(&self, conn: ConnId, topic: &str, key: &str) -> Option<&PresenceMeta> {
-        self.topics
-            .get(topic)?
-            .iter()
-            .find(|e| e.conn == conn && e.key == key)
-            .map(|e| &e.meta)
-    }
-
-    /// Everyone tracked in `topic`, in track order.
+    /// Everyone visible in `topic` (on every node that is up), by key then `phx_ref`.
     pub fn list(&self, topic: &str) -> Vec<(String, PresenceMeta)> {
-        self.topics
-            .get(topic)
-            .map(|entries| {
-                entries
-                    .iter()
-                    .map(|e| (e.key.clone(), e.meta.clone()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.inner
+            .list(topic)
+            .iter()
+            .map(|(k, p)| (k.to_string(), PresenceMeta::from_core(p)))
+            .collect()
+    }
+
+    /// One broadcast period elapsed: heartbeat (with any pending delta), transfer requests,
+    /// down / permdown detection.
+    pub fn tick(&mut self, now_ms: u64) -> Output {
+        self.inner.tick(now_ms).into()
+    }
+
+    /// Sends a heartbeat now (with pending changes, if any).
+    pub fn heartbeat_now(&mut self, now_ms: u64) -> Output {
+        self.inner.heartbeat_now(now_ms).into()
+    }
+
+    /// Sends pending local changes now, without counting a period.
+    pub fn flush(&mut self, now_ms: u64) -> Output {
+        self.inner.flush_delta(now_ms).into()
+    }
+
+    /// Handles one message from node `from`. A message that does not decode is logged and
+    /// dropped (a peer on another wire version, or garbage).
+    pub fn receive(&mut self, from: &str, bytes: &[u8], now_ms: u64) -> Output {
+        match ReplicationMessage::decode(bytes) {
+            Ok(message) => self.inner.receive(from, message, now_ms).into(),
+            Err(e) => {
+                tracing::warn!(from, "tracker message dropped: {e}");
+                Output::default()
+            }
+        }
+    }
+
+    /// The final goodbye: peers drop this node's presences at once. The shard sends nothing
+    /// afterwards.
+    pub fn graceful_permdown(&mut self) -> Vec<Message> {
+        encode_all(self.inner.graceful_permdown())
+    }
+
+    /// Known peer replicas and whether each is up.
+    pub fn replicas(&self) -> Vec<(ReplicaId, ReplicaStatus)> {
+        self.inner.replicas()
     }
 }
 
@@ -268,37 +234,78 @@ mod tests {
         m
     }
 
+    fn shard(node: &str) -> Shard {
+        Shard::new(node, 1, ShardConfig::default()).unwrap()
+    }
+
     #[test]
     fn every_track_gets_a_unique_ref() {
-        let mut s = Shard::new(7);
-        let (a, _) = s.track(ConnId(1), "t", "k", meta("a")).unwrap();
-        let (b, _) = s.track(ConnId(2), "t", "k", meta("a")).unwrap();
+        let mut s = shard("a");
+        let (a, _) = s.track(ConnId(1), "t", "k", &meta("a")).unwrap();
+        let (b, _) = s.track(ConnId(2), "t", "k", &meta("a")).unwrap();
         assert_ne!(a, b);
-        assert_eq!(a.len(), 16);
-        assert_eq!(s.track(ConnId(1), "t", "k", meta("a")), Err(AlreadyTracked));
+        assert!(s.track(ConnId(1), "t", "k", &meta("a")).is_err());
     }
 
     #[test]
     fn update_leaves_the_old_meta_and_joins_the_new_with_prev_ref() {
-        let mut s = Shard::new(7);
-        let (old_ref, _) = s.track(ConnId(1), "t", "k", meta("away")).unwrap();
-        let (new_ref, diff) = s.update(ConnId(1), "t", "k", meta("here")).unwrap();
+        let mut s = shard("a");
+        let (old_ref, _) = s.track(ConnId(1), "t", "k", &meta("away")).unwrap();
+        let (new_ref, diff) = s.update(ConnId(1), "t", "k", &meta("here")).unwrap();
         let d = &diff["t"];
         assert_eq!(d.leaves[0].1.phx_ref, old_ref);
         assert_eq!(d.joins[0].1.phx_ref, new_ref);
         assert_eq!(d.joins[0].1.phx_ref_prev.as_deref(), Some(old_ref.as_str()));
-        assert_eq!(s.update(ConnId(2), "t", "k", meta("x")), Err(NoPresence));
+        assert_eq!(d.joins[0].1.meta, meta("here"));
+        assert!(s.update(ConnId(2), "t", "k", &meta("x")).is_err());
     }
 
     #[test]
     fn untrack_connection_leaves_every_topic() {
-        let mut s = Shard::new(7);
-        s.track(ConnId(1), "a", "k", meta("x")).unwrap();
-        s.track(ConnId(1), "b", "k", meta("x")).unwrap();
-        s.track(ConnId(2), "b", "j", meta("x")).unwrap();
+        let mut s = shard("a");
+        s.track(ConnId(1), "a", "k", &meta("x")).unwrap();
+        s.track(ConnId(1), "b", "k", &meta("x")).unwrap();
+        s.track(ConnId(2), "b", "j", &meta("x")).unwrap();
         let diff = s.untrack_connection(ConnId(1));
         assert_eq!(diff.len(), 2);
         assert!(s.list("a").is_empty());
         assert_eq!(s.list("b").len(), 1);
+    }
+
+    #[test]
+    fn a_flushed_change_reaches_another_node_as_a_join_with_the_same_ref() {
+        let mut a = shard("a");
+        let mut b = shard("b");
+        let (phx_ref, _) = a.track(ConnId(1), "t", "alice", &meta("x")).unwrap();
+        let out = a.flush(5);
+        assert_eq!(out.messages.len(), 1);
+        assert_eq!(out.messages[0].to, None);
+        let diff = b.receive("a", &out.messages[0].bytes, 5).diff;
+        assert_eq!(diff["t"].joins[0].0, "alice");
+        assert_eq!(diff["t"].joins[0].1.phx_ref, phx_ref);
+        assert_eq!(b.list("t")[0].1.meta, meta("x"));
+    }
+
+    #[test]
+    fn garbage_from_a_peer_is_dropped() {
+        let mut b = shard("b");
+        let out = b.receive("a", b"\xff\x00garbage", 5);
+        assert_eq!(out, Output::default());
+    }
+
+    #[test]
+    fn graceful_permdown_removes_the_nodes_members_from_its_peers() {
+        let mut a = shard("a");
+        let mut b = shard("b");
+        a.track(ConnId(1), "t", "alice", &meta("x")).unwrap();
+        for m in a.flush(5).messages {
+            b.receive("a", &m.bytes, 5);
+        }
+        assert_eq!(b.list("t").len(), 1);
+        for m in a.graceful_permdown() {
+            let diff = b.receive("a", &m.bytes, 6).diff;
+            assert_eq!(diff["t"].leaves[0].0, "alice");
+        }
+        assert!(b.list("t").is_empty());
     }
 }

@@ -1,0 +1,432 @@
+//! The NATS and Redis adapters against real brokers: each test starts its own `nats-server` or
+//! `redis-server` on a free loopback port and kills it at the end. Every behaviour is checked on
+//! both brokers with the same test body.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rollcall_server::pubsub::{connect, ClusterConfig, Envelope, Error, PubSub};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc::Receiver;
+use tokio::time::{sleep, timeout};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Nats,
+    Redis,
+}
+
+impl Kind {
+    /// The server binary and the Debian package that ships it.
+    fn binary(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Kind::Nats => ("/usr/sbin/nats-server", "nats-server", "nats-server"),
+            Kind::Redis => ("/usr/bin/redis-server", "redis-server", "redis-server"),
+        }
+    }
+
+    fn find_binary(self) -> PathBuf {
+        let (usual, name, package) = self.binary();
+        if Path::new(usual).exists() {
+            return PathBuf::from(usual);
+        }
+        let on_path = std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(name))
+                .find(|p| p.exists())
+        });
+        on_path.unwrap_or_else(|| {
+            panic!(
+                "{name} not found (looked at {usual} and on PATH): install the Debian package \
+                 `{package}` (apt-get install {package}; `make test` does this)"
+            )
+        })
+    }
+
+    fn url(self, port: u16) -> String {
+        match self {
+            Kind::Nats => format!("nats://127.0.0.1:{port}"),
+            Kind::Redis => format!("redis://127.0.0.1:{port}"),
+        }
+    }
+
+    fn config(self, url: &str, cluster: &str) -> ClusterConfig {
+        match self {
+            Kind::Nats => ClusterConfig::Nats {
+                url: url.to_owned(),
+                cluster_name: cluster.to_owned(),
+            },
+            Kind::Redis => ClusterConfig::Redis {
+                url: url.to_owned(),
+                cluster_name: cluster.to_owned(),
+            },
+        }
+    }
+}
+
+/// A broker process owned by one test; killed when dropped.
+struct Broker {
+    kind: Kind,
+    port: u16,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+impl Broker {
+    /// Starts a broker on a free port. Another process may grab the port between our probe
+    /// and the broker's bind; a broker that exits at once is retried on another port.
+    async fn start(kind: Kind) -> Broker {
+        for _ in 0..5 {
+            if let Some(broker) = Broker::try_start_on(kind, free_port()).await {
+                return broker;
+            }
+        }
+        panic!("{kind:?} broker exited at start on 5 different ports");
+    }
+
+    /// Starts a broker on `port`, which must be free.
+    async fn start_on(kind: Kind, port: u16) -> Broker {
+        match Broker::try_start_on(kind, port).await {
+            Some(broker) => broker,
+            None => panic!("{kind:?} broker could not start on port {port}"),
+        }
+    }
+
+    async fn try_start_on(kind: Kind, port: u16) -> Option<Broker> {
+        let binary = kind.find_binary();
+        let mut command = Command::new(&binary);
+        match kind {
+            Kind::Nats => command.args(["-a", "127.0.0.1", "-p", &port.to_string()]),
+            Kind::Redis => command.args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]),
+        };
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let mut broker = Broker {
+            kind,
+            port,
+            child: Some(child),
+        };
+        let ready = timeout(DEADLINE, async {
+            loop {
+                if let Some(Ok(Some(_))) = broker.child.as_mut().map(|c| c.try_wait()) {
+                    return false;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                    return true;
+                }
+                sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        match ready {
+            Ok(true) => Some(broker),
+            Ok(false) => {
+                broker.child = None;
+                None
+            }
+            Err(_) => panic!("{kind:?} broker did not listen on {port}"),
+        }
+    }
+
+    fn url(&self) -> String {
+        self.kind.url(self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn node(kind: Kind, name: &str, url: &str) -> Arc<dyn PubSub> {
+    connect(name, kind.config(url, "test"))
+        .await
+        .unwrap_or_else(|e| panic!("{name} connects: {e}"))
+}
+
+async fn recv(rx: &mut Receiver<Envelope>) -> Envelope {
+    timeout(DEADLINE, rx.recv())
+        .await
+        .expect("a message before the deadline")
+        .expect("subscription open")
+}
+
+fn msg(s: &'static str) -> Bytes {
+    Bytes::from_static(s.as_bytes())
+}
+
+async fn broadcasts_reach_every_other_node_once_and_are_not_echoed(kind: Kind) {
+    let broker = Broker::start(kind).await;
+    let a = node(kind, "a", &broker.url()).await;
+    let b = node(kind, "b", &broker.url()).await;
+    let c = node(kind, "c", &broker.url()).await;
+    let mut at_a = a.subscribe("t");
+    let mut at_b = b.subscribe("t");
+    let mut at_c = c.subscribe("t");
+
+    a.broadcast("t", msg("one"));
+    a.broadcast("t", msg("two"));
+    for rx in [&mut at_b, &mut at_c] {
+        let first = recv(rx).await;
+        assert_eq!(
+            (first.from.as_str(), &first.payload[..]),
+            ("a", &b"one"[..])
+        );
+        assert_eq!(
+            &recv(rx).await.payload[..],
+            b"two",
+            "no duplicate in between"
+        );
+    }
+    // The broker hands A its own broadcasts too; A must drop them, so B's marker comes first.
+    b.broadcast("t", msg("from-b"));
+    let first_at_a = recv(&mut at_a).await;
+    assert_eq!(
+        (first_at_a.from.as_str(), &first_at_a.payload[..]),
+        ("b", &b"from-b"[..])
+    );
+}
+
+async fn a_directed_message_reaches_only_its_target(kind: Kind) {
+    let broker = Broker::start(kind).await;
+    let a = node(kind, "a", &broker.url()).await;
+    let b = node(kind, "b", &broker.url()).await;
+    let c = node(kind, "c", &broker.url()).await;
+    let mut at_b = b.subscribe("t");
+    let mut at_c = c.subscribe("t");
+    a.send_to("c", "t", msg("for-c"));
+    let got = recv(&mut at_c).await;
+    assert_eq!((got.from.as_str(), &got.payload[..]), ("a", &b"for-c"[..]));
+    a.broadcast("t", msg("marker"));
+    assert_eq!(&recv(&mut at_b).await.payload[..], b"marker");
+    // A node only hears from peers it has received from.
+    assert!(b.peers().iter().any(|p| p.name == "a" && p.up));
+    assert!(c.peers().iter().all(|p| p.name != "c"));
+}
+
+async fn clusters_sharing_a_broker_do_not_hear_each_other(kind: Kind) {
+    let broker = Broker::start(kind).await;
+    let a = connect("a", kind.config(&broker.url(), "one"))
+        .await
+        .expect("a");
+    let stranger = connect("s", kind.config(&broker.url(), "two"))
+        .await
+        .expect("s");
+    let b = connect("b", kind.config(&broker.url(), "one"))
+        .await
+        .expect("b");
+    let mut at_b = b.subscribe("t");
+    stranger.broadcast("t", msg("other cluster"));
+    stranger.send_to("b", "t", msg("other cluster"));
+    a.broadcast("t", msg("ours"));
+    let first = recv(&mut at_b).await;
+    assert_eq!(
+        (first.from.as_str(), &first.payload[..]),
+        ("a", &b"ours"[..])
+    );
+}
+
+async fn shutdown_flushes_what_is_queued(kind: Kind) {
+    let broker = Broker::start(kind).await;
+    let a = node(kind, "a", &broker.url()).await;
+    let b = node(kind, "b", &broker.url()).await;
+    let mut at_b = b.subscribe("t");
+    for i in 0..200u32 {
+        a.broadcast("t", Bytes::from(i.to_be_bytes().to_vec()));
+    }
+    a.shutdown().await;
+    drop(a);
+    for i in 0..200u32 {
+        assert_eq!(&recv(&mut at_b).await.payload[..], &i.to_be_bytes());
+    }
+}
+
+async fn delivery_resumes_after_the_broker_restarts(kind: Kind) {
+    let mut broker = Broker::start(kind).await;
+    let a = node(kind, "a", &broker.url()).await;
+    let b = node(kind, "b", &broker.url()).await;
+    let mut at_b = b.subscribe("t");
+    a.broadcast("t", msg("before"));
+    assert_eq!(&recv(&mut at_b).await.payload[..], b"before");
+
+    broker.kill();
+    let _broker = Broker::start_on(kind, broker.port).await;
+    // Probe until a message gets through: both clients must reconnect and resubscribe.
+    let resumed = timeout(DEADLINE, async {
+        loop {
+            a.broadcast("t", msg("after"));
+            if let Ok(Some(got)) = timeout(Duration::from_millis(200), at_b.recv()).await {
+                if &got.payload[..] == b"after" {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        resumed.is_ok(),
+        "messages flow again after the broker came back"
+    );
+}
+
+async fn a_partition_cuts_one_node_off_and_healing_restores_it(kind: Kind) {
+    let broker = Broker::start(kind).await;
+    let a = node(kind, "a", &broker.url()).await;
+    let b = node(kind, "b", &broker.url()).await;
+    let c = node(kind, "c", &broker.url()).await;
+    // A must have heard of B and C (brokers know peers only from their messages).
+    b.broadcast("hello", msg("b"));
+    c.broadcast("hello", msg("c"));
+    let heard = timeout(DEADLINE, async {
+        while a.peers().iter().filter(|p| p.up).count() < 2 {
+            sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(heard.is_ok(), "a hears from b and c");
+    let mut at_a = a.subscribe("t");
+    let mut at_b = b.subscribe("t");
+    let mut at_c = c.subscribe("t");
+
+    a.set_partitioned("b", true);
+    assert!(a.peers().iter().any(|p| p.name == "b" && !p.up));
+    a.broadcast("t", msg("cut-a"));
+    b.broadcast("t", msg("cut-b"));
+    let dropped = a.stats().dropped_outbound;
+    a.send_to("b", "t", msg("cut-direct"));
+    assert_eq!(a.stats().dropped_outbound, dropped + 1);
+    // C, on the other side of nothing, still hears both.
+    let mut heard_by_c = vec![recv(&mut at_c).await.payload, recv(&mut at_c).await.payload];
+    heard_by_c.sort();
+    assert_eq!(heard_by_c, vec![msg("cut-a"), msg("cut-b")]);
+
+    // Heal only once A has seen (and dropped) B's message, or it could slip in after.
+    let dropped = timeout(DEADLINE, async {
+        while a.stats().dropped_inbound < 1 {
+            sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(dropped.is_ok(), "a drops what b sends while cut");
+    a.set_partitioned("b", false);
+    a.broadcast("t", msg("healed-a"));
+    b.broadcast("t", msg("healed-b"));
+    // Neither side got anything from the other while cut.
+    assert_eq!(recv(&mut at_b).await.payload, msg("healed-a"));
+    assert_eq!(recv(&mut at_a).await.payload, msg("healed-b"));
+}
+
+async fn an_unreachable_broker_is_a_clear_error(kind: Kind) {
+    let url = kind.url(free_port());
+    let result = connect("a", kind.config(&url, "test")).await;
+    match result {
+        Err(e @ Error::BrokerUnreachable { .. }) => {
+            assert!(e.to_string().contains(&url), "{e}");
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("connected to nothing"),
+    }
+}
+
+macro_rules! on_both_brokers {
+    ($($test:ident),* $(,)?) => {
+        mod nats {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Kind::Nats).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Kind::Redis).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_brokers!(
+    broadcasts_reach_every_other_node_once_and_are_not_echoed,
+    a_directed_message_reaches_only_its_target,
+    clusters_sharing_a_broker_do_not_hear_each_other,
+    shutdown_flushes_what_is_queued,
+    delivery_resumes_after_the_broker_restarts,
+    a_partition_cuts_one_node_off_and_healing_restores_it,
+    an_unreachable_broker_is_a_clear_error,
+);
+
+/// Measures one-way delivery latency (send → subscriber wakes) through each broker.
+/// Run: `cargo test --release -p rollcall-server --test pubsub_brokers -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, not a test"]
+async fn measure_broker_latency() {
+    for kind in [Kind::Nats, Kind::Redis] {
+        let broker = Broker::start(kind).await;
+        let a = node(kind, "a", &broker.url()).await;
+        let b = node(kind, "b", &broker.url()).await;
+        let mut at_b = b.subscribe("t");
+        let mut samples = Vec::new();
+        for i in 0..2000u32 {
+            let start = std::time::Instant::now();
+            a.broadcast("t", Bytes::from(i.to_be_bytes().to_vec()));
+            recv(&mut at_b).await;
+            samples.push(start.elapsed());
+        }
+        samples.sort();
+        println!(
+            "{kind:?} one-way latency over 2000 messages: p50 {:?}, p99 {:?}, max {:?}",
+            samples[samples.len() / 2],
+            samples[samples.len() * 99 / 100],
+            samples[samples.len() - 1]
+        );
+    }
+}
+
+#[tokio::test]
+async fn nats_drops_a_message_over_max_payload_and_keeps_working() {
+    let broker = Broker::start(Kind::Nats).await;
+    let a = node(Kind::Nats, "a", &broker.url()).await;
+    let b = node(Kind::Nats, "b", &broker.url()).await;
+    let mut at_b = b.subscribe("t");
+    // nats-server's default max_payload is 1 MiB.
+    a.broadcast("t", Bytes::from(vec![0u8; 2 * 1024 * 1024]));
+    a.broadcast("t", msg("small"));
+    assert_eq!(recv(&mut at_b).await.payload, msg("small"));
+    assert_eq!(a.stats().dropped_outbound, 1);
+}
