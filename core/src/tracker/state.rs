@@ -834,7 +834,7 @@ impl State {
         self.values.reserve(joins.len());
         diff.reserve(joins.len());
         // One topic-index lookup per topic, not per element.
-        joins.sort_by_key(|(t, _, _)| *t);
+        joins.sort_unstable_by_key(|(t, _, _)| *t);
         for group in joins.chunk_by(|a, b| a.0 == b.0) {
             let Some(topic) = group.first().and_then(|(t, _, _)| topics.get(*t as usize)) else {
                 continue;
@@ -855,8 +855,15 @@ impl State {
             // Index order: cheaper inserts, and the diff comes out already sorted.
             entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             let set = self.topics.entry(topic.clone()).or_default();
-            for (entry, _, _) in &entries {
-                set.insert(entry.clone());
+            if entries.len() * 4 >= set.len() {
+                // Many elements: one linear merge of two sorted runs beats one search each.
+                let mut run: BTreeSet<TopicEntry> =
+                    entries.iter().map(|(entry, _, _)| entry.clone()).collect();
+                set.append(&mut run);
+            } else {
+                for (entry, _, _) in &entries {
+                    set.insert(entry.clone());
+                }
             }
             for (entry, dot, v) in entries {
                 let el = Element {
