@@ -6,22 +6,6 @@
 //! observed and its element is stored; an observed dot without an element means "added, then
 //! removed". Merging takes the union of observed dots; an element survives unless the other side
 //! observed its dot and does not have it.
-//!
-//! # Divergences from Phoenix that fix known upstream bugs
-//!
-//! * **Stale-transfer resurrection (phoenix_pubsub #148).** Phoenix deletes a removed element's dot
-//!   from the cloud when it observes the removal, so the replica forgets it ever saw that dot, and
-//!   a late full-state transfer from a lagging peer re-admits the old element. Here an observed dot
-//!   is never forgotten while its replica is known: removals leave the dot in the cloud (or in the
-//!   context once contiguous), and a join is admitted only for a dot that was never observed. A
-//!   dot is created once and removed at most once, so "observed" is monotone and a stale payload
-//!   can only repeat facts already known. Only a permdown forgets a replica, and then everything of
-//!   that replica is ignored until it is heard from again.
-//! * **Add-add divergence (phoenix_pubsub #214).** Phoenix stores one row per `(topic, pid, key)`,
-//!   so two elements with different dots for the same row overwrite each other in merge order.
-//!   Here elements are stored *by dot*; the `(topic, connection, key)` index is only for the owner's
-//!   own connections. Two dots for the same row are two elements, each kept or removed by the same
-//!   order-independent rule, so every delivery order ends in the same set.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -241,7 +225,32 @@ impl fmt::Display for NoPresence {
 
 impl std::error::Error for NoPresence {}
 
-/// One replica of the presence CRDT (see the [module docs](self)).
+/// One replica of the presence CRDT: an add-wins observed-remove set of presences keyed by dot.
+///
+/// Every local change consumes a *dot* `(replica, counter)`; a dot is *observed* once the context
+/// covers it or it sits in the cloud. A presence exists iff its dot is observed and its element is
+/// stored; an observed dot without an element means "added, then removed". Merging unions the
+/// observed dots; an element survives unless the other side observed its dot and lacks it.
+///
+/// # Two upstream bugs this design avoids
+///
+/// * **Stale-transfer resurrection (phoenix_pubsub #148).** Phoenix deletes a removed element's dot
+///   from the cloud when it observes the removal, so the replica forgets it ever saw that dot, and
+///   a late full-state transfer from a lagging peer re-admits the old element. Here an observed dot
+///   is never forgotten while its replica is known: removals leave the dot in the cloud (or in the
+///   context once contiguous), and a join is admitted only for a dot that was never observed. A
+///   dot is created once and removed at most once, so "observed" is monotone and a stale payload
+///   can only repeat facts already known. Only a permdown forgets a replica, and then everything of
+///   that replica is ignored until it is heard from again.
+/// * **Add-add divergence (phoenix_pubsub #214).** Phoenix stores one row per `(topic, pid, key)`,
+///   so two elements with different dots for the same row overwrite each other in merge order.
+///   Here elements are stored *by dot*; the `(topic, connection, key)` index is only for the owner's
+///   own connections. Two dots for the same row are two elements, each kept or removed by the same
+///   order-independent rule, so every delivery order ends in the same set.
+///
+/// Both are covered in `core/tests/tracker_state.rs`:
+/// `stale_full_transfer_does_not_resurrect_a_removed_presence` and
+/// `two_versions_of_one_presence_converge_whatever_the_merge_order`.
 ///
 /// Connections (`conn`) are the owner's opaque `u64` ids, unique within this replica; across the
 /// cluster a presence is identified by its owning replica and its dot, so two nodes may use the
