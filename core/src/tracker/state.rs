@@ -790,11 +790,12 @@ impl State {
                 rcloud.entry(r).or_default().push(dots);
             }
         }
-        let rvals: FxHashSet<Dot> = p
-            .values
-            .iter()
-            .filter_map(|v| at(v.replica).map(|r| Dot { r, c: v.counter }))
-            .collect();
+        let remote_values = || -> FxHashSet<Dot> {
+            p.values
+                .iter()
+                .filter_map(|v| at(v.replica).map(|r| Dot { r, c: v.counter }))
+                .collect()
+        };
         let remote_observed = |dot: Dot| {
             rctx.get(&dot.r).is_some_and(|c| dot.c <= *c)
                 || rcloud
@@ -803,22 +804,29 @@ impl State {
         };
 
         // Removes: elements the remote observed but no longer has.
-        let mut removed = Vec::new();
-        if p.is_full() {
-            for dot in self.values.keys() {
-                if dot.r != ME && remote_observed(*dot) && !rvals.contains(dot) {
-                    removed.push(*dot);
-                }
-            }
+        let mut removed: Vec<Dot> = if p.is_full() {
+            self.values
+                .keys()
+                .filter(|d| d.r != ME && remote_observed(**d))
+                .copied()
+                .collect()
         } else {
-            for (r, slices) in &rcloud {
-                for c in slices.iter().flat_map(|s| s.iter()) {
-                    let dot = Dot { r: *r, c: *c };
-                    if self.values.contains_key(&dot) && !rvals.contains(&dot) {
-                        removed.push(dot);
-                    }
-                }
-            }
+            rcloud
+                .iter()
+                .flat_map(|(r, slices)| {
+                    slices
+                        .iter()
+                        .flat_map(|s| s.iter())
+                        .map(|c| Dot { r: *r, c: *c })
+                })
+                .filter(|d| self.values.contains_key(d))
+                .collect()
+        };
+        // The set of remote values is built only when some element is in question (a newcomer's
+        // first full transfer has none).
+        if !removed.is_empty() {
+            let rvals = remote_values();
+            removed.retain(|d| !rvals.contains(d));
         }
         removed.sort_unstable();
         removed.dedup();
