@@ -674,10 +674,20 @@ impl State {
                 clouds.push((b.replica(self, r), slot.cloud.iter().copied().collect()));
             }
         }
+        // In index order (by topic, then key): the receiver's merge then finds its input already
+        // grouped and sorted, and the same state always extracts to the same payload.
         let mut values = Vec::with_capacity(self.values.len());
-        for (dot, el) in &self.values {
-            if known.contains(&dot.r) && Some(dot.r) != exclude {
-                values.push(b.element(self, *dot, el));
+        let mut topics: Vec<(&Arc<str>, &BTreeSet<TopicEntry>)> = self.topics.iter().collect();
+        topics.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (_, entries) in topics {
+            for e in entries {
+                if !known.contains(&e.r) || Some(e.r) == exclude {
+                    continue;
+                }
+                let dot = Dot { r: e.r, c: e.c };
+                if let Some(el) = self.values.get(&dot) {
+                    values.push(b.element(self, dot, el));
+                }
             }
         }
         StatePayload {
