@@ -45,8 +45,10 @@ fn benches(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
 
+    // Dropping the replica is not part of building it; dropping each one before the next build
+    // (one iteration per batch) lets the allocator reuse memory, as in a long-running server.
     g.bench_function("build 100k", |b| {
-        b.iter(|| black_box(build("a", "b", &input)))
+        b.iter_batched(|| (), |()| build("a", "b", &input), BatchSize::PerIteration)
     });
 
     let a = build("a", "b", &input);
@@ -74,13 +76,17 @@ fn benches(c: &mut Criterion) {
     });
 
     g.bench_function("1,000 joins into one topic", |b| {
-        b.iter_with_large_drop(|| {
-            let mut s = State::new(ReplicaId::new("c", 1));
-            for (i, key) in input.keys.iter().take(1_000).enumerate() {
-                let _ = s.join(i as u64, "room:big", key, input.meta.clone());
-            }
-            s
-        })
+        b.iter_batched(
+            || (),
+            |()| {
+                let mut s = State::new(ReplicaId::new("c", 1));
+                for (i, key) in input.keys.iter().take(1_000).enumerate() {
+                    let _ = s.join(i as u64, "room:big", key, input.meta.clone());
+                }
+                s
+            },
+            BatchSize::SmallInput,
+        )
     });
 
     let mut big = State::new(ReplicaId::new("c", 1));
@@ -108,15 +114,37 @@ fn benches(c: &mut Criterion) {
 
 criterion_group!(tracker, benches);
 
-/// `ROLLCALL_BENCH_QUICK=1`: the fastest of 15 runs of each scenario, printed — a quick check that
-/// is robust to other load on the machine (criterion reports the distribution).
+/// CPU time this thread has run (`CLOCK_THREAD_CPUTIME_ID`; `None` where unavailable). Unlike wall
+/// time it does not count the time other processes hold the CPU.
+fn thread_cpu() -> Option<Duration> {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        if rc == 0 {
+            return Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+        }
+    }
+    None
+}
+
+/// `ROLLCALL_BENCH_QUICK=1`: the fastest of 15 runs of each scenario, in thread CPU time where
+/// Linux provides it (else wall time) — a check that is robust to other load on the machine
+/// (criterion reports the wall-time distribution).
 fn quick() {
     fn best<T>(mut f: impl FnMut() -> T) -> Duration {
         (0..15)
             .map(|_| {
-                let start = Instant::now();
+                let (cpu, wall) = (thread_cpu(), Instant::now());
                 let out = f();
-                let elapsed = start.elapsed();
+                let elapsed = match (cpu, thread_cpu()) {
+                    (Some(a), Some(b)) => b.saturating_sub(a),
+                    _ => wall.elapsed(),
+                };
                 drop(out);
                 elapsed
             })
@@ -143,6 +171,29 @@ fn quick() {
         }))
     );
     println!("re-merge 100k   {:?}", best(|| merged.merge(&payload)));
+    let joins = || {
+        let mut s = State::new(ReplicaId::new("c", 1));
+        for (i, key) in input.keys.iter().take(1_000).enumerate() {
+            let _ = s.join(i as u64, "room:big", key, input.meta.clone());
+        }
+        s
+    };
+    println!("1,000 joins     {:?}", best(joins));
+    let big = joins();
+    println!("list 1,000      {:?}", best(|| big.list("room:big")));
+    let mut down = Duration::MAX;
+    for _ in 0..15 {
+        let (cpu, wall) = (thread_cpu(), Instant::now());
+        let diff = merged.replica_down(a.replica());
+        let elapsed = match (cpu, thread_cpu()) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => wall.elapsed(),
+        };
+        down = down.min(elapsed);
+        drop(diff);
+        merged.replica_up(a.replica());
+    }
+    println!("replica_down    {down:?}");
 }
 
 fn main() {

@@ -84,31 +84,29 @@ pub(crate) fn key_tail_cmp(a: &str, b: &str) -> Ordering {
     }
 }
 
-/// Sorts `(key, presence)` pairs by key, then `phx_ref`, reading each key's bytes once.
-fn sort_by_key_then_ref(items: &mut Vec<(Arc<str>, Presence)>) {
-    let in_order = |a: &(Arc<str>, Presence), b: &(Arc<str>, Presence)| match key_prefix(&a.0)
-        .cmp(&key_prefix(&b.0))
-    {
-        Ordering::Less => true,
-        Ordering::Greater => false,
-        Ordering::Equal => key_tail_cmp(&a.0, &b.0)
-            .then_with(|| a.1.phx_ref.cmp(&b.1.phx_ref))
-            .is_le(),
-    };
+/// A change's key with its prefix, for sorting without dereferencing keys again.
+type Keyed = (u128, Arc<str>, Presence);
+
+fn keyed_cmp(a: &Keyed, b: &Keyed) -> Ordering {
+    a.0.cmp(&b.0)
+        .then_with(|| key_tail_cmp(&a.1, &b.1))
+        .then_with(|| a.2.phx_ref.cmp(&b.2.phx_ref))
+}
+
+/// Sorts by key, then `phx_ref`, and drops the prefixes.
+fn sorted(mut items: Vec<Keyed>) -> Vec<(Arc<str>, Presence)> {
     // Merges record in index order already; checking is cheaper than sorting.
-    if items.windows(2).all(|w| in_order(&w[0], &w[1])) {
-        return;
+    if !items.windows(2).all(|w| keyed_cmp(&w[0], &w[1]).is_le()) {
+        items.sort_unstable_by(keyed_cmp);
     }
-    let mut keyed: Vec<(u128, (Arc<str>, Presence))> = items
-        .drain(..)
-        .map(|item| (key_prefix(&item.0), item))
-        .collect();
-    keyed.sort_unstable_by(|(pa, a), (pb, b)| {
-        pa.cmp(pb)
-            .then_with(|| key_tail_cmp(&a.0, &b.0))
-            .then_with(|| a.1.phx_ref.cmp(&b.1.phx_ref))
-    });
-    items.extend(keyed.into_iter().map(|(_, item)| item));
+    items.into_iter().map(|(_, key, p)| (key, p)).collect()
+}
+
+/// The changes of one topic while a diff is being built.
+struct Group {
+    topic: Arc<str>,
+    joins: Vec<Keyed>,
+    leaves: Vec<Keyed>,
 }
 
 /// Sorts by topic and folds entries of the same topic together (keeping their order).
@@ -130,6 +128,7 @@ fn merge_topics(mut topics: Vec<(Arc<str>, TopicDiff)>) -> Vec<(Arc<str>, TopicD
 pub(crate) struct Change {
     dot: Dot,
     join: bool,
+    prefix: u128,
     topic: Arc<str>,
     key: Arc<str>,
     presence: Presence,
@@ -164,6 +163,7 @@ impl DiffBuilder {
         self.changes.push(Change {
             dot,
             join,
+            prefix: key_prefix(key),
             topic: topic.clone(),
             key: key.clone(),
             presence,
@@ -227,7 +227,7 @@ impl DiffBuilder {
         let changes = self.net_changes();
         // Group by topic allocation (topics are interned; runs of one topic are common), by name
         // only at the end.
-        let mut groups: Vec<(Arc<str>, TopicDiff)> = Vec::new();
+        let mut groups: Vec<Group> = Vec::new();
         let mut group_of: FxHashMap<usize, usize> = FxHashMap::default();
         let mut last: Option<(usize, usize)> = None;
         for c in changes {
@@ -235,28 +235,46 @@ impl DiffBuilder {
             let i = match last {
                 Some((p, i)) if p == ptr => i,
                 _ => *group_of.entry(ptr).or_insert_with(|| {
-                    groups.push((c.topic.clone(), TopicDiff::default()));
+                    groups.push(Group {
+                        topic: c.topic.clone(),
+                        joins: Vec::new(),
+                        leaves: Vec::new(),
+                    });
                     groups.len() - 1
                 }),
             };
             last = Some((ptr, i));
-            if let Some((_, t)) = groups.get_mut(i) {
+            if let Some(g) = groups.get_mut(i) {
+                let item = (c.prefix, c.key, c.presence);
                 if c.join {
-                    t.joins.push((c.key, c.presence));
+                    g.joins.push(item);
                 } else {
-                    t.leaves.push((c.key, c.presence));
+                    g.leaves.push(item);
                 }
             }
         }
-        let mut topics = if groups.len() > 1 {
-            merge_topics(groups)
-        } else {
-            groups
-        };
-        for (_, t) in &mut topics {
-            sort_by_key_then_ref(&mut t.joins);
-            sort_by_key_then_ref(&mut t.leaves);
+        // Fold groups of equal topic names (distinct allocations), in topic order.
+        groups.sort_by(|a, b| a.topic.cmp(&b.topic));
+        let mut folded: Vec<Group> = Vec::with_capacity(groups.len());
+        for g in groups {
+            match folded.last_mut() {
+                Some(acc) if acc.topic == g.topic => {
+                    acc.joins.extend(g.joins);
+                    acc.leaves.extend(g.leaves);
+                }
+                _ => folded.push(g),
+            }
         }
+        let topics = folded
+            .into_iter()
+            .map(|g| {
+                let t = TopicDiff {
+                    joins: sorted(g.joins),
+                    leaves: sorted(g.leaves),
+                };
+                (g.topic, t)
+            })
+            .collect();
         Diff { topics }
     }
 }

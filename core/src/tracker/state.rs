@@ -6,22 +6,6 @@
 //! observed and its element is stored; an observed dot without an element means "added, then
 //! removed". Merging takes the union of observed dots; an element survives unless the other side
 //! observed its dot and does not have it.
-//!
-//! # Divergences from Phoenix that fix known upstream bugs
-//!
-//! * **Stale-transfer resurrection (phoenix_pubsub #148).** Phoenix deletes a removed element's dot
-//!   from the cloud when it observes the removal, so the replica forgets it ever saw that dot, and
-//!   a late full-state transfer from a lagging peer re-admits the old element. Here an observed dot
-//!   is never forgotten while its replica is known: removals leave the dot in the cloud (or in the
-//!   context once contiguous), and a join is admitted only for a dot that was never observed. A
-//!   dot is created once and removed at most once, so "observed" is monotone and a stale payload
-//!   can only repeat facts already known. Only a permdown forgets a replica, and then everything of
-//!   that replica is ignored until it is heard from again.
-//! * **Add-add divergence (phoenix_pubsub #214).** Phoenix stores one row per `(topic, pid, key)`,
-//!   so two elements with different dots for the same row overwrite each other in merge order.
-//!   Here elements are stored *by dot*; the `(topic, connection, key)` index is only for the owner's
-//!   own connections. Two dots for the same row are two elements, each kept or removed by the same
-//!   order-independent rule, so every delivery order ends in the same set.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -241,7 +225,32 @@ impl fmt::Display for NoPresence {
 
 impl std::error::Error for NoPresence {}
 
-/// One replica of the presence CRDT (see the [module docs](self)).
+/// One replica of the presence CRDT: an add-wins observed-remove set of presences keyed by dot.
+///
+/// Every local change consumes a *dot* `(replica, counter)`; a dot is *observed* once the context
+/// covers it or it sits in the cloud. A presence exists iff its dot is observed and its element is
+/// stored; an observed dot without an element means "added, then removed". Merging unions the
+/// observed dots; an element survives unless the other side observed its dot and lacks it.
+///
+/// # Two upstream bugs this design avoids
+///
+/// * **Stale-transfer resurrection (phoenix_pubsub #148).** Phoenix deletes a removed element's dot
+///   from the cloud when it observes the removal, so the replica forgets it ever saw that dot, and
+///   a late full-state transfer from a lagging peer re-admits the old element. Here an observed dot
+///   is never forgotten while its replica is known: removals leave the dot in the cloud (or in the
+///   context once contiguous), and a join is admitted only for a dot that was never observed. A
+///   dot is created once and removed at most once, so "observed" is monotone and a stale payload
+///   can only repeat facts already known. Only a permdown forgets a replica, and then everything of
+///   that replica is ignored until it is heard from again.
+/// * **Add-add divergence (phoenix_pubsub #214).** Phoenix stores one row per `(topic, pid, key)`,
+///   so two elements with different dots for the same row overwrite each other in merge order.
+///   Here elements are stored *by dot*; the `(topic, connection, key)` index is only for the owner's
+///   own connections. Two dots for the same row are two elements, each kept or removed by the same
+///   order-independent rule, so every delivery order ends in the same set.
+///
+/// Both are covered in `core/tests/tracker_state.rs`:
+/// `stale_full_transfer_does_not_resurrect_a_removed_presence` and
+/// `two_versions_of_one_presence_converge_whatever_the_merge_order`.
 ///
 /// Connections (`conn`) are the owner's opaque `u64` ids, unique within this replica; across the
 /// cluster a presence is identified by its owning replica and its dot, so two nodes may use the
@@ -665,10 +674,20 @@ impl State {
                 clouds.push((b.replica(self, r), slot.cloud.iter().copied().collect()));
             }
         }
+        // In index order (by topic, then key): the receiver's merge then finds its input already
+        // grouped and sorted, and the same state always extracts to the same payload.
         let mut values = Vec::with_capacity(self.values.len());
-        for (dot, el) in &self.values {
-            if known.contains(&dot.r) && Some(dot.r) != exclude {
-                values.push(b.element(self, *dot, el));
+        let mut topics: Vec<(&Arc<str>, &BTreeSet<TopicEntry>)> = self.topics.iter().collect();
+        topics.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (_, entries) in topics {
+            for e in entries {
+                if !known.contains(&e.r) || Some(e.r) == exclude {
+                    continue;
+                }
+                let dot = Dot { r: e.r, c: e.c };
+                if let Some(el) = self.values.get(&dot) {
+                    values.push(b.element(self, dot, el));
+                }
             }
         }
         StatePayload {
@@ -781,11 +800,12 @@ impl State {
                 rcloud.entry(r).or_default().push(dots);
             }
         }
-        let rvals: FxHashSet<Dot> = p
-            .values
-            .iter()
-            .filter_map(|v| at(v.replica).map(|r| Dot { r, c: v.counter }))
-            .collect();
+        let remote_values = || -> FxHashSet<Dot> {
+            p.values
+                .iter()
+                .filter_map(|v| at(v.replica).map(|r| Dot { r, c: v.counter }))
+                .collect()
+        };
         let remote_observed = |dot: Dot| {
             rctx.get(&dot.r).is_some_and(|c| dot.c <= *c)
                 || rcloud
@@ -794,22 +814,29 @@ impl State {
         };
 
         // Removes: elements the remote observed but no longer has.
-        let mut removed = Vec::new();
-        if p.is_full() {
-            for dot in self.values.keys() {
-                if dot.r != ME && remote_observed(*dot) && !rvals.contains(dot) {
-                    removed.push(*dot);
-                }
-            }
+        let mut removed: Vec<Dot> = if p.is_full() {
+            self.values
+                .keys()
+                .filter(|d| d.r != ME && remote_observed(**d))
+                .copied()
+                .collect()
         } else {
-            for (r, slices) in &rcloud {
-                for c in slices.iter().flat_map(|s| s.iter()) {
-                    let dot = Dot { r: *r, c: *c };
-                    if self.values.contains_key(&dot) && !rvals.contains(&dot) {
-                        removed.push(dot);
-                    }
-                }
-            }
+            rcloud
+                .iter()
+                .flat_map(|(r, slices)| {
+                    slices
+                        .iter()
+                        .flat_map(|s| s.iter())
+                        .map(|c| Dot { r: *r, c: *c })
+                })
+                .filter(|d| self.values.contains_key(d))
+                .collect()
+        };
+        // The set of remote values is built only when some element is in question (a newcomer's
+        // first full transfer has none).
+        if !removed.is_empty() {
+            let rvals = remote_values();
+            removed.retain(|d| !rvals.contains(d));
         }
         removed.sort_unstable();
         removed.dedup();
@@ -834,7 +861,7 @@ impl State {
         self.values.reserve(joins.len());
         diff.reserve(joins.len());
         // One topic-index lookup per topic, not per element.
-        joins.sort_by_key(|(t, _, _)| *t);
+        joins.sort_unstable_by_key(|(t, _, _)| *t);
         for group in joins.chunk_by(|a, b| a.0 == b.0) {
             let Some(topic) = group.first().and_then(|(t, _, _)| topics.get(*t as usize)) else {
                 continue;
@@ -855,8 +882,15 @@ impl State {
             // Index order: cheaper inserts, and the diff comes out already sorted.
             entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             let set = self.topics.entry(topic.clone()).or_default();
-            for (entry, _, _) in &entries {
-                set.insert(entry.clone());
+            if entries.len() * 4 >= set.len() {
+                // Many elements: one linear merge of two sorted runs beats one search each.
+                let mut run: BTreeSet<TopicEntry> =
+                    entries.iter().map(|(entry, _, _)| entry.clone()).collect();
+                set.append(&mut run);
+            } else {
+                for (entry, _, _) in &entries {
+                    set.insert(entry.clone());
+                }
             }
             for (entry, dot, v) in entries {
                 let el = Element {
