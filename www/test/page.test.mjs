@@ -133,3 +133,41 @@ test("two people see each other, away status, leave, and recovery after a server
   await bob.context.close()
   assert.deepEqual(consoleErrors, [])
 })
+
+/** A free loopback TCP port for a node's cluster listener. */
+async function freePort() {
+  const net = await import("node:net")
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer()
+    srv.once("error", reject)
+    srv.listen(0, "127.0.0.1", () => {
+      const {port} = srv.address()
+      srv.close(() => resolve(port))
+    })
+  })
+}
+
+test("with three nodes, two browsers on different nodes see each other and where each is connected", async () => {
+  const ports = [await freePort(), await freePort(), await freePort()]
+  const nodes = []
+  try {
+    for (const [i, port] of ports.entries()) {
+      const peers = i === 0 ? [] : ["--peers", `127.0.0.1:${ports[0]}`]
+      nodes.push(await startServer(0, ["--node", `node-${i + 1}`, "--cluster", "mesh",
+        "--cluster-listen", `127.0.0.1:${port}`, "--cluster-secret", "e2e-secret",
+        "--broadcast-period-ms", "200", "--down-period-ms", "2000", ...peers]))
+    }
+    const carol = await openAs("Carol", nodes[0].url)
+    const dave = await openAs("Dave", nodes[2].url)
+    await member(carol.page, "Dave").waitFor({timeout: 10000})
+    await member(dave.page, "Carol").waitFor({timeout: 10000})
+    assert.match(await member(carol.page, "Dave").locator(".detail").textContent(), /on node-3/)
+    assert.match(await member(dave.page, "Carol").locator(".detail").textContent(), /on node-1/)
+    await dave.context.close()
+    await member(carol.page, "Dave").waitFor({state: "detached", timeout: 5000})
+    await carol.context.close()
+  } finally {
+    for (const node of nodes) { await stopServer(node) }
+  }
+  assert.deepEqual(consoleErrors, [])
+})
