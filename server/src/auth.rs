@@ -197,6 +197,30 @@ fn check_claims(claims: Claims, now: u64) -> Result<Identity, AuthError> {
     })
 }
 
+/// Now, in unix seconds (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Decides who a connect request is. Open mode (`verifier` is `None`) accepts everyone and
+/// ignores any token; otherwise `token` (raw bytes as presented) must verify at `now`.
+pub fn authenticate(
+    verifier: Option<&Verifier>,
+    token: Option<&[u8]>,
+    now: u64,
+) -> Result<Option<Identity>, AuthError> {
+    let Some(verifier) = verifier else {
+        return Ok(None);
+    };
+    let token = token.ok_or(AuthError::Missing)?;
+    let token = std::str::from_utf8(token)
+        .map_err(|_| AuthError::Malformed("token is not UTF-8".into()))?;
+    verifier.verify(token.trim(), now).map(Some)
+}
+
 /// Mints an HS256 token (for `rollcall token`, development and tests).
 pub fn mint(secret: &str, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
     encode(
@@ -375,6 +399,20 @@ mod tests {
         assert_eq!(meta["name"], "Alice");
         assert_eq!(meta["role"], "admin");
         assert_eq!(meta["status"], "away");
+    }
+
+    #[test]
+    fn open_mode_ignores_tokens_and_secret_mode_requires_one() {
+        assert_eq!(authenticate(None, Some(b"junk"), NOW), Ok(None));
+        let v = verifier(&["s3cret"]);
+        assert_eq!(authenticate(Some(&v), None, NOW), Err(AuthError::Missing));
+        assert!(matches!(
+            authenticate(Some(&v), Some(&[0xff, 0xfe]), NOW),
+            Err(AuthError::Malformed(_))
+        ));
+        let token = mint("s3cret", &claims("alice")).expect("mint");
+        let id = authenticate(Some(&v), Some(token.as_bytes()), NOW).expect("valid");
+        assert_eq!(id.map(|i| i.key), Some("alice".into()));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::auth::Verifier;
 use crate::channel::TopicPattern;
+use crate::http::OriginPattern;
 
 /// Everything a rollcall node needs to know to serve. [`Config::default`] runs a single node
 /// with the Phoenix defaults.
@@ -30,6 +32,8 @@ pub struct Config {
     /// Long-poll window: how long a poll waits for messages before answering 204 (Phoenix: 10 s).
     /// A session with no poll for 1.5 × this is closed.
     pub longpoll_window: Duration,
+    /// Tokens, origins and per-connection limits (see [`Security`]).
+    pub security: Security,
 }
 
 impl Default for Config {
@@ -44,8 +48,56 @@ impl Default for Config {
             max_channels: 100,
             max_queued_frames: 1024,
             longpoll_window: Duration::from_secs(10),
+            security: Security::default(),
         }
     }
+}
+
+/// Who may connect and how hard they may push. The default is open mode: no token required,
+/// every origin allowed, the rate limits below.
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// Verifies connect tokens; `None` runs in open mode (anyone may claim any `user_id`).
+    pub verifier: Option<Verifier>,
+    /// Origins allowed to open a socket; empty allows every origin.
+    pub allowed_origins: Vec<OriginPattern>,
+    /// Every message a connection sends (joins, leaves, events; not heartbeats) takes a token
+    /// from this.
+    pub event_rate: RateLimit,
+    /// Every `track` (meta update) also takes a token from this.
+    pub meta_rate: RateLimit,
+    /// This many rate-limited messages in a row close the connection with 1008.
+    pub max_limited_in_a_row: u32,
+    /// Most distinct presence keys in one room; a join of a new key beyond gets `room full`.
+    pub max_room_members: Option<usize>,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            verifier: None,
+            allowed_origins: Vec::new(),
+            event_rate: RateLimit {
+                per_second: 50.0,
+                burst: 100,
+            },
+            meta_rate: RateLimit {
+                per_second: 5.0,
+                burst: 10,
+            },
+            max_limited_in_a_row: 50,
+            max_room_members: None,
+        }
+    }
+}
+
+/// A token bucket's shape: `burst` tokens, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Sustained rate, tokens per second.
+    pub per_second: f64,
+    /// Bucket size: how many may come at once after a quiet spell.
+    pub burst: u32,
 }
 
 /// `$HOSTNAME` when set, else `rollcall`.

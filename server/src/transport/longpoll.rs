@@ -25,7 +25,8 @@ use tokio::time::Instant;
 
 use super::websocket::decode_lenient_base64;
 use super::{Inbound, Outgoing, WireFrame};
-use crate::http::AppState;
+use crate::auth;
+use crate::http::{check_origin, AppState};
 use crate::socket::{self, ConnectInfo, SocketContext};
 
 /// Most ndjson lines one POST may carry; the rest are ignored (Phoenix's CVE hardening).
@@ -130,6 +131,10 @@ pub async fn get(
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
+    if let Err(why) = check_origin(&state.config.security.allowed_origins, &headers) {
+        tracing::info!("refused long-poll request: {why}");
+        return respond(json!({"status": 403}));
+    }
     let session = session_token(&headers, &params)
         .and_then(|token| state.longpoll.get(&token).map(|s| (token, s)));
     match session {
@@ -149,13 +154,27 @@ fn open(state: AppState, params: HashMap<String, String>, headers: &HeaderMap) -
     let auth_token = headers
         .get("x-phoenix-authtoken")
         .map(|v| v.as_bytes().to_vec());
+    let info = ConnectInfo { params, auth_token };
+    // The reason is logged; the token itself never is.
+    let identity = match auth::authenticate(
+        state.config.security.verifier.as_ref(),
+        info.token(),
+        auth::unix_now(),
+    ) {
+        Ok(identity) => identity,
+        Err(why) => {
+            tracing::info!("refused long-poll connect: {why}");
+            return respond(json!({"status": 403}));
+        }
+    };
     let mut ctx = SocketContext::new(
         serializer,
-        ConnectInfo { params, auth_token },
+        info,
         state.config.clone(),
         state.tracker.clone(),
         state.shutdown.clone(),
-    );
+    )
+    .with_identity(identity);
     // Long-poll clients send no heartbeats; the session expiry below replaces the idle timeout.
     ctx.idle_timeout = None;
     let token = format!("{:032x}", rand::random::<u128>());
@@ -280,6 +299,10 @@ pub async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Err(why) = check_origin(&state.config.security.allowed_origins, &headers) {
+        tracing::info!("refused long-poll request: {why}");
+        return respond(json!({"status": 403}));
+    }
     let Some(session) = session_token(&headers, &params).and_then(|t| state.longpoll.get(&t))
     else {
         return respond(json!({"status": 410}));

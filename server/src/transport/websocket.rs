@@ -13,6 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use rollcall_core::protocol::{Frame, Serializer};
 
 use super::{Inbound, Outgoing, WireFrame};
+use crate::auth;
 use crate::http::AppState;
 use crate::socket::{self, ConnectInfo, SocketContext};
 
@@ -60,9 +61,25 @@ pub async fn handler(
             return (StatusCode::FORBIDDEN, e.to_string()).into_response();
         }
     };
+    if let Err(why) = crate::http::check_origin(&state.config.security.allowed_origins, &headers) {
+        tracing::info!("refused websocket connect: {why}");
+        return (StatusCode::FORBIDDEN, why).into_response();
+    }
     let info = ConnectInfo {
         auth_token: auth_token_from_headers(&headers),
         params,
+    };
+    // The reason is logged and answered; the token itself never is.
+    let identity = match auth::authenticate(
+        state.config.security.verifier.as_ref(),
+        info.token(),
+        auth::unix_now(),
+    ) {
+        Ok(identity) => identity,
+        Err(why) => {
+            tracing::info!("refused websocket connect: {why}");
+            return (StatusCode::FORBIDDEN, why.to_string()).into_response();
+        }
     };
     let config = state.config.clone();
     // Accept a little more than the limit so the machine can close with 1009 and a reason
@@ -80,7 +97,8 @@ pub async fn handler(
                 state.config.clone(),
                 state.tracker.clone(),
                 state.shutdown.clone(),
-            );
+            )
+            .with_identity(identity);
             serve(ctx, ws).await;
             drop(guard);
         })
