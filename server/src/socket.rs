@@ -667,6 +667,36 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn token_bucket_allows_the_burst_then_refills_at_the_rate() {
+        let limit = RateLimit {
+            per_second: 10.0,
+            burst: 3,
+        };
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(limit, start);
+        assert!((0..3).all(|_| bucket.take(start)));
+        assert!(!bucket.take(start));
+        // 100 ms at 10/s refills exactly one token, and the bucket never holds more than burst.
+        assert!(bucket.take(start + Duration::from_millis(100)));
+        assert!(!bucket.take(start + Duration::from_millis(100)));
+        let later = start + Duration::from_secs(60);
+        assert_eq!((0..10).filter(|_| bucket.take(later)).count(), 3);
+    }
+
+    #[test]
+    fn a_zero_rate_means_unlimited() {
+        let now = Instant::now();
+        let mut bucket = TokenBucket::new(
+            RateLimit {
+                per_second: 0.0,
+                burst: 0,
+            },
+            now,
+        );
+        assert!((0..1000).all(|_| bucket.take(now)));
+    }
+
     #[test]
     fn close_reasons_are_cut_at_123_bytes_on_a_char_boundary() {
         let long = "é".repeat(100);
