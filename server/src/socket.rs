@@ -303,6 +303,10 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
                 tracing::debug!(conn = self.ctx.conn.0, "transport ended: {e}");
                 Some(CloseReason::ClientGone)
             }
+            Inbound::Invalid(why) => {
+                tracing::info!(conn = self.ctx.conn.0, "closing: {why}");
+                Some(self.close(CLOSE_INVALID_DATA, &why).await)
+            }
             Inbound::TooLarge(size) => {
                 tracing::info!(
                     conn = self.ctx.conn.0,

@@ -44,6 +44,9 @@ pub enum Inbound {
     Frame(Frame),
     /// A data frame bigger than the configured maximum (its size in bytes, when known).
     TooLarge(Option<usize>),
+    /// A frame the transport could not even hand over (e.g. a text frame that is not UTF-8);
+    /// the reason is for the client.
+    Invalid(String),
     /// Proof of life without data (WebSocket ping/pong).
     Activity,
     /// The transport failed (the reason, for the log).

@@ -114,6 +114,8 @@ fn to_inbound(msg: Result<Message, axum::Error>) -> Inbound {
             let text = e.to_string();
             if text.contains("Space limit") || text.contains("too long") {
                 Inbound::TooLarge(None)
+            } else if text.contains("UTF-8") {
+                Inbound::Invalid("text frame is not valid UTF-8".into())
             } else {
                 Inbound::Error(text)
             }
