@@ -292,6 +292,32 @@ async fn poll(state: &AppState, token: String, session: Arc<Session>) -> Respons
     respond(json!({"status": status, "token": token, "messages": messages}))
 }
 
+/// Splits a POST body into frames for the socket machine. ndjson: at most
+/// [`MAX_NDJSON_LINES`] non-empty lines, a line starting with `[` is a JSON text frame, any other
+/// is base64 of a binary frame (an undecodable one becomes an empty binary frame, which the
+/// machine refuses with a reason). Otherwise the whole body is one text frame. Invalid UTF-8 is
+/// replaced, so the decoder sees it and refuses the frame.
+pub fn parse_body(ndjson: bool, body: &[u8]) -> Vec<Inbound> {
+    let text = String::from_utf8_lossy(body);
+    if !ndjson {
+        return vec![Inbound::Frame(Frame::Text(text.into_owned()))];
+    }
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .take(MAX_NDJSON_LINES)
+        .map(|line| {
+            if line.starts_with('[') {
+                Inbound::Frame(Frame::Text(line.to_string()))
+            } else {
+                match decode_lenient_base64(line.trim()) {
+                    Some(bytes) => Inbound::Frame(Frame::Binary(bytes)),
+                    None => Inbound::Frame(Frame::Binary(Vec::new())),
+                }
+            }
+        })
+        .collect()
+}
+
 /// `POST /socket/longpoll`: deliver frames to a session.
 pub async fn post(
     State(state): State<AppState>,
@@ -311,27 +337,7 @@ pub async fn post(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/x-ndjson"));
-    let text = String::from_utf8_lossy(&body);
-    let frames: Vec<Inbound> = if ndjson {
-        text.lines()
-            .filter(|l| !l.is_empty())
-            .take(MAX_NDJSON_LINES)
-            .map(|line| {
-                if line.starts_with('[') {
-                    Inbound::Frame(Frame::Text(line.to_string()))
-                } else {
-                    match decode_lenient_base64(line.trim()) {
-                        Some(bytes) => Inbound::Frame(Frame::Binary(bytes)),
-                        // An undecodable line reaches the machine as an empty binary frame,
-                        // which it refuses with a reason.
-                        None => Inbound::Frame(Frame::Binary(Vec::new())),
-                    }
-                }
-            })
-            .collect()
-    } else {
-        vec![Inbound::Frame(Frame::Text(text.into_owned()))]
-    };
+    let frames = parse_body(ndjson, &body);
     for frame in frames {
         let send = session.inbound.send(frame);
         match tokio::time::timeout(state.config.longpoll_window, send).await {
