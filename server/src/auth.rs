@@ -118,6 +118,19 @@ impl fmt::Display for AuthError {
 
 impl std::error::Error for AuthError {}
 
+impl AuthError {
+    /// A `Malformed` error with the parser's message cut to 100 bytes: it may quote parts of
+    /// the token, and it goes to the log and back to the client.
+    fn malformed(e: impl fmt::Display) -> Self {
+        let text = e.to_string();
+        let mut end = text.len().min(100);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        AuthError::Malformed(text[..end].to_string())
+    }
+}
+
 /// Checks tokens against one or more secrets.
 #[derive(Clone)]
 pub struct Verifier {
@@ -146,8 +159,7 @@ impl Verifier {
 
     /// Verifies `token` at time `now` (unix seconds).
     pub fn verify(&self, token: &str, now: u64) -> Result<Identity, AuthError> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let header = jsonwebtoken::decode_header(token).map_err(AuthError::malformed)?;
         if header.alg != Algorithm::HS256 {
             return Err(AuthError::WrongAlgorithm);
         }
@@ -165,7 +177,7 @@ impl Verifier {
                     last = match e.kind() {
                         ErrorKind::InvalidSignature => AuthError::BadSignature,
                         ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm,
-                        _ => return Err(AuthError::Malformed(e.to_string())),
+                        _ => return Err(AuthError::malformed(e)),
                     };
                 }
             }
@@ -366,6 +378,16 @@ mod tests {
             let err = verifier(&["s3cret"]).verify(junk, NOW).unwrap_err();
             assert!(!err.to_string().is_empty());
         }
+    }
+
+    #[test]
+    fn malformed_reasons_are_short_even_for_huge_junk() {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = b64.encode(format!(r#"{{"alg":"{}"}}"#, "é".repeat(5000)));
+        let err = verifier(&["s3cret"])
+            .verify(&format!("{header}.e30.sig"), NOW)
+            .unwrap_err();
+        assert!(err.to_string().len() < 130, "{err}");
     }
 
     #[test]
