@@ -1,8 +1,12 @@
 //! Server configuration: every knob with its default. The `rollcall` binary fills it from flags
 //! and `ROLLCALL_*` environment variables; an embedding app builds it in code.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::auth::Verifier;
 use crate::channel::TopicPattern;
@@ -70,6 +74,39 @@ pub struct Security {
     pub max_limited_in_a_row: u32,
     /// Most distinct presence keys in one room; a join of a new key beyond gets `room full`.
     pub max_room_members: Option<usize>,
+    /// After a connection is closed for abuse (1008), its presence key may not reconnect for
+    /// this long (HTTP 429); zero turns it off.
+    pub abuse_penalty: Duration,
+    /// The keys currently refused; shared by every connection of a server built from this
+    /// configuration (cloning shares it).
+    pub penalty_box: PenaltyBox,
+}
+
+/// Presence keys refused until a deadline, after sustained abuse: without it a flooder closed
+/// with 1008 reconnects at once with a full bucket.
+#[derive(Debug, Clone, Default)]
+pub struct PenaltyBox {
+    until: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl PenaltyBox {
+    /// Refuses `key` until `until`.
+    pub fn punish(&self, key: &str, until: Instant) {
+        if let Ok(mut map) = self.until.lock() {
+            let now = Instant::now();
+            // Forget served penalties so the map holds only keys abusive right now.
+            map.retain(|_, t| *t > now);
+            map.insert(key.to_string(), until);
+        }
+    }
+
+    /// How long `key` is still refused at `now`, if it is.
+    pub fn remaining(&self, key: &str, now: Instant) -> Option<Duration> {
+        let map = self.until.lock().ok()?;
+        map.get(key)
+            .and_then(|until| until.checked_duration_since(now))
+            .filter(|d| !d.is_zero())
+    }
 }
 
 impl Default for Security {
@@ -87,6 +124,8 @@ impl Default for Security {
             },
             max_limited_in_a_row: 50,
             max_room_members: None,
+            abuse_penalty: Duration::from_secs(10),
+            penalty_box: PenaltyBox::default(),
         }
     }
 }

@@ -31,6 +31,7 @@ security (see README \"Security\"):
   --meta-burst N              ROLLCALL_META_BURST          meta update burst per connection [10]
   --rate-limit-close-after N  ROLLCALL_RATE_LIMIT_CLOSE_AFTER  rate-limited messages in a row before close 1008, 0 = never [50]
   --max-room-members N        ROLLCALL_MAX_ROOM_MEMBERS    distinct keys per room, else \"room full\" [unlimited]
+  --abuse-penalty-ms MS       ROLLCALL_ABUSE_PENALTY_MS    after a 1008 close, that key's reconnects get 429 [10000]
 
 `rollcall token --secret S --sub alice [--rooms 'room:*'] [--ttl 1h] [--meta JSON]` prints a token.";
 
@@ -83,6 +84,9 @@ struct SecurityArgs {
     /// Most distinct presence keys in one room; a new key's join beyond gets "room full".
     #[arg(long, env = "ROLLCALL_MAX_ROOM_MEMBERS")]
     max_room_members: Option<usize>,
+    /// After a 1008 abuse close, refuse that presence key's reconnects (HTTP 429) this long (0 = off).
+    #[arg(long, env = "ROLLCALL_ABUSE_PENALTY_MS", default_value_t = 10_000)]
+    abuse_penalty_ms: u64,
 }
 
 impl SecurityArgs {
@@ -101,6 +105,8 @@ impl SecurityArgs {
             },
             max_limited_in_a_row: self.rate_limit_close_after,
             max_room_members: self.max_room_members,
+            abuse_penalty: Duration::from_millis(self.abuse_penalty_ms),
+            penalty_box: Default::default(),
         }
     }
 }

@@ -100,6 +100,27 @@ impl SocketContext {
     }
 }
 
+/// Refuses a connect whose presence key (the token's `sub`, else `user_id`) is in the penalty
+/// box, closed for abuse a moment ago; the reason says when to come back.
+pub fn check_penalty(
+    config: &Config,
+    info: &ConnectInfo,
+    identity: Option<&Identity>,
+) -> Result<(), String> {
+    let key = match identity {
+        Some(id) => Some(id.key.as_str()),
+        None => info.params.get("user_id").map(String::as_str),
+    };
+    let left = key.and_then(|k| config.security.penalty_box.remaining(k, Instant::now()));
+    match left {
+        Some(left) => Err(format!(
+            "rate limited: try again in {} s",
+            left.as_secs_f64().ceil().max(1.0)
+        )),
+        None => Ok(()),
+    }
+}
+
 impl SocketContext {
     /// Binds the connection to a verified identity: its `sub` becomes the presence key, whatever
     /// `user_id` said.
@@ -369,6 +390,12 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
                 key = self.ctx.key,
                 "closing: {max} rate-limited messages in a row"
             );
+            let security = &self.ctx.config.security;
+            if !security.abuse_penalty.is_zero() {
+                security
+                    .penalty_box
+                    .punish(&self.ctx.key, Instant::now() + security.abuse_penalty);
+            }
             return Err(self
                 .close(CLOSE_POLICY_VIOLATION, "rate limited: too many messages")
                 .await);
@@ -686,6 +713,26 @@ mod tests {
         assert!(!bucket.take(start + Duration::from_millis(100)));
         let later = start + Duration::from_secs(60);
         assert_eq!((0..10).filter(|_| bucket.take(later)).count(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_penalty_refuses_the_key_until_it_ends() {
+        let config = Config::default();
+        let info = ConnectInfo {
+            params: [("user_id".to_string(), "flooder".to_string())].into(),
+            auth_token: None,
+        };
+        config
+            .security
+            .penalty_box
+            .punish("flooder", Instant::now() + Duration::from_secs(10));
+        assert_eq!(
+            check_penalty(&config, &info, None),
+            Err("rate limited: try again in 10 s".into())
+        );
+        assert!(check_penalty(&config, &ConnectInfo::default(), None).is_ok());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(check_penalty(&config, &info, None).is_ok());
     }
 
     #[test]

@@ -213,3 +213,72 @@ async fn a_join_of_a_full_room_is_refused_but_a_member_may_open_another_tab() {
     let list = server.tracker.list("room:small").await;
     assert_eq!(keys(&list), vec!["alice", "bob"]);
 }
+
+/// Connects as `user`; the HTTP status and body of a refusal, or `None` when accepted.
+async fn refusal(server: &TestServer, user: &str) -> Option<(u16, String)> {
+    let url = format!(
+        "ws://{}/socket/websocket?vsn=2.0.0&user_id={user}",
+        server.addr
+    );
+    match tokio_tungstenite::connect_async(url).await {
+        Ok(_) => None,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp.body().clone().unwrap_or_default();
+            Some((
+                resp.status().as_u16(),
+                String::from_utf8_lossy(&body).into(),
+            ))
+        }
+        Err(e) => panic!("unexpected connect error: {e}"),
+    }
+}
+
+async fn abuse_until_closed(server: &TestServer, user: &str) {
+    let mut c = Client::user(server, user).await;
+    let jr = c.join("room:r", json!({})).await;
+    for _ in 0..10 {
+        c.push(&jr, "room:r", "spam", json!({})).await;
+    }
+    assert_eq!(c.expect_close().await.0, 1008);
+}
+
+#[tokio::test]
+async fn a_key_closed_for_abuse_is_refused_with_429_until_its_penalty_ends() {
+    let server = with_security(Security {
+        event_rate: no_refill(1),
+        max_limited_in_a_row: 5,
+        abuse_penalty: std::time::Duration::from_secs(600),
+        ..Security::default()
+    })
+    .await;
+    abuse_until_closed(&server, "abuser").await;
+    let (status, reason) = refusal(&server, "abuser").await.expect("refused");
+    assert_eq!(status, 429);
+    assert!(reason.starts_with("rate limited: try again in"), "{reason}");
+    assert_eq!(refusal(&server, "someone-else").await, None);
+    let (_, _, body) = http(
+        server.addr,
+        "GET",
+        "/socket/longpoll?vsn=2.0.0&user_id=abuser",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json"),
+        json!({"status": 429})
+    );
+}
+
+#[tokio::test]
+async fn with_no_abuse_penalty_a_closed_key_may_reconnect_at_once() {
+    let server = with_security(Security {
+        event_rate: no_refill(1),
+        max_limited_in_a_row: 5,
+        abuse_penalty: std::time::Duration::ZERO,
+        ..Security::default()
+    })
+    .await;
+    abuse_until_closed(&server, "abuser").await;
+    assert_eq!(refusal(&server, "abuser").await, None);
+}

@@ -167,6 +167,10 @@ fn open(state: AppState, params: HashMap<String, String>, headers: &HeaderMap) -
             return respond(json!({"status": 403}));
         }
     };
+    if let Err(why) = socket::check_penalty(&state.config, &info, identity.as_ref()) {
+        tracing::info!("refused long-poll connect: {why}");
+        return respond(json!({"status": 429}));
+    }
     let mut ctx = SocketContext::new(
         serializer,
         info,

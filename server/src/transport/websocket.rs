@@ -81,6 +81,10 @@ pub async fn handler(
             return (StatusCode::FORBIDDEN, why.to_string()).into_response();
         }
     };
+    if let Err(why) = socket::check_penalty(&state.config, &info, identity.as_ref()) {
+        tracing::info!("refused websocket connect: {why}");
+        return (StatusCode::TOO_MANY_REQUESTS, why).into_response();
+    }
     let config = state.config.clone();
     // Accept a little more than the limit so the machine can close with 1009 and a reason
     // instead of the codec failing the stream.
