@@ -118,6 +118,19 @@ impl fmt::Display for AuthError {
 
 impl std::error::Error for AuthError {}
 
+impl AuthError {
+    /// A `Malformed` error with the parser's message cut to 100 bytes: it may quote parts of
+    /// the token, and it goes to the log and back to the client.
+    fn malformed(e: impl fmt::Display) -> Self {
+        let text = e.to_string();
+        let mut end = text.len().min(100);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        AuthError::Malformed(text[..end].to_string())
+    }
+}
+
 /// Checks tokens against one or more secrets.
 #[derive(Clone)]
 pub struct Verifier {
@@ -146,8 +159,7 @@ impl Verifier {
 
     /// Verifies `token` at time `now` (unix seconds).
     pub fn verify(&self, token: &str, now: u64) -> Result<Identity, AuthError> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let header = jsonwebtoken::decode_header(token).map_err(AuthError::malformed)?;
         if header.alg != Algorithm::HS256 {
             return Err(AuthError::WrongAlgorithm);
         }
@@ -165,7 +177,7 @@ impl Verifier {
                     last = match e.kind() {
                         ErrorKind::InvalidSignature => AuthError::BadSignature,
                         ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm,
-                        _ => return Err(AuthError::Malformed(e.to_string())),
+                        _ => return Err(AuthError::malformed(e)),
                     };
                 }
             }
@@ -195,6 +207,30 @@ fn check_claims(claims: Claims, now: u64) -> Result<Identity, AuthError> {
         rooms: claims.rooms,
         meta: claims.meta.unwrap_or_default(),
     })
+}
+
+/// Now, in unix seconds (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Decides who a connect request is. Open mode (`verifier` is `None`) accepts everyone and
+/// ignores any token; otherwise `token` (raw bytes as presented) must verify at `now`.
+pub fn authenticate(
+    verifier: Option<&Verifier>,
+    token: Option<&[u8]>,
+    now: u64,
+) -> Result<Option<Identity>, AuthError> {
+    let Some(verifier) = verifier else {
+        return Ok(None);
+    };
+    let token = token.ok_or(AuthError::Missing)?;
+    let token = std::str::from_utf8(token)
+        .map_err(|_| AuthError::Malformed("token is not UTF-8".into()))?;
+    verifier.verify(token.trim(), now).map(Some)
 }
 
 /// Mints an HS256 token (for `rollcall token`, development and tests).
@@ -345,6 +381,16 @@ mod tests {
     }
 
     #[test]
+    fn malformed_reasons_are_short_even_for_huge_junk() {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = b64.encode(format!(r#"{{"alg":"{}"}}"#, "é".repeat(5000)));
+        let err = verifier(&["s3cret"])
+            .verify(&format!("{header}.e30.sig"), NOW)
+            .unwrap_err();
+        assert!(err.to_string().len() < 130, "{err}");
+    }
+
+    #[test]
     fn rooms_restrict_which_topics_may_be_joined() {
         let mut c = claims("alice");
         c.rooms = Some(vec!["room:team-*".into(), "room:lobby".into()]);
@@ -375,6 +421,20 @@ mod tests {
         assert_eq!(meta["name"], "Alice");
         assert_eq!(meta["role"], "admin");
         assert_eq!(meta["status"], "away");
+    }
+
+    #[test]
+    fn open_mode_ignores_tokens_and_secret_mode_requires_one() {
+        assert_eq!(authenticate(None, Some(b"junk"), NOW), Ok(None));
+        let v = verifier(&["s3cret"]);
+        assert_eq!(authenticate(Some(&v), None, NOW), Err(AuthError::Missing));
+        assert!(matches!(
+            authenticate(Some(&v), Some(&[0xff, 0xfe]), NOW),
+            Err(AuthError::Malformed(_))
+        ));
+        let token = mint("s3cret", &claims("alice")).expect("mint");
+        let id = authenticate(Some(&v), Some(token.as_bytes()), NOW).expect("valid");
+        assert_eq!(id.map(|i| i.key), Some("alice".into()));
     }
 
     #[test]

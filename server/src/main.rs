@@ -20,7 +20,20 @@ const SERVE_FLAGS: &str = "\
   --max-channels N            ROLLCALL_MAX_CHANNELS        channels per connection [100]
   --max-queued-frames N       ROLLCALL_MAX_QUEUED_FRAMES   frames queued for a slow client, else close 1013 [1024]
   --longpoll-window-ms MS     ROLLCALL_LONGPOLL_WINDOW_MS  long-poll window; sessions expire after 1.5x [10000]
-  --node NAME (--node-name)   ROLLCALL_NODE_NAME           node name, unique in the cluster [host name + random suffix]";
+  --node NAME (--node-name)   ROLLCALL_NODE_NAME           node name, unique in the cluster [host name + random suffix]
+
+security (see README \"Security\"):
+  --secret SECRET[,SECRET]    ROLLCALL_SECRET              HS256 token secret(s), several for rotation [none: open mode]
+  --allowed-origins LIST      ROLLCALL_ALLOWED_ORIGINS     browser origins allowed, e.g. https://*.example.com [any]
+  --event-rate PER_S          ROLLCALL_EVENT_RATE          messages per second per connection, 0 = unlimited [50]
+  --event-burst N             ROLLCALL_EVENT_BURST         message burst per connection [100]
+  --meta-rate PER_S           ROLLCALL_META_RATE           meta updates (track) per second per connection, 0 = unlimited [5]
+  --meta-burst N              ROLLCALL_META_BURST          meta update burst per connection [10]
+  --rate-limit-close-after N  ROLLCALL_RATE_LIMIT_CLOSE_AFTER  rate-limited messages in a row before close 1008, 0 = never [50]
+  --max-room-members N        ROLLCALL_MAX_ROOM_MEMBERS    distinct keys per room, else \"room full\" [unlimited]
+  --abuse-penalty-ms MS       ROLLCALL_ABUSE_PENALTY_MS    after a 1008 close, that key's reconnects get 429 [10000]
+
+`rollcall token --secret S --sub alice [--rooms 'room:*'] [--ttl 1h] [--meta JSON]` prints a token.";
 
 /// Phoenix-style presence server: Phoenix Channels over WebSocket and long-poll, presence rooms.
 #[derive(Parser, Debug)]
@@ -33,7 +46,119 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a rollcall node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Print an HS256 token for development and tests (a backend mints its own in production).
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SecurityArgs {
+    /// HS256 secret(s) for connect tokens: comma-separated or repeated; any of them verifies
+    /// (rotation). Without one the server runs in open mode. Prefer the environment variable.
+    #[arg(
+        long = "secret",
+        env = "ROLLCALL_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    secrets: Vec<String>,
+    /// Browser origins allowed to connect, comma-separated (`https://app.example.com`,
+    /// `https://*.example.com`, `*.example.com`); requests without Origin pass. Default: any.
+    #[arg(long, env = "ROLLCALL_ALLOWED_ORIGINS", default_value = "")]
+    allowed_origins: String,
+    /// Messages per second one connection may send, sustained (0 = unlimited).
+    #[arg(long, env = "ROLLCALL_EVENT_RATE", default_value_t = 50.0)]
+    event_rate: f64,
+    /// Messages one connection may send at once after a quiet spell.
+    #[arg(long, env = "ROLLCALL_EVENT_BURST", default_value_t = 100)]
+    event_burst: u32,
+    /// Meta updates (`track`) per second per connection, sustained (0 = unlimited).
+    #[arg(long, env = "ROLLCALL_META_RATE", default_value_t = 5.0)]
+    meta_rate: f64,
+    /// Meta updates one connection may send at once.
+    #[arg(long, env = "ROLLCALL_META_BURST", default_value_t = 10)]
+    meta_burst: u32,
+    /// Close a connection (1008) after this many rate-limited messages in a row (0 = never).
+    #[arg(long, env = "ROLLCALL_RATE_LIMIT_CLOSE_AFTER", default_value_t = 50)]
+    rate_limit_close_after: u32,
+    /// Most distinct presence keys in one room; a new key's join beyond gets "room full".
+    #[arg(long, env = "ROLLCALL_MAX_ROOM_MEMBERS")]
+    max_room_members: Option<usize>,
+    /// After a 1008 abuse close, refuse that presence key's reconnects (HTTP 429) this long (0 = off).
+    #[arg(long, env = "ROLLCALL_ABUSE_PENALTY_MS", default_value_t = 10_000)]
+    abuse_penalty_ms: u64,
+}
+
+impl SecurityArgs {
+    fn into_security(self) -> rollcall_server::config::Security {
+        use rollcall_server::config::{RateLimit, Security};
+        Security {
+            verifier: rollcall_server::auth::Verifier::new(&self.secrets),
+            allowed_origins: rollcall_server::http::parse_origins(&self.allowed_origins),
+            event_rate: RateLimit {
+                per_second: self.event_rate,
+                burst: self.event_burst,
+            },
+            meta_rate: RateLimit {
+                per_second: self.meta_rate,
+                burst: self.meta_burst,
+            },
+            max_limited_in_a_row: self.rate_limit_close_after,
+            max_room_members: self.max_room_members,
+            abuse_penalty: Duration::from_millis(self.abuse_penalty_ms),
+            penalty_box: Default::default(),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct TokenArgs {
+    /// The secret to sign with (the first one, if a comma-separated list is given).
+    #[arg(long, env = "ROLLCALL_SECRET", hide_env_values = true)]
+    secret: String,
+    /// The presence key.
+    #[arg(long)]
+    sub: String,
+    /// Topic patterns the token may join, comma-separated (default: every room).
+    #[arg(long)]
+    rooms: Option<String>,
+    /// Lifetime: 90s, 15m, 1h, 7d.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    /// Server-trusted meta fields, a JSON object (e.g. '{"name":"Alice"}').
+    #[arg(long)]
+    meta: Option<String>,
+}
+
+fn mint_token(args: TokenArgs) -> Result<String, Box<dyn std::error::Error>> {
+    use rollcall_server::auth;
+    let secret = args.secret.split(',').next().unwrap_or_default();
+    if secret.is_empty() {
+        return Err("--secret must not be empty".into());
+    }
+    let now = auth::unix_now();
+    let meta = match args.meta {
+        None => None,
+        Some(text) => match serde_json::from_str(&text)? {
+            serde_json::Value::Object(map) => Some(map),
+            _ => return Err("--meta must be a JSON object".into()),
+        },
+    };
+    let claims = auth::Claims {
+        sub: args.sub,
+        exp: Some(now.saturating_add(auth::parse_ttl(&args.ttl)?)),
+        nbf: None,
+        iat: Some(now),
+        rooms: args.rooms.map(|r| {
+            r.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect()
+        }),
+        meta,
+    };
+    Ok(auth::mint(secret, &claims)?)
 }
 
 #[derive(clap::Args, Debug)]
@@ -74,6 +199,8 @@ struct ServeArgs {
     node_name: Option<String>,
     #[command(flatten)]
     cluster: ClusterArgs,
+    #[command(flatten)]
+    security: SecurityArgs,
 }
 
 async fn stop_signal() {
@@ -105,7 +232,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let Command::Serve(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Serve(args) => args,
+        Command::Token(args) => {
+            println!("{}", mint_token(args)?);
+            return Ok(());
+        }
+    };
+    let security = args.security.into_security();
+    let open_mode = security.verifier.is_none();
     let rooms = parse_patterns(&args.rooms);
     if rooms.is_empty() {
         return Err("--rooms needs at least one pattern".into());
@@ -127,10 +262,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_queued_frames: args.max_queued_frames,
         longpoll_window: Duration::from_millis(args.longpoll_window_ms),
         cluster: cluster_settings,
+        security,
     };
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
     // Tests and scripts read this exact line to learn the port.
     println!("rollcall listening on http://{}", listener.local_addr()?);
+    if open_mode {
+        // After the listening line, which scripts read first.
+        tracing::warn!(
+            "open mode: no --secret / ROLLCALL_SECRET set, so any client may claim any user_id"
+        );
+    }
     let pubsub = args.cluster.connect(&config.node_name).await?;
     if let Some(addr) = pubsub.cluster_addr() {
         println!("rollcall cluster listening on {addr}");

@@ -19,12 +19,13 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
+use crate::auth::{AuthError, Identity};
 use crate::channel::{self, PolicyError, EVENT_TRACK, EVENT_UNTRACK};
-use crate::config::Config;
+use crate::config::{Config, RateLimit};
 use crate::tracker::{Outbox, Subscriber, Tracker};
 use crate::transport::{
-    Inbound, Outgoing, WireFrame, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_TOO_BIG,
-    CLOSE_TRY_AGAIN_LATER,
+    Inbound, Outgoing, WireFrame, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_POLICY_VIOLATION,
+    CLOSE_TOO_BIG, CLOSE_TRY_AGAIN_LATER,
 };
 use crate::ConnId;
 
@@ -37,6 +38,16 @@ pub struct ConnectInfo {
     pub auth_token: Option<Vec<u8>>,
 }
 
+impl ConnectInfo {
+    /// The connect token: phoenix.js `authToken` (sub-protocol or long-poll header) first, else
+    /// the `token` socket param.
+    pub fn token(&self) -> Option<&[u8]> {
+        self.auth_token
+            .as_deref()
+            .or_else(|| self.params.get("token").map(String::as_bytes))
+    }
+}
+
 /// Everything one connection's machine needs.
 #[derive(Debug, Clone)]
 pub struct SocketContext {
@@ -46,8 +57,10 @@ pub struct SocketContext {
     pub serializer: Serializer,
     /// What it said at connect time.
     pub info: ConnectInfo,
-    /// Its presence key (`user_id`, or `anon-<random>`).
+    /// Its presence key (the token's `sub`; in open mode `user_id`, or `anon-<random>`).
     pub key: String,
+    /// The verified token, when the server requires one.
+    pub identity: Option<Identity>,
     /// Limits and rooms.
     pub config: Arc<Config>,
     /// The node's tracker.
@@ -79,12 +92,86 @@ impl SocketContext {
             idle_timeout: Some(config.idle_timeout),
             info,
             key,
+            identity: None,
             config,
             tracker,
             shutdown,
         }
     }
 }
+
+/// Refuses a connect whose presence key (the token's `sub`, else `user_id`) is in the penalty
+/// box, closed for abuse a moment ago; the reason says when to come back.
+pub fn check_penalty(
+    config: &Config,
+    info: &ConnectInfo,
+    identity: Option<&Identity>,
+) -> Result<(), String> {
+    let key = match identity {
+        Some(id) => Some(id.key.as_str()),
+        None => info.params.get("user_id").map(String::as_str),
+    };
+    let left = key.and_then(|k| config.security.penalty_box.remaining(k, Instant::now()));
+    match left {
+        Some(left) => Err(format!(
+            "rate limited: try again in {} s",
+            left.as_secs_f64().ceil().max(1.0)
+        )),
+        None => Ok(()),
+    }
+}
+
+impl SocketContext {
+    /// Binds the connection to a verified identity: its `sub` becomes the presence key, whatever
+    /// `user_id` said.
+    pub fn with_identity(mut self, identity: Option<Identity>) -> Self {
+        if let Some(id) = &identity {
+            self.key = id.key.clone();
+        }
+        self.identity = identity;
+        self
+    }
+}
+
+/// A token bucket on [`tokio::time::Instant`] (so paused-time tests drive it).
+#[derive(Debug)]
+struct TokenBucket {
+    limit: RateLimit,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(limit: RateLimit, now: Instant) -> Self {
+        TokenBucket {
+            limit,
+            tokens: f64::from(limit.burst),
+            last: now,
+        }
+    }
+
+    /// Takes one token if there is one. A rate of 0 (or less) means unlimited.
+    fn take(&mut self, now: Instant) -> bool {
+        if self.limit.per_second <= 0.0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens =
+            (self.tokens + elapsed * self.limit.per_second).min(f64::from(self.limit.burst));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The reason in the error reply to a message over a rate limit.
+pub const RATE_LIMITED: &str = "rate limited";
+/// The reason in the error reply to a join of a room at `--max-room-members`.
+pub const ROOM_FULL: &str = "room full";
 
 struct JoinedChannel {
     join_ref: Option<String>,
@@ -118,6 +205,10 @@ struct Machine<S> {
     sink: S,
     channels: HashMap<String, JoinedChannel>,
     outbox: Outbox,
+    events: TokenBucket,
+    metas: TokenBucket,
+    /// Rate-limited messages since the last accepted one.
+    limited_in_a_row: u32,
 }
 
 /// Runs one connection until it closes. Frames the tracker queues for this connection are
@@ -134,11 +225,17 @@ where
     let conn = ctx.conn;
     let tracker = ctx.tracker.clone();
     let idle_timeout = ctx.idle_timeout;
+    let now = Instant::now();
+    let events = TokenBucket::new(ctx.config.security.event_rate, now);
+    let metas = TokenBucket::new(ctx.config.security.meta_rate, now);
     let mut machine = Machine {
         ctx,
         sink,
         channels: HashMap::new(),
         outbox,
+        events,
+        metas,
+        limited_in_a_row: 0,
     };
     let far_future = Duration::from_secs(86_400 * 365);
     let mut deadline = Instant::now() + idle_timeout.unwrap_or(far_future);
@@ -227,6 +324,10 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
                 tracing::debug!(conn = self.ctx.conn.0, "transport ended: {e}");
                 Some(CloseReason::ClientGone)
             }
+            Inbound::Invalid(why) => {
+                tracing::info!(conn = self.ctx.conn.0, "closing: {why}");
+                Some(self.close(CLOSE_INVALID_DATA, &why).await)
+            }
             Inbound::TooLarge(size) => {
                 tracing::info!(
                     conn = self.ctx.conn.0,
@@ -250,7 +351,26 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
                     return Box::pin(self.handle_inbound(Inbound::TooLarge(Some(size)))).await;
                 }
                 match self.ctx.serializer.decode(&frame) {
-                    Ok(msg) => self.handle_message(msg).await.err(),
+                    Ok(msg) => {
+                        let heartbeat =
+                            msg.topic == HEARTBEAT_TOPIC && msg.event == HEARTBEAT_EVENT;
+                        // A heartbeat costs one reply, as a refusal would: not limited.
+                        let bucket = if heartbeat {
+                            true
+                        } else if msg.event == EVENT_TRACK {
+                            // A meta update is both an event and a meta update.
+                            let event_ok = self.events.take(Instant::now());
+                            event_ok && self.metas.take(Instant::now())
+                        } else {
+                            self.events.take(Instant::now())
+                        };
+                        if bucket {
+                            self.limited_in_a_row = 0;
+                            self.handle_message(msg).await.err()
+                        } else {
+                            self.rate_limited(&msg).await.err()
+                        }
+                    }
                     Err(e) => {
                         tracing::info!(conn = self.ctx.conn.0, "closing: malformed frame: {e}");
                         Some(self.close(CLOSE_INVALID_DATA, &e.to_string()).await)
@@ -258,6 +378,30 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
                 }
             }
         }
+    }
+
+    /// Answers a message over a limit; enough of them in a row close the connection (1008).
+    async fn rate_limited(&mut self, msg: &Message) -> Result<(), CloseReason> {
+        self.limited_in_a_row = self.limited_in_a_row.saturating_add(1);
+        let max = self.ctx.config.security.max_limited_in_a_row;
+        if max > 0 && self.limited_in_a_row >= max {
+            tracing::info!(
+                conn = self.ctx.conn.0,
+                key = self.ctx.key,
+                "closing: {max} rate-limited messages in a row"
+            );
+            let security = &self.ctx.config.security;
+            if !security.abuse_penalty.is_zero() {
+                security
+                    .penalty_box
+                    .punish(&self.ctx.key, Instant::now() + security.abuse_penalty);
+            }
+            return Err(self
+                .close(CLOSE_POLICY_VIOLATION, "rate limited: too many messages")
+                .await);
+        }
+        self.reply(msg, "error", json!({"reason": RATE_LIMITED}))
+            .await
     }
 
     async fn reply(
@@ -360,6 +504,29 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
             );
             return self.unmatched(&msg).await;
         }
+        if let Some(id) = &self.ctx.identity {
+            if !id.may_join(&msg.topic) {
+                let reason = AuthError::TopicNotAllowed(msg.topic.clone()).to_string();
+                tracing::info!(
+                    conn = self.ctx.conn.0,
+                    key = id.key,
+                    "join refused: {reason}"
+                );
+                return self.reply(&msg, "error", json!({"reason": reason})).await;
+            }
+        }
+        if let Some(max) = self.ctx.config.security.max_room_members {
+            // Counted over the whole room (every node); concurrent joins may overshoot by
+            // the few that race the count.
+            let members = self.ctx.tracker.list(&msg.topic).await;
+            let count = members.as_object().map_or(0, |m| m.len());
+            let present = members.get(&self.ctx.key).is_some();
+            if !present && count >= max {
+                return self
+                    .reply(&msg, "error", json!({"reason": ROOM_FULL}))
+                    .await;
+            }
+        }
         let old = self.channels.get(&msg.topic).map(|c| c.join_ref.clone());
         if old.is_none() && self.channels.len() >= self.ctx.config.max_channels {
             return self
@@ -386,7 +553,10 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
                 self.reply(&msg, "error", json!({"reason": e.reason()}))
                     .await
             }
-            Ok(room) => {
+            Ok(mut room) => {
+                if let Some(id) = &self.ctx.identity {
+                    id.apply_trusted_meta(&mut room.meta);
+                }
                 self.channels.insert(
                     msg.topic.clone(),
                     JoinedChannel {
@@ -425,7 +595,10 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
                     Payload::Binary(_) => Err(PolicyError::BinaryPayload),
                 };
                 match meta {
-                    Ok(meta) => {
+                    Ok(mut meta) => {
+                        if let Some(id) = &self.ctx.identity {
+                            id.apply_trusted_meta(&mut meta);
+                        }
                         self.ctx.tracker.track(conn, &msg.topic, meta);
                         self.channel_reply(&msg, join_ref, "ok", json!({})).await
                     }
@@ -523,6 +696,56 @@ mod tests {
             task.await.unwrap(),
             CloseReason::Closed(CLOSE_GOING_AWAY, "idle timeout".into())
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_bucket_allows_the_burst_then_refills_at_the_rate() {
+        let limit = RateLimit {
+            per_second: 10.0,
+            burst: 3,
+        };
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(limit, start);
+        assert!((0..3).all(|_| bucket.take(start)));
+        assert!(!bucket.take(start));
+        // 100 ms at 10/s refills exactly one token, and the bucket never holds more than burst.
+        assert!(bucket.take(start + Duration::from_millis(100)));
+        assert!(!bucket.take(start + Duration::from_millis(100)));
+        let later = start + Duration::from_secs(60);
+        assert_eq!((0..10).filter(|_| bucket.take(later)).count(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_penalty_refuses_the_key_until_it_ends() {
+        let config = Config::default();
+        let info = ConnectInfo {
+            params: [("user_id".to_string(), "flooder".to_string())].into(),
+            auth_token: None,
+        };
+        config
+            .security
+            .penalty_box
+            .punish("flooder", Instant::now() + Duration::from_secs(10));
+        assert_eq!(
+            check_penalty(&config, &info, None),
+            Err("rate limited: try again in 10 s".into())
+        );
+        assert!(check_penalty(&config, &ConnectInfo::default(), None).is_ok());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(check_penalty(&config, &info, None).is_ok());
+    }
+
+    #[test]
+    fn a_zero_rate_means_unlimited() {
+        let now = Instant::now();
+        let mut bucket = TokenBucket::new(
+            RateLimit {
+                per_second: 0.0,
+                burst: 0,
+            },
+            now,
+        );
+        assert!((0..1000).all(|_| bucket.take(now)));
     }
 
     #[test]

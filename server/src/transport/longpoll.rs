@@ -25,7 +25,8 @@ use tokio::time::Instant;
 
 use super::websocket::decode_lenient_base64;
 use super::{Inbound, Outgoing, WireFrame};
-use crate::http::AppState;
+use crate::auth;
+use crate::http::{check_origin, AppState};
 use crate::socket::{self, ConnectInfo, SocketContext};
 
 /// Most ndjson lines one POST may carry; the rest are ignored (Phoenix's CVE hardening).
@@ -130,6 +131,10 @@ pub async fn get(
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
+    if let Err(why) = check_origin(&state.config.security.allowed_origins, &headers) {
+        tracing::info!("refused long-poll request: {why}");
+        return respond(json!({"status": 403}));
+    }
     let session = session_token(&headers, &params)
         .and_then(|token| state.longpoll.get(&token).map(|s| (token, s)));
     match session {
@@ -149,13 +154,31 @@ fn open(state: AppState, params: HashMap<String, String>, headers: &HeaderMap) -
     let auth_token = headers
         .get("x-phoenix-authtoken")
         .map(|v| v.as_bytes().to_vec());
+    let info = ConnectInfo { params, auth_token };
+    // The reason is logged; the token itself never is.
+    let identity = match auth::authenticate(
+        state.config.security.verifier.as_ref(),
+        info.token(),
+        auth::unix_now(),
+    ) {
+        Ok(identity) => identity,
+        Err(why) => {
+            tracing::info!("refused long-poll connect: {why}");
+            return respond(json!({"status": 403}));
+        }
+    };
+    if let Err(why) = socket::check_penalty(&state.config, &info, identity.as_ref()) {
+        tracing::info!("refused long-poll connect: {why}");
+        return respond(json!({"status": 429}));
+    }
     let mut ctx = SocketContext::new(
         serializer,
-        ConnectInfo { params, auth_token },
+        info,
         state.config.clone(),
         state.tracker.clone(),
         state.shutdown.clone(),
-    );
+    )
+    .with_identity(identity);
     // Long-poll clients send no heartbeats; the session expiry below replaces the idle timeout.
     ctx.idle_timeout = None;
     let token = format!("{:032x}", rand::random::<u128>());
@@ -273,6 +296,32 @@ async fn poll(state: &AppState, token: String, session: Arc<Session>) -> Respons
     respond(json!({"status": status, "token": token, "messages": messages}))
 }
 
+/// Splits a POST body into frames for the socket machine. ndjson: at most
+/// [`MAX_NDJSON_LINES`] non-empty lines, a line starting with `[` is a JSON text frame, any other
+/// is base64 of a binary frame (an undecodable one becomes an empty binary frame, which the
+/// machine refuses with a reason). Otherwise the whole body is one text frame. Invalid UTF-8 is
+/// replaced, so the decoder sees it and refuses the frame.
+pub fn parse_body(ndjson: bool, body: &[u8]) -> Vec<Inbound> {
+    let text = String::from_utf8_lossy(body);
+    if !ndjson {
+        return vec![Inbound::Frame(Frame::Text(text.into_owned()))];
+    }
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .take(MAX_NDJSON_LINES)
+        .map(|line| {
+            if line.starts_with('[') {
+                Inbound::Frame(Frame::Text(line.to_string()))
+            } else {
+                match decode_lenient_base64(line.trim()) {
+                    Some(bytes) => Inbound::Frame(Frame::Binary(bytes)),
+                    None => Inbound::Frame(Frame::Binary(Vec::new())),
+                }
+            }
+        })
+        .collect()
+}
+
 /// `POST /socket/longpoll`: deliver frames to a session.
 pub async fn post(
     State(state): State<AppState>,
@@ -280,6 +329,10 @@ pub async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Err(why) = check_origin(&state.config.security.allowed_origins, &headers) {
+        tracing::info!("refused long-poll request: {why}");
+        return respond(json!({"status": 403}));
+    }
     let Some(session) = session_token(&headers, &params).and_then(|t| state.longpoll.get(&t))
     else {
         return respond(json!({"status": 410}));
@@ -288,27 +341,7 @@ pub async fn post(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/x-ndjson"));
-    let text = String::from_utf8_lossy(&body);
-    let frames: Vec<Inbound> = if ndjson {
-        text.lines()
-            .filter(|l| !l.is_empty())
-            .take(MAX_NDJSON_LINES)
-            .map(|line| {
-                if line.starts_with('[') {
-                    Inbound::Frame(Frame::Text(line.to_string()))
-                } else {
-                    match decode_lenient_base64(line.trim()) {
-                        Some(bytes) => Inbound::Frame(Frame::Binary(bytes)),
-                        // An undecodable line reaches the machine as an empty binary frame,
-                        // which it refuses with a reason.
-                        None => Inbound::Frame(Frame::Binary(Vec::new())),
-                    }
-                }
-            })
-            .collect()
-    } else {
-        vec![Inbound::Frame(Frame::Text(text.into_owned()))]
-    };
+    let frames = parse_body(ndjson, &body);
     for frame in frames {
         let send = session.inbound.send(frame);
         match tokio::time::timeout(state.config.longpoll_window, send).await {

@@ -44,6 +44,9 @@ pub enum Inbound {
     Frame(Frame),
     /// A data frame bigger than the configured maximum (its size in bytes, when known).
     TooLarge(Option<usize>),
+    /// A frame the transport could not even hand over (e.g. a text frame that is not UTF-8);
+    /// the reason is for the client.
+    Invalid(String),
     /// Proof of life without data (WebSocket ping/pong).
     Activity,
     /// The transport failed (the reason, for the log).
@@ -68,6 +71,8 @@ pub enum Outgoing {
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code: a frame could not be decoded.
 pub const CLOSE_INVALID_DATA: u16 = 1007;
+/// Close code: the client broke a rule (sustained rate-limit abuse).
+pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
 /// Close code: a frame was bigger than allowed.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code: the client did not keep up with its frames; reconnect later.

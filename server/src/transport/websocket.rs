@@ -13,6 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use rollcall_core::protocol::{Frame, Serializer};
 
 use super::{Inbound, Outgoing, WireFrame};
+use crate::auth;
 use crate::http::AppState;
 use crate::socket::{self, ConnectInfo, SocketContext};
 
@@ -60,10 +61,30 @@ pub async fn handler(
             return (StatusCode::FORBIDDEN, e.to_string()).into_response();
         }
     };
+    if let Err(why) = crate::http::check_origin(&state.config.security.allowed_origins, &headers) {
+        tracing::info!("refused websocket connect: {why}");
+        return (StatusCode::FORBIDDEN, why).into_response();
+    }
     let info = ConnectInfo {
         auth_token: auth_token_from_headers(&headers),
         params,
     };
+    // The reason is logged and answered; the token itself never is.
+    let identity = match auth::authenticate(
+        state.config.security.verifier.as_ref(),
+        info.token(),
+        auth::unix_now(),
+    ) {
+        Ok(identity) => identity,
+        Err(why) => {
+            tracing::info!("refused websocket connect: {why}");
+            return (StatusCode::FORBIDDEN, why.to_string()).into_response();
+        }
+    };
+    if let Err(why) = socket::check_penalty(&state.config, &info, identity.as_ref()) {
+        tracing::info!("refused websocket connect: {why}");
+        return (StatusCode::TOO_MANY_REQUESTS, why).into_response();
+    }
     let config = state.config.clone();
     // Accept a little more than the limit so the machine can close with 1009 and a reason
     // instead of the codec failing the stream.
@@ -80,7 +101,8 @@ pub async fn handler(
                 state.config.clone(),
                 state.tracker.clone(),
                 state.shutdown.clone(),
-            );
+            )
+            .with_identity(identity);
             serve(ctx, ws).await;
             drop(guard);
         })
@@ -96,6 +118,8 @@ fn to_inbound(msg: Result<Message, axum::Error>) -> Inbound {
             let text = e.to_string();
             if text.contains("Space limit") || text.contains("too long") {
                 Inbound::TooLarge(None)
+            } else if text.contains("UTF-8") {
+                Inbound::Invalid("text frame is not valid UTF-8".into())
             } else {
                 Inbound::Error(text)
             }

@@ -55,6 +55,11 @@ impl Client {
         Client { ws, next_ref: 0 }
     }
 
+    /// Wraps an already-connected socket.
+    pub fn from_ws(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        Client { ws, next_ref: 0 }
+    }
+
     /// A V2 client with `user_id`.
     pub async fn user(server: &TestServer, user_id: &str) -> Client {
         Client::connect(server, &format!("vsn=2.0.0&user_id={user_id}")).await

@@ -1,0 +1,100 @@
+//! `rollcall token` and `rollcall serve` with a secret, as a user runs them.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use rollcall_server::auth::{unix_now, Verifier};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rollcall");
+
+#[test]
+fn rollcall_token_prints_a_token_the_server_secret_verifies() {
+    let out = Command::new(BIN)
+        .args(["token", "--secret", "dev-secret", "--sub", "alice"])
+        .args([
+            "--rooms",
+            "room:*",
+            "--ttl",
+            "15m",
+            "--meta",
+            r#"{"name":"Alice"}"#,
+        ])
+        .env_remove("ROLLCALL_SECRET")
+        .output()
+        .expect("run rollcall token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let id = Verifier::new(&["dev-secret"])
+        .expect("secret")
+        .verify(&token, unix_now())
+        .expect("valid token");
+    assert_eq!(id.key, "alice");
+    assert_eq!(id.rooms, Some(vec!["room:*".to_string()]));
+    assert_eq!(id.meta["name"], "Alice");
+    // 15 minutes from now, not more.
+    assert!(Verifier::new(&["dev-secret"])
+        .expect("secret")
+        .verify(&token, unix_now() + 16 * 60)
+        .is_err());
+}
+
+#[test]
+fn rollcall_token_refuses_meta_that_is_not_an_object() {
+    let out = Command::new(BIN)
+        .args(["token", "--secret", "s", "--sub", "a", "--meta", "[1]"])
+        .output()
+        .expect("run rollcall token");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--meta must be a JSON object"));
+}
+
+#[tokio::test]
+async fn serve_with_rollcall_secret_refuses_connections_without_a_token() {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--port", "0"])
+        .env("ROLLCALL_SECRET", "env-secret,older-secret")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("line");
+    let addr = line
+        .trim()
+        .strip_prefix("rollcall listening on http://")
+        .expect("listening line")
+        .to_string();
+    let refused = tokio_tungstenite::connect_async(format!(
+        "ws://{addr}/socket/websocket?vsn=2.0.0&user_id=alice"
+    ))
+    .await;
+    let token = rollcall_server::auth::mint(
+        "older-secret",
+        &rollcall_server::auth::Claims {
+            sub: "alice".into(),
+            exp: Some(unix_now() + 60),
+            ..Default::default()
+        },
+    )
+    .expect("mint");
+    let accepted = tokio_tungstenite::connect_async(format!(
+        "ws://{addr}/socket/websocket?vsn=2.0.0&token={token}"
+    ))
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 403)
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    assert!(accepted.is_ok(), "{accepted:?}");
+}
