@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use rollcall_core::protocol::{
-    Message, Outbound, Payload, Serializer, HEARTBEAT_EVENT, HEARTBEAT_TOPIC, PHX_CLOSE, PHX_JOIN,
-    PHX_LEAVE,
+    Message, Outbound, Payload, Serializer, HEARTBEAT_EVENT, HEARTBEAT_TOPIC, PHX_JOIN, PHX_LEAVE,
 };
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Notify};
@@ -475,24 +474,13 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
         }
     }
 
-    /// `phx_close` carries the join_ref as both join_ref and ref, which `Outbound::Push` (always
-    /// a null ref) cannot express, so it is written here.
+    /// `phx_close` for a channel: the join_ref in both the join_ref and the ref position.
     async fn send_close(
         &mut self,
         topic: &str,
         join_ref: Option<String>,
     ) -> Result<(), CloseReason> {
-        let jr = join_ref.map_or(Value::Null, Value::String);
-        let text = match self.ctx.serializer {
-            Serializer::V1Json => {
-                json!({"topic": topic, "event": PHX_CLOSE, "payload": {}, "ref": jr}).to_string()
-            }
-            Serializer::V2 => json!([jr, jr, topic, PHX_CLOSE, {}]).to_string(),
-        };
-        self.sink
-            .send(Outgoing::Frame(WireFrame::Text(text.into())))
-            .await
-            .map_err(|_| CloseReason::SinkFailed)
+        self.send(Outbound::phx_close(join_ref, topic)).await
     }
 
     async fn join(&mut self, msg: Message) -> Result<(), CloseReason> {
