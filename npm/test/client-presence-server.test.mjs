@@ -19,10 +19,10 @@ const DEADLINE_MS = 10000
 let server
 let url
 
-before(async () => {
-  if (skip) { return }
-  server = spawn(bin, ["serve", "--host", "127.0.0.1", "--port", "0"], {stdio: ["ignore", "pipe", "pipe"]})
-  url = await new Promise((resolve, reject) => {
+/** Starts `rollcall serve` on `port` (0: any) and resolves with its socket URL. */
+function start(port = 0) {
+  server = spawn(bin, ["serve", "--host", "127.0.0.1", "--port", String(port)], {stdio: ["ignore", "pipe", "pipe"]})
+  return new Promise((resolve, reject) => {
     let out = ""
     const timer = setTimeout(() => reject(new Error(`server did not start:\n${out}`)), 20000)
     const onData = (chunk) => {
@@ -33,9 +33,18 @@ before(async () => {
     server.stdout.on("data", onData)
     server.stderr.on("data", onData)
   })
-})
+}
 
-after(() => server?.kill("SIGTERM"))
+function stop() {
+  return new Promise((resolve) => {
+    if (!server || server.exitCode !== null) { return resolve() }
+    server.once("exit", resolve)
+    server.kill("SIGTERM")
+  })
+}
+
+before(async () => { if (!skip) { url = await start() } })
+after(stop)
 
 /** Resolves once `check()` is true, re-checked after every `onSync`; rejects at the deadline. */
 function until(presence, check, what) {
@@ -47,8 +56,8 @@ function until(presence, check, what) {
   })
 }
 
-function member(userId, meta) {
-  const socket = new Socket(url, {transport: WebSocket, params: {user_id: userId}})
+function member(userId, meta, opts = {}) {
+  const socket = new Socket(url, {transport: WebSocket, params: {user_id: userId}, ...opts})
   socket.connect()
   const channel = socket.channel("room:npm-client", {meta})
   const presence = new Presence(channel)
@@ -83,4 +92,39 @@ test("our Socket, Channel and Presence work end to end against rollcall", {skip}
   await until(alice.presence, () => keys(alice.presence).join() === "alice", "bob to leave")
   assert.deepEqual(alice.events.at(-1), ["leave", "bob", 0, ["Bobby"]])
   alice.socket.disconnect()
+})
+
+test("after a server restart our client rejoins and presence resynchronises without duplicates", {skip}, async () => {
+  const erin = member("erin", {name: "Erin"})
+  const fred = member("fred", {name: "Fred"})
+  const keys = (p) => p.list((key, {metas}) => `${key}:${metas.length}`).sort().join()
+  await until(erin.presence, () => keys(erin.presence) === "erin:1,fred:1", "erin to see fred")
+  const firstJoinRef = erin.channel.joinRef()
+
+  await stop()
+  const port = new URL(url.replace("ws", "http")).port
+  url = await start(port)
+  // The channel rejoins with a new join ref; presence holds diffs until the new presence_state.
+  await until(erin.presence, () => erin.channel.joinRef() !== firstJoinRef &&
+    !erin.presence.inPendingSyncState() && keys(erin.presence) === "erin:1,fred:1", "a whole list again")
+  await until(fred.presence, () => keys(fred.presence) === "erin:1,fred:1", "fred to see erin again")
+  erin.socket.disconnect()
+  fred.socket.disconnect()
+})
+
+test("when the WebSocket cannot connect our client falls back to long-poll and still sees presence", {skip}, async () => {
+  // A WebSocket that can never open: the error before any connection triggers the fallback.
+  class Unreachable extends WebSocket {
+    constructor(_url, protocols) { super("ws://127.0.0.1:1/socket/websocket", protocols) }
+  }
+  const gina = member("gina", {name: "Gina"}, {transport: Unreachable, longPollFallbackMs: 2000})
+  const hal = member("hal", {name: "Hal"})
+  const keys = (p) => p.list((key) => key).sort().join()
+  await until(gina.presence, () => keys(gina.presence) === "gina,hal", "gina (long-poll) to see hal")
+  await until(hal.presence, () => keys(hal.presence) === "gina,hal", "hal to see gina")
+  assert.equal(gina.socket.transport.name, "LongPoll")
+  hal.channel.push("track", {name: "Hal 9000"})
+  await until(gina.presence, () => gina.presence.state.hal?.metas[0].name === "Hal 9000", "an update over long-poll")
+  gina.socket.disconnect()
+  hal.socket.disconnect()
 })
