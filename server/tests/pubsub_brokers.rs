@@ -267,10 +267,18 @@ async fn shutdown_flushes_what_is_queued(kind: Kind) {
         a.broadcast("t", Bytes::from(i.to_be_bytes().to_vec()));
     }
     a.shutdown().await;
-    drop(a);
     for i in 0..200u32 {
-        assert_eq!(&recv(&mut at_b).await.payload[..], &i.to_be_bytes());
+        let Ok(Some(got)) = timeout(DEADLINE, at_b.recv()).await else {
+            // Say where the message went missing: not sent, dropped on the way, or not received.
+            panic!(
+                "{kind:?}: message {i} of 200 never arrived; a: {:?}; b: {:?}",
+                a.stats(),
+                b.stats()
+            );
+        };
+        assert_eq!(&got.payload[..], &i.to_be_bytes());
     }
+    drop(a);
 }
 
 async fn delivery_resumes_after_the_broker_restarts(kind: Kind) {

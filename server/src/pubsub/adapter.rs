@@ -568,7 +568,7 @@ impl BrokerCore {
     pub(crate) async fn shutdown(&self) {
         lock(&self.outbound).take();
         if let Some(handle) = self.publisher.lock().await.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), handle).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
         }
         self.stop.send_replace(true);
     }
