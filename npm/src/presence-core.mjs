@@ -131,18 +131,24 @@ function cloneToNullProto(obj){
     if((proto === OBJECT_PROTO || proto === null) && obj.toJSON === undefined){
       try {
         const out = Object.create(null)
-        const source = Object.keys(obj)
-        const keys = []
-        const values = []
-        for(let i = 0; i < source.length; i++){
-          const v = obj[source[i]]
+        const keys = Object.keys(obj)
+        const n = keys.length
+        // keys[i] and values[i] describe the i-th copied entry; entries JSON drops move the
+        // rest up (rare: the arrays stay as they are until the first one)
+        const values = new Array(n)
+        let m = 0
+        for(let i = 0; i < n; i++){
+          const key = keys[i]
+          const v = obj[key]
           const t = typeof v
           if(t === "undefined" || t === "function" || t === "symbol"){ continue }
           const copy = cloneValue(v, 1)
-          out[source[i]] = copy
-          keys.push(source[i])
-          values.push(copy)
+          out[key] = copy
+          keys[m] = key
+          values[m++] = copy
         }
+        keys.length = m
+        values.length = m
         return {out, keys, values}
       } catch (e){
         if(e !== BAIL){ throw e }
@@ -195,6 +201,19 @@ function copyEntries(keys, values){
     outValues.push(clone(v))
   }
   return {keys: outKeys, values: outValues}
+}
+
+// Whether two metas lists have ===-equal refs position by position: then every ref of each is
+// among the other's (phoenix.js's indexOf test), so nothing joins and nothing leaves. Anything
+// else (other lengths, orders, NaN, non-arrays) is left to the core, and to its errors.
+function sameRefs(a, b){
+  if(!Array.isArray(a) || !Array.isArray(b)){ return false }
+  const n = a.length
+  if(n !== b.length){ return false }
+  for(let i = 0; i < n; i++){
+    if(a[i].phx_ref !== b[i].phx_ref){ return false }
+  }
+  return true
 }
 
 function pick(list, plan, at, n){
@@ -409,43 +428,61 @@ export function definePresence(wasm){
   // dictionary objects to fill and walk twice.
   function syncState(currentState, newState, onJoin, onLeave){
     const {out: state, keys: sKeys, values: sValues} = cloneToNullProto(currentState)
+    const nKeys = Object.getOwnPropertyNames(newState)
+    const nn = nKeys.length
+    const nValues = new Array(nn)
+    for(let i = 0; i < nn; i++){ nValues[i] = newState[nKeys[i]] }
     // phoenix.js copies newState into a null-prototype object only so that lookups cannot hit
     // Object.prototype; checking own-ness where that could happen does the same without
-    // copying N keys
+    // copying N keys. A resync usually lists the same keys in the same order: where the i-th
+    // keys agree, the values at hand are the lookups' answers (both are own properties).
     const newProto = Object.getPrototypeOf(newState)
     const lKeys = []
     const lVals = []
     for(let i = 0; i < sKeys.length; i++){
       const key = sKeys[i]
-      const v = newState[key]
-      const inherited = v && newProto !== null && (newProto !== OBJECT_PROTO || key in OBJECT_PROTO) && !hasOwn(newState, key)
-      if(!v || inherited){
+      let v
+      if(i < nn && nKeys[i] === key){
+        v = nValues[i]
+      } else {
+        v = newState[key]
+        if(v && newProto !== null && (newProto !== OBJECT_PROTO || key in OBJECT_PROTO) && !hasOwn(newState, key)){ v = undefined }
+      }
+      if(!v){
         lKeys.push(key)
         lVals.push(sValues[i])
       }
     }
-    const nKeys = Object.getOwnPropertyNames(newState)
-    const nValues = new Array(nKeys.length)
-    const curs = new Array(nKeys.length)
+    const curs = new Array(nn)
+    // per key of newState: 0 no current presence, 1 the same refs in the same order (nothing
+    // joins or leaves, no need to ask the core), 2 planned by the core
+    const kinds = new Uint8Array(nn)
     const input = []
-    for(let i = 0; i < nKeys.length; i++){
+    for(let i = 0; i < nn; i++){
       const key = nKeys[i]
-      const newPresence = nValues[i] = newState[key]
-      const cur = curs[i] = state[key]
+      const newPresence = nValues[i]
+      const cur = curs[i] = (i < sKeys.length && sKeys[i] === key) ? sValues[i] : state[key]
       if(cur){
-        pushRefs(input, cur)
-        pushRefs(input, newPresence)
+        if(sameRefs(cur.metas, newPresence.metas)){
+          kinds[i] = 1
+        } else {
+          kinds[i] = 2
+          pushRefs(input, cur)
+          pushRefs(input, newPresence)
+        }
       }
     }
     const plan = input.length > 0 ? planState(input) : null
     const jKeys = []
     const jVals = []
     let at = 0
-    for(let i = 0; i < nKeys.length; i++){
+    for(let i = 0; i < nn; i++){
+      const kind = kinds[i]
+      if(kind === 1){ continue }
       const key = nKeys[i]
       const newPresence = nValues[i]
       const cur = curs[i]
-      if(!cur){
+      if(kind === 0){
         jKeys.push(key)
         jVals.push(newPresence)
         continue
