@@ -75,6 +75,28 @@ for(const [name, Presence] of IMPLS){
         assert.deepEqual(plain(s), {a: {metas: [{phx_ref: "1", v: "old"}], name: "old"}})
       })
 
+      test("the same refs in another order are no change either: no callbacks, old order kept", () => {
+        const current = Presence.syncState({}, {a: p("1", "2", "3"), b: p("4")})
+        const calls = []
+        const s = Presence.syncState(current, {a: p("3", "1", "2"), b: p("4")},
+          (k) => calls.push(`join ${k}`), (k) => calls.push(`leave ${k}`))
+        assert.deepEqual(calls, [])
+        assert.deepEqual(refs(s.a), ["1", "2", "3"])
+      })
+
+      test("a resync of many unchanged keys with one changed key reports only that key", () => {
+        const keys = Array.from({length: 50}, (_, i) => `user:${i}`)
+        const current = Presence.syncState({}, Object.fromEntries(keys.map((k, i) => [k, p(`r${i}`)])))
+        const next = Object.fromEntries(keys.map((k, i) => [k, p(i === 17 ? "changed" : `r${i}`)]))
+        const calls = []
+        const s = Presence.syncState(current, next,
+          (k, cur, joined) => calls.push(["join", k, refs(joined)]),
+          (k, cur, left) => calls.push(["leave", k, refs(left)]))
+        assert.deepEqual(calls, [["join", "user:17", ["changed"]], ["leave", "user:17", ["r17"]]])
+        assert.deepEqual(refs(s["user:17"]), ["changed"])
+        assert.deepEqual(Presence.list(s, (k) => k), keys)
+      })
+
       test("joined metas follow the surviving old metas, with the new presence-level fields", () => {
         const current = Presence.syncState({}, {a: {...p("a", "b", "c"), name: "old"}})
         const s = Presence.syncState(current, {a: {...p("e", "c", "d", "a"), name: "new"}})
