@@ -10,9 +10,11 @@ say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 #    adapters). `--build-only` (used by `make run`) skips them.
 need_apt=()
 if [ "${1:-}" != "--build-only" ]; then
-  command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
-  command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
-  command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+  # Debian puts nats-server in /usr/sbin, which a non-login PATH may lack.
+  have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
+  have chromium || need_apt+=(chromium)
+  have nats-server || need_apt+=(nats-server)
+  have redis-server || need_apt+=(redis-server)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "apt-get install ${need_apt[*]}"
