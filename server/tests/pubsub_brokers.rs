@@ -143,7 +143,18 @@ impl Broker {
         })
         .await;
         match ready {
-            Ok(true) => Some(broker),
+            // Another broker may already hold the port (a port another test just freed): ours then
+            // fails to bind and exits at once. Make sure the broker answering is ours.
+            Ok(true) => {
+                sleep(Duration::from_millis(200)).await;
+                match broker.child.as_mut().map(|c| c.try_wait()) {
+                    Some(Ok(None)) => Some(broker),
+                    _ => {
+                        broker.child = None;
+                        None
+                    }
+                }
+            }
             Ok(false) => {
                 broker.child = None;
                 None
@@ -171,7 +182,10 @@ impl Drop for Broker {
 }
 
 async fn node(kind: Kind, name: &str, url: &str) -> Arc<dyn PubSub> {
-    connect(name, kind.config(url, "test"))
+    // One cluster name per broker URL, so tests can never hear each other even if two of them
+    // ended up on one broker.
+    let cluster = format!("t{}", url.rsplit(':').next().unwrap_or("0"));
+    connect(name, kind.config(url, &cluster))
         .await
         .unwrap_or_else(|e| panic!("{name} connects: {e}"))
 }
