@@ -50,14 +50,15 @@ export function build({check = false} = {}) {
     if (check) stale.push(`${name}.cjs`)
     else fs.writeFileSync(target, output)
   }
-  // TypeScript reads index.d.ts as ESM (the package is "type": "module"); CommonJS
-  // consumers get the same declarations as index.d.cts.
-  const dts = fs.readFileSync(path.join(src, "../index.d.ts"), "utf8")
-  const ctsPath = path.join(src, "../index.d.cts")
-  const cts = `// Generated from index.d.ts by scripts/build-js.mjs; do not edit.\n${dts}`
-  const currentCts = fs.existsSync(ctsPath) ? fs.readFileSync(ctsPath, "utf8") : null
-  if (currentCts !== cts) {
-    if (check) stale.push("index.d.cts")
+  // TypeScript reads index.d.ts / presence.d.mts as ESM (the package is "type": "module");
+  // CommonJS consumers get the same declarations as .d.cts twins.
+  for (const [from, to] of [["../index.d.ts", "../index.d.cts"], ["presence.d.mts", "presence.d.cts"]]) {
+    const dts = fs.readFileSync(path.join(src, from), "utf8")
+    const ctsPath = path.join(src, to)
+    const cts = `// Generated from ${path.basename(from)} by scripts/build-js.mjs; do not edit.\n${dts}`
+    const current = fs.existsSync(ctsPath) ? fs.readFileSync(ctsPath, "utf8") : null
+    if (current === cts) continue
+    if (check) stale.push(path.basename(to))
     else fs.writeFileSync(ctsPath, cts)
   }
   return stale

@@ -1,4 +1,5 @@
-// Types of the CommonJS entry (presence.cjs); the same declarations as presence.d.mts.
+// Generated from presence.d.mts by scripts/build-js.mjs; do not edit.
+// Types of rollcall's Presence: the same API as phoenix.js's Presence (phoenix-js.md §7).
 
 /** One connection's metadata. `phx_ref` identifies it; `phx_ref_prev` is set after an update. */
 export interface PresenceMeta {
