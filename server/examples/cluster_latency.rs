@@ -14,18 +14,17 @@
 //! The `rollcall` binary is taken from beside the example's directory (`target/release/`), or
 //! from `$ROLLCALL_BIN`.
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
+use futures_util::SinkExt;
+use support::{connect, ms, wait_diff, Summary, Ws};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 const ROOM: &str = "room:bench";
 
@@ -128,37 +127,6 @@ async fn start_broker(kind: &str) -> (Child, String) {
     panic!("{bin} did not listen on {port}");
 }
 
-async fn connect(addr: &str, user: &str) -> Ws {
-    let url = format!("ws://{addr}/socket/websocket?vsn=2.0.0&user_id={user}");
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("connect")
-        .0
-}
-
-/// Reads frames until a presence_diff (or presence_state, for `joins`) holding `key`.
-async fn wait_for(ws: &mut Ws, side: &str, key: &str, within: Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let msg = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .unwrap_or_else(|_| panic!("{side} of {key} not seen within {within:?}"))
-            .expect("open")
-            .expect("frame");
-        if let Message::Text(t) = msg {
-            let v: Value = serde_json::from_str(t.as_str()).expect("json");
-            if v[3] == "presence_diff" && v[4][side].get(key).is_some() {
-                return;
-            }
-        }
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
 async fn join(ws: &mut Ws) {
     ws.send(Message::text(format!(
         r#"["1","1","{ROOM}","phx_join",{{"meta":{{"status":"here"}}}}]"#
@@ -221,9 +189,9 @@ async fn run(adapter: &str, joins: usize) {
     // Warm-up: the nodes have met once a join on b shows on a.
     let mut warm = connect(&http_b, "warmup").await;
     join(&mut warm).await;
-    wait_for(&mut observer, "joins", "warmup", Duration::from_secs(30)).await;
+    wait_diff(&mut observer, "joins", "warmup", Duration::from_secs(30)).await;
     drop(warm);
-    wait_for(&mut observer, "leaves", "warmup", Duration::from_secs(30)).await;
+    wait_diff(&mut observer, "leaves", "warmup", Duration::from_secs(30)).await;
 
     let mut samples = Vec::with_capacity(joins);
     for i in 0..joins {
@@ -232,21 +200,19 @@ async fn run(adapter: &str, joins: usize) {
         tokio::time::sleep(Duration::from_millis(25)).await;
         let t0 = Instant::now();
         join(&mut joiner).await;
-        wait_for(&mut observer, "joins", &key, Duration::from_secs(10)).await;
+        wait_diff(&mut observer, "joins", &key, Duration::from_secs(10)).await;
         samples.push(t0.elapsed());
         drop(joiner);
-        wait_for(&mut observer, "leaves", &key, Duration::from_secs(10)).await;
+        wait_diff(&mut observer, "leaves", &key, Duration::from_secs(10)).await;
     }
-    samples.sort();
-    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let n = samples.len();
+    let s = Summary::of(&mut samples);
     println!(
-        "| {adapter} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
-        samples.len(),
-        ms(percentile(&samples, 0.50)),
-        ms(percentile(&samples, 0.99)),
-        ms(mean),
-        ms(samples[samples.len() - 1]),
+        "| {adapter} | {n} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+        ms(s.p50),
+        ms(s.p99),
+        ms(s.mean),
+        ms(s.max),
     );
 }
 

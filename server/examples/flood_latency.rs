@@ -13,6 +13,8 @@
 //! By default the flooder is in another room (`room:flood`); with `same-room` it floods the
 //! measured room, so the observer also receives what the limits let through.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,56 +23,10 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use rollcall_server::config::{RateLimit, Security};
 use rollcall_server::{Config, Server};
-use serde_json::Value;
+use support::{connect, ms, wait_diff, Summary, Ws};
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(addr: SocketAddr, user: &str) -> Ws {
-    let url = format!("ws://{addr}/socket/websocket?vsn=2.0.0&user_id={user}");
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("connect")
-        .0
-}
-
-/// Reads frames until a presence_diff whose `side` (joins/leaves) holds `key`.
-async fn wait_diff(ws: &mut Ws, side: &str, key: &str) {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .unwrap_or_else(|_| panic!("no {side} diff for {key} within 10 s"))
-            .expect("open")
-            .expect("frame");
-        if let Message::Text(t) = msg {
-            let v: Value = serde_json::from_str(t.as_str()).expect("json");
-            if v[3] == "presence_diff" && v[4][side].get(key).is_some() {
-                return;
-            }
-        }
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-struct Latency {
-    p50: Duration,
-    p90: Duration,
-    p99: Duration,
-}
-
-fn summary(mut samples: Vec<Duration>) -> Latency {
-    samples.sort();
-    Latency {
-        p50: percentile(&samples, 0.50),
-        p90: percentile(&samples, 0.90),
-        p99: percentile(&samples, 0.99),
-    }
-}
+const WITHIN: Duration = Duration::from_secs(10);
 
 /// `joins` timed joins of fresh connections, each seen by `observer`.
 async fn measure(addr: SocketAddr, observer: &mut Ws, joins: usize, tag: &str) -> Vec<Duration> {
@@ -81,10 +37,10 @@ async fn measure(addr: SocketAddr, observer: &mut Ws, joins: usize, tag: &str) -
         let join = Message::text(r#"["1","1","room:bench","phx_join",{"meta":{"s":"here"}}]"#);
         let t0 = Instant::now();
         joiner.send(join).await.expect("join");
-        wait_diff(observer, "joins", &key).await;
+        wait_diff(observer, "joins", &key, WITHIN).await;
         samples.push(t0.elapsed());
         drop(joiner);
-        wait_diff(observer, "leaves", &key).await;
+        wait_diff(observer, "leaves", &key, WITHIN).await;
     }
     samples
 }
@@ -272,8 +228,8 @@ fn run(joins: usize, same_room: bool, mode: Mode) {
     stop.store(true, Ordering::Relaxed);
     let _ = flooder.join();
 
-    let (quiet, flooded) = (summary(quiet), summary(flooded));
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (mut quiet, mut flooded) = (quiet, flooded);
+    let (quiet, flooded) = (Summary::of(&mut quiet), Summary::of(&mut flooded));
     println!(
         "{:<44} | flooder in {:<10} | quiet p50 {:.3} ms p90 {:.3} ms p99 {:.3} ms | flooded p50 {:.3} ms p90 {:.3} ms p99 {:.3} ms | ratio p50 {:.2}x p90 {:.2}x p99 {:.2}x | flood {:.0} msgs/s written, {:.0} frames/s back, {} connection(s), {} refused",
         mode.describe(),

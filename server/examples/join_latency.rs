@@ -4,45 +4,16 @@
 //!
 //! `cargo run --release -p rollcall-server --example join_latency [-- JOINS]`
 
+mod support;
+
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use rollcall_server::{Config, Server};
-use serde_json::Value;
+use support::{connect, ms, wait_diff, Summary};
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(addr: std::net::SocketAddr, user: &str) -> Ws {
-    let url = format!("ws://{addr}/socket/websocket?vsn=2.0.0&user_id={user}");
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("connect")
-        .0
-}
-
-/// Reads frames until a presence_diff whose `side` (joins/leaves) holds `key`.
-async fn wait_diff(ws: &mut Ws, side: &str, key: &str) {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("diff within 5 s")
-            .expect("open")
-            .expect("frame");
-        if let Message::Text(t) = msg {
-            let v: Value = serde_json::from_str(t.as_str()).expect("json");
-            if v[3] == "presence_diff" && v[4][side].get(key).is_some() {
-                return;
-            }
-        }
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
+const WITHIN: Duration = Duration::from_secs(5);
 
 #[tokio::main]
 async fn main() {
@@ -71,19 +42,18 @@ async fn main() {
         let join = Message::text(r#"["1","1","room:bench","phx_join",{"meta":{"status":"here"}}]"#);
         let t0 = Instant::now();
         joiner.send(join).await.expect("join");
-        wait_diff(&mut observer, "joins", &key).await;
+        wait_diff(&mut observer, "joins", &key, WITHIN).await;
         samples.push(t0.elapsed());
         drop(joiner);
-        wait_diff(&mut observer, "leaves", &key).await;
+        wait_diff(&mut observer, "leaves", &key, WITHIN).await;
     }
-    samples.sort();
-    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
+    let n = samples.len();
+    let s = Summary::of(&mut samples);
     println!(
-        "join -> presence_diff seen by another client, {} joins: p50 {:.3} ms, p99 {:.3} ms, mean {:.3} ms, max {:.3} ms",
-        samples.len(),
-        percentile(&samples, 0.50).as_secs_f64() * 1e3,
-        percentile(&samples, 0.99).as_secs_f64() * 1e3,
-        mean.as_secs_f64() * 1e3,
-        samples[samples.len() - 1].as_secs_f64() * 1e3,
+        "join -> presence_diff seen by another client, {n} joins: p50 {:.3} ms, p99 {:.3} ms, mean {:.3} ms, max {:.3} ms",
+        ms(s.p50),
+        ms(s.p99),
+        ms(s.mean),
+        ms(s.max),
     );
 }
