@@ -2,184 +2,18 @@
 //! `redis-server` on a free loopback port and kills it at the end. Every behaviour is checked on
 //! both brokers with the same test body.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod broker_support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use broker_support::{free_port, Broker, BrokerKind as Kind};
 use bytes::Bytes;
-use rollcall_server::pubsub::{connect, ClusterConfig, Envelope, Error, PubSub};
-use tokio::net::TcpStream;
+use rollcall_server::pubsub::{connect, Envelope, Error, PubSub};
 use tokio::sync::mpsc::Receiver;
 use tokio::time::{sleep, timeout};
 
 const DEADLINE: Duration = Duration::from_secs(20);
-
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Nats,
-    Redis,
-}
-
-impl Kind {
-    /// The server binary and the Debian package that ships it.
-    fn binary(self) -> (&'static str, &'static str, &'static str) {
-        match self {
-            Kind::Nats => ("/usr/sbin/nats-server", "nats-server", "nats-server"),
-            Kind::Redis => ("/usr/bin/redis-server", "redis-server", "redis-server"),
-        }
-    }
-
-    fn find_binary(self) -> PathBuf {
-        let (usual, name, package) = self.binary();
-        if Path::new(usual).exists() {
-            return PathBuf::from(usual);
-        }
-        let on_path = std::env::var_os("PATH").and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join(name))
-                .find(|p| p.exists())
-        });
-        on_path.unwrap_or_else(|| {
-            panic!(
-                "{name} not found (looked at {usual} and on PATH): install the Debian package \
-                 `{package}` (apt-get install {package}; `make test` does this)"
-            )
-        })
-    }
-
-    fn url(self, port: u16) -> String {
-        match self {
-            Kind::Nats => format!("nats://127.0.0.1:{port}"),
-            Kind::Redis => format!("redis://127.0.0.1:{port}"),
-        }
-    }
-
-    fn config(self, url: &str, cluster: &str) -> ClusterConfig {
-        match self {
-            Kind::Nats => ClusterConfig::Nats {
-                url: url.to_owned(),
-                cluster_name: cluster.to_owned(),
-            },
-            Kind::Redis => ClusterConfig::Redis {
-                url: url.to_owned(),
-                cluster_name: cluster.to_owned(),
-            },
-        }
-    }
-}
-
-/// A broker process owned by one test; killed when dropped.
-struct Broker {
-    kind: Kind,
-    port: u16,
-    child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
-impl Broker {
-    /// Starts a broker on a free port. Another process may grab the port between our probe
-    /// and the broker's bind; a broker that exits at once is retried on another port.
-    async fn start(kind: Kind) -> Broker {
-        for _ in 0..5 {
-            if let Some(broker) = Broker::try_start_on(kind, free_port()).await {
-                return broker;
-            }
-        }
-        panic!("{kind:?} broker exited at start on 5 different ports");
-    }
-
-    /// Starts a broker on `port`, which must be free.
-    async fn start_on(kind: Kind, port: u16) -> Broker {
-        match Broker::try_start_on(kind, port).await {
-            Some(broker) => broker,
-            None => panic!("{kind:?} broker could not start on port {port}"),
-        }
-    }
-
-    async fn try_start_on(kind: Kind, port: u16) -> Option<Broker> {
-        let binary = kind.find_binary();
-        let mut command = Command::new(&binary);
-        match kind {
-            Kind::Nats => command.args(["-a", "127.0.0.1", "-p", &port.to_string()]),
-            Kind::Redis => command.args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]),
-        };
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let mut broker = Broker {
-            kind,
-            port,
-            child: Some(child),
-        };
-        let ready = timeout(DEADLINE, async {
-            loop {
-                if let Some(Ok(Some(_))) = broker.child.as_mut().map(|c| c.try_wait()) {
-                    return false;
-                }
-                if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                    return true;
-                }
-                sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        match ready {
-            // Another broker may already hold the port (a port another test just freed): ours then
-            // fails to bind and exits at once. Make sure the broker answering is ours.
-            Ok(true) => {
-                sleep(Duration::from_millis(200)).await;
-                match broker.child.as_mut().map(|c| c.try_wait()) {
-                    Some(Ok(None)) => Some(broker),
-                    _ => {
-                        broker.child = None;
-                        None
-                    }
-                }
-            }
-            Ok(false) => {
-                broker.child = None;
-                None
-            }
-            Err(_) => panic!("{kind:?} broker did not listen on {port}"),
-        }
-    }
-
-    fn url(&self) -> String {
-        self.kind.url(self.port)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 async fn node(kind: Kind, name: &str, url: &str) -> Arc<dyn PubSub> {
     // One cluster name per broker URL, so tests can never hear each other even if two of them

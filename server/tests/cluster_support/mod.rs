@@ -3,6 +3,11 @@
 //! does), so tests wait on what a user would see. Every wait has a deadline.
 #![allow(dead_code)]
 
+#[path = "../broker_support/mod.rs"]
+mod broker_support;
+#[allow(unused_imports)]
+pub use broker_support::{Broker, BrokerKind};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -452,108 +457,5 @@ impl User {
         let want: BTreeSet<String> = keys.iter().map(|k| k.to_string()).collect();
         self.wait_for(&format!("members {keys:?}"), |v| v.keys() == want)
             .await
-    }
-}
-
-/// Which broker a [`Broker`] runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BrokerKind {
-    /// Debian's `nats-server`.
-    Nats,
-    /// Debian's `redis-server`.
-    Redis,
-}
-
-/// A NATS or Redis server on a free loopback port, killed on drop.
-pub struct Broker {
-    pub kind: BrokerKind,
-    pub port: u16,
-    _child: Child,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
-impl Broker {
-    /// Starts the broker; retries on another port if the probed one was taken meanwhile.
-    pub async fn start(kind: BrokerKind) -> Broker {
-        let (binary, package) = match kind {
-            BrokerKind::Nats => ("nats-server", "nats-server"),
-            BrokerKind::Redis => ("redis-server", "redis-server"),
-        };
-        let path = ["/usr/sbin", "/usr/bin", "/usr/local/bin"]
-            .iter()
-            .map(|d| std::path::Path::new(d).join(binary))
-            .find(|p| p.exists())
-            .unwrap_or_else(|| {
-                panic!(
-                    "{binary} not found: install the Debian package `{package}` (`make test` does)"
-                )
-            });
-        for _ in 0..5 {
-            let port = free_port();
-            let mut command = Command::new(&path);
-            match kind {
-                BrokerKind::Nats => command.args(["-a", "127.0.0.1", "-p", &port.to_string()]),
-                BrokerKind::Redis => command.args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ]),
-            };
-            let mut child = command
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", path.display()));
-            let ready = tokio::time::timeout(DEADLINE, async {
-                loop {
-                    if let Ok(Some(_)) = child.try_wait() {
-                        return false;
-                    }
-                    if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                        return true;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-            .await
-            .unwrap_or_else(|_| panic!("{binary} did not listen on {port}"));
-            if ready {
-                return Broker {
-                    kind,
-                    port,
-                    _child: child,
-                };
-            }
-        }
-        panic!("{binary} exited at start on 5 different ports");
-    }
-
-    /// The `rollcall serve` flags that put a node on this broker.
-    pub fn flags(&self) -> Vec<String> {
-        let (cluster, flag, scheme) = match self.kind {
-            BrokerKind::Nats => ("nats", "--nats-url", "nats"),
-            BrokerKind::Redis => ("redis", "--redis-url", "redis"),
-        };
-        vec![
-            "--cluster".into(),
-            cluster.into(),
-            flag.into(),
-            format!("{scheme}://127.0.0.1:{}", self.port),
-            "--cluster-name".into(),
-            "test".into(),
-        ]
     }
 }
