@@ -30,6 +30,9 @@ async fn main() -> std::io::Result<()> {
         .with_state(server.clone())
         .merge(server.router());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:4001").await?;
-    println!("app with rollcall listening on http://{}", listener.local_addr()?);
+    println!(
+        "app with rollcall listening on http://{}",
+        listener.local_addr()?
+    );
     axum::serve(listener, app).await
 }

@@ -71,13 +71,21 @@ impl ServerBuilder {
             }
             None => Arc::new(pubsub::Local::new(&self.config.node_name)),
         };
-        let tracker = Tracker::spawn_with(pubsub, &self.config.cluster);
+        let tracker = Tracker::spawn_with(pubsub.clone(), &self.config.cluster);
+        let config = Arc::new(self.config);
+        let longpoll = Arc::new(transport::longpoll::Sessions::default());
+        transport::longpoll::spawn_relay(
+            longpoll.clone(),
+            config.clone(),
+            pubsub,
+            shutdown_rx.clone(),
+        );
         let state = http::AppState {
-            config: Arc::new(self.config),
+            config,
             tracker,
             shutdown: shutdown_rx,
             connections,
-            longpoll: Arc::new(transport::longpoll::Sessions::default()),
+            longpoll,
         };
         Server {
             state,

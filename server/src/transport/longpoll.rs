@@ -2,31 +2,37 @@
 //! session creates one and answers `410` with its token; a GET with one waits up to the window
 //! for frames (`200` with messages as strings, or `204`); a POST delivers frames (ndjson: at
 //! most 100 lines, `[`-lines are JSON, others base64 binary). Every answer is HTTP 200 with a
-//! JSON `status`, CORS-open. A session nobody polled for 1.5 × window is closed. Sessions live
-//! on this node only.
+//! JSON `status`, CORS-open. A session nobody polled for 1.5 × window is closed.
 //!
-//! Each session runs the same socket machine as a WebSocket, over channels.
+//! Each session runs the same socket machine as a WebSocket, over channels, on the node that
+//! opened it; its token names that node. A poll or a POST that a load balancer sends to another
+//! node of the cluster is relayed to the owner over the pubsub (channel [`CHANNEL_LONGPOLL`]) and
+//! its answer relayed back, so long-poll needs no sticky sessions. If the owner is down or does
+//! not answer in time, the request answers `410` and the client opens a new session.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use futures_util::StreamExt;
 use rollcall_core::protocol::{Frame, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::websocket::decode_lenient_base64;
 use super::{Inbound, Outgoing, WireFrame};
 use crate::auth;
+use crate::config::Config;
 use crate::http::{check_origin, AppState};
+use crate::pubsub::{Envelope, PubSub};
 use crate::socket::{self, ConnectInfo, SocketContext};
 
 /// Most ndjson lines one POST may carry; the rest are ignored (Phoenix's CVE hardening).
@@ -39,10 +45,20 @@ struct Session {
     polling: AtomicUsize,
 }
 
-/// The long-poll sessions of this node, by token.
+/// The pubsub channel that carries long-poll requests to the node owning the session, and the
+/// answers back.
+pub const CHANNEL_LONGPOLL: &str = "longpoll";
+
+/// How much longer than the window a relayed request may take (the hop there and back).
+const RELAY_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The long-poll sessions of this node, by token, and the requests it relayed to other nodes
+/// that are waiting for their answer.
 #[derive(Default)]
 pub struct Sessions {
     map: Mutex<HashMap<String, Arc<Session>>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Option<Value>>>>,
+    next_request: AtomicU64,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -103,6 +119,23 @@ fn session_token(headers: &HeaderMap, params: &HashMap<String, String>) -> Optio
         .filter(|t| !t.is_empty())
 }
 
+/// A new session token: 128 random bits, then the owning node's name (base64url), so any node
+/// can tell where a request must go.
+fn new_token(node: &str) -> String {
+    format!(
+        "{:032x}.{}",
+        rand::random::<u128>(),
+        URL_SAFE_NO_PAD.encode(node)
+    )
+}
+
+/// The node that owns the session of `token`, if the token names one.
+fn owner_of(token: &str) -> Option<String> {
+    let (_, node) = token.split_once('.')?;
+    let node = URL_SAFE_NO_PAD.decode(node).ok()?;
+    String::from_utf8(node).ok().filter(|n| !n.is_empty())
+}
+
 /// `OPTIONS /socket/longpoll`: the CORS preflight.
 pub async fn options(headers: HeaderMap) -> Response {
     let mut resp = StatusCode::OK.into_response();
@@ -135,12 +168,24 @@ pub async fn get(
         tracing::info!("refused long-poll request: {why}");
         return respond(json!({"status": 403}));
     }
-    let session = session_token(&headers, &params)
-        .and_then(|token| state.longpoll.get(&token).map(|s| (token, s)));
-    match session {
-        Some((token, session)) => poll(&state, token, session).await,
-        None => open(state, params, &headers),
+    if let Some(token) = session_token(&headers, &params) {
+        if let Some(session) = state.longpoll.get(&token) {
+            return respond(poll(&state.config, &state.longpoll, token, session).await);
+        }
+        if let Some(owner) = remote_owner(&state, &token) {
+            let request = Request::Poll { token };
+            // An answer of "no such session" falls through: the client gets a new one here.
+            if let Some(answer) = relay(&state, &owner, request).await {
+                return respond(answer);
+            }
+        }
     }
+    open(state, params, &headers)
+}
+
+/// The owner of `token` when it is another node of the cluster.
+fn remote_owner(state: &AppState, token: &str) -> Option<String> {
+    owner_of(token).filter(|owner| owner != state.tracker.node())
 }
 
 fn open(state: AppState, params: HashMap<String, String>, headers: &HeaderMap) -> Response {
@@ -181,7 +226,7 @@ fn open(state: AppState, params: HashMap<String, String>, headers: &HeaderMap) -
     .with_identity(identity);
     // Long-poll clients send no heartbeats; the session expiry below replaces the idle timeout.
     ctx.idle_timeout = None;
-    let token = format!("{:032x}", rand::random::<u128>());
+    let token = new_token(state.tracker.node());
     let (in_tx, in_rx) = mpsc::channel(MAX_NDJSON_LINES);
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let (kill_tx, kill_rx) = oneshot::channel::<()>();
@@ -239,7 +284,8 @@ fn frame_text(frame: &WireFrame) -> String {
     }
 }
 
-async fn poll(state: &AppState, token: String, session: Arc<Session>) -> Response {
+/// Waits for the session's frames (up to the window) and returns the answer's body.
+async fn poll(config: &Config, sessions: &Sessions, token: String, session: Arc<Session>) -> Value {
     session.polling.fetch_add(1, Ordering::SeqCst);
     let mut messages = Vec::new();
     let mut gone = false;
@@ -269,7 +315,7 @@ async fn poll(state: &AppState, token: String, session: Arc<Session>) -> Respons
         }
         if messages.is_empty() && !gone {
             // Nothing queued: wait for the first frame, up to the window (then 204).
-            if let Ok(item) = tokio::time::timeout(state.config.longpoll_window, rx.recv()).await {
+            if let Ok(item) = tokio::time::timeout(config.longpoll_window, rx.recv()).await {
                 if !take(item, &mut messages) {
                     gone = true;
                 }
@@ -287,13 +333,13 @@ async fn poll(state: &AppState, token: String, session: Arc<Session>) -> Respons
     }
     session.polling.fetch_sub(1, Ordering::SeqCst);
     if gone {
-        state.longpoll.remove(&token);
+        sessions.remove(&token);
         if messages.is_empty() {
-            return respond(json!({"status": 410}));
+            return json!({"status": 410});
         }
     }
     let status = if messages.is_empty() { 204 } else { 200 };
-    respond(json!({"status": status, "token": token, "messages": messages}))
+    json!({"status": status, "token": token, "messages": messages})
 }
 
 /// Splits a POST body into frames for the socket machine. ndjson: at most
@@ -333,22 +379,173 @@ pub async fn post(
         tracing::info!("refused long-poll request: {why}");
         return respond(json!({"status": 403}));
     }
-    let Some(session) = session_token(&headers, &params).and_then(|t| state.longpoll.get(&t))
-    else {
+    let Some(token) = session_token(&headers, &params) else {
         return respond(json!({"status": 410}));
     };
     let ndjson = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/x-ndjson"));
-    let frames = parse_body(ndjson, &body);
-    for frame in frames {
-        let send = session.inbound.send(frame);
-        match tokio::time::timeout(state.config.longpoll_window, send).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return respond(json!({"status": 410})),
-            Err(_) => return respond(json!({"status": 408})),
+    if let Some(session) = state.longpoll.get(&token) {
+        return respond(deliver(&state.config, &session, ndjson, &body).await);
+    }
+    if let Some(owner) = remote_owner(&state, &token) {
+        let request = Request::Post {
+            token,
+            ndjson,
+            body: STANDARD.encode(&body),
+        };
+        if let Some(answer) = relay(&state, &owner, request).await {
+            return respond(answer);
         }
     }
-    respond(json!({"status": 200}))
+    respond(json!({"status": 410}))
+}
+
+/// Hands a POST body's frames to the session's machine; returns the answer's body.
+async fn deliver(config: &Config, session: &Session, ndjson: bool, body: &[u8]) -> Value {
+    for frame in parse_body(ndjson, body) {
+        let send = session.inbound.send(frame);
+        match tokio::time::timeout(config.longpoll_window, send).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return json!({"status": 410}),
+            Err(_) => return json!({"status": 408}),
+        }
+    }
+    json!({"status": 200})
+}
+
+/// What travels on [`CHANNEL_LONGPOLL`] (JSON).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+enum Request {
+    /// A GET for a session of the receiving node.
+    Poll { token: String },
+    /// A POST for a session of the receiving node; `body` is base64.
+    Post {
+        token: String,
+        ndjson: bool,
+        body: String,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RelayMessage {
+    /// A request, answered with a [`RelayMessage::Answer`] carrying the same id.
+    Request { id: u64, request: Request },
+    /// The answer's body, or `None` when the session does not exist (any more).
+    Answer { id: u64, body: Option<Value> },
+}
+
+/// Sends `request` to `owner` and waits for its answer. `None` when the owner has no such
+/// session, is not an up member of the cluster, or does not answer in time: the session is
+/// gone for this client, which opens a new one.
+async fn relay(state: &AppState, owner: &str, request: Request) -> Option<Value> {
+    let pubsub = state.tracker.pubsub();
+    if !pubsub.peers().iter().any(|p| p.name == owner && p.up) {
+        return None;
+    }
+    let sessions = &state.longpoll;
+    let id = sessions.next_request.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = oneshot::channel();
+    if let Ok(mut pending) = sessions.pending.lock() {
+        pending.insert(id, tx);
+    }
+    let message = RelayMessage::Request { id, request };
+    match serde_json::to_vec(&message) {
+        Ok(bytes) => pubsub.send_to(owner, CHANNEL_LONGPOLL, bytes.into()),
+        Err(e) => tracing::warn!("long-poll relay request not encoded: {e}"),
+    }
+    let within = state.config.longpoll_window + RELAY_MARGIN;
+    let answer = tokio::time::timeout(within, rx).await;
+    if let Ok(mut pending) = sessions.pending.lock() {
+        pending.remove(&id);
+    }
+    match answer {
+        Ok(Ok(body)) => body,
+        _ => {
+            tracing::info!("long-poll relay to {owner} got no answer in {within:?}");
+            None
+        }
+    }
+}
+
+/// Serves the long-poll requests other nodes relay to this one, and completes this node's
+/// relayed requests with their answers. Runs until the server shuts down.
+pub fn spawn_relay(
+    sessions: Arc<Sessions>,
+    config: Arc<Config>,
+    pubsub: Arc<dyn PubSub>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut inbox = pubsub.subscribe(CHANNEL_LONGPOLL);
+    tokio::spawn(async move {
+        loop {
+            let envelope = tokio::select! {
+                envelope = inbox.recv() => envelope,
+                _ = shutdown.wait_for(|s| *s) => None,
+            };
+            let Some(envelope) = envelope else { return };
+            on_relay_message(&sessions, &config, &pubsub, envelope);
+        }
+    });
+}
+
+fn on_relay_message(
+    sessions: &Arc<Sessions>,
+    config: &Arc<Config>,
+    pubsub: &Arc<dyn PubSub>,
+    envelope: Envelope,
+) {
+    let message = match serde_json::from_slice::<RelayMessage>(&envelope.payload) {
+        Ok(message) => message,
+        Err(e) => {
+            tracing::warn!(
+                "undecodable long-poll relay message from {}: {e}",
+                envelope.from
+            );
+            return;
+        }
+    };
+    match message {
+        RelayMessage::Answer { id, body } => {
+            let waiter = sessions.pending.lock().ok().and_then(|mut p| p.remove(&id));
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(body);
+            }
+        }
+        RelayMessage::Request { id, request } => {
+            let (sessions, config, pubsub) = (sessions.clone(), config.clone(), pubsub.clone());
+            // A poll waits up to the window: never hold up the next request behind it.
+            tokio::spawn(async move {
+                let body = serve_relayed(&sessions, &config, request).await;
+                let answer = RelayMessage::Answer { id, body };
+                match serde_json::to_vec(&answer) {
+                    Ok(bytes) => pubsub.send_to(&envelope.from, CHANNEL_LONGPOLL, bytes.into()),
+                    Err(e) => tracing::warn!("long-poll relay answer not encoded: {e}"),
+                }
+            });
+        }
+    }
+}
+
+async fn serve_relayed(sessions: &Sessions, config: &Config, request: Request) -> Option<Value> {
+    match request {
+        Request::Poll { token } => {
+            let session = sessions.get(&token)?;
+            Some(poll(config, sessions, token, session).await)
+        }
+        Request::Post {
+            token,
+            ndjson,
+            body,
+        } => {
+            let session = sessions.get(&token)?;
+            let Ok(body) = STANDARD.decode(&body) else {
+                return Some(json!({"status": 400}));
+            };
+            Some(deliver(config, &session, ndjson, &body).await)
+        }
+    }
 }
