@@ -82,3 +82,58 @@ async fn three_nodes_over_nats_share_members_updates_relays_and_heal() {
 async fn three_nodes_over_redis_share_members_updates_relays_and_heal() {
     replication_over(BrokerKind::Redis).await;
 }
+
+/// A node that joins late must receive the whole state, here about 2 MB: twice what
+/// nats-server accepts in one message. The transfer reaches it in parts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_node_receives_a_state_larger_than_a_nats_message() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    const TOPICS: usize = 4000;
+    let _serial = serial().await;
+    let broker = Broker::start(BrokerKind::Nats).await;
+    let mut args = broker.flags();
+    args.extend(FAST_TIMING.iter().map(|s| s.to_string()));
+    let mut bulk_args = args.clone();
+    bulk_args.extend(["--max-channels", "5000", "--event-rate", "0"].map(String::from));
+    let a = Node::start("a", &bulk_args).await;
+
+    // One connection present in 4,000 rooms with an 800-byte meta in each.
+    let url = format!("ws://{}/socket/websocket?vsn=2.0.0&user_id=bulk", a.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect");
+    let pad = "x".repeat(800);
+    for i in 0..TOPICS {
+        let join = json!([i.to_string(), i.to_string(), format!("room:bulk-{i}"), "phx_join",
+            {"meta": {"pad": pad}}]);
+        ws.feed(Message::text(join.to_string()))
+            .await
+            .expect("send");
+    }
+    ws.flush().await.expect("flush");
+    let mut ok = 0;
+    tokio::time::timeout(cluster_support::DEADLINE * 2, async {
+        while ok < TOPICS {
+            let Some(Ok(Message::Text(t))) = ws.next().await else {
+                panic!("the bulk connection closed");
+            };
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("json");
+            if v[3] == "phx_reply" && v[4]["status"] == "ok" {
+                ok += 1;
+            }
+        }
+    })
+    .await
+    .expect("every join is answered");
+
+    let b = Node::start("b", &args).await;
+    let last = format!("room:bulk-{}", TOPICS - 1);
+    let probe = User::join(&b, "probe", &last, json!({})).await;
+    probe.wait_keys(&["bulk", "probe"]).await;
+    // The first rooms joined are in no recent delta: only the transfer carries them.
+    let first = User::join(&b, "probe", "room:bulk-0", json!({})).await;
+    first.wait_keys(&["bulk", "probe"]).await;
+    drop(ws);
+}

@@ -605,6 +605,33 @@ async fn connect_gives_a_working_mesh_behind_the_trait() {
 }
 
 #[tokio::test]
+async fn connect_carries_a_message_larger_than_a_mesh_frame() {
+    let a = connect("a", ClusterConfig::Mesh(config("127.0.0.1:0", &[], SECRET)))
+        .await
+        .expect("a");
+    let a_addr = a.cluster_addr().expect("the mesh listens").to_string();
+    let b = connect(
+        "b",
+        ClusterConfig::Mesh(config("127.0.0.1:0", &[a_addr], SECRET)),
+    )
+    .await
+    .expect("b");
+    let up = |n: &std::sync::Arc<dyn PubSub>| n.peers().iter().filter(|p| p.up).count();
+    wait_until("a and b connect", || up(&a) == 1 && up(&b) == 1).await;
+    let mut at_b = b.subscribe("t");
+    let big: Vec<u8> = (0..(rollcall_server::pubsub::mesh::MAX_FRAME as u32 + 4096))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    a.broadcast("t", Bytes::from(big.clone()));
+    a.broadcast("t", msg("after"));
+    assert!(
+        recv(&mut at_b).await.payload[..] == big[..],
+        "arrives intact"
+    );
+    assert_eq!(&recv(&mut at_b).await.payload[..], b"after");
+}
+
+#[tokio::test]
 async fn a_gossiped_peer_gone_for_good_is_forgotten() {
     let mut c = config("127.0.0.1:0", &[], SECRET);
     c.forget_after = Duration::from_millis(300);

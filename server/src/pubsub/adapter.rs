@@ -18,6 +18,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
+use crate::pubsub::chunked::{Chunked, DEFAULT_CHUNK, NATS_CHUNK};
+
 /// Default capacity of each subscriber's inbound queue (messages).
 pub const DEFAULT_INBOX_CAPACITY: usize = 4096;
 
@@ -232,7 +234,9 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<(), Error> {
     }
 }
 
-/// Starts the transport `config` names for the node `node_name`.
+/// Starts the transport `config` names for the node `node_name`. Every transport but `None` is
+/// wrapped in [`Chunked`], so messages of any size get through; all nodes of a cluster must
+/// therefore be started this way.
 ///
 /// Mesh: binds the listen address (fails if it cannot) and starts dialing peers in the background
 /// (unreachable peers are retried, not an error). Brokers: connects once and fails if the broker
@@ -241,16 +245,24 @@ pub async fn connect(node_name: &str, config: ClusterConfig) -> Result<Arc<dyn P
     validate_name("node name", node_name)?;
     match config {
         ClusterConfig::None => Ok(Arc::new(Local::new(node_name))),
-        ClusterConfig::Mesh(mesh) => Ok(Arc::new(
-            crate::pubsub::mesh::Mesh::start(node_name, mesh).await?,
+        ClusterConfig::Mesh(mesh) => Ok(chunked(
+            Arc::new(crate::pubsub::mesh::Mesh::start(node_name, mesh).await?),
+            DEFAULT_CHUNK,
         )),
-        ClusterConfig::Nats { url, cluster_name } => Ok(Arc::new(
-            crate::pubsub::nats::Nats::connect(node_name, &url, &cluster_name).await?,
+        ClusterConfig::Nats { url, cluster_name } => Ok(chunked(
+            Arc::new(crate::pubsub::nats::Nats::connect(node_name, &url, &cluster_name).await?),
+            NATS_CHUNK,
         )),
-        ClusterConfig::Redis { url, cluster_name } => Ok(Arc::new(
-            crate::pubsub::redis::Redis::connect(node_name, &url, &cluster_name).await?,
+        ClusterConfig::Redis { url, cluster_name } => Ok(chunked(
+            Arc::new(crate::pubsub::redis::Redis::connect(node_name, &url, &cluster_name).await?),
+            DEFAULT_CHUNK,
         )),
     }
+}
+
+/// Every cluster transport carries messages of any size: see [`crate::pubsub::chunked`].
+fn chunked(inner: Arc<dyn PubSub>, chunk: usize) -> Arc<dyn PubSub> {
+    Arc::new(Chunked::new(inner, chunk))
 }
 
 /// The single-node adapter (`--cluster none`): there is nobody to send to, so sends go nowhere

@@ -23,11 +23,13 @@
 //! ```
 
 pub mod adapter;
+pub mod chunked;
 pub mod mesh;
 pub mod nats;
 pub mod redis;
 
 pub use adapter::{connect, ClusterConfig, Envelope, Error, Local, PeerInfo, PubSub, Stats};
+pub use chunked::Chunked;
 pub use mesh::{Mesh, MeshConfig};
 pub use nats::Nats;
 pub use redis::Redis;

@@ -1,0 +1,498 @@
+//! Messages of any size over transports that limit them: [`Chunked`] wraps an adapter, splits a
+//! payload larger than its chunk size into numbered parts, and puts them back together at the
+//! receiver before any subscriber sees them.
+//!
+//! Why: a full-state transfer of the tracker grows with the cluster (about 100–200 bytes a
+//! presence), while NATS refuses messages over its `max_payload` (1 MiB by default), Redis
+//! disconnects a subscriber whose output buffer passes 8 MiB for a minute (32 MiB at once), and
+//! the mesh caps a frame at 16 MiB. Without chunking, a cluster of some ten thousand members
+//! over NATS could never complete a transfer, and a node that joins late would never converge.
+//!
+//! Wire format, the first byte of every payload:
+//! - `0` — a whole message: the rest is the payload.
+//! - `1` — a part: `id` (u64 BE), `index` (u32 BE), `count` (u32 BE), then the part's bytes.
+//!   `id` is unique per sender; parts arrive in any order and are joined once all have come.
+//!
+//! A part that never comes (a dropped message) leaves its message incomplete; incomplete
+//! messages are forgotten after [`PARTIAL_TTL`], and at most [`MAX_BUFFERED`] bytes are held at
+//! once. The tracker recovers from such a loss as from any other (its next transfer request).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+
+use super::adapter::{lock, Envelope, PeerInfo, PubSub, Stats, DEFAULT_INBOX_CAPACITY};
+
+/// Part size used for NATS (under its default 1 MiB `max_payload`, with room for headers).
+pub const NATS_CHUNK: usize = 512 * 1024;
+/// Part size used for Redis and the mesh: small enough that one large transfer never holds a
+/// connection for long, nor fills a Redis subscriber's output buffer.
+pub const DEFAULT_CHUNK: usize = 1024 * 1024;
+/// Incomplete messages older than this are dropped.
+pub const PARTIAL_TTL: Duration = Duration::from_secs(60);
+/// Most bytes of incomplete messages held at once (per subscription); the oldest go first.
+pub const MAX_BUFFERED: usize = 256 * 1024 * 1024;
+/// Largest message that can be reassembled.
+pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+/// Most parts one message may have (bounds what a part's header can make us allocate).
+pub const MAX_PARTS: u32 = 4096;
+
+const WHOLE: u8 = 0;
+const PART: u8 = 1;
+const PART_HEADER: usize = 1 + 8 + 4 + 4;
+
+/// Splits `payload` into wire messages of at most `chunk` payload bytes each (plus a header).
+pub fn split(payload: &[u8], chunk: usize, id: u64) -> Vec<Bytes> {
+    let chunk = chunk.max(1);
+    if payload.len() <= chunk {
+        let mut whole = BytesMut::with_capacity(1 + payload.len());
+        whole.put_u8(WHOLE);
+        whole.put_slice(payload);
+        return vec![whole.freeze()];
+    }
+    let parts: Vec<&[u8]> = payload.chunks(chunk).collect();
+    let count = parts.len() as u32;
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(index, part)| {
+            let mut out = BytesMut::with_capacity(PART_HEADER + part.len());
+            out.put_u8(PART);
+            out.put_u64(id);
+            out.put_u32(index as u32);
+            out.put_u32(count);
+            out.put_slice(part);
+            out.freeze()
+        })
+        .collect()
+}
+
+/// Why a received wire message was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinError {
+    /// No bytes at all.
+    Empty,
+    /// The first byte is neither a whole message nor a part.
+    UnknownKind(u8),
+    /// A part shorter than its header.
+    ShortHeader,
+    /// `index` is not below `count`, `count` is zero, or the message would be too large.
+    BadNumbering {
+        /// The part's index.
+        index: u32,
+        /// The part's count.
+        count: u32,
+    },
+    /// A part whose count disagrees with earlier parts of the same message.
+    CountChanged,
+}
+
+impl std::fmt::Display for JoinError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JoinError::Empty => write!(f, "empty cluster message"),
+            JoinError::UnknownKind(k) => write!(f, "unknown cluster message kind {k}"),
+            JoinError::ShortHeader => write!(f, "cluster message part shorter than its header"),
+            JoinError::BadNumbering { index, count } => {
+                write!(f, "cluster message part {index} of {count} is out of range")
+            }
+            JoinError::CountChanged => {
+                write!(f, "cluster message parts disagree on how many there are")
+            }
+        }
+    }
+}
+
+impl std::error::Error for JoinError {}
+
+struct Partial {
+    parts: Vec<Option<Bytes>>,
+    missing: usize,
+    bytes: usize,
+    started: Instant,
+}
+
+/// Puts parts back together; sans-IO (time is passed in).
+#[derive(Default)]
+pub struct Reassembler {
+    partial: HashMap<(String, u64), Partial>,
+    buffered: usize,
+    /// Incomplete messages dropped (expired or pushed out by the size cap).
+    pub abandoned: u64,
+}
+
+impl Reassembler {
+    /// Takes one wire message from `from`; returns the payload when a message is complete.
+    pub fn accept(
+        &mut self,
+        from: &str,
+        mut bytes: Bytes,
+        now: Instant,
+    ) -> Result<Option<Bytes>, JoinError> {
+        let Some(&kind) = bytes.first() else {
+            return Err(JoinError::Empty);
+        };
+        match kind {
+            WHOLE => {
+                bytes.advance(1);
+                Ok(Some(bytes))
+            }
+            PART => {
+                if bytes.len() < PART_HEADER {
+                    return Err(JoinError::ShortHeader);
+                }
+                bytes.advance(1);
+                let id = bytes.get_u64();
+                let index = bytes.get_u32();
+                let count = bytes.get_u32();
+                let too_large = (count as usize).saturating_mul(bytes.len()) > MAX_MESSAGE;
+                if count == 0 || count > MAX_PARTS || index >= count || too_large {
+                    return Err(JoinError::BadNumbering { index, count });
+                }
+                self.expire(now);
+                Ok(self.add(from, id, index, count, bytes, now)?)
+            }
+            other => Err(JoinError::UnknownKind(other)),
+        }
+    }
+
+    fn add(
+        &mut self,
+        from: &str,
+        id: u64,
+        index: u32,
+        count: u32,
+        part: Bytes,
+        now: Instant,
+    ) -> Result<Option<Bytes>, JoinError> {
+        let key = (from.to_owned(), id);
+        let entry = self.partial.entry(key.clone()).or_insert_with(|| Partial {
+            parts: vec![None; count as usize],
+            missing: count as usize,
+            bytes: 0,
+            started: now,
+        });
+        if entry.parts.len() != count as usize {
+            return Err(JoinError::CountChanged);
+        }
+        let slot = &mut entry.parts[index as usize];
+        if slot.is_none() {
+            entry.missing -= 1;
+            entry.bytes += part.len();
+            self.buffered += part.len();
+            *slot = Some(part);
+        }
+        if entry.missing > 0 {
+            self.cap();
+            return Ok(None);
+        }
+        let Some(done) = self.partial.remove(&key) else {
+            return Ok(None);
+        };
+        self.buffered -= done.bytes;
+        let mut whole = BytesMut::with_capacity(done.bytes);
+        for part in done.parts.into_iter().flatten() {
+            whole.put_slice(&part);
+        }
+        Ok(Some(whole.freeze()))
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let before = self.partial.len();
+        let mut freed = 0;
+        self.partial.retain(|_, p| {
+            let keep = now.duration_since(p.started) < PARTIAL_TTL;
+            if !keep {
+                freed += p.bytes;
+            }
+            keep
+        });
+        self.buffered -= freed;
+        self.abandoned += (before - self.partial.len()) as u64;
+    }
+
+    /// Drops the oldest incomplete messages while more than [`MAX_BUFFERED`] bytes are held.
+    fn cap(&mut self) {
+        while self.buffered > MAX_BUFFERED {
+            let oldest = self
+                .partial
+                .iter()
+                .min_by_key(|(_, p)| p.started)
+                .map(|(k, _)| k.clone());
+            let Some(key) = oldest else { return };
+            if let Some(p) = self.partial.remove(&key) {
+                self.buffered -= p.bytes;
+                self.abandoned += 1;
+            }
+        }
+    }
+
+    /// Bytes of incomplete messages held.
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+}
+
+/// An adapter that carries messages of any size over `inner` (see the module docs).
+pub struct Chunked {
+    inner: Arc<dyn PubSub>,
+    chunk: usize,
+    next_id: AtomicU64,
+    refused: Arc<AtomicU64>,
+    abandoned: Arc<AtomicU64>,
+    subscriptions: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Chunked {
+    /// Wraps `inner`, splitting payloads larger than `chunk` bytes.
+    pub fn new(inner: Arc<dyn PubSub>, chunk: usize) -> Chunked {
+        Chunked {
+            inner,
+            chunk: chunk.max(1),
+            // Ids only need to differ among one sender's messages in flight; a random start
+            // keeps a restarted node from reusing ids its peers may still hold parts of.
+            next_id: AtomicU64::new(rand::random()),
+            refused: Arc::new(AtomicU64::new(0)),
+            abandoned: Arc::new(AtomicU64::new(0)),
+            subscriptions: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn wire(&self, payload: &[u8]) -> Vec<Bytes> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        split(payload, self.chunk, id)
+    }
+}
+
+impl Drop for Chunked {
+    fn drop(&mut self) {
+        for task in lock(&self.subscriptions).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl PubSub for Chunked {
+    fn node(&self) -> &str {
+        self.inner.node()
+    }
+
+    fn broadcast(&self, channel: &str, payload: Bytes) {
+        for part in self.wire(&payload) {
+            self.inner.broadcast(channel, part);
+        }
+    }
+
+    fn send_to(&self, node: &str, channel: &str, payload: Bytes) {
+        for part in self.wire(&payload) {
+            self.inner.send_to(node, channel, part);
+        }
+    }
+
+    fn subscribe(&self, channel: &str) -> mpsc::Receiver<Envelope> {
+        let mut raw = self.inner.subscribe(channel);
+        let (tx, rx) = mpsc::channel(DEFAULT_INBOX_CAPACITY);
+        let (refused, abandoned) = (self.refused.clone(), self.abandoned.clone());
+        let task = tokio::spawn(async move {
+            let mut parts = Reassembler::default();
+            while let Some(envelope) = raw.recv().await {
+                let Envelope {
+                    from,
+                    channel,
+                    payload,
+                } = envelope;
+                let before = parts.abandoned;
+                let joined = parts.accept(&from, payload, Instant::now());
+                abandoned.fetch_add(parts.abandoned - before, Ordering::Relaxed);
+                match joined {
+                    Ok(Some(payload)) => {
+                        let whole = Envelope {
+                            from,
+                            channel,
+                            payload,
+                        };
+                        if tx.send(whole).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("refused a cluster message from {from} on {channel}: {e}");
+                    }
+                }
+            }
+        });
+        lock(&self.subscriptions).push(task);
+        rx
+    }
+
+    fn peers(&self) -> Vec<PeerInfo> {
+        self.inner.peers()
+    }
+
+    fn stats(&self) -> Stats {
+        let mut stats = self.inner.stats();
+        stats.dropped_inbound += self.abandoned.load(Ordering::Relaxed);
+        stats.refused += self.refused.load(Ordering::Relaxed);
+        stats
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        self.inner.shutdown()
+    }
+
+    fn cluster_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.cluster_addr()
+    }
+
+    fn set_partitioned(&self, peer: &str, partitioned: bool) {
+        self.inner.set_partitioned(peer, partitioned);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join_all(r: &mut Reassembler, from: &str, wire: Vec<Bytes>, now: Instant) -> Vec<Bytes> {
+        wire.into_iter()
+            .filter_map(|w| r.accept(from, w, now).expect("valid"))
+            .collect()
+    }
+
+    #[test]
+    fn a_small_payload_travels_whole_with_one_header_byte() {
+        let wire = split(b"hello", 16, 7);
+        assert_eq!(wire.len(), 1);
+        assert_eq!(&wire[0][..], b"\0hello");
+        let mut r = Reassembler::default();
+        assert_eq!(
+            join_all(&mut r, "a", wire, Instant::now()),
+            vec![Bytes::from("hello")]
+        );
+    }
+
+    #[test]
+    fn a_large_payload_is_split_and_joined_in_any_order() {
+        let payload: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let mut wire = split(&payload, 1000, 42);
+        assert_eq!(wire.len(), 10);
+        assert!(wire.iter().all(|w| w.len() <= 1000 + PART_HEADER));
+        wire.reverse();
+        wire.swap(2, 7);
+        let mut r = Reassembler::default();
+        let joined = join_all(&mut r, "a", wire, Instant::now());
+        assert_eq!(joined, vec![Bytes::from(payload)]);
+        assert_eq!(r.buffered(), 0);
+    }
+
+    #[test]
+    fn a_duplicated_part_is_harmless() {
+        let payload = vec![9u8; 2500];
+        let wire = split(&payload, 1000, 1);
+        let mut r = Reassembler::default();
+        let now = Instant::now();
+        assert_eq!(r.accept("a", wire[0].clone(), now), Ok(None));
+        assert_eq!(r.accept("a", wire[0].clone(), now), Ok(None));
+        assert_eq!(r.accept("a", wire[1].clone(), now), Ok(None));
+        assert_eq!(
+            r.accept("a", wire[2].clone(), now),
+            Ok(Some(Bytes::from(payload)))
+        );
+    }
+
+    #[test]
+    fn parts_of_the_same_id_from_different_senders_never_mix() {
+        let (x, y) = (vec![1u8; 1500], vec![2u8; 1500]);
+        let (wx, wy) = (split(&x, 1000, 5), split(&y, 1000, 5));
+        let mut r = Reassembler::default();
+        let now = Instant::now();
+        assert_eq!(r.accept("a", wx[0].clone(), now), Ok(None));
+        assert_eq!(r.accept("b", wy[0].clone(), now), Ok(None));
+        assert_eq!(r.accept("b", wy[1].clone(), now), Ok(Some(Bytes::from(y))));
+        assert_eq!(r.accept("a", wx[1].clone(), now), Ok(Some(Bytes::from(x))));
+    }
+
+    #[test]
+    fn an_incomplete_message_is_forgotten_after_the_ttl() {
+        let wire = split(&[3u8; 3000], 1000, 1);
+        let mut r = Reassembler::default();
+        let start = Instant::now();
+        assert_eq!(r.accept("a", wire[0].clone(), start), Ok(None));
+        assert_eq!(r.buffered(), 1000);
+        // Any later part triggers the sweep; the stale message is gone, so its last parts
+        // start a new (incomplete) one instead of completing it.
+        let later = start + PARTIAL_TTL + Duration::from_secs(1);
+        assert_eq!(r.accept("a", wire[1].clone(), later), Ok(None));
+        assert_eq!(r.accept("a", wire[2].clone(), later), Ok(None));
+        assert_eq!(r.abandoned, 1);
+        assert_eq!(r.buffered(), 2000);
+    }
+
+    #[test]
+    fn malformed_wire_messages_are_refused_with_a_reason() {
+        let mut r = Reassembler::default();
+        let now = Instant::now();
+        assert_eq!(r.accept("a", Bytes::new(), now), Err(JoinError::Empty));
+        assert_eq!(
+            r.accept("a", Bytes::from_static(&[7, 1, 2]), now),
+            Err(JoinError::UnknownKind(7))
+        );
+        assert_eq!(
+            r.accept("a", Bytes::from_static(&[1, 0, 0]), now),
+            Err(JoinError::ShortHeader)
+        );
+        let mut bad = BytesMut::new();
+        bad.put_u8(PART);
+        bad.put_u64(1);
+        bad.put_u32(3);
+        bad.put_u32(3);
+        bad.put_slice(b"x");
+        assert_eq!(
+            r.accept("a", bad.freeze(), now),
+            Err(JoinError::BadNumbering { index: 3, count: 3 })
+        );
+        let mut huge = BytesMut::new();
+        huge.put_u8(PART);
+        huge.put_u64(1);
+        huge.put_u32(0);
+        huge.put_u32(u32::MAX);
+        huge.put_slice(&[0u8; 1024]);
+        assert!(matches!(
+            r.accept("a", huge.freeze(), now),
+            Err(JoinError::BadNumbering { .. })
+        ));
+        let wire = split(&[0u8; 2000], 1000, 9);
+        assert_eq!(r.accept("a", wire[0].clone(), now), Ok(None));
+        let mut other_count = BytesMut::new();
+        other_count.put_u8(PART);
+        other_count.put_u64(9);
+        other_count.put_u32(1);
+        other_count.put_u32(5);
+        other_count.put_slice(b"y");
+        assert_eq!(
+            r.accept("a", other_count.freeze(), now),
+            Err(JoinError::CountChanged)
+        );
+    }
+
+    #[test]
+    fn random_bytes_never_panic_the_reassembler() {
+        let mut r = Reassembler::default();
+        let now = Instant::now();
+        for seed in 0..2000u64 {
+            let len = (seed % 40) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64 * 17) % 256) as u8)
+                .map(|b| if len > 0 && b % 7 == 0 { 1 } else { b })
+                .collect();
+            let _ = r.accept("a", Bytes::from(bytes), now);
+        }
+    }
+}
