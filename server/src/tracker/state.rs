@@ -94,6 +94,29 @@ pub struct Output {
     pub diff: Diff,
     /// Peers that came up, went down or were forgotten.
     pub events: Vec<ReplicaEvent>,
+    /// State transfers among `messages` and in the message received, for the metrics.
+    pub transfers: Transfers,
+}
+
+/// Transfer answers (`TransferAck`) sent and received, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transfers {
+    /// Deltas sent.
+    pub delta_sent: u64,
+    /// Full states sent.
+    pub full_sent: u64,
+    /// Deltas received.
+    pub delta_received: u64,
+    /// Full states received.
+    pub full_received: u64,
+}
+
+/// `Some(true)` for a full-state transfer answer, `Some(false)` for a delta one.
+fn transfer_kind(message: &ReplicationMessage) -> Option<bool> {
+    match message {
+        ReplicationMessage::TransferAck { payload, .. } => Some(payload.is_full()),
+        _ => None,
+    }
 }
 
 fn encode_all(messages: Vec<core::Outgoing>) -> Vec<Message> {
@@ -117,7 +140,20 @@ fn encode_all(messages: Vec<core::Outgoing>) -> Vec<Message> {
 
 impl From<core::Output> for Output {
     fn from(out: core::Output) -> Output {
+        let mut transfers = Transfers::default();
+        for kind in out
+            .messages
+            .iter()
+            .filter_map(|m| transfer_kind(&m.message))
+        {
+            if kind {
+                transfers.full_sent += 1;
+            } else {
+                transfers.delta_sent += 1;
+            }
+        }
         Output {
+            transfers,
             diff: convert(&out.diff),
             events: out.events,
             messages: encode_all(out.messages),
@@ -204,7 +240,16 @@ impl Shard {
     /// dropped (a peer on another wire version, or garbage).
     pub fn receive(&mut self, from: &str, bytes: &[u8], now_ms: u64) -> Output {
         match ReplicationMessage::decode(bytes) {
-            Ok(message) => self.inner.receive(from, message, now_ms).into(),
+            Ok(message) => {
+                let kind = transfer_kind(&message);
+                let mut output: Output = self.inner.receive(from, message, now_ms).into();
+                match kind {
+                    Some(true) => output.transfers.full_received += 1,
+                    Some(false) => output.transfers.delta_received += 1,
+                    None => {}
+                }
+                output
+            }
             Err(e) => {
                 tracing::warn!(from, "tracker message dropped: {e}");
                 Output::default()
@@ -216,6 +261,13 @@ impl Shard {
     /// afterwards.
     pub fn graceful_permdown(&mut self) -> Vec<Message> {
         encode_all(self.inner.graceful_permdown())
+    }
+
+    /// How many presences this replica stores (every node's, hidden ones included) and in how
+    /// many topics.
+    pub fn stored(&self) -> (usize, usize) {
+        let state = self.inner.state();
+        (state.len(), state.topics().len())
     }
 
     /// Known peer replicas and whether each is up.

@@ -27,6 +27,7 @@ use super::websocket::decode_lenient_base64;
 use super::{Inbound, Outgoing, WireFrame};
 use crate::auth;
 use crate::http::{check_origin, AppState};
+use crate::metrics::Transport;
 use crate::socket::{self, ConnectInfo, SocketContext};
 
 /// Most ndjson lines one POST may carry; the rest are ignored (Phoenix's CVE hardening).
@@ -203,9 +204,11 @@ fn open(state: AppState, params: HashMap<String, String>, headers: &HeaderMap) -
     });
     let sessions = state.longpoll.clone();
     let machine_token = token.clone();
+    let open = state.tracker.metrics().connection(Transport::LongPoll);
     tokio::spawn(async move {
         socket::run(ctx, Box::pin(sink), Box::pin(stream)).await;
         sessions.remove(&machine_token);
+        drop(open);
     });
 
     // Expiry: closed when no poll was seen for 1.5 × window.

@@ -15,6 +15,7 @@ use rollcall_core::protocol::{Frame, Serializer};
 use super::{Inbound, Outgoing, WireFrame};
 use crate::auth;
 use crate::http::AppState;
+use crate::metrics::Transport;
 use crate::socket::{self, ConnectInfo, SocketContext};
 
 /// The sub-protocol prefix phoenix.js uses to carry `authToken`.
@@ -95,6 +96,7 @@ pub async fn handler(
         .max_frame_size(codec_limit)
         .on_upgrade(move |ws| async move {
             let guard = state.connections.clone();
+            let _open = state.tracker.metrics().connection(Transport::WebSocket);
             let ctx = SocketContext::new(
                 serializer,
                 info,
