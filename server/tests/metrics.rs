@@ -386,3 +386,45 @@ async fn metrics_off_serves_no_metrics() {
     let (status, _, _) = http(server.addr, "GET", "/metrics", &[], b"").await;
     assert_eq!(status, 404);
 }
+
+/// Starts the `rollcall` binary with `args` on a free port; returns the child and its address.
+async fn binary(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, std::net::SocketAddr) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rollcall"))
+        .args(["serve", "--port", "0"])
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("rollcall starts");
+    let stdout = child.stdout.take().expect("stdout piped");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(common::DEADLINE, async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("listening line");
+            if let Some(a) = line.strip_prefix("rollcall listening on http://") {
+                return a.parse().unwrap();
+            }
+        }
+    })
+    .await
+    .expect("listening before the deadline");
+    (child, addr)
+}
+
+#[tokio::test]
+async fn the_binary_serves_metrics_by_default_and_not_with_metrics_false() {
+    let (_on, addr) = binary(&[], &[]).await;
+    let (status, _, body) = http(addr, "GET", "/metrics", &[], b"").await;
+    assert_eq!(status, 200);
+    parse(&body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+    let (_off, addr) = binary(&["--metrics", "false"], &[]).await;
+    assert_eq!(http(addr, "GET", "/metrics", &[], b"").await.0, 404);
+    let (_env_off, addr) = binary(&[], &[("ROLLCALL_METRICS", "false")]).await;
+    assert_eq!(http(addr, "GET", "/metrics", &[], b"").await.0, 404);
+}

@@ -339,6 +339,44 @@ mod tests {
     }
 
     #[test]
+    fn transfers_are_counted_by_kind_on_both_sides() {
+        let mut a = shard("a");
+        let mut b = shard("b");
+        for m in a.heartbeat_now(1).messages {
+            b.receive("a", &m.bytes, 1);
+        }
+        a.track(ConnId(1), "t", "alice", &meta("x")).unwrap();
+        // The delta is lost: b learns of it only from a's clock, and asks for a transfer.
+        let _lost = a.flush(5);
+        let mut to_a = Vec::new();
+        for m in a.heartbeat_now(6).messages {
+            to_a.extend(b.receive("a", &m.bytes, 6).messages);
+        }
+        // Clocks heard are compared every `clock_sample_periods` (2) ticks.
+        to_a.extend(b.tick(1_500).messages);
+        to_a.extend(b.tick(3_000).messages);
+        let mut sent = Transfers::default();
+        let mut received = Transfers::default();
+        for request in to_a {
+            let out = a.receive("b", &request.bytes, 7);
+            sent.delta_sent += out.transfers.delta_sent;
+            sent.full_sent += out.transfers.full_sent;
+            for ack in out.messages {
+                let t = b.receive("a", &ack.bytes, 7).transfers;
+                received.delta_received += t.delta_received;
+                received.full_received += t.full_received;
+            }
+        }
+        assert_eq!(sent.delta_sent + sent.full_sent, 1, "{sent:?}");
+        assert_eq!(
+            (received.delta_received, received.full_received),
+            (sent.delta_sent, sent.full_sent)
+        );
+        assert_eq!(b.list("t").len(), 1);
+        assert_eq!(b.stored(), (1, 1));
+    }
+
+    #[test]
     fn garbage_from_a_peer_is_dropped() {
         let mut b = shard("b");
         let out = b.receive("a", b"\xff\x00garbage", 5);
