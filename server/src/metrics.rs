@@ -72,6 +72,38 @@ impl Transport {
     }
 }
 
+/// Why a connect was refused before any socket machine ran, the `reason` label of
+/// `rollcall_connects_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// An unsupported `vsn`.
+    Version,
+    /// An `Origin` not in `--allowed-origins`.
+    Origin,
+    /// A missing or invalid token (with a secret configured).
+    Token,
+    /// The key is in the abuse penalty box (HTTP 429).
+    Penalty,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 4] = [
+        Refusal::Version,
+        Refusal::Origin,
+        Refusal::Token,
+        Refusal::Penalty,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::Version => "version",
+            Refusal::Origin => "origin",
+            Refusal::Token => "token",
+            Refusal::Penalty => "penalty",
+        }
+    }
+}
+
 /// Why connections ended, the `reason` label of `rollcall_connections_closed_total`, with the
 /// WebSocket close code the server sent (none when the client left or the write failed).
 const CLOSE_REASONS: [(&str, &str); 9] = [
@@ -112,6 +144,7 @@ pub struct Metrics {
     connections_open: [AtomicI64; 2],
     connections_opened: [Counter; 2],
     connections_closed: [Counter; CLOSE_REASONS.len()],
+    connects_refused: [Counter; 4],
     /// Data frames received from clients.
     pub frames_in: Counter,
     /// Bytes of those frames.
@@ -178,6 +211,13 @@ impl Metrics {
         self.connections_open
             .get(transport.index())
             .map_or(0, |g| g.load(Ordering::Relaxed))
+    }
+
+    /// Counts a refused connect.
+    pub fn refused(&self, why: Refusal) {
+        if let Some(c) = self.connects_refused.get(why as usize) {
+            c.inc();
+        }
     }
 
     /// Counts a connection's end.
@@ -335,6 +375,23 @@ pub fn render(metrics: &Metrics, gauges: &TrackerGauges, pubsub: &Stats) -> Stri
         out.sample(
             "rollcall_connections_closed_total",
             &[("reason", reason), ("code", code)],
+            n,
+        );
+    }
+
+    out.family(
+        "rollcall_connects_refused_total",
+        "counter",
+        "Connect attempts refused before a socket opened: bad vsn, origin not allowed, missing or invalid token, key in the abuse penalty box.",
+    );
+    for why in Refusal::ALL {
+        let n = metrics
+            .connects_refused
+            .get(why as usize)
+            .map_or(0, Counter::get);
+        out.sample(
+            "rollcall_connects_refused_total",
+            &[("reason", why.label())],
             n,
         );
     }

@@ -428,3 +428,48 @@ async fn the_binary_serves_metrics_by_default_and_not_with_metrics_false() {
     let (_env_off, addr) = binary(&[], &[("ROLLCALL_METRICS", "false")]).await;
     assert_eq!(http(addr, "GET", "/metrics", &[], b"").await.0, 404);
 }
+
+#[tokio::test]
+async fn refused_connects_are_counted_by_reason() {
+    let server = start(Config {
+        security: Security {
+            verifier: rollcall_server::auth::Verifier::new(&["s"]),
+            ..Security::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    for query in ["vsn=2.0.0", "vsn=9.9.9"] {
+        let url = format!("ws://{}/socket/websocket?{query}", server.addr);
+        assert!(tokio_tungstenite::connect_async(url).await.is_err());
+    }
+    wait_for(
+        &server,
+        &[
+            ("rollcall_connects_refused_total{reason=\"token\"}", 1.0),
+            ("rollcall_connects_refused_total{reason=\"version\"}", 1.0),
+            ("rollcall_connects_refused_total{reason=\"origin\"}", 0.0),
+            (WS_OPEN, 0.0),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn every_metric_family_is_documented_in_the_readme() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("## Operating a node")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("an \"Operating a node\" section");
+    let server = start_default().await;
+    let s = scrape(&server).await;
+    for name in s.types.keys() {
+        assert!(
+            section.contains(&format!("`{name}")),
+            "{name} is not in README \"Operating a node\""
+        );
+    }
+}

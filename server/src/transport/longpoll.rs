@@ -27,7 +27,7 @@ use super::websocket::decode_lenient_base64;
 use super::{Inbound, Outgoing, WireFrame};
 use crate::auth;
 use crate::http::{check_origin, AppState};
-use crate::metrics::Transport;
+use crate::metrics::{Refusal, Transport};
 use crate::socket::{self, ConnectInfo, SocketContext};
 
 /// Most ndjson lines one POST may carry; the rest are ignored (Phoenix's CVE hardening).
@@ -134,6 +134,7 @@ pub async fn get(
 ) -> Response {
     if let Err(why) = check_origin(&state.config.security.allowed_origins, &headers) {
         tracing::info!("refused long-poll request: {why}");
+        state.tracker.metrics().refused(Refusal::Origin);
         return respond(json!({"status": 403}));
     }
     let session = session_token(&headers, &params)
@@ -149,6 +150,7 @@ fn open(state: AppState, params: HashMap<String, String>, headers: &HeaderMap) -
         Ok(s) => s,
         Err(e) => {
             tracing::info!("refused long-poll connect: {e}");
+            state.tracker.metrics().refused(Refusal::Version);
             return respond(json!({"status": 403}));
         }
     };
@@ -165,11 +167,13 @@ fn open(state: AppState, params: HashMap<String, String>, headers: &HeaderMap) -
         Ok(identity) => identity,
         Err(why) => {
             tracing::info!("refused long-poll connect: {why}");
+            state.tracker.metrics().refused(Refusal::Token);
             return respond(json!({"status": 403}));
         }
     };
     if let Err(why) = socket::check_penalty(&state.config, &info, identity.as_ref()) {
         tracing::info!("refused long-poll connect: {why}");
+        state.tracker.metrics().refused(Refusal::Penalty);
         return respond(json!({"status": 429}));
     }
     let mut ctx = SocketContext::new(
