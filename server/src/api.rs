@@ -9,6 +9,7 @@
 //! The topic is one path segment: percent-encode it (`room%3Alobby` or `room:lobby` both work,
 //! a `/` in a topic must be `%2F`).
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -112,6 +113,13 @@ pub fn authorize(state: &AppState, headers: &HeaderMap, topic: &str) -> Result<(
     Ok(())
 }
 
+/// The topic from the path, or a JSON 400 saying why it could not be read (e.g. its
+/// percent-encoding is not UTF-8).
+fn topic(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(topic)| topic)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))
+}
+
 /// Number of keys in a presence map.
 fn key_count(presences: &Value) -> usize {
     presences.as_object().map_or(0, |m| m.len())
@@ -120,9 +128,10 @@ fn key_count(presences: &Value) -> usize {
 /// `GET /api/presence/{topic}`: `{"topic", "presences": {key: {"metas": [...]}}, "count"}`.
 pub async fn presence(
     State(state): State<AppState>,
-    Path(topic): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let topic = topic(path)?;
     authorize(&state, &headers, &topic)?;
     let presences = state.tracker.list(&topic).await;
     let count = key_count(&presences);
@@ -135,9 +144,10 @@ pub async fn presence(
 /// `GET /api/presence/{topic}/count`: `{"topic", "count"}`, the number of keys listed.
 pub async fn presence_count(
     State(state): State<AppState>,
-    Path(topic): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let topic = topic(path)?;
     authorize(&state, &headers, &topic)?;
     let count = key_count(&state.tracker.list(&topic).await);
     Ok(json_response(

@@ -131,6 +131,14 @@ async fn a_percent_encoded_topic_is_decoded() {
     assert_eq!(keys(&body["presences"]), ["alice"]);
 }
 
+#[tokio::test]
+async fn a_topic_that_is_not_utf8_is_400_with_a_json_error() {
+    let server = start_default().await;
+    let (status, _, body) = get(&server, "/api/presence/room%3A%FF", &[]).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].is_string(), "{body}");
+}
+
 // ---- with a token secret ----
 
 async fn secured() -> TestServer {
