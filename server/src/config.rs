@@ -41,6 +41,8 @@ pub struct Config {
     pub cluster: ClusterSettings,
     /// Tokens, origins and per-connection limits (see [`Security`]).
     pub security: Security,
+    /// Serve `GET /metrics` (Prometheus text format; aggregate counts only, no topics or keys).
+    pub metrics: bool,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             longpoll_window: Duration::from_secs(10),
             cluster: ClusterSettings::default(),
             security: Security::default(),
+            metrics: true,
         }
     }
 }

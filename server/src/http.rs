@@ -1,9 +1,11 @@
-//! The HTTP surface: the socket endpoints, `GET /healthz`, and the demo page at `/`.
+//! The HTTP surface: the socket endpoints, `GET /healthz`, `GET /metrics`, the presence API
+//! ([`crate::api`]), and the demo page at `/`.
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -49,6 +51,19 @@ fn transport_stats(stats: crate::pubsub::Stats) -> Value {
     })
 }
 
+/// `GET /metrics`: the node's metrics in the Prometheus text format (see [`crate::metrics`]).
+async fn metrics(State(state): State<AppState>) -> Response {
+    let gauges = state.tracker.gauges().await;
+    let stats = state.tracker.pubsub().stats();
+    let text = crate::metrics::render(state.tracker.metrics(), &gauges, &stats);
+    let mut resp = text.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    resp
+}
+
 /// Query of the test-only `POST /_fault/partition`.
 #[derive(Debug, serde::Deserialize)]
 struct PartitionQuery {
@@ -74,15 +89,24 @@ async fn fault_partition(
     Json(json!({"status": "ok"}))
 }
 
-/// The router: `/socket/websocket`, `/socket/longpoll`, `/healthz`, and the static directory.
+/// The router: `/socket/websocket`, `/socket/longpoll`, `/healthz`, `/metrics` (unless turned
+/// off), `/api/presence/{topic}[/count]`, and the static directory.
 pub fn router(state: AppState) -> Router {
     let static_dir = state.config.static_dir.clone();
     let mut router = Router::new();
     if state.config.cluster.fault_injection {
         router = router.route("/_fault/partition", axum::routing::post(fault_partition));
     }
+    if state.config.metrics {
+        router = router.route("/metrics", get(metrics));
+    }
     let router = router
         .route("/healthz", get(healthz))
+        .route("/api/presence/{topic}", get(crate::api::presence))
+        .route(
+            "/api/presence/{topic}/count",
+            get(crate::api::presence_count),
+        )
         .route("/socket/websocket", get(websocket::handler))
         .route(
             "/socket/longpoll",

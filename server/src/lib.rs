@@ -11,10 +11,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod auth;
 pub mod channel;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod pubsub;
 pub mod socket;
 pub mod tracker;

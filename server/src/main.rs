@@ -21,6 +21,7 @@ const SERVE_FLAGS: &str = "\
   --max-queued-frames N       ROLLCALL_MAX_QUEUED_FRAMES   frames queued for a slow client, else close 1013 [1024]
   --longpoll-window-ms MS     ROLLCALL_LONGPOLL_WINDOW_MS  long-poll window; sessions expire after 1.5x [10000]
   --node NAME (--node-name)   ROLLCALL_NODE_NAME           node name, unique in the cluster [host name + random suffix]
+  --metrics true|false        ROLLCALL_METRICS             serve GET /metrics (Prometheus text) [true]
 
 security (see README \"Security\"):
   --secret SECRET[,SECRET]    ROLLCALL_SECRET              HS256 token secret(s), several for rotation [none: open mode]
@@ -197,6 +198,9 @@ struct ServeArgs {
     /// host name plus a random suffix.
     #[arg(long = "node", visible_alias = "node-name", env = "ROLLCALL_NODE_NAME")]
     node_name: Option<String>,
+    /// Serve `GET /metrics` (Prometheus text format: aggregate counts, no topics or keys).
+    #[arg(long, env = "ROLLCALL_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    metrics: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
     #[command(flatten)]
@@ -263,6 +267,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         longpoll_window: Duration::from_millis(args.longpoll_window_ms),
         cluster: cluster_settings,
         security,
+        metrics: args.metrics,
     };
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
     // Tests and scripts read this exact line to learn the port.

@@ -254,6 +254,7 @@ where
                 break machine.close(CLOSE_TRY_AGAIN_LATER, "client too slow: outgoing queue full").await;
             }
             Some(frame) = queued.recv() => {
+                machine.ctx.tracker.metrics().frame_out(&frame);
                 // A client that stops reading blocks this write; the overflow signal still
                 // ends the connection.
                 tokio::select! {
@@ -286,6 +287,7 @@ where
         }
     };
     tracker.disconnect(conn);
+    tracker.metrics().closed(&reason);
     reason
 }
 
@@ -304,11 +306,13 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
 
     async fn send(&mut self, out: Outbound) -> Result<(), CloseReason> {
         match WireFrame::encode(self.ctx.serializer, &out) {
-            Ok(frame) => self
-                .sink
-                .send(Outgoing::Frame(frame))
-                .await
-                .map_err(|_| CloseReason::SinkFailed),
+            Ok(frame) => {
+                self.ctx.tracker.metrics().frame_out(&frame);
+                self.sink
+                    .send(Outgoing::Frame(frame))
+                    .await
+                    .map_err(|_| CloseReason::SinkFailed)
+            }
             Err(e) => {
                 tracing::warn!(conn = self.ctx.conn.0, "dropping unencodable frame: {e}");
                 Ok(())
@@ -346,6 +350,7 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
                     rollcall_core::protocol::Frame::Text(t) => t.len(),
                     rollcall_core::protocol::Frame::Binary(b) => b.len(),
                 };
+                self.ctx.tracker.metrics().frame_in(size);
                 if size > self.ctx.config.max_frame_size {
                     return Box::pin(self.handle_inbound(Inbound::TooLarge(Some(size)))).await;
                 }
@@ -381,6 +386,7 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
 
     /// Answers a message over a limit; enough of them in a row close the connection (1008).
     async fn rate_limited(&mut self, msg: &Message) -> Result<(), CloseReason> {
+        self.ctx.tracker.metrics().rate_limited.inc();
         self.limited_in_a_row = self.limited_in_a_row.saturating_add(1);
         let max = self.ctx.config.security.max_limited_in_a_row;
         if max > 0 && self.limited_in_a_row >= max {
@@ -562,6 +568,7 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
                     key: self.ctx.key.clone(),
                 };
                 let meta = room.track.then_some(room.meta);
+                self.ctx.tracker.metrics().joins.inc();
                 self.ctx
                     .tracker
                     .join(&msg.topic, join_ref, subscriber, meta);
@@ -602,6 +609,7 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
             }
             event => match channel::check_relay_event(event) {
                 Ok(()) => {
+                    self.ctx.tracker.metrics().client_events.inc();
                     self.ctx
                         .tracker
                         .broadcast(&msg.topic, event, msg.payload.clone(), Some(conn));

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::channel::{EVENT_PRESENCE_DIFF, EVENT_PRESENCE_STATE};
 use crate::config::ClusterSettings;
+use crate::metrics::{Metrics, TrackerGauges};
 use crate::pubsub::{Envelope, PubSub};
 use crate::transport::WireFrame;
 use crate::ConnId;
@@ -133,6 +134,9 @@ enum Command {
     Replicas {
         reply: oneshot::Sender<Vec<(String, bool)>>,
     },
+    Gauges {
+        reply: oneshot::Sender<TrackerGauges>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -144,6 +148,7 @@ pub struct Tracker {
     commands: mpsc::UnboundedSender<Command>,
     frames_encoded: Arc<AtomicU64>,
     pubsub: Arc<dyn PubSub>,
+    metrics: Arc<Metrics>,
 }
 
 impl Tracker {
@@ -159,6 +164,7 @@ impl Tracker {
     pub fn spawn_with(pubsub: Arc<dyn PubSub>, settings: &ClusterSettings) -> Tracker {
         let (tx, rx) = mpsc::unbounded_channel();
         let frames_encoded = Arc::new(AtomicU64::new(0));
+        let metrics = Arc::new(Metrics::default());
         let node = pubsub.node().to_string();
         // Incarnations must grow from one start to the next: start time in microseconds.
         let incarnation = SystemTime::now()
@@ -182,6 +188,7 @@ impl Tracker {
             by_conn: HashMap::new(),
             pubsub: pubsub.clone(),
             frames_encoded: frames_encoded.clone(),
+            metrics: metrics.clone(),
             start: Instant::now(),
             broadcast_period: settings.broadcast_period.max(Duration::from_millis(1)),
             coalesce: settings.coalesce,
@@ -194,7 +201,20 @@ impl Tracker {
             commands: tx,
             frames_encoded,
             pubsub,
+            metrics,
         }
+    }
+
+    /// This node's counters (see [`crate::metrics`]).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The presence gauges, read from the tracker's state now.
+    pub async fn gauges(&self) -> TrackerGauges {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Gauges { reply });
+        rx.await.unwrap_or_default()
     }
 
     /// The cluster transport this tracker replicates over.
@@ -353,6 +373,7 @@ struct TrackerTask {
     by_conn: HashMap<ConnId, HashSet<String>>,
     pubsub: Arc<dyn PubSub>,
     frames_encoded: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
     /// The shard's clock is milliseconds since this instant.
     start: Instant,
     broadcast_period: Duration,
@@ -415,6 +436,7 @@ impl TrackerTask {
                 },
                 envelope = inputs.tracker.recv(), if tracker_open => match envelope {
                     Some(envelope) => {
+                        self.metrics.pubsub_in(CHANNEL_TRACKER, envelope.payload.len());
                         let output = self.shard.receive(&envelope.from, &envelope.payload, self.now_ms());
                         self.apply(output);
                     }
@@ -489,11 +511,17 @@ impl TrackerTask {
     fn apply(&mut self, output: state::Output) {
         for message in output.messages {
             let bytes = Bytes::from(message.bytes);
+            self.metrics.pubsub_out(CHANNEL_TRACKER, bytes.len());
             match message.to {
                 None => self.pubsub.broadcast(CHANNEL_TRACKER, bytes),
                 Some(node) => self.pubsub.send_to(&node, CHANNEL_TRACKER, bytes),
             }
         }
+        let t = output.transfers;
+        self.metrics.transfers_delta_out.add(t.delta_sent);
+        self.metrics.transfers_full_out.add(t.full_sent);
+        self.metrics.transfers_delta_in.add(t.delta_received);
+        self.metrics.transfers_full_in.add(t.full_received);
         let mut met_a_peer = false;
         for event in &output.events {
             tracing::info!("cluster: {event:?}");
@@ -509,19 +537,24 @@ impl TrackerTask {
     }
 
     fn handle_relay(&mut self, envelope: &Envelope) {
+        self.metrics
+            .pubsub_in(CHANNEL_RELAY, envelope.payload.len());
         match relay::decode(&envelope.payload) {
             Ok(relay::Relay {
                 topic,
                 event,
                 payload,
-            }) => self.dispatch(
-                &Outbound::Broadcast {
-                    topic,
-                    event,
-                    payload,
-                },
-                None,
-            ),
+            }) => {
+                self.metrics.relayed_events_in.inc();
+                self.dispatch(
+                    &Outbound::Broadcast {
+                        topic,
+                        event,
+                        payload,
+                    },
+                    None,
+                )
+            }
             Err(e) => tracing::warn!(from = envelope.from, "relay dropped: {e}"),
         }
     }
@@ -573,7 +606,10 @@ impl TrackerTask {
                 } = &out
                 {
                     match relay::encode(topic, event, payload) {
-                        Some(bytes) => self.pubsub.broadcast(CHANNEL_RELAY, Bytes::from(bytes)),
+                        Some(bytes) => {
+                            self.metrics.pubsub_out(CHANNEL_RELAY, bytes.len());
+                            self.pubsub.broadcast(CHANNEL_RELAY, Bytes::from(bytes))
+                        }
                         None => tracing::debug!(topic, "relay too large for other nodes"),
                     }
                 }
@@ -597,10 +633,37 @@ impl TrackerTask {
                     .collect();
                 let _ = reply.send(replicas);
             }
+            Command::Gauges { reply } => {
+                let _ = reply.send(self.gauges());
+            }
             // Handled in `run`, which can await the transport's flush.
             Command::Shutdown { reply } => {
                 let _ = reply.send(());
             }
+        }
+    }
+
+    fn gauges(&self) -> TrackerGauges {
+        let count = |n: usize| n as u64;
+        let members = self.topics.values().flat_map(|m| m.values());
+        let (channels, presences_local) = members.fold((0, 0), |(c, p), m| {
+            (c + 1, p + u64::from(m.online_at.is_some()))
+        });
+        let (presences_stored, rooms_with_presences) = self.shard.stored();
+        let replicas = self.shard.replicas();
+        let up = replicas
+            .iter()
+            .filter(|(_, s)| *s == state::ReplicaStatus::Up)
+            .count();
+        TrackerGauges {
+            channels,
+            rooms_subscribed: count(self.topics.len()),
+            presences_local,
+            presences_stored: count(presences_stored),
+            rooms_with_presences: count(rooms_with_presences),
+            replicas_up: count(up),
+            replicas_down: count(replicas.len() - up),
+            frames_encoded: self.frames_encoded.load(Ordering::Relaxed),
         }
     }
 

@@ -94,6 +94,29 @@ pub struct Output {
     pub diff: Diff,
     /// Peers that came up, went down or were forgotten.
     pub events: Vec<ReplicaEvent>,
+    /// State transfers among `messages` and in the message received, for the metrics.
+    pub transfers: Transfers,
+}
+
+/// Transfer answers (`TransferAck`) sent and received, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transfers {
+    /// Deltas sent.
+    pub delta_sent: u64,
+    /// Full states sent.
+    pub full_sent: u64,
+    /// Deltas received.
+    pub delta_received: u64,
+    /// Full states received.
+    pub full_received: u64,
+}
+
+/// `Some(true)` for a full-state transfer answer, `Some(false)` for a delta one.
+fn transfer_kind(message: &ReplicationMessage) -> Option<bool> {
+    match message {
+        ReplicationMessage::TransferAck { payload, .. } => Some(payload.is_full()),
+        _ => None,
+    }
 }
 
 fn encode_all(messages: Vec<core::Outgoing>) -> Vec<Message> {
@@ -117,7 +140,20 @@ fn encode_all(messages: Vec<core::Outgoing>) -> Vec<Message> {
 
 impl From<core::Output> for Output {
     fn from(out: core::Output) -> Output {
+        let mut transfers = Transfers::default();
+        for kind in out
+            .messages
+            .iter()
+            .filter_map(|m| transfer_kind(&m.message))
+        {
+            if kind {
+                transfers.full_sent += 1;
+            } else {
+                transfers.delta_sent += 1;
+            }
+        }
         Output {
+            transfers,
             diff: convert(&out.diff),
             events: out.events,
             messages: encode_all(out.messages),
@@ -204,7 +240,16 @@ impl Shard {
     /// dropped (a peer on another wire version, or garbage).
     pub fn receive(&mut self, from: &str, bytes: &[u8], now_ms: u64) -> Output {
         match ReplicationMessage::decode(bytes) {
-            Ok(message) => self.inner.receive(from, message, now_ms).into(),
+            Ok(message) => {
+                let kind = transfer_kind(&message);
+                let mut output: Output = self.inner.receive(from, message, now_ms).into();
+                match kind {
+                    Some(true) => output.transfers.full_received += 1,
+                    Some(false) => output.transfers.delta_received += 1,
+                    None => {}
+                }
+                output
+            }
             Err(e) => {
                 tracing::warn!(from, "tracker message dropped: {e}");
                 Output::default()
@@ -216,6 +261,13 @@ impl Shard {
     /// afterwards.
     pub fn graceful_permdown(&mut self) -> Vec<Message> {
         encode_all(self.inner.graceful_permdown())
+    }
+
+    /// How many presences this replica stores (every node's, hidden ones included) and in how
+    /// many topics.
+    pub fn stored(&self) -> (usize, usize) {
+        let state = self.inner.state();
+        (state.len(), state.topics().len())
     }
 
     /// Known peer replicas and whether each is up.
@@ -284,6 +336,44 @@ mod tests {
         assert_eq!(diff["t"].joins[0].0, "alice");
         assert_eq!(diff["t"].joins[0].1.phx_ref, phx_ref);
         assert_eq!(b.list("t")[0].1.meta, meta("x"));
+    }
+
+    #[test]
+    fn transfers_are_counted_by_kind_on_both_sides() {
+        let mut a = shard("a");
+        let mut b = shard("b");
+        for m in a.heartbeat_now(1).messages {
+            b.receive("a", &m.bytes, 1);
+        }
+        a.track(ConnId(1), "t", "alice", &meta("x")).unwrap();
+        // The delta is lost: b learns of it only from a's clock, and asks for a transfer.
+        let _lost = a.flush(5);
+        let mut to_a = Vec::new();
+        for m in a.heartbeat_now(6).messages {
+            to_a.extend(b.receive("a", &m.bytes, 6).messages);
+        }
+        // Clocks heard are compared every `clock_sample_periods` (2) ticks.
+        to_a.extend(b.tick(1_500).messages);
+        to_a.extend(b.tick(3_000).messages);
+        let mut sent = Transfers::default();
+        let mut received = Transfers::default();
+        for request in to_a {
+            let out = a.receive("b", &request.bytes, 7);
+            sent.delta_sent += out.transfers.delta_sent;
+            sent.full_sent += out.transfers.full_sent;
+            for ack in out.messages {
+                let t = b.receive("a", &ack.bytes, 7).transfers;
+                received.delta_received += t.delta_received;
+                received.full_received += t.full_received;
+            }
+        }
+        assert_eq!(sent.delta_sent + sent.full_sent, 1, "{sent:?}");
+        assert_eq!(
+            (received.delta_received, received.full_received),
+            (sent.delta_sent, sent.full_sent)
+        );
+        assert_eq!(b.list("t").len(), 1);
+        assert_eq!(b.stored(), (1, 1));
     }
 
     #[test]

@@ -32,6 +32,7 @@ use super::{Inbound, Outgoing, WireFrame};
 use crate::auth;
 use crate::config::Config;
 use crate::http::{check_origin, AppState};
+use crate::metrics::{Refusal, Transport};
 use crate::pubsub::{Envelope, PubSub};
 use crate::socket::{self, ConnectInfo, SocketContext};
 
@@ -166,6 +167,7 @@ pub async fn get(
 ) -> Response {
     if let Err(why) = check_origin(&state.config.security.allowed_origins, &headers) {
         tracing::info!("refused long-poll request: {why}");
+        state.tracker.metrics().refused(Refusal::Origin);
         return respond(json!({"status": 403}));
     }
     if let Some(token) = session_token(&headers, &params) {
@@ -193,6 +195,7 @@ fn open(state: AppState, params: HashMap<String, String>, headers: &HeaderMap) -
         Ok(s) => s,
         Err(e) => {
             tracing::info!("refused long-poll connect: {e}");
+            state.tracker.metrics().refused(Refusal::Version);
             return respond(json!({"status": 403}));
         }
     };
@@ -209,11 +212,13 @@ fn open(state: AppState, params: HashMap<String, String>, headers: &HeaderMap) -
         Ok(identity) => identity,
         Err(why) => {
             tracing::info!("refused long-poll connect: {why}");
+            state.tracker.metrics().refused(Refusal::Token);
             return respond(json!({"status": 403}));
         }
     };
     if let Err(why) = socket::check_penalty(&state.config, &info, identity.as_ref()) {
         tracing::info!("refused long-poll connect: {why}");
+        state.tracker.metrics().refused(Refusal::Penalty);
         return respond(json!({"status": 429}));
     }
     let mut ctx = SocketContext::new(
@@ -248,9 +253,11 @@ fn open(state: AppState, params: HashMap<String, String>, headers: &HeaderMap) -
     });
     let sessions = state.longpoll.clone();
     let machine_token = token.clone();
+    let open = state.tracker.metrics().connection(Transport::LongPoll);
     tokio::spawn(async move {
         socket::run(ctx, Box::pin(sink), Box::pin(stream)).await;
         sessions.remove(&machine_token);
+        drop(open);
     });
 
     // Expiry: closed when no poll was seen for 1.5 × window.

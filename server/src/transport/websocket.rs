@@ -15,6 +15,7 @@ use rollcall_core::protocol::{Frame, Serializer};
 use super::{Inbound, Outgoing, WireFrame};
 use crate::auth;
 use crate::http::AppState;
+use crate::metrics::{Refusal, Transport};
 use crate::socket::{self, ConnectInfo, SocketContext};
 
 /// The sub-protocol prefix phoenix.js uses to carry `authToken`.
@@ -58,11 +59,13 @@ pub async fn handler(
         Ok(s) => s,
         Err(e) => {
             tracing::info!("refused websocket connect: {e}");
+            state.tracker.metrics().refused(Refusal::Version);
             return (StatusCode::FORBIDDEN, e.to_string()).into_response();
         }
     };
     if let Err(why) = crate::http::check_origin(&state.config.security.allowed_origins, &headers) {
         tracing::info!("refused websocket connect: {why}");
+        state.tracker.metrics().refused(Refusal::Origin);
         return (StatusCode::FORBIDDEN, why).into_response();
     }
     let info = ConnectInfo {
@@ -78,11 +81,13 @@ pub async fn handler(
         Ok(identity) => identity,
         Err(why) => {
             tracing::info!("refused websocket connect: {why}");
+            state.tracker.metrics().refused(Refusal::Token);
             return (StatusCode::FORBIDDEN, why.to_string()).into_response();
         }
     };
     if let Err(why) = socket::check_penalty(&state.config, &info, identity.as_ref()) {
         tracing::info!("refused websocket connect: {why}");
+        state.tracker.metrics().refused(Refusal::Penalty);
         return (StatusCode::TOO_MANY_REQUESTS, why).into_response();
     }
     let config = state.config.clone();
@@ -95,6 +100,7 @@ pub async fn handler(
         .max_frame_size(codec_limit)
         .on_upgrade(move |ws| async move {
             let guard = state.connections.clone();
+            let _open = state.tracker.metrics().connection(Transport::WebSocket);
             let ctx = SocketContext::new(
                 serializer,
                 info,

@@ -1,0 +1,157 @@
+//! The presence HTTP API for backends: `GET /api/presence/{topic}` answers who is in a room,
+//! cluster-wide as this node's tracker sees it, in the shape a `presence_state` push carries;
+//! `GET /api/presence/{topic}/count` answers only how many keys are listed.
+//!
+//! Access follows the socket rules, so the API never shows more than a client could see by
+//! joining: with a token secret configured, the request needs `Authorization: Bearer <token>`
+//! (a token the server would accept on a socket) whose `rooms` claim allows the topic; in open
+//! mode anyone may ask, as anyone may join. Either way only topics matching `--rooms` exist.
+//! The topic is one path segment: percent-encode it (`room%3Alobby` or `room:lobby` both work,
+//! a `/` in a topic must be `%2F`).
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use crate::auth::{self, AuthError};
+use crate::http::{check_origin, AppState};
+
+/// A refused API request: its status and the reason in the JSON body (`{"error": reason}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// What is wrong, for the caller.
+    pub reason: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = json_response(self.status, json!({"error": self.reason}));
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"rollcall\""),
+            );
+        }
+        resp
+    }
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response {
+    let mut resp = (status, body.to_string()).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let unauthorized = |why: &str| ApiError::new(StatusCode::UNAUTHORIZED, why);
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("bearer token required"))?;
+    let text = value
+        .to_str()
+        .map_err(|_| unauthorized("malformed Authorization header"))?;
+    match text.trim().split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(unauthorized("Authorization must be \"Bearer <token>\"")),
+    }
+}
+
+/// Decides whether the request may read `topic`: origin, then token (when the server has a
+/// secret), then the topic must be a room, then the token's `rooms` claim must allow it.
+pub fn authorize(state: &AppState, headers: &HeaderMap, topic: &str) -> Result<(), ApiError> {
+    let security = &state.config.security;
+    check_origin(&security.allowed_origins, headers)
+        .map_err(|why| ApiError::new(StatusCode::FORBIDDEN, why))?;
+    let identity = match &security.verifier {
+        None => None,
+        Some(verifier) => {
+            let token = bearer(headers)?;
+            // The reason is answered; the token itself is never logged.
+            let identity = verifier
+                .verify(token, auth::unix_now())
+                .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
+            Some(identity)
+        }
+    };
+    if !state.config.rooms.iter().any(|p| p.matches(topic)) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("not a room topic: {topic}"),
+        ));
+    }
+    if let Some(id) = identity {
+        if !id.may_join(topic) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                AuthError::TopicNotAllowed(topic.to_string()).to_string(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The topic from the path, or a JSON 400 saying why it could not be read (e.g. its
+/// percent-encoding is not UTF-8).
+fn topic(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(topic)| topic)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))
+}
+
+/// Number of keys in a presence map.
+fn key_count(presences: &Value) -> usize {
+    presences.as_object().map_or(0, |m| m.len())
+}
+
+/// `GET /api/presence/{topic}`: `{"topic", "presences": {key: {"metas": [...]}}, "count"}`.
+pub async fn presence(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let topic = topic(path)?;
+    authorize(&state, &headers, &topic)?;
+    let presences = state.tracker.list(&topic).await;
+    let count = key_count(&presences);
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"topic": topic, "presences": presences, "count": count}),
+    ))
+}
+
+/// `GET /api/presence/{topic}/count`: `{"topic", "count"}`, the number of keys listed.
+pub async fn presence_count(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let topic = topic(path)?;
+    authorize(&state, &headers, &topic)?;
+    let count = key_count(&state.tracker.list(&topic).await);
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"topic": topic, "count": count}),
+    ))
+}
