@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
@@ -83,7 +83,8 @@ pub fn router(state: AppState) -> Router {
     }
     let router = router
         .route("/healthz", get(healthz))
-        .route("/socket/websocket", get(websocket::handler))
+        // Every method: the handler answers non-upgrades with 400, as Phoenix does.
+        .route("/socket/websocket", any(websocket::handler))
         .route(
             "/socket/longpoll",
             get(longpoll::get)

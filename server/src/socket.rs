@@ -68,6 +68,9 @@ pub struct SocketContext {
     pub shutdown: watch::Receiver<bool>,
     /// Close after this long without inbound data; `None` for transports with their own expiry.
     pub idle_timeout: Option<Duration>,
+    /// When the connection's token expires (set by [`SocketContext::with_identity`]); the
+    /// connection is closed with 1008 `token expired` then.
+    pub token_expiry: Option<Instant>,
 }
 
 impl SocketContext {
@@ -95,6 +98,7 @@ impl SocketContext {
             config,
             tracker,
             shutdown,
+            token_expiry: None,
         }
     }
 }
@@ -122,10 +126,14 @@ pub fn check_penalty(
 
 impl SocketContext {
     /// Binds the connection to a verified identity: its `sub` becomes the presence key, whatever
-    /// `user_id` said.
+    /// `user_id` said, and the connection ends when the token expires.
     pub fn with_identity(mut self, identity: Option<Identity>) -> Self {
         if let Some(id) = &identity {
             self.key = id.key.clone();
+            // The token's clock is the wall clock; the machine's timers run on tokio's.
+            self.token_expiry = id
+                .valid_until()
+                .map(|at| Instant::now() + crate::auth::time_until_unix(at));
         }
         self.identity = identity;
         self
@@ -171,6 +179,8 @@ impl TokenBucket {
 pub const RATE_LIMITED: &str = "rate limited";
 /// The reason in the error reply to a join of a room at `--max-room-members`.
 pub const ROOM_FULL: &str = "room full";
+/// The close reason (code 1008) of a connection whose token expired.
+pub const TOKEN_EXPIRED: &str = "token expired";
 
 struct JoinedChannel {
     join_ref: Option<String>,
@@ -224,6 +234,7 @@ where
     let conn = ctx.conn;
     let tracker = ctx.tracker.clone();
     let idle_timeout = ctx.idle_timeout;
+    let token_expiry = ctx.token_expiry;
     let now = Instant::now();
     let events = TokenBucket::new(ctx.config.security.event_rate, now);
     let metas = TokenBucket::new(ctx.config.security.meta_rate, now);
@@ -282,6 +293,12 @@ where
             _ = tokio::time::sleep_until(deadline) => {
                 tracing::debug!(conn = conn.0, "closing idle connection");
                 break machine.close(CLOSE_GOING_AWAY, "idle timeout").await;
+            }
+            _ = tokio::time::sleep_until(token_expiry.unwrap_or(now + far_future)), if token_expiry.is_some() => {
+                tracing::info!(conn = conn.0, key = machine.ctx.key, "closing: token expired");
+                // The leave is applied below, as for any close; the client reconnects with a
+                // fresh token (phoenix.js retries on any code but 1000).
+                break machine.close(CLOSE_POLICY_VIOLATION, TOKEN_EXPIRED).await;
             }
         }
     };
@@ -631,17 +648,30 @@ mod tests {
         mpsc::UnboundedReceiver<Outgoing>,
         tokio::task::JoinHandle<CloseReason>,
     ) {
+        machine_with(config, |_| {})
+    }
+
+    /// [`machine`], with `adjust` applied to the context before it runs.
+    fn machine_with(
+        config: Config,
+        adjust: impl FnOnce(&mut SocketContext),
+    ) -> (
+        mpsc::UnboundedSender<Inbound>,
+        mpsc::UnboundedReceiver<Outgoing>,
+        tokio::task::JoinHandle<CloseReason>,
+    ) {
         let (in_tx, mut in_rx) = mpsc::unbounded_channel::<Inbound>();
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (_shutdown_tx, shutdown_rx) = watch::channel(false);
         let tracker = Tracker::spawn(std::sync::Arc::new(Local::new("test")));
-        let ctx = SocketContext::new(
+        let mut ctx = SocketContext::new(
             Serializer::V2,
             ConnectInfo::default(),
             Arc::new(config),
             tracker,
             shutdown_rx,
         );
+        adjust(&mut ctx);
         let stream = futures_util::stream::poll_fn(move |cx| in_rx.poll_recv(cx));
         let sink = futures_util::sink::unfold(out_tx, |tx, item: Outgoing| async move {
             tx.send(item).map_err(|_| ())?;
@@ -684,6 +714,26 @@ mod tests {
             task.await.unwrap(),
             CloseReason::Closed(CLOSE_GOING_AWAY, "idle timeout".into())
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_closes_with_1008_when_its_token_expires_and_not_before() {
+        let (tx, mut out, task) = machine_with(Config::default(), |ctx| {
+            ctx.token_expiry = Some(Instant::now() + Duration::from_secs(30));
+        });
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert!(out.try_recv().is_err(), "still open before the expiry");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let expired = Outgoing::Close {
+            code: CLOSE_POLICY_VIOLATION,
+            reason: TOKEN_EXPIRED.into(),
+        };
+        assert_eq!(out.recv().await, Some(expired));
+        assert_eq!(
+            task.await.unwrap(),
+            CloseReason::Closed(CLOSE_POLICY_VIOLATION, TOKEN_EXPIRED.into())
+        );
+        drop(tx);
     }
 
     #[tokio::test(start_paused = true)]

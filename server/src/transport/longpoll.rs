@@ -8,6 +8,7 @@
 //! Each session runs the same socket machine as a WebSocket, over channels.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +16,7 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use futures_util::StreamExt;
@@ -129,6 +131,7 @@ pub async fn options(headers: HeaderMap) -> Response {
 pub async fn get(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
+    peer: Option<Extension<axum::extract::ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
 ) -> Response {
     if let Err(why) = check_origin(&state.config.security.allowed_origins, &headers) {
@@ -139,16 +142,31 @@ pub async fn get(
         .and_then(|token| state.longpoll.get(&token).map(|s| (token, s)));
     match session {
         Some((token, session)) => poll(&state, token, session).await,
-        None => open(state, params, &headers),
+        None => open(state, params, peer.map(|Extension(info)| info.0), &headers),
     }
 }
 
-fn open(state: AppState, params: HashMap<String, String>, headers: &HeaderMap) -> Response {
+fn open(
+    state: AppState,
+    params: HashMap<String, String>,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> Response {
     let serializer = match Serializer::negotiate(params.get("vsn").map(String::as_str)) {
         Ok(s) => s,
         Err(e) => {
             tracing::info!("refused long-poll connect: {e}");
             return respond(json!({"status": 403}));
+        }
+    };
+    let security = &state.config.security;
+    let ip = super::client_ip(peer, headers, security.trust_forwarded_for);
+    // A live session counts as a connection until its machine ends.
+    let slot = match security.conn_counts.acquire(ip, security.max_conns_per_ip) {
+        Ok(slot) => slot,
+        Err(why) => {
+            tracing::info!(?ip, "refused long-poll connect: {why}");
+            return respond(json!({"status": 429}));
         }
     };
     let auth_token = headers
@@ -201,16 +219,19 @@ fn open(state: AppState, params: HashMap<String, String>, headers: &HeaderMap) -
         tx.send(item).map_err(|_| ())?;
         Ok::<_, ()>(tx)
     });
-    let sessions = state.longpoll.clone();
-    let machine_token = token.clone();
     tokio::spawn(async move {
         socket::run(ctx, Box::pin(sink), Box::pin(stream)).await;
-        sessions.remove(&machine_token);
+        drop(slot);
+        // The session stays listed: its next poll reads the close and answers 410, which
+        // phoenix.js (holding a session token) takes as "session gone" and reconnects with
+        // fresh params. An unpolled one is dropped by the expiry below.
     });
 
-    // Expiry: closed when no poll was seen for 1.5 × window.
+    // Expiry: closed and forgotten when no poll was seen for 1.5 × window.
     let expiry = state.config.longpoll_window.mul_f64(1.5);
     let weak = Arc::downgrade(&session);
+    let sessions = state.longpoll.clone();
+    let expiry_token = token.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(expiry).await;
@@ -225,6 +246,7 @@ fn open(state: AppState, params: HashMap<String, String>, headers: &HeaderMap) -
             if session.polling.load(Ordering::SeqCst) == 0 && idle_since.elapsed() >= expiry {
                 tracing::debug!("closing inactive long-poll session");
                 let _ = kill_tx.send(());
+                sessions.remove(&expiry_token);
                 return;
             }
         }
@@ -286,12 +308,13 @@ async fn poll(state: &AppState, token: String, session: Arc<Session>) -> Respons
         *t = Instant::now();
     }
     session.polling.fetch_sub(1, Ordering::SeqCst);
-    if gone {
+    if gone && messages.is_empty() {
         state.longpoll.remove(&token);
-        if messages.is_empty() {
-            return respond(json!({"status": 410}));
-        }
+        return respond(json!({"status": 410}));
     }
+    // A session that ended with frames still to deliver stays listed: this poll carries the
+    // frames, the next one gets 410 (and not a new session, which its expired token or the
+    // penalty would refuse with 403/429).
     let status = if messages.is_empty() { 204 } else { 200 };
     respond(json!({"status": status, "token": token, "messages": messages}))
 }
@@ -342,13 +365,59 @@ pub async fn post(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/x-ndjson"));
     let frames = parse_body(ndjson, &body);
+    let status = deliver(&session.inbound, frames, state.config.longpoll_window).await;
+    respond(json!({"status": status}))
+}
+
+/// Hands `frames` to a session's machine in order; the POST's status: `200` when all were
+/// taken, `410` when the machine is gone, `408` when one was not taken within `window` (the
+/// rest are dropped; phoenix.js reconnects on any status but 200).
+async fn deliver(
+    inbound: &mpsc::Sender<Inbound>,
+    frames: Vec<Inbound>,
+    window: std::time::Duration,
+) -> u16 {
     for frame in frames {
-        let send = session.inbound.send(frame);
-        match tokio::time::timeout(state.config.longpoll_window, send).await {
+        match tokio::time::timeout(window, inbound.send(frame)).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => return respond(json!({"status": 410})),
-            Err(_) => return respond(json!({"status": 408})),
+            Ok(Err(_)) => return 410,
+            Err(_) => return 408,
         }
     }
-    respond(json!({"status": 200}))
+    200
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn heartbeat() -> Inbound {
+        Inbound::Frame(Frame::Text(r#"[null,"1","phoenix","heartbeat",{}]"#.into()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_post_the_machine_does_not_take_within_the_window_gets_408() {
+        // A machine busy elsewhere: its inbound queue has room for one frame and nobody reads.
+        let (tx, _busy) = mpsc::channel(1);
+        let window = Duration::from_secs(10);
+        let started = Instant::now();
+        assert_eq!(
+            deliver(&tx, vec![heartbeat(), heartbeat()], window).await,
+            408
+        );
+        assert_eq!(started.elapsed(), window);
+    }
+
+    #[tokio::test]
+    async fn a_post_to_a_session_whose_machine_ended_gets_410_and_one_taken_gets_200() {
+        let (tx, rx) = mpsc::channel(4);
+        let window = Duration::from_secs(10);
+        assert_eq!(
+            deliver(&tx, vec![heartbeat(), heartbeat()], window).await,
+            200
+        );
+        drop(rx);
+        assert_eq!(deliver(&tx, vec![heartbeat()], window).await, 410);
+    }
 }
