@@ -249,6 +249,8 @@ where
     };
     let far_future = Duration::from_secs(86_400 * 365);
     let mut deadline = Instant::now() + idle_timeout.unwrap_or(far_future);
+    // Whether the connection's presences were already removed.
+    let mut left = false;
     let reason = loop {
         if *shutdown.borrow() {
             break machine
@@ -296,13 +298,18 @@ where
             }
             _ = tokio::time::sleep_until(token_expiry.unwrap_or(now + far_future)), if token_expiry.is_some() => {
                 tracing::info!(conn = conn.0, key = machine.ctx.key, "closing: token expired");
-                // The leave is applied below, as for any close; the client reconnects with a
-                // fresh token (phoenix.js retries on any code but 1000).
+                // Leave before the close: the client reconnects at once with a fresh token
+                // (phoenix.js retries on any code but 1000), and in the tracker's order its
+                // rejoin must follow this leave.
+                tracker.disconnect(conn);
+                left = true;
                 break machine.close(CLOSE_POLICY_VIOLATION, TOKEN_EXPIRED).await;
             }
         }
     };
-    tracker.disconnect(conn);
+    if !left {
+        tracker.disconnect(conn);
+    }
     reason
 }
 

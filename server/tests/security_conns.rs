@@ -9,6 +9,7 @@ use common::{http, start, Client, TestServer, DEADLINE};
 use rollcall_server::config::Security;
 use rollcall_server::Config;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 async fn limited(max_conns_per_ip: usize) -> TestServer {
     start(Config {
@@ -24,11 +25,25 @@ async fn limited(max_conns_per_ip: usize) -> TestServer {
 
 /// Tries a WebSocket connect: `Ok(client)`, or the refusal's HTTP status and body.
 async fn try_connect(server: &TestServer, user: &str) -> Result<Client, (u16, String)> {
+    try_connect_via(server, user, None).await
+}
+
+/// [`try_connect`] through a proxy that says the client is `forwarded_for`.
+async fn try_connect_via(
+    server: &TestServer,
+    user: &str,
+    forwarded_for: Option<&str>,
+) -> Result<Client, (u16, String)> {
     let url = format!(
         "ws://{}/socket/websocket?vsn=2.0.0&user_id={user}",
         server.addr
     );
-    match tokio_tungstenite::connect_async(url).await {
+    let mut req = url.into_client_request().expect("request");
+    if let Some(client) = forwarded_for {
+        req.headers_mut()
+            .insert("x-forwarded-for", client.parse().expect("header"));
+    }
+    match tokio_tungstenite::connect_async(req).await {
         Ok((ws, _)) => Ok(Client::from_ws(ws)),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             let body = resp.body().clone().unwrap_or_default();
@@ -120,4 +135,39 @@ async fn without_a_limit_connections_are_not_counted() {
     for c in &mut clients {
         c.sync().await;
     }
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_address_has_its_own_limit() {
+    let server = start(Config {
+        security: Security {
+            max_conns_per_ip: 1,
+            trust_forwarded_for: true,
+            ..Security::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    // The last entry is the one the proxy appended; earlier ones are the client's claims.
+    let mut a = try_connect_via(&server, "a", Some("203.0.113.9, 198.51.100.1"))
+        .await
+        .expect("first from 198.51.100.1");
+    let mut b = try_connect_via(&server, "b", Some("198.51.100.2"))
+        .await
+        .expect("first from 198.51.100.2");
+    let again = try_connect_via(&server, "c", Some("10.9.9.9, 198.51.100.1")).await;
+    assert_eq!(again.err().map(|e| e.0), Some(429));
+    a.sync().await;
+    b.sync().await;
+}
+
+#[tokio::test]
+async fn an_untrusted_forwarded_for_header_is_ignored() {
+    let server = limited(1).await;
+    let mut first = try_connect_via(&server, "a", Some("198.51.100.1"))
+        .await
+        .expect("accepted");
+    let second = try_connect_via(&server, "b", Some("198.51.100.2")).await;
+    assert_eq!(second.err().map(|e| e.0), Some(429), "both are 127.0.0.1");
+    first.sync().await;
 }
