@@ -34,6 +34,12 @@ use crate::socket::{self, ConnectInfo, SocketContext};
 /// Most ndjson lines one POST may carry; the rest are ignored (Phoenix's CVE hardening).
 pub const MAX_NDJSON_LINES: usize = 100;
 
+/// The status of a session open refused *for now* (over `--max-conns-per-ip`, or a key in the
+/// abuse penalty), where a WebSocket gets HTTP 429. Not 429: phoenix.js 1.8 throws on a poll
+/// status it does not know, and is then stuck, neither reconnecting nor reporting. On 403 it
+/// closes with 1008 and the socket reconnects with its backoff, as after a refused upgrade.
+pub const REFUSED_FOR_NOW: u16 = 403;
+
 struct Session {
     inbound: mpsc::Sender<Inbound>,
     outgoing: tokio::sync::Mutex<mpsc::UnboundedReceiver<Outgoing>>,
@@ -166,7 +172,7 @@ fn open(
         Ok(slot) => slot,
         Err(why) => {
             tracing::info!(?ip, "refused long-poll connect: {why}");
-            return respond(json!({"status": 429}));
+            return respond(json!({"status": REFUSED_FOR_NOW}));
         }
     };
     let auth_token = headers
@@ -187,7 +193,7 @@ fn open(
     };
     if let Err(why) = socket::check_penalty(&state.config, &info, identity.as_ref()) {
         tracing::info!("refused long-poll connect: {why}");
-        return respond(json!({"status": 429}));
+        return respond(json!({"status": REFUSED_FOR_NOW}));
     }
     let mut ctx = SocketContext::new(
         serializer,
@@ -314,7 +320,7 @@ async fn poll(state: &AppState, token: String, session: Arc<Session>) -> Respons
     }
     // A session that ended with frames still to deliver stays listed: this poll carries the
     // frames, the next one gets 410 (and not a new session, which its expired token or the
-    // penalty would refuse with 403/429).
+    // penalty would refuse with 403).
     let status = if messages.is_empty() { 204 } else { 200 };
     respond(json!({"status": status, "token": token, "messages": messages}))
 }
