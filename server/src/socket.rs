@@ -131,9 +131,10 @@ impl SocketContext {
         if let Some(id) = &identity {
             self.key = id.key.clone();
             // The token's clock is the wall clock; the machine's timers run on tokio's.
+            // An `exp` too far away to represent never comes.
             self.token_expiry = id
                 .valid_until()
-                .map(|at| Instant::now() + crate::auth::time_until_unix(at));
+                .and_then(|at| Instant::now().checked_add(crate::auth::time_until_unix(at)));
         }
         self.identity = identity;
         self
@@ -741,6 +742,35 @@ mod tests {
             CloseReason::Closed(CLOSE_POLICY_VIOLATION, TOKEN_EXPIRED.into())
         );
         drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_token_expiring_in_a_far_future_is_not_a_panic() {
+        let identity = Identity {
+            key: "k".into(),
+            rooms: None,
+            meta: Default::default(),
+            expires_at: Some(u64::MAX),
+        };
+        let (_shutdown_tx, shutdown_rx) = watch::channel(false);
+        let ctx = SocketContext::new(
+            Serializer::V2,
+            ConnectInfo::default(),
+            Arc::new(Config::default()),
+            Tracker::spawn(std::sync::Arc::new(Local::new("test"))),
+            shutdown_rx,
+        )
+        .with_identity(Some(identity));
+        assert_eq!(ctx.key, "k");
+        // One representable but absurdly far away: the timer takes it, the connection serves.
+        let far = Instant::now().checked_add(Duration::from_secs(1_000_000_000_000));
+        assert!(far.is_some());
+        let (tx, mut out, _task) = machine_with(Config::default(), |ctx| ctx.token_expiry = far);
+        tx.send(Inbound::Frame(Frame::Text(
+            r#"[null,"1","phoenix","heartbeat",{}]"#.into(),
+        )))
+        .unwrap();
+        assert!(matches!(out.recv().await, Some(Outgoing::Frame(_))));
     }
 
     #[tokio::test(start_paused = true)]
