@@ -367,3 +367,38 @@ async fn a_longpoll_session_ends_when_its_token_expires_and_its_next_poll_gets_4
     }
     panic!("the expired session kept answering 200");
 }
+
+#[tokio::test]
+async fn after_its_token_expires_a_client_reconnecting_with_a_fresh_one_is_listed_again() {
+    let server = secured().await;
+    let mut watcher = with_token(&server, &token(&claims("watcher")), "").await;
+    watcher.join("room:renew", json!({})).await;
+    watcher.sync().await;
+    let mut old = with_token(&server, &token(&expiring_soon("renewer")), "").await;
+    old.join("room:renew", json!({})).await;
+    assert_eq!(old.expect_close().await.0, 1008);
+    // What phoenix.js does on that close: reconnect, asking its authToken function again.
+    let mut renewed = with_token(&server, &token(&claims("renewer")), "").await;
+    renewed.join("room:renew", json!({})).await;
+    // The watcher sees join, leave (expiry), join (renewed): the leave came before the rejoin.
+    let mut diffs = Vec::new();
+    while diffs.len() < 3 {
+        let diff = watcher.recv_until(|v| v[3] == "presence_diff").await;
+        diffs.push((keys(&diff[4]["joins"]), keys(&diff[4]["leaves"])));
+    }
+    let renewer = vec!["renewer".to_string()];
+    let none = Vec::<String>::new();
+    assert_eq!(
+        diffs,
+        vec![
+            (renewer.clone(), none.clone()),
+            (none.clone(), renewer.clone()),
+            (renewer, none)
+        ]
+    );
+    assert_eq!(
+        keys(&server.tracker.list("room:renew").await).len(),
+        2,
+        "watcher and renewer"
+    );
+}
