@@ -47,10 +47,53 @@ pub const KIND_BROADCAST: u8 = 2;
 /// Largest UTF-8 length of one binary header field (it is stored in one byte).
 pub const MAX_HEADER_FIELD_BYTES: usize = 255;
 
-/// True for the event names of the protocol itself (`phx_*`), which a client may not use for
-/// its own events.
+/// Longest event name (bytes) a client may use for its own events.
+pub const MAX_EVENT_NAME_LEN: usize = 64;
+
+/// True for the event names a client may not use for its own events: the protocol's
+/// (`phx_*`: `phx_join`, `phx_reply`, …) and presence's (`presence*`: `presence_state`,
+/// `presence_diff`, …), so that no member can forge what the server alone sends.
 pub fn is_reserved_event(event: &str) -> bool {
-    event.starts_with("phx_")
+    event.starts_with("phx_") || event.starts_with("presence")
+}
+
+/// Why an event name is refused by [`check_event_name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventNameError {
+    /// A reserved name ([`is_reserved_event`]).
+    Reserved,
+    /// Empty, longer than [`MAX_EVENT_NAME_LEN`] bytes, or with a character outside
+    /// `A-Z a-z 0-9 _ : . -`.
+    Invalid,
+}
+
+impl fmt::Display for EventNameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventNameError::Reserved => write!(f, "reserved event name"),
+            EventNameError::Invalid => write!(
+                f,
+                "invalid event name: use 1-{MAX_EVENT_NAME_LEN} characters of A-Z a-z 0-9 _ : . -"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for EventNameError {}
+
+/// The rule for an event name a client sends to the other members of a room: not reserved
+/// ([`is_reserved_event`]), and 1–[`MAX_EVENT_NAME_LEN`] characters of `A-Z a-z 0-9 _ : . -`
+/// (so names are safe to log, to use as keys, and to pass to any client's event dispatch). The
+/// reserved check comes first: `phx_` with a bad character is reported as reserved.
+pub fn check_event_name(event: &str) -> Result<(), EventNameError> {
+    if is_reserved_event(event) {
+        return Err(EventNameError::Reserved);
+    }
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'.' | b'-');
+    if event.is_empty() || event.len() > MAX_EVENT_NAME_LEN || !event.bytes().all(allowed) {
+        return Err(EventNameError::Invalid);
+    }
+    Ok(())
 }
 
 /// A message payload: JSON in text frames, raw bytes in V2 binary frames.

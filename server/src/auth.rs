@@ -5,7 +5,8 @@
 //! rollcall trusts only what the token says:
 //!
 //! - `sub` — the presence key. A client cannot track as anyone else.
-//! - `exp` / `nbf` — checked (with [`LEEWAY_SECS`] of clock skew) when present.
+//! - `exp` / `nbf` — checked (with [`LEEWAY_SECS`] of clock skew) when present; a connection
+//!   outlives neither: the transport ends it at [`Identity::valid_until`].
 //! - `rooms` — optional topic patterns (`room:*` or exact topics) the token may join.
 //! - `meta` — optional server-trusted fields (name, avatar, …) merged into every meta of this
 //!   user; a client's `track` cannot override them.
@@ -54,9 +55,18 @@ pub struct Identity {
     pub rooms: Option<Vec<String>>,
     /// Server-trusted meta fields.
     pub meta: Map<String, Value>,
+    /// The token's `exp` (unix seconds), if it has one.
+    pub expires_at: Option<u64>,
 }
 
 impl Identity {
+    /// The unix time (seconds) from which this token is refused: `exp` plus the tolerated skew.
+    /// A connection it opened is ended then, so that a connection never outlives what a fresh
+    /// connect with the same token would be allowed.
+    pub fn valid_until(&self) -> Option<u64> {
+        self.expires_at.map(|exp| exp.saturating_add(LEEWAY_SECS))
+    }
+
     /// Whether this identity may join `topic`.
     pub fn may_join(&self, topic: &str) -> bool {
         self.rooms
@@ -190,9 +200,10 @@ fn check_claims(claims: Claims, now: u64) -> Result<Identity, AuthError> {
     if claims.sub.is_empty() {
         return Err(AuthError::MissingSubject);
     }
+    // RFC 7519: the token is valid only *before* exp; the same instant ends open connections.
     if claims
         .exp
-        .is_some_and(|exp| now > exp.saturating_add(LEEWAY_SECS))
+        .is_some_and(|exp| now >= exp.saturating_add(LEEWAY_SECS))
     {
         return Err(AuthError::Expired);
     }
@@ -206,6 +217,7 @@ fn check_claims(claims: Claims, now: u64) -> Result<Identity, AuthError> {
         key: claims.sub,
         rooms: claims.rooms,
         meta: claims.meta.unwrap_or_default(),
+        expires_at: claims.exp,
     })
 }
 
@@ -215,6 +227,15 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// How long from now until the unix time `at` (seconds), at sub-second precision; zero if it
+/// has passed.
+pub fn time_until_unix(at: u64) -> std::time::Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    std::time::Duration::from_secs(at).saturating_sub(now)
 }
 
 /// Decides who a connect request is. Open mode (`verifier` is `None`) accepts everyone and
@@ -350,6 +371,17 @@ mod tests {
             verifier(&["s3cret"]).verify(&token, NOW),
             Err(AuthError::Expired)
         );
+    }
+
+    #[test]
+    fn a_token_is_refused_from_the_instant_open_connections_end() {
+        let mut c = claims("alice");
+        c.exp = Some(NOW - LEEWAY_SECS);
+        let token = mint("s3cret", &c).expect("mint");
+        let v = verifier(&["s3cret"]);
+        assert_eq!(v.verify(&token, NOW), Err(AuthError::Expired));
+        let id = v.verify(&token, NOW - 1).expect("valid one second before");
+        assert_eq!(id.valid_until(), Some(NOW));
     }
 
     #[test]

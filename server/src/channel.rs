@@ -140,17 +140,15 @@ pub fn parse_meta(meta: &Value, max_meta_size: usize) -> Result<Map<String, Valu
     Ok(obj.clone())
 }
 
-/// Checks a client event name for relay: not reserved (`phx_*`, `presence*`), and 1–64
-/// characters of `[A-Za-z0-9_:.-]`.
+/// Checks a client event name for relay with the core rule
+/// ([`check_event_name`](rollcall_core::protocol::check_event_name)): not reserved (`phx_*`,
+/// `presence*`), and 1–64 characters of `[A-Za-z0-9_:.-]`.
 pub fn check_relay_event(event: &str) -> Result<(), PolicyError> {
-    if event.starts_with("phx_") || event.starts_with("presence") {
-        return Err(PolicyError::ReservedEvent);
-    }
-    let valid_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'.' | b'-');
-    if event.is_empty() || event.len() > 64 || !event.bytes().all(valid_char) {
-        return Err(PolicyError::InvalidEventName);
-    }
-    Ok(())
+    use rollcall_core::protocol::{check_event_name, EventNameError};
+    check_event_name(event).map_err(|e| match e {
+        EventNameError::Reserved => PolicyError::ReservedEvent,
+        EventNameError::Invalid => PolicyError::InvalidEventName,
+    })
 }
 
 #[cfg(test)]
@@ -215,6 +213,19 @@ mod tests {
         assert_eq!(
             check_relay_event(&"a".repeat(65)),
             Err(PolicyError::InvalidEventName)
+        );
+    }
+
+    #[test]
+    fn relay_refusal_reasons_are_the_core_rule_texts() {
+        use rollcall_core::protocol::EventNameError;
+        assert_eq!(
+            PolicyError::ReservedEvent.reason(),
+            EventNameError::Reserved.to_string()
+        );
+        assert_eq!(
+            PolicyError::InvalidEventName.reason(),
+            EventNameError::Invalid.to_string()
         );
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
@@ -107,7 +107,8 @@ pub fn router(state: AppState) -> Router {
             "/api/presence/{topic}/count",
             get(crate::api::presence_count),
         )
-        .route("/socket/websocket", get(websocket::handler))
+        // Every method: the handler answers non-upgrades with 400, as Phoenix does.
+        .route("/socket/websocket", any(websocket::handler))
         .route(
             "/socket/longpoll",
             get(longpoll::get)

@@ -130,6 +130,9 @@ impl Server {
     }
 
     /// The axum router (socket endpoints, `/healthz`, static files), to serve or to nest.
+    /// Serve it with `into_make_service_with_connect_info::<SocketAddr>()` for
+    /// [`max_conns_per_ip`](config::Security::max_conns_per_ip) to see client addresses
+    /// (without it, only `trust_forwarded_for` gives one).
     pub fn router(&self) -> Router {
         http::router(self.state.clone())
     }
@@ -182,7 +185,9 @@ impl Server {
                 tracing::debug!("TCP_NODELAY not set: {e}");
             }
         });
-        axum::serve(listener, router)
+        // Connect info gives handlers the peer address (`--max-conns-per-ip`).
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, service)
             .with_graceful_shutdown(stop)
             .await?;
         // Every connection holds a sender; `recv` yields `None` once all are gone.

@@ -33,6 +33,8 @@ security (see README \"Security\"):
   --rate-limit-close-after N  ROLLCALL_RATE_LIMIT_CLOSE_AFTER  rate-limited messages in a row before close 1008, 0 = never [50]
   --max-room-members N        ROLLCALL_MAX_ROOM_MEMBERS    distinct keys per room, else \"room full\" [unlimited]
   --abuse-penalty-ms MS       ROLLCALL_ABUSE_PENALTY_MS    after a 1008 close, that key's reconnects get 429 [10000]
+  --max-conns-per-ip N        ROLLCALL_MAX_CONNS_PER_IP    live connections per client address (IPv6: per /64), else 429, 0 = unlimited [0]
+  --trust-forwarded-for       ROLLCALL_TRUST_FORWARDED_FOR client address from the proxy's X-Forwarded-For entry [off]
 
 `rollcall token --secret S --sub alice [--rooms 'room:*'] [--ttl 1h] [--meta JSON]` prints a token.";
 
@@ -88,6 +90,15 @@ struct SecurityArgs {
     /// After a 1008 abuse close, refuse that presence key's reconnects (HTTP 429) this long (0 = off).
     #[arg(long, env = "ROLLCALL_ABUSE_PENALTY_MS", default_value_t = 10_000)]
     abuse_penalty_ms: u64,
+    /// Most live connections (WebSockets plus long-poll sessions) from one client address,
+    /// IPv6 counted per /64; beyond gets HTTP 429 (0 = unlimited: behind a proxy every client
+    /// has the proxy's address, see --trust-forwarded-for).
+    #[arg(long, env = "ROLLCALL_MAX_CONNS_PER_IP", default_value_t = 0)]
+    max_conns_per_ip: usize,
+    /// Take the client address from the last X-Forwarded-For entry (appended by the proxy in
+    /// front). Only when clients cannot reach rollcall except through that proxy.
+    #[arg(long, env = "ROLLCALL_TRUST_FORWARDED_FOR")]
+    trust_forwarded_for: bool,
 }
 
 impl SecurityArgs {
@@ -108,6 +119,9 @@ impl SecurityArgs {
             max_room_members: self.max_room_members,
             abuse_penalty: Duration::from_millis(self.abuse_penalty_ms),
             penalty_box: Default::default(),
+            max_conns_per_ip: self.max_conns_per_ip,
+            trust_forwarded_for: self.trust_forwarded_for,
+            conn_counts: Default::default(),
         }
     }
 }

@@ -68,6 +68,9 @@ pub struct SocketContext {
     pub shutdown: watch::Receiver<bool>,
     /// Close after this long without inbound data; `None` for transports with their own expiry.
     pub idle_timeout: Option<Duration>,
+    /// When the connection's token expires (set by [`SocketContext::with_identity`]); the
+    /// connection is closed with 1008 `token expired` then.
+    pub token_expiry: Option<Instant>,
 }
 
 impl SocketContext {
@@ -95,6 +98,7 @@ impl SocketContext {
             config,
             tracker,
             shutdown,
+            token_expiry: None,
         }
     }
 }
@@ -122,10 +126,15 @@ pub fn check_penalty(
 
 impl SocketContext {
     /// Binds the connection to a verified identity: its `sub` becomes the presence key, whatever
-    /// `user_id` said.
+    /// `user_id` said, and the connection ends when the token expires.
     pub fn with_identity(mut self, identity: Option<Identity>) -> Self {
         if let Some(id) = &identity {
             self.key = id.key.clone();
+            // The token's clock is the wall clock; the machine's timers run on tokio's.
+            // An `exp` too far away to represent never comes.
+            self.token_expiry = id
+                .valid_until()
+                .and_then(|at| Instant::now().checked_add(crate::auth::time_until_unix(at)));
         }
         self.identity = identity;
         self
@@ -171,6 +180,8 @@ impl TokenBucket {
 pub const RATE_LIMITED: &str = "rate limited";
 /// The reason in the error reply to a join of a room at `--max-room-members`.
 pub const ROOM_FULL: &str = "room full";
+/// The close reason (code 1008) of a connection whose token expired.
+pub const TOKEN_EXPIRED: &str = "token expired";
 
 struct JoinedChannel {
     join_ref: Option<String>,
@@ -224,6 +235,7 @@ where
     let conn = ctx.conn;
     let tracker = ctx.tracker.clone();
     let idle_timeout = ctx.idle_timeout;
+    let token_expiry = ctx.token_expiry;
     let now = Instant::now();
     let events = TokenBucket::new(ctx.config.security.event_rate, now);
     let metas = TokenBucket::new(ctx.config.security.meta_rate, now);
@@ -238,6 +250,8 @@ where
     };
     let far_future = Duration::from_secs(86_400 * 365);
     let mut deadline = Instant::now() + idle_timeout.unwrap_or(far_future);
+    // Whether the connection's presences were already removed.
+    let mut left = false;
     let reason = loop {
         if *shutdown.borrow() {
             break machine
@@ -284,9 +298,20 @@ where
                 tracing::debug!(conn = conn.0, "closing idle connection");
                 break machine.close(CLOSE_GOING_AWAY, "idle timeout").await;
             }
+            _ = tokio::time::sleep_until(token_expiry.unwrap_or(now + far_future)), if token_expiry.is_some() => {
+                tracing::info!(conn = conn.0, key = machine.ctx.key, "closing: token expired");
+                // Leave before the close: the client reconnects at once with a fresh token
+                // (phoenix.js retries on any code but 1000), and in the tracker's order its
+                // rejoin must follow this leave.
+                tracker.disconnect(conn);
+                left = true;
+                break machine.close(CLOSE_POLICY_VIOLATION, TOKEN_EXPIRED).await;
+            }
         }
     };
-    tracker.disconnect(conn);
+    if !left {
+        tracker.disconnect(conn);
+    }
     tracker.metrics().closed(&reason);
     reason
 }
@@ -639,17 +664,30 @@ mod tests {
         mpsc::UnboundedReceiver<Outgoing>,
         tokio::task::JoinHandle<CloseReason>,
     ) {
+        machine_with(config, |_| {})
+    }
+
+    /// [`machine`], with `adjust` applied to the context before it runs.
+    fn machine_with(
+        config: Config,
+        adjust: impl FnOnce(&mut SocketContext),
+    ) -> (
+        mpsc::UnboundedSender<Inbound>,
+        mpsc::UnboundedReceiver<Outgoing>,
+        tokio::task::JoinHandle<CloseReason>,
+    ) {
         let (in_tx, mut in_rx) = mpsc::unbounded_channel::<Inbound>();
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (_shutdown_tx, shutdown_rx) = watch::channel(false);
         let tracker = Tracker::spawn(std::sync::Arc::new(Local::new("test")));
-        let ctx = SocketContext::new(
+        let mut ctx = SocketContext::new(
             Serializer::V2,
             ConnectInfo::default(),
             Arc::new(config),
             tracker,
             shutdown_rx,
         );
+        adjust(&mut ctx);
         let stream = futures_util::stream::poll_fn(move |cx| in_rx.poll_recv(cx));
         let sink = futures_util::sink::unfold(out_tx, |tx, item: Outgoing| async move {
             tx.send(item).map_err(|_| ())?;
@@ -692,6 +730,55 @@ mod tests {
             task.await.unwrap(),
             CloseReason::Closed(CLOSE_GOING_AWAY, "idle timeout".into())
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_closes_with_1008_when_its_token_expires_and_not_before() {
+        let (tx, mut out, task) = machine_with(Config::default(), |ctx| {
+            ctx.token_expiry = Some(Instant::now() + Duration::from_secs(30));
+        });
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert!(out.try_recv().is_err(), "still open before the expiry");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let expired = Outgoing::Close {
+            code: CLOSE_POLICY_VIOLATION,
+            reason: TOKEN_EXPIRED.into(),
+        };
+        assert_eq!(out.recv().await, Some(expired));
+        assert_eq!(
+            task.await.unwrap(),
+            CloseReason::Closed(CLOSE_POLICY_VIOLATION, TOKEN_EXPIRED.into())
+        );
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_token_expiring_in_a_far_future_is_not_a_panic() {
+        let identity = Identity {
+            key: "k".into(),
+            rooms: None,
+            meta: Default::default(),
+            expires_at: Some(u64::MAX),
+        };
+        let (_shutdown_tx, shutdown_rx) = watch::channel(false);
+        let ctx = SocketContext::new(
+            Serializer::V2,
+            ConnectInfo::default(),
+            Arc::new(Config::default()),
+            Tracker::spawn(std::sync::Arc::new(Local::new("test"))),
+            shutdown_rx,
+        )
+        .with_identity(Some(identity));
+        assert_eq!(ctx.key, "k");
+        // One representable but absurdly far away: the timer takes it, the connection serves.
+        let far = Instant::now().checked_add(Duration::from_secs(1_000_000_000_000));
+        assert!(far.is_some());
+        let (tx, mut out, _task) = machine_with(Config::default(), |ctx| ctx.token_expiry = far);
+        tx.send(Inbound::Frame(Frame::Text(
+            r#"[null,"1","phoenix","heartbeat",{}]"#.into(),
+        )))
+        .unwrap();
+        assert!(matches!(out.recv().await, Some(Outgoing::Frame(_))));
     }
 
     #[tokio::test(start_paused = true)]

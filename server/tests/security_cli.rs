@@ -98,3 +98,36 @@ async fn serve_with_rollcall_secret_refuses_connections_without_a_token() {
     }
     assert!(accepted.is_ok(), "{accepted:?}");
 }
+
+#[tokio::test]
+async fn serve_with_rollcall_max_conns_per_ip_refuses_the_connection_beyond_with_429() {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--port", "0"])
+        .env("ROLLCALL_MAX_CONNS_PER_IP", "1")
+        .env_remove("ROLLCALL_SECRET")
+        // The open-mode warning comes after the line read here, into a closed pipe.
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("line");
+    let addr = line
+        .trim()
+        .strip_prefix("rollcall listening on http://")
+        .expect("listening line")
+        .to_string();
+    let url = format!("ws://{addr}/socket/websocket?vsn=2.0.0");
+    let first = tokio_tungstenite::connect_async(url.clone()).await;
+    let second = tokio_tungstenite::connect_async(url).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(first.is_ok(), "{first:?}");
+    match second {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 429)
+        }
+        other => panic!("expected 429, got {other:?}"),
+    }
+}

@@ -266,7 +266,8 @@ async fn a_key_closed_for_abuse_is_refused_with_429_until_its_penalty_ends() {
     .await;
     assert_eq!(
         serde_json::from_str::<Value>(&body).expect("json"),
-        json!({"status": 429})
+        json!({"status": 403}),
+        "long-poll: the status phoenix.js reconnects on"
     );
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use base64::Engine;
 use common::{http, keys, start, Client, TestServer};
-use rollcall_server::auth::{mint, unix_now, Claims, Verifier};
+use rollcall_server::auth::{mint, unix_now, Claims, Verifier, LEEWAY_SECS};
 use rollcall_server::config::Security;
 use rollcall_server::Config;
 use serde_json::{json, Map, Value};
@@ -272,4 +272,133 @@ async fn longpoll_with_the_authtoken_header_tracks_as_the_token_sub() {
         assert!(tokio::time::Instant::now() < deadline, "join never applied");
         tokio::task::yield_now().await;
     }
+}
+
+/// Claims accepted now that expire within 2–3 s (a connect on a loaded machine has 2 s to get
+/// in): `exp` is in the past by a little less than the tolerated clock skew.
+fn expiring_soon(sub: &str) -> Claims {
+    Claims {
+        sub: sub.into(),
+        exp: Some(unix_now() + 3 - LEEWAY_SECS),
+        ..Claims::default()
+    }
+}
+
+#[tokio::test]
+async fn socket_is_closed_when_its_token_expires() {
+    let server = secured().await;
+    let mut watcher = with_token(&server, &token(&claims("watcher")), "").await;
+    watcher.join("room:exp", json!({})).await;
+    watcher.sync().await;
+    let mut short = with_token(&server, &token(&expiring_soon("short")), "").await;
+    short.join("room:exp", json!({})).await;
+    let joined = watcher.recv_until(|v| v[3] == "presence_diff").await;
+    assert_eq!(keys(&joined[4]["joins"]), vec!["short"]);
+
+    assert_eq!(short.expect_close().await, (1008, "token expired".into()));
+    let left = watcher.recv_until(|v| v[3] == "presence_diff").await;
+    assert_eq!(keys(&left[4]["leaves"]), vec!["short"]);
+    assert_eq!(keys(&left[4]["joins"]), Vec::<String>::new());
+    assert_eq!(
+        keys(&server.tracker.list("room:exp").await),
+        vec!["watcher"]
+    );
+}
+
+#[tokio::test]
+async fn a_socket_whose_token_has_no_exp_is_not_closed_for_expiry() {
+    let server = secured().await;
+    let mut c = claims("forever");
+    c.exp = None;
+    let mut client = with_token(&server, &token(&c), "").await;
+    client.join("room:r", json!({})).await;
+    // Outlives a token that expires now: the sync answers after that one was closed.
+    let mut short = with_token(&server, &token(&expiring_soon("short")), "").await;
+    assert_eq!(short.expect_close().await.1, "token expired");
+    client.sync().await;
+    assert_eq!(keys(&server.tracker.list("room:r").await), vec!["forever"]);
+}
+
+async fn longpoll(server: &TestServer, headers: &[(&str, &str)], body: &str) -> Value {
+    let method = if body.is_empty() { "GET" } else { "POST" };
+    let (_, _, answer) = http(
+        server.addr,
+        method,
+        "/socket/longpoll?vsn=2.0.0",
+        headers,
+        body.as_bytes(),
+    )
+    .await;
+    serde_json::from_str(&answer).expect("json")
+}
+
+#[tokio::test]
+async fn a_longpoll_session_ends_when_its_token_expires_and_its_next_poll_gets_410() {
+    let server = secured().await;
+    let mut watcher = with_token(&server, &token(&claims("watcher")), "").await;
+    watcher.join("room:lpexp", json!({})).await;
+    watcher.sync().await;
+    let auth = token(&expiring_soon("poller"));
+    let opened = longpoll(&server, &[("x-phoenix-authtoken", &auth)], "").await;
+    assert_eq!(opened["status"], 410, "{opened}");
+    let session = opened["token"].as_str().expect("session token").to_string();
+    let session_header = ("x-phoenix-longpoll-token", session.as_str());
+    let posted = longpoll(
+        &server,
+        &[("content-type", "application/x-ndjson"), session_header],
+        r#"["1","1","room:lpexp","phx_join",{}]"#,
+    )
+    .await;
+    assert_eq!(posted, json!({"status": 200}));
+    let joined = watcher.recv_until(|v| v[3] == "presence_diff").await;
+    assert_eq!(keys(&joined[4]["joins"]), vec!["poller"]);
+    let left = watcher.recv_until(|v| v[3] == "presence_diff").await;
+    assert_eq!(keys(&left[4]["leaves"]), vec!["poller"]);
+
+    // The session is over: polls deliver what was queued, then 410 "session gone", which
+    // phoenix.js answers by reconnecting (fresh params and authToken), not 403 or a new session.
+    for _ in 0..10 {
+        let polled = longpoll(&server, &[session_header], "").await;
+        if polled["status"] == 200 {
+            continue;
+        }
+        assert_eq!(polled, json!({"status": 410}));
+        return;
+    }
+    panic!("the expired session kept answering 200");
+}
+
+#[tokio::test]
+async fn after_its_token_expires_a_client_reconnecting_with_a_fresh_one_is_listed_again() {
+    let server = secured().await;
+    let mut watcher = with_token(&server, &token(&claims("watcher")), "").await;
+    watcher.join("room:renew", json!({})).await;
+    watcher.sync().await;
+    let mut old = with_token(&server, &token(&expiring_soon("renewer")), "").await;
+    old.join("room:renew", json!({})).await;
+    assert_eq!(old.expect_close().await.0, 1008);
+    // What phoenix.js does on that close: reconnect, asking its authToken function again.
+    let mut renewed = with_token(&server, &token(&claims("renewer")), "").await;
+    renewed.join("room:renew", json!({})).await;
+    // The watcher sees join, leave (expiry), join (renewed): the leave came before the rejoin.
+    let mut diffs = Vec::new();
+    while diffs.len() < 3 {
+        let diff = watcher.recv_until(|v| v[3] == "presence_diff").await;
+        diffs.push((keys(&diff[4]["joins"]), keys(&diff[4]["leaves"])));
+    }
+    let renewer = vec!["renewer".to_string()];
+    let none = Vec::<String>::new();
+    assert_eq!(
+        diffs,
+        vec![
+            (renewer.clone(), none.clone()),
+            (none.clone(), renewer.clone()),
+            (renewer, none)
+        ]
+    );
+    assert_eq!(
+        keys(&server.tracker.list("room:renew").await).len(),
+        2,
+        "watcher and renewer"
+    );
 }

@@ -335,3 +335,22 @@ async fn a_frame_far_over_the_size_limit_also_closes_with_1009() {
     assert_eq!(code, 1009);
     assert_eq!(other.sync().await, Vec::<serde_json::Value>::new());
 }
+
+#[tokio::test]
+async fn a_non_get_request_to_the_websocket_path_gets_400() {
+    let server = start_default().await;
+    for method in ["POST", "PUT", "DELETE"] {
+        let (status, _, body) =
+            http(server.addr, method, "/socket/websocket?vsn=2.0.0", &[], b"").await;
+        assert_eq!(status, 400, "{method}");
+        assert_eq!(body, rollcall_server::transport::websocket::NOT_AN_UPGRADE);
+    }
+}
+
+#[tokio::test]
+async fn a_get_without_upgrade_headers_gets_400_with_a_reason() {
+    let server = start_default().await;
+    let (status, _, body) = http(server.addr, "GET", "/socket/websocket?vsn=2.0.0", &[], b"").await;
+    assert_eq!(status, 400);
+    assert_eq!(body, rollcall_server::transport::websocket::NOT_AN_UPGRADE);
+}

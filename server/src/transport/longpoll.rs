@@ -11,6 +11,7 @@
 //! not answer in time, the request answers `410` and the client opens a new session.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +19,7 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use futures_util::StreamExt;
@@ -38,6 +40,12 @@ use crate::socket::{self, ConnectInfo, SocketContext};
 
 /// Most ndjson lines one POST may carry; the rest are ignored (Phoenix's CVE hardening).
 pub const MAX_NDJSON_LINES: usize = 100;
+
+/// The status of a session open refused *for now* (over `--max-conns-per-ip`, or a key in the
+/// abuse penalty), where a WebSocket gets HTTP 429. Not 429: phoenix.js 1.8 throws on a poll
+/// status it does not know, and is then stuck, neither reconnecting nor reporting. On 403 it
+/// closes with 1008 and the socket reconnects with its backoff, as after a refused upgrade.
+pub const REFUSED_FOR_NOW: u16 = 403;
 
 struct Session {
     inbound: mpsc::Sender<Inbound>,
@@ -163,6 +171,7 @@ pub async fn options(headers: HeaderMap) -> Response {
 pub async fn get(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
+    peer: Option<Extension<axum::extract::ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
 ) -> Response {
     if let Err(why) = check_origin(&state.config.security.allowed_origins, &headers) {
@@ -182,7 +191,7 @@ pub async fn get(
             }
         }
     }
-    open(state, params, &headers)
+    open(state, params, peer.map(|Extension(info)| info.0), &headers)
 }
 
 /// The owner of `token` when it is another node of the cluster.
@@ -190,13 +199,28 @@ fn remote_owner(state: &AppState, token: &str) -> Option<String> {
     owner_of(token).filter(|owner| owner != state.tracker.node())
 }
 
-fn open(state: AppState, params: HashMap<String, String>, headers: &HeaderMap) -> Response {
+fn open(
+    state: AppState,
+    params: HashMap<String, String>,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> Response {
     let serializer = match Serializer::negotiate(params.get("vsn").map(String::as_str)) {
         Ok(s) => s,
         Err(e) => {
             tracing::info!("refused long-poll connect: {e}");
             state.tracker.metrics().refused(Refusal::Version);
             return respond(json!({"status": 403}));
+        }
+    };
+    let security = &state.config.security;
+    let ip = super::client_ip(peer, headers, security.trust_forwarded_for);
+    // A live session counts as a connection until its machine ends.
+    let slot = match security.conn_counts.acquire(ip, security.max_conns_per_ip) {
+        Ok(slot) => slot,
+        Err(why) => {
+            tracing::info!(?ip, "refused long-poll connect: {why}");
+            return respond(json!({"status": REFUSED_FOR_NOW}));
         }
     };
     let auth_token = headers
@@ -219,7 +243,7 @@ fn open(state: AppState, params: HashMap<String, String>, headers: &HeaderMap) -
     if let Err(why) = socket::check_penalty(&state.config, &info, identity.as_ref()) {
         tracing::info!("refused long-poll connect: {why}");
         state.tracker.metrics().refused(Refusal::Penalty);
-        return respond(json!({"status": 429}));
+        return respond(json!({"status": REFUSED_FOR_NOW}));
     }
     let mut ctx = SocketContext::new(
         serializer,
@@ -251,18 +275,21 @@ fn open(state: AppState, params: HashMap<String, String>, headers: &HeaderMap) -
         tx.send(item).map_err(|_| ())?;
         Ok::<_, ()>(tx)
     });
-    let sessions = state.longpoll.clone();
-    let machine_token = token.clone();
     let open = state.tracker.metrics().connection(Transport::LongPoll);
     tokio::spawn(async move {
         socket::run(ctx, Box::pin(sink), Box::pin(stream)).await;
-        sessions.remove(&machine_token);
+        drop(slot);
         drop(open);
+        // The session stays listed: its next poll reads the close and answers 410, which
+        // phoenix.js (holding a session token) takes as "session gone" and reconnects with
+        // fresh params. An unpolled one is dropped by the expiry below.
     });
 
-    // Expiry: closed when no poll was seen for 1.5 × window.
+    // Expiry: closed and forgotten when no poll was seen for 1.5 × window.
     let expiry = state.config.longpoll_window.mul_f64(1.5);
     let weak = Arc::downgrade(&session);
+    let sessions = state.longpoll.clone();
+    let expiry_token = token.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(expiry).await;
@@ -277,6 +304,7 @@ fn open(state: AppState, params: HashMap<String, String>, headers: &HeaderMap) -
             if session.polling.load(Ordering::SeqCst) == 0 && idle_since.elapsed() >= expiry {
                 tracing::debug!("closing inactive long-poll session");
                 let _ = kill_tx.send(());
+                sessions.remove(&expiry_token);
                 return;
             }
         }
@@ -339,12 +367,13 @@ async fn poll(config: &Config, sessions: &Sessions, token: String, session: Arc<
         *t = Instant::now();
     }
     session.polling.fetch_sub(1, Ordering::SeqCst);
-    if gone {
+    if gone && messages.is_empty() {
         sessions.remove(&token);
-        if messages.is_empty() {
-            return json!({"status": 410});
-        }
+        return json!({"status": 410});
     }
+    // A session that ended with frames still to deliver stays listed: this poll carries the
+    // frames, the next one gets 410 (and not a new session, which its expired token or the
+    // penalty would refuse with 403).
     let status = if messages.is_empty() { 204 } else { 200 };
     json!({"status": status, "token": token, "messages": messages})
 }
@@ -394,7 +423,9 @@ pub async fn post(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/x-ndjson"));
     if let Some(session) = state.longpoll.get(&token) {
-        return respond(deliver(&state.config, &session, ndjson, &body).await);
+        let frames = parse_body(ndjson, &body);
+        let status = deliver(&session.inbound, frames, state.config.longpoll_window).await;
+        return respond(json!({"status": status}));
     }
     if let Some(owner) = remote_owner(&state, &token) {
         let request = Request::Post {
@@ -407,19 +438,6 @@ pub async fn post(
         }
     }
     respond(json!({"status": 410}))
-}
-
-/// Hands a POST body's frames to the session's machine; returns the answer's body.
-async fn deliver(config: &Config, session: &Session, ndjson: bool, body: &[u8]) -> Value {
-    for frame in parse_body(ndjson, body) {
-        let send = session.inbound.send(frame);
-        match tokio::time::timeout(config.longpoll_window, send).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return json!({"status": 410}),
-            Err(_) => return json!({"status": 408}),
-        }
-    }
-    json!({"status": 200})
 }
 
 /// What travels on [`CHANNEL_LONGPOLL`] (JSON).
@@ -552,7 +570,62 @@ async fn serve_relayed(sessions: &Sessions, config: &Config, request: Request) -
             let Ok(body) = STANDARD.decode(&body) else {
                 return Some(json!({"status": 400}));
             };
-            Some(deliver(config, &session, ndjson, &body).await)
+            let frames = parse_body(ndjson, &body);
+            let status = deliver(&session.inbound, frames, config.longpoll_window).await;
+            Some(json!({"status": status}))
         }
+    }
+}
+
+/// Hands `frames` to a session's machine in order; the POST's status: `200` when all were
+/// taken, `410` when the machine is gone, `408` when one was not taken within `window` (the
+/// rest are dropped; phoenix.js reconnects on any status but 200).
+async fn deliver(
+    inbound: &mpsc::Sender<Inbound>,
+    frames: Vec<Inbound>,
+    window: std::time::Duration,
+) -> u16 {
+    for frame in frames {
+        match tokio::time::timeout(window, inbound.send(frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return 410,
+            Err(_) => return 408,
+        }
+    }
+    200
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn heartbeat() -> Inbound {
+        Inbound::Frame(Frame::Text(r#"[null,"1","phoenix","heartbeat",{}]"#.into()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_post_the_machine_does_not_take_within_the_window_gets_408() {
+        // A machine busy elsewhere: its inbound queue has room for one frame and nobody reads.
+        let (tx, _busy) = mpsc::channel(1);
+        let window = Duration::from_secs(10);
+        let started = Instant::now();
+        assert_eq!(
+            deliver(&tx, vec![heartbeat(), heartbeat()], window).await,
+            408
+        );
+        assert_eq!(started.elapsed(), window);
+    }
+
+    #[tokio::test]
+    async fn a_post_to_a_session_whose_machine_ended_gets_410_and_one_taken_gets_200() {
+        let (tx, rx) = mpsc::channel(4);
+        let window = Duration::from_secs(10);
+        assert_eq!(
+            deliver(&tx, vec![heartbeat(), heartbeat()], window).await,
+            200
+        );
+        drop(rx);
+        assert_eq!(deliver(&tx, vec![heartbeat()], window).await, 410);
     }
 }

@@ -6,9 +6,36 @@
 pub mod longpoll;
 pub mod websocket;
 
+use std::net::{IpAddr, SocketAddr};
+
 use axum::extract::ws::Utf8Bytes;
+use axum::http::HeaderMap;
 use bytes::Bytes;
 use rollcall_core::protocol::{EncodeError, Frame, Outbound, Serializer};
+
+/// The client address a connect request is counted under: the TCP peer (when the server runs
+/// with connect info, as [`Server::serve`](crate::Server::serve) does), or with
+/// `trust_forwarded_for` the last `X-Forwarded-For` entry, the one the proxy in front appended
+/// (earlier entries come from the client and prove nothing). `None` when neither is known.
+pub fn client_ip(
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+    trust_forwarded_for: bool,
+) -> Option<IpAddr> {
+    if trust_forwarded_for {
+        let last = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .last()
+            .and_then(|entry| entry.trim().parse::<IpAddr>().ok());
+        if last.is_some() {
+            return last;
+        }
+    }
+    peer.map(|p| p.ip())
+}
 
 /// An encoded frame ready for the wire. Cloning shares the bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,3 +104,25 @@ pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code: the client did not keep up with its frames; reconnect later.
 pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_ip_is_the_peer_unless_the_proxy_header_is_trusted() {
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "1.1.1.1, 2.2.2.2".parse().unwrap());
+        h.append("x-forwarded-for", "3.3.3.3".parse().unwrap());
+        assert_eq!(client_ip(Some(peer), &h, false), Some(peer.ip()));
+        assert_eq!(
+            client_ip(Some(peer), &h, true),
+            Some("3.3.3.3".parse().unwrap())
+        );
+        let mut junk = HeaderMap::new();
+        junk.insert("x-forwarded-for", "1.1.1.1, not-an-ip".parse().unwrap());
+        assert_eq!(client_ip(Some(peer), &junk, true), Some(peer.ip()));
+        assert_eq!(client_ip(None, &HeaderMap::new(), true), None);
+    }
+}

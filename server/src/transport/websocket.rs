@@ -3,11 +3,14 @@
 //! runs the socket machine over the split socket.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
 use rollcall_core::protocol::{Frame, Serializer};
@@ -48,13 +51,26 @@ pub fn auth_token_from_headers(headers: &HeaderMap) -> Option<Vec<u8>> {
     decode_lenient_base64(token)
 }
 
-/// `GET /socket/websocket`.
+/// The body of the 400 answered to a request at `/socket/websocket` that is not a WebSocket
+/// upgrade (another method, or a GET without the upgrade headers).
+pub const NOT_AN_UPGRADE: &str = "expected a WebSocket upgrade: GET with Connection: upgrade, \
+     Upgrade: websocket, Sec-WebSocket-Version: 13 and Sec-WebSocket-Key";
+
+/// Every method at `/socket/websocket`: a WebSocket upgrade, or 400 (as Phoenix answers).
 pub async fn handler(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
+    peer: Option<Extension<axum::extract::ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(why) => {
+            tracing::debug!("refused websocket connect: {why}");
+            return (StatusCode::BAD_REQUEST, NOT_AN_UPGRADE).into_response();
+        }
+    };
     let serializer = match Serializer::negotiate(params.get("vsn").map(String::as_str)) {
         Ok(s) => s,
         Err(e) => {
@@ -68,6 +84,19 @@ pub async fn handler(
         state.tracker.metrics().refused(Refusal::Origin);
         return (StatusCode::FORBIDDEN, why).into_response();
     }
+    let security = &state.config.security;
+    let ip = super::client_ip(
+        peer.map(|Extension(info)| info.0),
+        &headers,
+        security.trust_forwarded_for,
+    );
+    let slot = match security.conn_counts.acquire(ip, security.max_conns_per_ip) {
+        Ok(slot) => slot,
+        Err(why) => {
+            tracing::info!(?ip, "refused websocket connect: {why}");
+            return (StatusCode::TOO_MANY_REQUESTS, why).into_response();
+        }
+    };
     let info = ConnectInfo {
         auth_token: auth_token_from_headers(&headers),
         params,
@@ -110,6 +139,7 @@ pub async fn handler(
             )
             .with_identity(identity);
             serve(ctx, ws).await;
+            drop(slot);
             drop(guard);
         })
 }
