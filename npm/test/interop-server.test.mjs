@@ -93,11 +93,18 @@ function interopSuite(phx) {
     } finally { a.disconnect(); b.disconnect() }
   })
 
+  /**
+   * Resolves once `user`'s own presence reached its channel: the server has subscribed it by then.
+   * The join reply alone does not promise that here (see the join-reply race test below).
+   */
+  const untilSubscribed = ({presence}, user) => until(() => keysOf(presence).includes(user), `${user} subscribed`)
+
   test(named("a client event is relayed to the others and acknowledged to the sender"), {skip: skipUnbuilt}, async () => {
     const a = connect("s1"), b = connect("s2")
     try {
       const ra = await join(a, "room:chat")
       const rb = await join(b, "room:chat")
+      await untilSubscribed(rb, "s2")
       const got = []
       rb.channel.on("new_msg", payload => got.push(payload))
       let echoed = false
@@ -127,11 +134,59 @@ function interopSuite(phx) {
     } finally { a.disconnect(); b.disconnect(); c.disconnect() }
   })
 
+  // Phoenix subscribes a channel to its topic before it replies to the join, so anything broadcast
+  // after the reply reaches it. rollcall's server awaits the ok reply and only then asks the
+  // tracker to subscribe the channel (server/src/socket.rs, join), so a broadcast sent in between
+  // misses the new member. Marked todo until the server subscribes first: it then passes.
+  test(named("a broadcast sent right after another client's join reply reaches that client"), {
+    skip: skipUnbuilt,
+    todo: "server bug: the join reply goes out before the channel is subscribed to its topic",
+  }, async () => {
+    // A node of its own without rate limits: each attempt is several messages in a few ms.
+    let node
+    try {
+      const {http} = await startServer(["--port", "0", "--event-rate", "0"], {onSpawn: proc => { node = proc }})
+      const open = userId => {
+        const socket = new Socket(http.replace(/^http/, "ws") + "/socket", {
+          transport: WebSocket, params: {user_id: userId}, reconnectAfterMs: () => 60000,
+        })
+        socket.connect()
+        return socket
+      }
+      const a = open("race-a"), b = open("race-b")
+      const pushed = (channel, event, payload) => new Promise((resolve, reject) =>
+        channel.push(event, payload).receive("ok", resolve).receive("error", reject))
+      try {
+        for (let i = 0; i < 300; i++) {
+          const topic = `room:race${i}`
+          const ra = await join(a, topic)
+          const channel = b.channel(topic, {})
+          const presence = new Presence(channel)
+          const got = []
+          channel.on("ping", payload => got.push(["ping", payload.i]))
+          channel.on("marker", payload => got.push(["marker", payload.i]))
+          // The sender broadcasts the moment the receiver's join reply arrives.
+          await new Promise((resolve, reject) => channel.join().receive("ok", () =>
+            pushed(ra.channel, "ping", {i}).then(resolve, reject)))
+          // Once the receiver is surely subscribed, a second broadcast: the tracker handles
+          // broadcasts in order, so when the marker has come, the first has come or never will.
+          await untilSubscribed({presence}, "race-b")
+          await pushed(ra.channel, "marker", {i})
+          await until(() => got.some(([event]) => event === "marker"), `marker ${i}`)
+          assert.deepEqual(got, [["ping", i], ["marker", i]], `attempt ${i}`)
+          ra.channel.leave()
+          channel.leave()
+        }
+      } finally { a.disconnect(); b.disconnect() }
+    } finally { node?.kill("SIGTERM") }
+  })
+
   test(named("a binary push is relayed as binary"), {skip: skipUnbuilt}, async () => {
     const a = connect("b1"), b = connect("b2")
     try {
       const ra = await join(a, "room:binary")
       const rb = await join(b, "room:binary")
+      await untilSubscribed(rb, "b2")
       const got = []
       rb.channel.on("blob", payload => got.push(payload))
       const bytes = new Uint8Array([1, 2, 3, 250]).buffer
