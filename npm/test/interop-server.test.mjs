@@ -135,12 +135,10 @@ function interopSuite(phx) {
   })
 
   // Phoenix subscribes a channel to its topic before it replies to the join, so anything broadcast
-  // after the reply reaches it. rollcall's server awaits the ok reply and only then asks the
-  // tracker to subscribe the channel (server/src/socket.rs, join), so a broadcast sent in between
-  // misses the new member. Marked todo until the server subscribes first: it then passes.
+  // after the reply reaches it; rollcall does the same (server/src/socket.rs, join). Before it
+  // did, a broadcast sent right after the reply could miss the new member.
   test(named("a broadcast sent right after another client's join reply reaches that client"), {
     skip: skipUnbuilt,
-    todo: "server bug: the join reply goes out before the channel is subscribed to its topic",
   }, async () => {
     // A node of its own without rate limits: each attempt is several messages in a few ms.
     let node

@@ -582,10 +582,10 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
                         join_ref: join_ref.clone(),
                     },
                 );
-                self.reply(&msg, "ok", json!({})).await?;
-                if let Some(old_ref) = old {
-                    self.send_close(&msg.topic, old_ref).await?;
-                }
+                // Subscribe before replying, as Phoenix does: once the client holds its ok, any
+                // broadcast another member sends must reach it. The tracker's frames for this
+                // join (presence_state, the join's diff) go through the outbox, which is only
+                // written after this handler returns, so they still follow the reply.
                 let subscriber = Subscriber {
                     conn: self.ctx.conn,
                     serializer: self.ctx.serializer,
@@ -597,6 +597,10 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
                 self.ctx
                     .tracker
                     .join(&msg.topic, join_ref, subscriber, meta);
+                self.reply(&msg, "ok", json!({})).await?;
+                if let Some(old_ref) = old {
+                    self.send_close(&msg.topic, old_ref).await?;
+                }
                 Ok(())
             }
         }
