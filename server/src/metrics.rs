@@ -84,14 +84,17 @@ pub enum Refusal {
     Token,
     /// The key is in the abuse penalty box (HTTP 429).
     Penalty,
+    /// The client address already has `--max-conns-per-ip` connections.
+    PerAddress,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 4] = [
+    const ALL: [Refusal; 5] = [
         Refusal::Version,
         Refusal::Origin,
         Refusal::Token,
         Refusal::Penalty,
+        Refusal::PerAddress,
     ];
 
     fn label(self) -> &'static str {
@@ -100,6 +103,42 @@ impl Refusal {
             Refusal::Origin => "origin",
             Refusal::Token => "token",
             Refusal::Penalty => "penalty",
+            Refusal::PerAddress => "per_address",
+        }
+    }
+}
+
+/// Why a channel join was refused, the `reason` label of `rollcall_joins_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinRefusal {
+    /// The topic is not a room (`--rooms`).
+    Unmatched,
+    /// The token's `rooms` claim does not allow the topic.
+    NotAllowed,
+    /// The room has `--max-room-members` members.
+    RoomFull,
+    /// The connection has `--max-channels` channels.
+    TooManyChannels,
+    /// The join payload is malformed (meta not an object, too large, binary, ...).
+    BadPayload,
+}
+
+impl JoinRefusal {
+    const ALL: [JoinRefusal; 5] = [
+        JoinRefusal::Unmatched,
+        JoinRefusal::NotAllowed,
+        JoinRefusal::RoomFull,
+        JoinRefusal::TooManyChannels,
+        JoinRefusal::BadPayload,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            JoinRefusal::Unmatched => "unmatched",
+            JoinRefusal::NotAllowed => "not_allowed",
+            JoinRefusal::RoomFull => "room_full",
+            JoinRefusal::TooManyChannels => "too_many_channels",
+            JoinRefusal::BadPayload => "bad_payload",
         }
     }
 }
@@ -144,7 +183,8 @@ pub struct Metrics {
     connections_open: [AtomicI64; 2],
     connections_opened: [Counter; 2],
     connections_closed: [Counter; CLOSE_REASONS.len()],
-    connects_refused: [Counter; 4],
+    connects_refused: [Counter; Refusal::ALL.len()],
+    joins_refused: [Counter; JoinRefusal::ALL.len()],
     /// Data frames received from clients.
     pub frames_in: Counter,
     /// Bytes of those frames.
@@ -216,6 +256,13 @@ impl Metrics {
     /// Counts a refused connect.
     pub fn refused(&self, why: Refusal) {
         if let Some(c) = self.connects_refused.get(why as usize) {
+            c.inc();
+        }
+    }
+
+    /// Counts a refused channel join.
+    pub fn join_refused(&self, why: JoinRefusal) {
+        if let Some(c) = self.joins_refused.get(why as usize) {
             c.inc();
         }
     }
@@ -382,7 +429,7 @@ pub fn render(metrics: &Metrics, gauges: &TrackerGauges, pubsub: &Stats) -> Stri
     out.family(
         "rollcall_connects_refused_total",
         "counter",
-        "Connect attempts refused before a socket opened: bad vsn, origin not allowed, missing or invalid token, key in the abuse penalty box.",
+        "Connect attempts refused before a socket opened: bad vsn, origin not allowed, missing or invalid token, key in the abuse penalty box, too many connections from the address.",
     );
     for why in Refusal::ALL {
         let n = metrics
@@ -391,6 +438,23 @@ pub fn render(metrics: &Metrics, gauges: &TrackerGauges, pubsub: &Stats) -> Stri
             .map_or(0, Counter::get);
         out.sample(
             "rollcall_connects_refused_total",
+            &[("reason", why.label())],
+            n,
+        );
+    }
+
+    out.family(
+        "rollcall_joins_refused_total",
+        "counter",
+        "Channel joins refused: topic not a room, not allowed by the token, room full, too many channels, malformed join payload.",
+    );
+    for why in JoinRefusal::ALL {
+        let n = metrics
+            .joins_refused
+            .get(why as usize)
+            .map_or(0, Counter::get);
+        out.sample(
+            "rollcall_joins_refused_total",
             &[("reason", why.label())],
             n,
         );

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use crate::auth::{AuthError, Identity};
 use crate::channel::{self, PolicyError, EVENT_TRACK, EVENT_UNTRACK};
 use crate::config::{Config, RateLimit};
+use crate::metrics::JoinRefusal;
 use crate::tracker::{Outbox, Subscriber, Tracker};
 use crate::transport::{
     Inbound, Outgoing, WireFrame, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_POLICY_VIOLATION,
@@ -521,6 +522,7 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
                 topic = msg.topic,
                 "join of unmatched topic"
             );
+            self.refuse_join(JoinRefusal::Unmatched);
             return self.unmatched(&msg).await;
         }
         if let Some(id) = &self.ctx.identity {
@@ -531,6 +533,7 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
                     key = id.key,
                     "join refused: {reason}"
                 );
+                self.refuse_join(JoinRefusal::NotAllowed);
                 return self.reply(&msg, "error", json!({"reason": reason})).await;
             }
         }
@@ -541,6 +544,7 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
             let count = members.as_object().map_or(0, |m| m.len());
             let present = members.get(&self.ctx.key).is_some();
             if !present && count >= max {
+                self.refuse_join(JoinRefusal::RoomFull);
                 return self
                     .reply(&msg, "error", json!({"reason": ROOM_FULL}))
                     .await;
@@ -548,6 +552,7 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
         }
         let old = self.channels.get(&msg.topic).map(|c| c.join_ref.clone());
         if old.is_none() && self.channels.len() >= self.ctx.config.max_channels {
+            self.refuse_join(JoinRefusal::TooManyChannels);
             return self
                 .reply(&msg, "error", json!({"reason": "too many channels joined"}))
                 .await;
@@ -561,6 +566,7 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
         let join_ref = msg.join_ref.clone().or_else(|| msg.msg_ref.clone());
         match parsed {
             Err(e) => {
+                self.refuse_join(JoinRefusal::BadPayload);
                 if let Some(old_ref) = old {
                     // As in Phoenix, the old channel is closed before the new join is tried.
                     self.channels.remove(&msg.topic);
@@ -604,6 +610,10 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
                 Ok(())
             }
         }
+    }
+
+    fn refuse_join(&self, why: JoinRefusal) {
+        self.ctx.tracker.metrics().join_refused(why);
     }
 
     async fn room_event(

@@ -473,3 +473,74 @@ async fn every_metric_family_is_documented_in_the_readme() {
         );
     }
 }
+
+#[tokio::test]
+async fn connects_over_the_per_address_limit_are_counted() {
+    let server = start(Config {
+        security: Security {
+            max_conns_per_ip: 1,
+            ..Security::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let _first = Client::user(&server, "a").await;
+    let url = format!("ws://{}/socket/websocket?vsn=2.0.0", server.addr);
+    assert!(tokio_tungstenite::connect_async(url).await.is_err());
+    wait_for(
+        &server,
+        &[
+            (
+                "rollcall_connects_refused_total{reason=\"per_address\"}",
+                1.0,
+            ),
+            (WS_OPEN, 1.0),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn refused_joins_are_counted_by_reason() {
+    let server = start(Config {
+        max_channels: 2,
+        security: Security {
+            max_room_members: Some(1),
+            ..Security::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let mut a = Client::user(&server, "a").await;
+    a.join("room:one", json!({})).await;
+    let mut b = Client::user(&server, "b").await;
+    // Not a room; the room is full; a meta that is not an object.
+    b.send_json(json!(["1", "1", "lobby", "phx_join", {}]))
+        .await;
+    b.send_json(json!(["2", "2", "room:one", "phx_join", {}]))
+        .await;
+    b.send_json(json!(["3", "3", "room:two", "phx_join", {"meta": 5}]))
+        .await;
+    // Two channels accepted, the third refused.
+    b.send_json(json!(["4", "4", "room:x", "phx_join", {}]))
+        .await;
+    b.send_json(json!(["5", "5", "room:y", "phx_join", {}]))
+        .await;
+    b.send_json(json!(["6", "6", "room:z", "phx_join", {}]))
+        .await;
+    wait_for(
+        &server,
+        &[
+            ("rollcall_joins_refused_total{reason=\"unmatched\"}", 1.0),
+            ("rollcall_joins_refused_total{reason=\"room_full\"}", 1.0),
+            ("rollcall_joins_refused_total{reason=\"bad_payload\"}", 1.0),
+            (
+                "rollcall_joins_refused_total{reason=\"too_many_channels\"}",
+                1.0,
+            ),
+            ("rollcall_joins_refused_total{reason=\"not_allowed\"}", 0.0),
+            ("rollcall_joins_total", 3.0),
+        ],
+    )
+    .await;
+}

@@ -220,6 +220,7 @@ fn open(
         Ok(slot) => slot,
         Err(why) => {
             tracing::info!(?ip, "refused long-poll connect: {why}");
+            state.tracker.metrics().refused(Refusal::PerAddress);
             return respond(json!({"status": REFUSED_FOR_NOW}));
         }
     };

@@ -94,6 +94,7 @@ pub async fn handler(
         Ok(slot) => slot,
         Err(why) => {
             tracing::info!(?ip, "refused websocket connect: {why}");
+            state.tracker.metrics().refused(Refusal::PerAddress);
             return (StatusCode::TOO_MANY_REQUESTS, why).into_response();
         }
     };
