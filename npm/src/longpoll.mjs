@@ -17,6 +17,22 @@ const arrayBufferToBase64 = buffer => {
   return btoa(binary)
 }
 
+// The server sends a binary frame (V2) over long-poll as base64 text; JSON frames start with
+// "[" (V2) or "{" (V1). phoenix.js hands the base64 to the JSON decoder, which throws; we give
+// the serializer the ArrayBuffer a WebSocket would have delivered.
+const decodeMessage = msg => {
+  if (typeof msg !== "string" || msg === "" || msg[0] === "[" || msg[0] === "{") return msg
+  let binary
+  try {
+    binary = atob(msg)
+  } catch {
+    return msg
+  }
+  const bytes = new Uint8Array(binary.length)
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i)
+  return bytes.buffer
+}
+
 export class LongPoll {
   /**
    * @param {string} endPoint the socket URL (ws:// or wss://, path ending in /websocket)
@@ -98,7 +114,7 @@ export class LongPoll {
         case 200:
           // One macrotask per message, like WebSocket message events.
           for (const msg of resp.messages || []) {
-            setTimeout(() => this.onmessage({data: msg}), 0)
+            setTimeout(() => this.onmessage({data: decodeMessage(msg)}), 0)
           }
           this.poll()
           break

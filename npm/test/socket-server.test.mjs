@@ -131,6 +131,33 @@ describe("against a real rollcall server", {skip}, () => {
     }
   })
 
+  test("a binary broadcast reaches a LongPoll member as an ArrayBuffer", async () => {
+    const sender = new Socket(baseUrl, {transport: WebSocket})
+    const receiver = new Socket(baseUrl, {transport: LongPoll})
+    try {
+      await connected(sender)
+      await connected(receiver)
+      const inbox = receiver.channel("room:lpbin", {track: false})
+      const got = new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error("no binary broadcast before the deadline")), DEADLINE_MS)
+        inbox.on("blob", payload => {
+          clearTimeout(timer)
+          resolve(payload)
+        })
+      })
+      assert.equal((await replyOf(inbox.join(DEADLINE_MS)))[0], "ok")
+      const outbox = sender.channel("room:lpbin", {track: false})
+      assert.equal((await replyOf(outbox.join(DEADLINE_MS)))[0], "ok")
+      assert.equal((await replyOf(outbox.push("blob", new Uint8Array([0, 1, 2, 250]).buffer, DEADLINE_MS)))[0], "ok")
+      const payload = await got
+      assert.ok(payload instanceof ArrayBuffer, "an ArrayBuffer, as over a WebSocket")
+      assert.deepEqual([...new Uint8Array(payload)], [0, 1, 2, 250])
+    } finally {
+      sender.disconnect()
+      receiver.disconnect()
+    }
+  })
+
   test("joining a room works over the LongPoll transport", async () => {
     const socket = new Socket(baseUrl, {transport: LongPoll})
     try {
