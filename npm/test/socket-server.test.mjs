@@ -131,6 +131,31 @@ describe("against a real rollcall server", {skip}, () => {
     }
   })
 
+  test("a push the server does not answer in time reports timeout, and the socket carries on", async () => {
+    const socket = new Socket(baseUrl, {transport: WebSocket})
+    try {
+      await connected(socket)
+      const channel = socket.channel("room:slow", {track: false})
+      assert.equal((await replyOf(channel.join(DEADLINE_MS)))[0], "ok")
+      // A stopped server reads nothing: the push's timer runs out first.
+      server.kill("SIGSTOP")
+      let late
+      try {
+        const push = channel.push("nudge", {n: 1}, 300)
+        late = new Promise(resolve => push.receive("ok", () => resolve("ok")))
+        assert.equal((await replyOf(push))[0], "timeout")
+      } finally {
+        server.kill("SIGCONT")
+      }
+      // The server answers the old push once it runs again; the timed-out push ignores it.
+      const next = await replyOf(channel.push("nudge", {n: 2}, DEADLINE_MS))
+      assert.equal(next[0], "ok")
+      assert.equal(await Promise.race([late, new Promise(r => setTimeout(() => r("ignored"), 100))]), "ignored")
+    } finally {
+      socket.disconnect()
+    }
+  })
+
   test("a binary broadcast reaches a LongPoll member as an ArrayBuffer", async () => {
     const sender = new Socket(baseUrl, {transport: WebSocket})
     const receiver = new Socket(baseUrl, {transport: LongPoll})
