@@ -674,3 +674,31 @@ fn heartbeat_now_makes_a_quiet_node_known_at_once() {
     a.graceful_permdown();
     assert!(a.heartbeat_now(300).messages.is_empty());
 }
+
+#[test]
+fn a_partition_longer_than_permdown_heals_to_the_same_members_on_both_sides() {
+    let mut c = Cluster::new(&["a", "b"]);
+    c.shard("a").track(1, "lobby", "alice", meta("{}")).unwrap();
+    c.shard("b").track(2, "lobby", "bob", meta("{}")).unwrap();
+    c.ticks(3);
+    assert_eq!(c.keys("a", "lobby"), ["alice", "bob"]);
+    for (x, y) in [("a", "b"), ("b", "a")] {
+        c.cut.insert((x.to_string(), y.to_string()));
+    }
+    // Both sides give the other up for good, though both are alive and keep their members.
+    c.ticks(30);
+    assert_eq!(c.keys("a", "lobby"), ["alice"]);
+    assert_eq!(c.keys("b", "lobby"), ["bob"]);
+    c.cut.clear();
+    c.ticks(10);
+    assert_eq!(
+        c.keys("a", "lobby"),
+        ["alice", "bob"],
+        "a sees b's member again"
+    );
+    assert_eq!(
+        c.keys("b", "lobby"),
+        ["alice", "bob"],
+        "b sees a's member again"
+    );
+}
