@@ -261,3 +261,46 @@ async fn options_answers_the_cors_preflight() {
         .unwrap()
         .contains("post"));
 }
+
+#[tokio::test]
+async fn a_client_that_abandons_its_poll_still_expires_and_leaves() {
+    use tokio::io::AsyncWriteExt;
+    let server = start(config(500)).await;
+    let mut ws = Client::user(&server, "ws").await;
+    ws.join("room:abandon", json!({})).await;
+    ws.sync().await;
+    let token = open(server.addr, "vsn=2.0.0&user_id=quitter").await;
+    post(
+        server.addr,
+        &token,
+        "application/x-ndjson",
+        r#"["1","1","room:abandon","phx_join",{}]"#,
+    )
+    .await;
+    let joined = ws.recv_until(|v| v[3] == "presence_diff").await;
+    assert_eq!(keys(&joined[4]["joins"]), vec!["quitter"]);
+    // Drain the join's answers so the next poll waits.
+    let resp = get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
+    assert_eq!(resp["status"], 200);
+    // A poll the browser aborts (page closed): the request arrives, then the connection goes.
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let req = format!("GET /socket/longpoll?vsn=2.0.0&token={token} HTTP/1.1\r\nhost: x\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(tcp);
+    // Unpolled from now on: within 1.5 × window (plus a sweep) the member must leave.
+    let left = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let frames = ws.sync().await;
+            if let Some(d) = frames
+                .into_iter()
+                .find(|f| f[3] == "presence_diff" && f[4]["leaves"] != json!({}))
+            {
+                break d;
+            }
+        }
+    })
+    .await
+    .expect("the abandoned session never expired: its member is listed forever");
+    assert_eq!(keys(&left[4]["leaves"]), vec!["quitter"]);
+}
