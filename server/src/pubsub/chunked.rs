@@ -16,7 +16,8 @@
 //! A part that never comes (a dropped message) leaves its message incomplete; incomplete
 //! messages are forgotten after [`PARTIAL_TTL`] (a timer sweeps them), and at most
 //! [`MAX_BUFFERED`] bytes are held at once per subscription, counting what each incomplete
-//! message costs to keep (its slots), not only the bytes received. The tracker recovers from such a loss as from any other (its next transfer request).
+//! message costs to keep (its slots), not only the bytes received. The tracker recovers from
+//! such a loss as from any other (its next transfer request).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
