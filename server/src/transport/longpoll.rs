@@ -571,7 +571,14 @@ async fn relay(state: &AppState, owner: &str, request: Request) -> Option<Value>
         Err(e) => tracing::warn!("long-poll relay request not encoded: {e}"),
     }
     let within = state.config.longpoll_window + RELAY_MARGIN;
-    match tokio::time::timeout(within, &mut pending.answer).await {
+    let mut shutdown = state.shutdown.clone();
+    let answer = tokio::select! {
+        answer = tokio::time::timeout(within, &mut pending.answer) => answer,
+        // Shutting down, this node's transport is already closed: no answer can come, and
+        // waiting out the window would hold up the graceful shutdown.
+        _ = shutdown.wait_for(|s| *s) => return None,
+    };
+    match answer {
         Ok(Ok(body)) => body,
         _ => {
             tracing::info!("long-poll relay to {owner} got no answer in {within:?}");
