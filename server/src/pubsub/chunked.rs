@@ -310,6 +310,7 @@ pub struct Chunked {
     next_id: AtomicU64,
     refused: Arc<AtomicU64>,
     abandoned: Arc<AtomicU64>,
+    too_large: AtomicU64,
     subscriptions: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -324,11 +325,24 @@ impl Chunked {
             next_id: AtomicU64::new(rand::random()),
             refused: Arc::new(AtomicU64::new(0)),
             abandoned: Arc::new(AtomicU64::new(0)),
+            too_large: AtomicU64::new(0),
             subscriptions: Mutex::new(Vec::new()),
         }
     }
 
-    fn wire(&self, payload: &[u8]) -> Vec<Bytes> {
+    /// The wire messages for `payload`; none when no receiver would take it back (over
+    /// [`MAX_MESSAGE`] or [`MAX_PARTS`]): dropped here, counted and logged once, rather than
+    /// sent in parts every receiver refuses one by one.
+    fn wire(&self, channel: &str, payload: &[u8]) -> Vec<Bytes> {
+        let parts = payload.len().div_ceil(self.chunk);
+        if payload.len() > MAX_MESSAGE || parts > MAX_PARTS as usize {
+            self.too_large.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "dropped a {}-byte cluster message on {channel}: receivers take at most {MAX_MESSAGE} bytes in {MAX_PARTS} parts",
+                payload.len()
+            );
+            return Vec::new();
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         split(payload, self.chunk, id)
     }
@@ -348,13 +362,13 @@ impl PubSub for Chunked {
     }
 
     fn broadcast(&self, channel: &str, payload: Bytes) {
-        for part in self.wire(&payload) {
+        for part in self.wire(channel, &payload) {
             self.inner.broadcast(channel, part);
         }
     }
 
     fn send_to(&self, node: &str, channel: &str, payload: Bytes) {
-        for part in self.wire(&payload) {
+        for part in self.wire(channel, &payload) {
             self.inner.send_to(node, channel, part);
         }
     }
@@ -417,6 +431,7 @@ impl PubSub for Chunked {
         let mut stats = self.inner.stats();
         stats.dropped_inbound += self.abandoned.load(Ordering::Relaxed);
         stats.refused += self.refused.load(Ordering::Relaxed);
+        stats.dropped_outbound += self.too_large.load(Ordering::Relaxed);
         stats
     }
 
@@ -551,6 +566,20 @@ mod tests {
         assert!(r.buffered() <= cap);
         assert!(r.incomplete() <= cap / slots, "{} held", r.incomplete());
         assert!(r.abandoned > 0);
+    }
+
+    #[tokio::test]
+    async fn a_message_no_receiver_could_join_is_dropped_at_the_sender() {
+        let chunked = Chunked::new(Arc::new(crate::pubsub::Local::new("a")), 1);
+        chunked.broadcast("tracker", Bytes::from(vec![0u8; MAX_PARTS as usize]));
+        assert_eq!(chunked.stats().dropped_outbound, 0);
+        chunked.broadcast("tracker", Bytes::from(vec![0u8; MAX_PARTS as usize + 1]));
+        chunked.send_to(
+            "b",
+            "tracker",
+            Bytes::from(vec![0u8; MAX_PARTS as usize + 1]),
+        );
+        assert_eq!(chunked.stats().dropped_outbound, 2);
     }
 
     #[test]
