@@ -430,7 +430,9 @@ impl PubSub for Chunked {
     fn stats(&self) -> Stats {
         let mut stats = self.inner.stats();
         stats.dropped_inbound += self.abandoned.load(Ordering::Relaxed);
-        stats.refused += self.refused.load(Ordering::Relaxed);
+        // A malformed part is an inbound message dropped; `refused` stays the mesh's count of
+        // refused handshakes, which is what the metric built on it says.
+        stats.dropped_inbound += self.refused.load(Ordering::Relaxed);
         stats.dropped_outbound += self.too_large.load(Ordering::Relaxed);
         stats
     }
