@@ -304,3 +304,43 @@ async fn a_client_that_abandons_its_poll_still_expires_and_leaves() {
     .expect("the abandoned session never expired: its member is listed forever");
     assert_eq!(keys(&left[4]["leaves"]), vec!["quitter"]);
 }
+
+#[tokio::test]
+async fn a_session_that_falls_too_far_behind_is_closed_like_a_slow_websocket() {
+    let server = start(Config {
+        max_queued_frames: 8,
+        ..config(10_000)
+    })
+    .await;
+    let token = open(server.addr, "vsn=2.0.0&user_id=laggard").await;
+    post(
+        server.addr,
+        &token,
+        "application/x-ndjson",
+        r#"["1","1","room:lag","phx_join",{}]"#,
+    )
+    .await;
+    let mut ws = Client::user(&server, "talker").await;
+    let join_ref = ws.join("room:lag", json!({})).await;
+    // Far more frames than a connection may have queued, one at a time (no burst), and no
+    // poll meanwhile.
+    for i in 0..40 {
+        ws.push(&join_ref, "room:lag", "say", json!({"i": i})).await;
+        ws.sync().await;
+    }
+    // The session is closed as too slow: its polls end with 410, and the client reconnects
+    // for a fresh presence_state, instead of the server holding every frame for it.
+    let mut delivered = 0;
+    let status = loop {
+        let resp = get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
+        match resp["status"].as_u64() {
+            Some(200) => delivered += resp["messages"].as_array().map_or(0, Vec::len),
+            other => break other,
+        }
+    };
+    assert_eq!(status, Some(410), "after {delivered} frames");
+    assert!(
+        delivered < 40,
+        "all {delivered} frames were held for the session"
+    );
+}

@@ -49,7 +49,7 @@ pub const REFUSED_FOR_NOW: u16 = 403;
 
 struct Session {
     inbound: mpsc::Sender<Inbound>,
-    outgoing: tokio::sync::Mutex<mpsc::UnboundedReceiver<Outgoing>>,
+    outgoing: tokio::sync::Mutex<mpsc::Receiver<Outgoing>>,
     last_poll: Mutex<Instant>,
     polling: AtomicUsize,
 }
@@ -326,7 +326,10 @@ fn open(
     ctx.idle_timeout = None;
     let token = new_token(state.tracker.node());
     let (in_tx, in_rx) = mpsc::channel(MAX_NDJSON_LINES);
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    // Bounded like a WebSocket's queue: frames the client has not polled count against
+    // `max_queued_frames`, and past it the session ends (its polls then answer 410 and the
+    // client reconnects for a fresh presence_state) instead of the node holding them all.
+    let (out_tx, out_rx) = mpsc::channel(state.config.max_queued_frames.max(1));
     let (kill_tx, kill_rx) = oneshot::channel::<()>();
     let session = Arc::new(Session {
         inbound: in_tx,
@@ -340,8 +343,10 @@ fn open(
         rx.recv().await.map(|item| (item, rx))
     })
     .take_until(kill_rx);
+    // Never waits: a full queue fails the write, which ends the machine (the session expiry
+    // could not reach a machine blocked in a write).
     let sink = futures_util::sink::unfold(out_tx, |tx, item: Outgoing| async move {
-        tx.send(item).map_err(|_| ())?;
+        tx.try_send(item).map_err(|_| ())?;
         Ok::<_, ()>(tx)
     });
     let open = state.tracker.metrics().connection(Transport::LongPoll);
@@ -706,11 +711,11 @@ mod tests {
     /// A session as `open` makes it, with the machine's ends handed to the test.
     fn session() -> (
         Arc<Session>,
-        mpsc::UnboundedSender<Outgoing>,
+        mpsc::Sender<Outgoing>,
         mpsc::Receiver<Inbound>,
     ) {
         let (in_tx, in_rx) = mpsc::channel(MAX_NDJSON_LINES);
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::channel(16);
         let session = Arc::new(Session {
             inbound: in_tx,
             outgoing: tokio::sync::Mutex::new(out_rx),
