@@ -361,29 +361,53 @@ fn open(
 
     // Expiry: closed and forgotten when no poll was seen for 1.5 × window.
     let expiry = state.config.longpoll_window.mul_f64(1.5);
-    let weak = Arc::downgrade(&session);
-    let sessions = state.longpoll.clone();
-    let expiry_token = token.clone();
+    spawn_expiry(
+        &session,
+        state.longpoll.clone(),
+        token.clone(),
+        expiry,
+        kill_tx,
+    );
+    respond(json!({"status": 410, "token": token, "messages": []}))
+}
+
+/// Closes (`kill`) and forgets the session of `token` once it has not been polled for
+/// `expiry`: checked when that much time has passed since its last poll ended, not on a fixed
+/// period, so that it goes at 1.5 × window and not up to twice that.
+fn spawn_expiry(
+    session: &Arc<Session>,
+    sessions: Arc<Sessions>,
+    token: String,
+    expiry: std::time::Duration,
+    kill: oneshot::Sender<()>,
+) {
+    let weak = Arc::downgrade(session);
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(expiry).await;
-            let Some(session) = weak.upgrade() else {
-                return;
+            let next = {
+                let Some(session) = weak.upgrade() else {
+                    return;
+                };
+                let idle_since = session
+                    .last_poll
+                    .lock()
+                    .map(|t| *t)
+                    .unwrap_or_else(|_| Instant::now());
+                if session.polling.load(Ordering::SeqCst) > 0 {
+                    // A poll's end stamps `last_poll`; look again one expiry from now.
+                    Instant::now() + expiry
+                } else if idle_since.elapsed() >= expiry {
+                    tracing::debug!("closing inactive long-poll session");
+                    let _ = kill.send(());
+                    sessions.remove(&token);
+                    return;
+                } else {
+                    idle_since + expiry
+                }
             };
-            let idle_since = session
-                .last_poll
-                .lock()
-                .map(|t| *t)
-                .unwrap_or_else(|_| Instant::now());
-            if session.polling.load(Ordering::SeqCst) == 0 && idle_since.elapsed() >= expiry {
-                tracing::debug!("closing inactive long-poll session");
-                let _ = kill_tx.send(());
-                sessions.remove(&expiry_token);
-                return;
-            }
+            tokio::time::sleep_until(next).await;
         }
     });
-    respond(json!({"status": 410, "token": token, "messages": []}))
 }
 
 fn frame_text(frame: &WireFrame) -> String {
@@ -768,6 +792,25 @@ mod tests {
             assert_eq!(p.await.unwrap()["status"], 204);
         }
         assert_eq!(started.elapsed(), window);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_expires_one_and_a_half_windows_after_its_last_poll() {
+        let window = Duration::from_secs(10);
+        let expiry = window.mul_f64(1.5);
+        let (session, _out, _in) = session();
+        let sessions = Arc::new(Sessions::default());
+        sessions.insert("t".into(), session.clone());
+        let (kill, mut killed) = oneshot::channel();
+        spawn_expiry(&session, sessions.clone(), "t".into(), expiry, kill);
+        // Polled 5 s after opening: it may stay until 5 s + 15 s.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        *session.last_poll.lock().unwrap() = Instant::now();
+        tokio::time::sleep(expiry - Duration::from_millis(1)).await;
+        assert_eq!(sessions.len(), 1, "still within its expiry");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(sessions.len(), 0, "gone 1.5 windows after its last poll");
+        assert_eq!(killed.try_recv(), Ok(()));
     }
 
     #[test]
