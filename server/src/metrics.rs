@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::pubsub::Stats;
-use crate::socket::CloseReason;
+use crate::socket::{CloseReason, TOKEN_EXPIRED};
 use crate::transport::{
     WireFrame, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_POLICY_VIOLATION, CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN_LATER,
@@ -145,7 +145,7 @@ impl JoinRefusal {
 
 /// Why connections ended, the `reason` label of `rollcall_connections_closed_total`, with the
 /// WebSocket close code the server sent (none when the client left or the write failed).
-const CLOSE_REASONS: [(&str, &str); 9] = [
+const CLOSE_REASONS: [(&str, &str); 10] = [
     ("client_left", ""),
     ("write_failed", ""),
     ("shutdown", "1001"),
@@ -155,6 +155,7 @@ const CLOSE_REASONS: [(&str, &str); 9] = [
     ("too_big", "1009"),
     ("too_slow", "1013"),
     ("other", ""),
+    ("token_expired", "1008"),
 ];
 
 fn close_index(reason: &CloseReason) -> usize {
@@ -165,6 +166,9 @@ fn close_index(reason: &CloseReason) -> usize {
             CLOSE_GOING_AWAY if text.starts_with("idle") => 3,
             CLOSE_GOING_AWAY => 2,
             CLOSE_INVALID_DATA => 4,
+            // A token running out is routine, not abuse: kept apart so an abuse alert on
+            // `policy_violation` does not fire on every short-lived token.
+            CLOSE_POLICY_VIOLATION if text == TOKEN_EXPIRED => 9,
             CLOSE_POLICY_VIOLATION => 5,
             CLOSE_TOO_BIG => 6,
             CLOSE_TRY_AGAIN_LATER => 7,
@@ -673,6 +677,22 @@ mod tests {
             .contains("rollcall_connections_closed_total{reason=\"shutdown\",code=\"1001\"} 1\n"));
         assert!(text
             .contains("rollcall_connections_closed_total{reason=\"client_left\",code=\"\"} 1\n"));
+    }
+
+    #[test]
+    fn a_token_expiry_is_not_counted_as_abuse() {
+        let m = Metrics::default();
+        m.closed(&CloseReason::Closed(
+            CLOSE_POLICY_VIOLATION,
+            TOKEN_EXPIRED.into(),
+        ));
+        let text = render(&m, &TrackerGauges::default(), &Stats::default());
+        assert!(text.contains(
+            "rollcall_connections_closed_total{reason=\"token_expired\",code=\"1008\"} 1\n"
+        ));
+        assert!(text.contains(
+            "rollcall_connections_closed_total{reason=\"policy_violation\",code=\"1008\"} 0\n"
+        ));
     }
 
     #[test]

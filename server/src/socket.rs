@@ -273,9 +273,9 @@ where
                 // A client that stops reading blocks this write; the overflow signal still
                 // ends the connection.
                 tokio::select! {
-                    sent = machine.sink.send(Outgoing::Frame(frame)) => {
-                        if sent.is_err() {
-                            break CloseReason::SinkFailed;
+                    sent = machine.write(Outgoing::Frame(frame)) => {
+                        if let Err(reason) = sent {
+                            break reason;
                         }
                     }
                     _ = overflow.notified() => {
@@ -330,14 +330,33 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
         CloseReason::Closed(code, reason)
     }
 
+    /// Writes `item`, giving up once the client has taken nothing for as long as it may stay
+    /// silent (the idle timeout): a client that stops reading would otherwise hold the machine
+    /// in this write for ever, past its idle timeout, its token's expiry and the shutdown, and
+    /// keep its presences listed.
+    async fn write(&mut self, item: Outgoing) -> Result<(), CloseReason> {
+        let sent = match self.ctx.idle_timeout {
+            Some(limit) => match tokio::time::timeout(limit, self.sink.send(item)).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    tracing::info!(conn = self.ctx.conn.0, "closing: client not reading");
+                    // No close frame: it could not be written either.
+                    return Err(CloseReason::Closed(
+                        CLOSE_TRY_AGAIN_LATER,
+                        "client too slow: not reading".into(),
+                    ));
+                }
+            },
+            None => self.sink.send(item).await,
+        };
+        sent.map_err(|_| CloseReason::SinkFailed)
+    }
+
     async fn send(&mut self, out: Outbound) -> Result<(), CloseReason> {
         match WireFrame::encode(self.ctx.serializer, &out) {
             Ok(frame) => {
                 self.ctx.tracker.metrics().frame_out(&frame);
-                self.sink
-                    .send(Outgoing::Frame(frame))
-                    .await
-                    .map_err(|_| CloseReason::SinkFailed)
+                self.write(Outgoing::Frame(frame)).await
             }
             Err(e) => {
                 tracing::warn!(conn = self.ctx.conn.0, "dropping unencodable frame: {e}");

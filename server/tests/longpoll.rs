@@ -261,3 +261,86 @@ async fn options_answers_the_cors_preflight() {
         .unwrap()
         .contains("post"));
 }
+
+#[tokio::test]
+async fn a_client_that_abandons_its_poll_still_expires_and_leaves() {
+    use tokio::io::AsyncWriteExt;
+    let server = start(config(500)).await;
+    let mut ws = Client::user(&server, "ws").await;
+    ws.join("room:abandon", json!({})).await;
+    ws.sync().await;
+    let token = open(server.addr, "vsn=2.0.0&user_id=quitter").await;
+    post(
+        server.addr,
+        &token,
+        "application/x-ndjson",
+        r#"["1","1","room:abandon","phx_join",{}]"#,
+    )
+    .await;
+    let joined = ws.recv_until(|v| v[3] == "presence_diff").await;
+    assert_eq!(keys(&joined[4]["joins"]), vec!["quitter"]);
+    // Drain the join's answers so the next poll waits.
+    let resp = get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
+    assert_eq!(resp["status"], 200);
+    // A poll the browser aborts (page closed): the request arrives, then the connection goes.
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let req = format!("GET /socket/longpoll?vsn=2.0.0&token={token} HTTP/1.1\r\nhost: x\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(tcp);
+    // Unpolled from now on: within 1.5 × window (plus a sweep) the member must leave.
+    let left = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let frames = ws.sync().await;
+            if let Some(d) = frames
+                .into_iter()
+                .find(|f| f[3] == "presence_diff" && f[4]["leaves"] != json!({}))
+            {
+                break d;
+            }
+        }
+    })
+    .await
+    .expect("the abandoned session never expired: its member is listed forever");
+    assert_eq!(keys(&left[4]["leaves"]), vec!["quitter"]);
+}
+
+#[tokio::test]
+async fn a_session_that_falls_too_far_behind_is_closed_like_a_slow_websocket() {
+    let server = start(Config {
+        max_queued_frames: 8,
+        ..config(10_000)
+    })
+    .await;
+    let token = open(server.addr, "vsn=2.0.0&user_id=laggard").await;
+    post(
+        server.addr,
+        &token,
+        "application/x-ndjson",
+        r#"["1","1","room:lag","phx_join",{}]"#,
+    )
+    .await;
+    let mut ws = Client::user(&server, "talker").await;
+    let join_ref = ws.join("room:lag", json!({})).await;
+    // Far more frames than a connection may have queued, one at a time (no burst), and no
+    // poll meanwhile.
+    for i in 0..40 {
+        ws.push(&join_ref, "room:lag", "say", json!({"i": i})).await;
+        ws.sync().await;
+    }
+    // The session is closed as too slow: its polls end with 410, and the client reconnects
+    // for a fresh presence_state, instead of the server holding every frame for it.
+    let mut delivered = 0;
+    let status = loop {
+        let resp = get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
+        match resp["status"].as_u64() {
+            Some(200) => delivered += resp["messages"].as_array().map_or(0, Vec::len),
+            other => break other,
+        }
+    };
+    assert_eq!(status, Some(410), "after {delivered} frames");
+    assert!(
+        delivered < 40,
+        "all {delivered} frames were held for the session"
+    );
+}

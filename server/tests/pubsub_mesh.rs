@@ -682,3 +682,28 @@ async fn the_rest_of_the_mesh_survives_the_death_of_the_seed() {
     b.broadcast("t", msg("still here"));
     assert_eq!(&recv(&mut at_c).await.payload[..], b"still here");
 }
+
+#[tokio::test]
+async fn a_malformed_part_counts_as_dropped_inbound_not_as_a_refused_handshake() {
+    // `a` speaks the raw mesh (no chunk header): to `b`, which goes through `connect`, its
+    // payloads are malformed cluster messages.
+    let a = node("a", &[]).await;
+    let b = connect(
+        "b",
+        ClusterConfig::Mesh(config("127.0.0.1:0", &[addr(&a)], SECRET)),
+    )
+    .await
+    .expect("b");
+    wait_until("a and b connect", || {
+        up_peers(&a) == ["b"] && b.peers().iter().any(|p| p.up)
+    })
+    .await;
+    let mut at_b = b.subscribe("t");
+    a.broadcast("t", msg("\u{7}not a chunk"));
+    wait_until("b drops the malformed part", || {
+        b.stats().dropped_inbound >= 1
+    })
+    .await;
+    assert_eq!(b.stats().refused, 0, "no handshake was refused");
+    assert!(at_b.try_recv().is_err(), "nothing reaches the subscriber");
+}

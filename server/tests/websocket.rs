@@ -354,3 +354,72 @@ async fn a_get_without_upgrade_headers_gets_400_with_a_reason() {
     assert_eq!(status, 400);
     assert_eq!(body, rollcall_server::transport::websocket::NOT_AN_UPGRADE);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_still_closed_when_idle() {
+    let server = start(Config {
+        idle_timeout: Duration::from_secs(1),
+        ..Config::default()
+    })
+    .await;
+    let mut watcher = Client::user(&server, "watcher").await;
+    watcher.join("room:stuck", json!({})).await;
+    watcher.sync().await;
+    // A client with a small receive buffer, so that the server's writes to it block soon.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let url = format!(
+        "ws://{}/socket/websocket?vsn=2.0.0&user_id=stuck",
+        server.addr
+    );
+    let (mut stuck, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    let join = json!(["1", "1", "room:stuck", "phx_join", {}]).to_string();
+    stuck.send(Message::text(join)).await.unwrap();
+    let joined = watcher
+        .recv_until(|v| v[3] == "presence_diff" && v[4]["joins"].get("stuck").is_some())
+        .await;
+    assert_eq!(joined[2], "room:stuck");
+    // It sends heartbeats and never reads their replies, until its own writes block: the
+    // server has stopped reading, stuck writing a reply nobody takes.
+    let heartbeat = Message::text(json!([null, "2", "phoenix", "heartbeat", {}]).to_string());
+    let mut flood = tokio::spawn(async move {
+        for _ in 0..1_000_000 {
+            let sent =
+                tokio::time::timeout(Duration::from_millis(500), stuck.send(heartbeat.clone()))
+                    .await;
+            if sent.is_err() {
+                break;
+            }
+        }
+        stuck
+    });
+    let stuck_left = |frames: Vec<serde_json::Value>| {
+        frames
+            .iter()
+            .any(|f| f[3] == "presence_diff" && f[4]["leaves"].get("stuck").is_some())
+    };
+    // The watcher keeps its own connection alive meanwhile.
+    let mut left = false;
+    let stuck = loop {
+        tokio::select! {
+            stuck = &mut flood => break stuck.unwrap(),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                left |= stuck_left(watcher.sync().await);
+            }
+        }
+    };
+    // Now silent: the idle timeout (1 s) must still end it, and its member must leave.
+    let left = tokio::time::timeout(Duration::from_secs(15), async {
+        while !left {
+            left = stuck_left(watcher.sync().await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        left.is_ok(),
+        "a client that stopped reading stays connected and listed past its idle timeout"
+    );
+    drop(stuck);
+}

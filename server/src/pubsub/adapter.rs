@@ -61,7 +61,8 @@ pub struct Stats {
     /// Outbound messages dropped: queue full, destination not connected, or broker down.
     pub dropped_outbound: u64,
     /// Inbound messages dropped because a subscriber's queue was full (or, in tests, because
-    /// the sender is partitioned off).
+    /// the sender is partitioned off); through [`crate::pubsub::Chunked`], also malformed parts
+    /// and messages whose parts never all came.
     pub dropped_inbound: u64,
     /// Mesh only: handshakes that failed for a reason worth an operator's attention (wrong
     /// secret, duplicate node name, not speaking our protocol, too slow), either side.

@@ -14,10 +14,12 @@
 //!   `id` is unique per sender; parts arrive in any order and are joined once all have come.
 //!
 //! A part that never comes (a dropped message) leaves its message incomplete; incomplete
-//! messages are forgotten after [`PARTIAL_TTL`], and at most [`MAX_BUFFERED`] bytes are held at
-//! once. The tracker recovers from such a loss as from any other (its next transfer request).
+//! messages are forgotten after [`PARTIAL_TTL`] (a timer sweeps them), and at most
+//! [`MAX_BUFFERED`] bytes are held at once per subscription, counting what each incomplete
+//! message costs to keep (its slots), not only the bytes received. The tracker recovers from
+//! such a loss as from any other (its next transfer request).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,7 +37,8 @@ pub const NATS_CHUNK: usize = 512 * 1024;
 pub const DEFAULT_CHUNK: usize = 1024 * 1024;
 /// Incomplete messages older than this are dropped.
 pub const PARTIAL_TTL: Duration = Duration::from_secs(60);
-/// Most bytes of incomplete messages held at once (per subscription); the oldest go first.
+/// Most bytes of incomplete messages held at once (per subscription), their slots and keys
+/// counted too; the oldest go first.
 pub const MAX_BUFFERED: usize = 256 * 1024 * 1024;
 /// Largest message that can be reassembled.
 pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;
@@ -90,6 +93,8 @@ pub enum JoinError {
     },
     /// A part whose count disagrees with earlier parts of the same message.
     CountChanged,
+    /// A part with a header and no bytes (a sender never makes one).
+    EmptyPart,
 }
 
 impl std::fmt::Display for JoinError {
@@ -104,6 +109,7 @@ impl std::fmt::Display for JoinError {
             JoinError::CountChanged => {
                 write!(f, "cluster message parts disagree on how many there are")
             }
+            JoinError::EmptyPart => write!(f, "cluster message part without bytes"),
         }
     }
 }
@@ -113,20 +119,48 @@ impl std::error::Error for JoinError {}
 struct Partial {
     parts: Vec<Option<Bytes>>,
     missing: usize,
+    /// What this message costs to hold: its parts' bytes plus its slots and key, so that
+    /// headers alone (a part of a message with thousands of slots) count against the cap.
     bytes: usize,
-    started: Instant,
+    /// Its place in [`Reassembler::by_age`].
+    age: (Instant, u64),
 }
 
+/// Bookkeeping held per incomplete message beyond its parts' bytes (the map entry, the key).
+const PARTIAL_OVERHEAD: usize = 128;
+
 /// Puts parts back together; sans-IO (time is passed in).
-#[derive(Default)]
 pub struct Reassembler {
     partial: HashMap<(String, u64), Partial>,
+    /// Incomplete messages oldest first, so expiry and the cap never scan them all.
+    by_age: BTreeMap<(Instant, u64), (String, u64)>,
+    next_age: u64,
     buffered: usize,
+    cap: usize,
     /// Incomplete messages dropped (expired or pushed out by the size cap).
     pub abandoned: u64,
 }
 
+impl Default for Reassembler {
+    fn default() -> Self {
+        Reassembler::with_cap(MAX_BUFFERED)
+    }
+}
+
 impl Reassembler {
+    /// A reassembler holding at most `cap` bytes of incomplete messages (counted as in
+    /// [`Reassembler::buffered`]).
+    pub fn with_cap(cap: usize) -> Self {
+        Reassembler {
+            partial: HashMap::new(),
+            by_age: BTreeMap::new(),
+            next_age: 0,
+            buffered: 0,
+            cap,
+            abandoned: 0,
+        }
+    }
+
     /// Takes one wire message from `from`; returns the payload when a message is complete.
     pub fn accept(
         &mut self,
@@ -154,6 +188,9 @@ impl Reassembler {
                 if count == 0 || count > MAX_PARTS || index >= count || too_large {
                     return Err(JoinError::BadNumbering { index, count });
                 }
+                if bytes.is_empty() {
+                    return Err(JoinError::EmptyPart);
+                }
                 self.expire(now);
                 Ok(self.add(from, id, index, count, bytes, now)?)
             }
@@ -171,16 +208,32 @@ impl Reassembler {
         now: Instant,
     ) -> Result<Option<Bytes>, JoinError> {
         let key = (from.to_owned(), id);
-        let entry = self.partial.entry(key.clone()).or_insert_with(|| Partial {
-            parts: vec![None; count as usize],
-            missing: count as usize,
-            bytes: 0,
-            started: now,
-        });
+        if !self.partial.contains_key(&key) {
+            let slots = count as usize * std::mem::size_of::<Option<Bytes>>();
+            let cost = slots + from.len() + PARTIAL_OVERHEAD;
+            let age = (now, self.next_age);
+            self.next_age += 1;
+            self.by_age.insert(age, key.clone());
+            self.buffered += cost;
+            self.partial.insert(
+                key.clone(),
+                Partial {
+                    parts: vec![None; count as usize],
+                    missing: count as usize,
+                    bytes: cost,
+                    age,
+                },
+            );
+        }
+        let Some(entry) = self.partial.get_mut(&key) else {
+            return Ok(None);
+        };
         if entry.parts.len() != count as usize {
             return Err(JoinError::CountChanged);
         }
-        let slot = &mut entry.parts[index as usize];
+        let Some(slot) = entry.parts.get_mut(index as usize) else {
+            return Err(JoinError::BadNumbering { index, count });
+        };
         if slot.is_none() {
             entry.missing -= 1;
             entry.bytes += part.len();
@@ -191,40 +244,47 @@ impl Reassembler {
             self.cap();
             return Ok(None);
         }
-        let Some(done) = self.partial.remove(&key) else {
+        let Some(done) = self.forget(&key) else {
             return Ok(None);
         };
-        self.buffered -= done.bytes;
-        let mut whole = BytesMut::with_capacity(done.bytes);
+        let mut whole = BytesMut::with_capacity(done.parts.iter().flatten().map(Bytes::len).sum());
         for part in done.parts.into_iter().flatten() {
             whole.put_slice(&part);
         }
         Ok(Some(whole.freeze()))
     }
 
-    fn expire(&mut self, now: Instant) {
-        let before = self.partial.len();
-        let mut freed = 0;
-        self.partial.retain(|_, p| {
-            let keep = now.duration_since(p.started) < PARTIAL_TTL;
-            if !keep {
-                freed += p.bytes;
-            }
-            keep
-        });
-        self.buffered -= freed;
-        self.abandoned += (before - self.partial.len()) as u64;
+    /// Removes an incomplete message and its cost.
+    fn forget(&mut self, key: &(String, u64)) -> Option<Partial> {
+        let p = self.partial.remove(key)?;
+        self.by_age.remove(&p.age);
+        self.buffered -= p.bytes;
+        Some(p)
     }
 
-    /// Drops the oldest incomplete messages while more than [`MAX_BUFFERED`] bytes are held.
+    /// Drops the incomplete messages started [`PARTIAL_TTL`] or longer before `now`. Called on
+    /// every part, and by the adapter on a timer so that a message whose last parts never come
+    /// does not wait for the next part to be forgotten.
+    pub fn expire(&mut self, now: Instant) {
+        while let Some((&(started, _), key)) = self.by_age.first_key_value() {
+            if now.saturating_duration_since(started) < PARTIAL_TTL {
+                return;
+            }
+            let key = key.clone();
+            if self.forget(&key).is_some() {
+                self.abandoned += 1;
+            } else {
+                self.by_age.pop_first();
+            }
+        }
+    }
+
+    /// Drops the oldest incomplete messages while more than the cap is held.
     fn cap(&mut self) {
-        while self.buffered > MAX_BUFFERED {
-            let oldest = self
-                .partial
-                .iter()
-                .min_by_key(|(_, p)| p.started)
-                .map(|(k, _)| k.clone());
-            let Some(key) = oldest else { return };
+        while self.buffered > self.cap {
+            let Some((_, key)) = self.by_age.pop_first() else {
+                return;
+            };
             if let Some(p) = self.partial.remove(&key) {
                 self.buffered -= p.bytes;
                 self.abandoned += 1;
@@ -232,9 +292,14 @@ impl Reassembler {
         }
     }
 
-    /// Bytes of incomplete messages held.
+    /// What the incomplete messages held cost: their parts' bytes plus their bookkeeping.
     pub fn buffered(&self) -> usize {
         self.buffered
+    }
+
+    /// Incomplete messages held.
+    pub fn incomplete(&self) -> usize {
+        self.partial.len()
     }
 }
 
@@ -245,6 +310,7 @@ pub struct Chunked {
     next_id: AtomicU64,
     refused: Arc<AtomicU64>,
     abandoned: Arc<AtomicU64>,
+    too_large: AtomicU64,
     subscriptions: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -259,11 +325,24 @@ impl Chunked {
             next_id: AtomicU64::new(rand::random()),
             refused: Arc::new(AtomicU64::new(0)),
             abandoned: Arc::new(AtomicU64::new(0)),
+            too_large: AtomicU64::new(0),
             subscriptions: Mutex::new(Vec::new()),
         }
     }
 
-    fn wire(&self, payload: &[u8]) -> Vec<Bytes> {
+    /// The wire messages for `payload`; none when no receiver would take it back (over
+    /// [`MAX_MESSAGE`] or [`MAX_PARTS`]): dropped here, counted and logged once, rather than
+    /// sent in parts every receiver refuses one by one.
+    fn wire(&self, channel: &str, payload: &[u8]) -> Vec<Bytes> {
+        let parts = payload.len().div_ceil(self.chunk);
+        if payload.len() > MAX_MESSAGE || parts > MAX_PARTS as usize {
+            self.too_large.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "dropped a {}-byte cluster message on {channel}: receivers take at most {MAX_MESSAGE} bytes in {MAX_PARTS} parts",
+                payload.len()
+            );
+            return Vec::new();
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         split(payload, self.chunk, id)
     }
@@ -283,13 +362,13 @@ impl PubSub for Chunked {
     }
 
     fn broadcast(&self, channel: &str, payload: Bytes) {
-        for part in self.wire(&payload) {
+        for part in self.wire(channel, &payload) {
             self.inner.broadcast(channel, part);
         }
     }
 
     fn send_to(&self, node: &str, channel: &str, payload: Bytes) {
-        for part in self.wire(&payload) {
+        for part in self.wire(channel, &payload) {
             self.inner.send_to(node, channel, part);
         }
     }
@@ -300,7 +379,19 @@ impl PubSub for Chunked {
         let (refused, abandoned) = (self.refused.clone(), self.abandoned.clone());
         let task = tokio::spawn(async move {
             let mut parts = Reassembler::default();
-            while let Some(envelope) = raw.recv().await {
+            let mut sweep = tokio::time::interval(PARTIAL_TTL / 4);
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let envelope = tokio::select! {
+                    envelope = raw.recv() => envelope,
+                    _ = sweep.tick() => {
+                        let before = parts.abandoned;
+                        parts.expire(Instant::now());
+                        abandoned.fetch_add(parts.abandoned - before, Ordering::Relaxed);
+                        continue;
+                    }
+                };
+                let Some(envelope) = envelope else { return };
                 let Envelope {
                     from,
                     channel,
@@ -339,7 +430,10 @@ impl PubSub for Chunked {
     fn stats(&self) -> Stats {
         let mut stats = self.inner.stats();
         stats.dropped_inbound += self.abandoned.load(Ordering::Relaxed);
-        stats.refused += self.refused.load(Ordering::Relaxed);
+        // A malformed part is an inbound message dropped; `refused` stays the mesh's count of
+        // refused handshakes, which is what the metric built on it says.
+        stats.dropped_inbound += self.refused.load(Ordering::Relaxed);
+        stats.dropped_outbound += self.too_large.load(Ordering::Relaxed);
         stats
     }
 
@@ -425,14 +519,84 @@ mod tests {
         let mut r = Reassembler::default();
         let start = Instant::now();
         assert_eq!(r.accept("a", wire[0].clone(), start), Ok(None));
-        assert_eq!(r.buffered(), 1000);
+        let one_part = r.buffered();
+        assert!(one_part >= 1000);
         // Any later part triggers the sweep; the stale message is gone, so its last parts
         // start a new (incomplete) one instead of completing it.
         let later = start + PARTIAL_TTL + Duration::from_secs(1);
         assert_eq!(r.accept("a", wire[1].clone(), later), Ok(None));
         assert_eq!(r.accept("a", wire[2].clone(), later), Ok(None));
         assert_eq!(r.abandoned, 1);
-        assert_eq!(r.buffered(), 2000);
+        assert_eq!(r.buffered(), one_part + 1000);
+        assert_eq!(r.incomplete(), 1);
+    }
+
+    #[test]
+    fn an_incomplete_message_is_forgotten_by_the_sweep_without_another_part() {
+        let wire = split(&[3u8; 3000], 1000, 1);
+        let mut r = Reassembler::default();
+        let start = Instant::now();
+        assert_eq!(r.accept("a", wire[0].clone(), start), Ok(None));
+        r.expire(start + PARTIAL_TTL - Duration::from_millis(1));
+        assert_eq!(r.incomplete(), 1);
+        r.expire(start + PARTIAL_TTL);
+        assert_eq!((r.incomplete(), r.buffered(), r.abandoned), (0, 0, 1));
+    }
+
+    /// A part of message `id` with `count` parts and a one-byte body.
+    fn tiny_part(id: u64, count: u32) -> Bytes {
+        let mut part = BytesMut::new();
+        part.put_u8(PART);
+        part.put_u64(id);
+        part.put_u32(0);
+        part.put_u32(count);
+        part.put_u8(0);
+        part.freeze()
+    }
+
+    #[test]
+    fn the_slots_of_incomplete_messages_count_against_the_cap() {
+        // Each 18-byte part makes the receiver hold MAX_PARTS slots: that must count, or a
+        // peer holds gigabytes here while the cap sees a few kilobytes.
+        let cap = 4 * 1024 * 1024;
+        let mut r = Reassembler::with_cap(cap);
+        let now = Instant::now();
+        for id in 0..1000 {
+            assert_eq!(r.accept("a", tiny_part(id, MAX_PARTS), now), Ok(None));
+        }
+        let slots = MAX_PARTS as usize * std::mem::size_of::<Option<Bytes>>();
+        assert!(r.buffered() <= cap);
+        assert!(r.incomplete() <= cap / slots, "{} held", r.incomplete());
+        assert!(r.abandoned > 0);
+    }
+
+    #[tokio::test]
+    async fn a_message_no_receiver_could_join_is_dropped_at_the_sender() {
+        let chunked = Chunked::new(Arc::new(crate::pubsub::Local::new("a")), 1);
+        chunked.broadcast("tracker", Bytes::from(vec![0u8; MAX_PARTS as usize]));
+        assert_eq!(chunked.stats().dropped_outbound, 0);
+        chunked.broadcast("tracker", Bytes::from(vec![0u8; MAX_PARTS as usize + 1]));
+        chunked.send_to(
+            "b",
+            "tracker",
+            Bytes::from(vec![0u8; MAX_PARTS as usize + 1]),
+        );
+        assert_eq!(chunked.stats().dropped_outbound, 2);
+    }
+
+    #[test]
+    fn a_part_without_bytes_is_refused() {
+        let mut r = Reassembler::default();
+        let mut empty = BytesMut::new();
+        empty.put_u8(PART);
+        empty.put_u64(1);
+        empty.put_u32(0);
+        empty.put_u32(MAX_PARTS);
+        assert_eq!(
+            r.accept("a", empty.freeze(), Instant::now()),
+            Err(JoinError::EmptyPart)
+        );
+        assert_eq!(r.incomplete(), 0);
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub const REFUSED_FOR_NOW: u16 = 403;
 
 struct Session {
     inbound: mpsc::Sender<Inbound>,
-    outgoing: tokio::sync::Mutex<mpsc::UnboundedReceiver<Outgoing>>,
+    outgoing: tokio::sync::Mutex<mpsc::Receiver<Outgoing>>,
     last_poll: Mutex<Instant>,
     polling: AtomicUsize,
 }
@@ -61,13 +61,45 @@ pub const CHANNEL_LONGPOLL: &str = "longpoll";
 /// How much longer than the window a relayed request may take (the hop there and back).
 const RELAY_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A relayed request: the node it went to and its id.
+type RequestKey = (String, u64);
+
 /// The long-poll sessions of this node, by token, and the requests it relayed to other nodes
 /// that are waiting for their answer.
-#[derive(Default)]
 pub struct Sessions {
     map: Mutex<HashMap<String, Arc<Session>>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Option<Value>>>>,
+    /// Relayed requests waiting for an answer, by the node asked and the request id: an answer
+    /// counts only from the node the request went to.
+    pending: Mutex<HashMap<RequestKey, oneshot::Sender<Option<Value>>>>,
     next_request: AtomicU64,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions {
+            map: Mutex::default(),
+            pending: Mutex::default(),
+            // A random start, so that a node restarted under the same name never takes an
+            // answer meant for its previous run (which may carry another client's session).
+            next_request: AtomicU64::new(rand::random()),
+        }
+    }
+}
+
+/// A relayed request waiting for its answer; dropping it (the answer came, the wait timed out,
+/// or the client went away) forgets the request.
+struct PendingAnswer<'a> {
+    sessions: &'a Sessions,
+    key: RequestKey,
+    answer: oneshot::Receiver<Option<Value>>,
+}
+
+impl Drop for PendingAnswer<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.sessions.pending.lock() {
+            pending.remove(&self.key);
+        }
+    }
 }
 
 impl std::fmt::Debug for Sessions {
@@ -101,6 +133,43 @@ impl Sessions {
     /// True when no session is live.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Registers a request to `owner` whose answer this node will wait for.
+    fn expect_answer(&self, owner: &str) -> PendingAnswer<'_> {
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let key = (owner.to_owned(), id);
+        let (tx, answer) = oneshot::channel();
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(key.clone(), tx);
+        }
+        PendingAnswer {
+            sessions: self,
+            key,
+            answer,
+        }
+    }
+
+    /// Completes the request `id` that this node sent to `from`; an answer from any other node
+    /// is ignored.
+    fn answer(&self, from: &str, id: u64, body: Option<Value>) {
+        let waiter = self
+            .pending
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(&(from.to_owned(), id)));
+        match waiter {
+            Some(waiter) => {
+                let _ = waiter.send(body);
+            }
+            None => tracing::debug!("long-poll relay answer {id} from {from} matches no request"),
+        }
+    }
+
+    /// Relayed requests still waiting for an answer.
+    #[cfg(test)]
+    fn pending_len(&self) -> usize {
+        self.pending.lock().map(|p| p.len()).unwrap_or(0)
     }
 }
 
@@ -258,7 +327,10 @@ fn open(
     ctx.idle_timeout = None;
     let token = new_token(state.tracker.node());
     let (in_tx, in_rx) = mpsc::channel(MAX_NDJSON_LINES);
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    // Bounded like a WebSocket's queue: frames the client has not polled count against
+    // `max_queued_frames`, and past it the session ends (its polls then answer 410 and the
+    // client reconnects for a fresh presence_state) instead of the node holding them all.
+    let (out_tx, out_rx) = mpsc::channel(state.config.max_queued_frames.max(1));
     let (kill_tx, kill_rx) = oneshot::channel::<()>();
     let session = Arc::new(Session {
         inbound: in_tx,
@@ -272,8 +344,10 @@ fn open(
         rx.recv().await.map(|item| (item, rx))
     })
     .take_until(kill_rx);
+    // Never waits: a full queue fails the write, which ends the machine (the session expiry
+    // could not reach a machine blocked in a write).
     let sink = futures_util::sink::unfold(out_tx, |tx, item: Outgoing| async move {
-        tx.send(item).map_err(|_| ())?;
+        tx.try_send(item).map_err(|_| ())?;
         Ok::<_, ()>(tx)
     });
     let open = state.tracker.metrics().connection(Transport::LongPoll);
@@ -288,29 +362,53 @@ fn open(
 
     // Expiry: closed and forgotten when no poll was seen for 1.5 × window.
     let expiry = state.config.longpoll_window.mul_f64(1.5);
-    let weak = Arc::downgrade(&session);
-    let sessions = state.longpoll.clone();
-    let expiry_token = token.clone();
+    spawn_expiry(
+        &session,
+        state.longpoll.clone(),
+        token.clone(),
+        expiry,
+        kill_tx,
+    );
+    respond(json!({"status": 410, "token": token, "messages": []}))
+}
+
+/// Closes (`kill`) and forgets the session of `token` once it has not been polled for
+/// `expiry`: checked when that much time has passed since its last poll ended, not on a fixed
+/// period, so that it goes at 1.5 × window and not up to twice that.
+fn spawn_expiry(
+    session: &Arc<Session>,
+    sessions: Arc<Sessions>,
+    token: String,
+    expiry: std::time::Duration,
+    kill: oneshot::Sender<()>,
+) {
+    let weak = Arc::downgrade(session);
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(expiry).await;
-            let Some(session) = weak.upgrade() else {
-                return;
+            let next = {
+                let Some(session) = weak.upgrade() else {
+                    return;
+                };
+                let idle_since = session
+                    .last_poll
+                    .lock()
+                    .map(|t| *t)
+                    .unwrap_or_else(|_| Instant::now());
+                if session.polling.load(Ordering::SeqCst) > 0 {
+                    // A poll's end stamps `last_poll`; look again one expiry from now.
+                    Instant::now() + expiry
+                } else if idle_since.elapsed() >= expiry {
+                    tracing::debug!("closing inactive long-poll session");
+                    let _ = kill.send(());
+                    sessions.remove(&token);
+                    return;
+                } else {
+                    idle_since + expiry
+                }
             };
-            let idle_since = session
-                .last_poll
-                .lock()
-                .map(|t| *t)
-                .unwrap_or_else(|_| Instant::now());
-            if session.polling.load(Ordering::SeqCst) == 0 && idle_since.elapsed() >= expiry {
-                tracing::debug!("closing inactive long-poll session");
-                let _ = kill_tx.send(());
-                sessions.remove(&expiry_token);
-                return;
-            }
+            tokio::time::sleep_until(next).await;
         }
     });
-    respond(json!({"status": 410, "token": token, "messages": []}))
 }
 
 fn frame_text(frame: &WireFrame) -> String {
@@ -320,13 +418,37 @@ fn frame_text(frame: &WireFrame) -> String {
     }
 }
 
+/// Counts a poll of `session` while it runs, and stamps the session as polled when it ends:
+/// dropped even when the poll's request is abandoned (the client went away and its handler was
+/// cancelled), so the expiry never waits for a poll that will not finish.
+struct PollGuard<'a>(&'a Session);
+
+impl<'a> PollGuard<'a> {
+    fn new(session: &'a Session) -> Self {
+        session.polling.fetch_add(1, Ordering::SeqCst);
+        PollGuard(session)
+    }
+}
+
+impl Drop for PollGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.0.last_poll.lock() {
+            *t = Instant::now();
+        }
+        self.0.polling.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Waits for the session's frames (up to the window) and returns the answer's body.
 async fn poll(config: &Config, sessions: &Sessions, token: String, session: Arc<Session>) -> Value {
-    session.polling.fetch_add(1, Ordering::SeqCst);
+    let guard = PollGuard::new(&session);
+    // One deadline for the whole poll, the wait for a concurrent poll of the same session
+    // included: a relayed poll is answered before the relaying node gives up on it, and polls
+    // piling up on one session end with the window instead of one window after another.
+    let deadline = Instant::now() + config.longpoll_window;
     let mut messages = Vec::new();
     let mut gone = false;
-    {
-        let mut rx = session.outgoing.lock().await;
+    if let Ok(mut rx) = tokio::time::timeout_at(deadline, session.outgoing.lock()).await {
         let take = |item: Option<Outgoing>, messages: &mut Vec<String>| match item {
             Some(Outgoing::Frame(f)) => {
                 messages.push(frame_text(&f));
@@ -350,8 +472,8 @@ async fn poll(config: &Config, sessions: &Sessions, token: String, session: Arc<
             }
         }
         if messages.is_empty() && !gone {
-            // Nothing queued: wait for the first frame, up to the window (then 204).
-            if let Ok(item) = tokio::time::timeout(config.longpoll_window, rx.recv()).await {
+            // Nothing queued: wait for the first frame, up to the deadline (then 204).
+            if let Ok(item) = tokio::time::timeout_at(deadline, rx.recv()).await {
                 if !take(item, &mut messages) {
                     gone = true;
                 }
@@ -364,10 +486,7 @@ async fn poll(config: &Config, sessions: &Sessions, token: String, session: Arc<
             }
         }
     }
-    if let Ok(mut t) = session.last_poll.lock() {
-        *t = Instant::now();
-    }
-    session.polling.fetch_sub(1, Ordering::SeqCst);
+    drop(guard);
     if gone && messages.is_empty() {
         sessions.remove(&token);
         return json!({"status": 410});
@@ -472,22 +591,23 @@ async fn relay(state: &AppState, owner: &str, request: Request) -> Option<Value>
     if !pubsub.peers().iter().any(|p| p.name == owner && p.up) {
         return None;
     }
-    let sessions = &state.longpoll;
-    let id = sessions.next_request.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = oneshot::channel();
-    if let Ok(mut pending) = sessions.pending.lock() {
-        pending.insert(id, tx);
-    }
-    let message = RelayMessage::Request { id, request };
+    let mut pending = state.longpoll.expect_answer(owner);
+    let message = RelayMessage::Request {
+        id: pending.key.1,
+        request,
+    };
     match serde_json::to_vec(&message) {
         Ok(bytes) => pubsub.send_to(owner, CHANNEL_LONGPOLL, bytes.into()),
         Err(e) => tracing::warn!("long-poll relay request not encoded: {e}"),
     }
     let within = state.config.longpoll_window + RELAY_MARGIN;
-    let answer = tokio::time::timeout(within, rx).await;
-    if let Ok(mut pending) = sessions.pending.lock() {
-        pending.remove(&id);
-    }
+    let mut shutdown = state.shutdown.clone();
+    let answer = tokio::select! {
+        answer = tokio::time::timeout(within, &mut pending.answer) => answer,
+        // Shutting down, this node's transport is already closed: no answer can come, and
+        // waiting out the window would hold up the graceful shutdown.
+        _ = shutdown.wait_for(|s| *s) => return None,
+    };
     match answer {
         Ok(Ok(body)) => body,
         _ => {
@@ -535,12 +655,7 @@ fn on_relay_message(
         }
     };
     match message {
-        RelayMessage::Answer { id, body } => {
-            let waiter = sessions.pending.lock().ok().and_then(|mut p| p.remove(&id));
-            if let Some(waiter) = waiter {
-                let _ = waiter.send(body);
-            }
-        }
+        RelayMessage::Answer { id, body } => sessions.answer(&envelope.from, id, body),
         RelayMessage::Request { id, request } => {
             let (sessions, config, pubsub) = (sessions.clone(), config.clone(), pubsub.clone());
             // A poll waits up to the window: never hold up the next request behind it.
@@ -616,6 +731,123 @@ mod tests {
             408
         );
         assert_eq!(started.elapsed(), window);
+    }
+
+    /// A session as `open` makes it, with the machine's ends handed to the test.
+    fn session() -> (
+        Arc<Session>,
+        mpsc::Sender<Outgoing>,
+        mpsc::Receiver<Inbound>,
+    ) {
+        let (in_tx, in_rx) = mpsc::channel(MAX_NDJSON_LINES);
+        let (out_tx, out_rx) = mpsc::channel(16);
+        let session = Arc::new(Session {
+            inbound: in_tx,
+            outgoing: tokio::sync::Mutex::new(out_rx),
+            last_poll: Mutex::new(Instant::now()),
+            polling: AtomicUsize::new(0),
+        });
+        (session, out_tx, in_rx)
+    }
+
+    fn config(window: Duration) -> Arc<Config> {
+        Arc::new(Config {
+            longpoll_window: window,
+            ..Config::default()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_poll_does_not_keep_its_session_from_expiring() {
+        let (session, _out, _in) = session();
+        let (sessions, config) = (
+            Arc::new(Sessions::default()),
+            config(Duration::from_secs(10)),
+        );
+        let polled = session.clone();
+        let task = tokio::spawn(async move {
+            poll(&config, &sessions, "t".into(), polled).await;
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(session.polling.load(Ordering::SeqCst), 1);
+        // The client went away: axum drops the handler's future mid-poll.
+        task.abort();
+        let _ = task.await;
+        assert_eq!(session.polling.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_queued_behind_another_answers_within_one_window() {
+        let (session, _out, _in) = session();
+        let (sessions, window) = (Arc::new(Sessions::default()), Duration::from_secs(10));
+        let config = config(window);
+        let started = Instant::now();
+        let polls: Vec<_> = (0..3)
+            .map(|_| {
+                let (sessions, config, session) =
+                    (sessions.clone(), config.clone(), session.clone());
+                tokio::spawn(async move { poll(&config, &sessions, "t".into(), session).await })
+            })
+            .collect();
+        for p in polls {
+            assert_eq!(p.await.unwrap()["status"], 204);
+        }
+        assert_eq!(started.elapsed(), window);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_expires_one_and_a_half_windows_after_its_last_poll() {
+        let window = Duration::from_secs(10);
+        let expiry = window.mul_f64(1.5);
+        let (session, _out, _in) = session();
+        let sessions = Arc::new(Sessions::default());
+        sessions.insert("t".into(), session.clone());
+        let (kill, mut killed) = oneshot::channel();
+        spawn_expiry(&session, sessions.clone(), "t".into(), expiry, kill);
+        // Polled 5 s after opening: it may stay until 5 s + 15 s.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        *session.last_poll.lock().unwrap() = Instant::now();
+        tokio::time::sleep(expiry - Duration::from_millis(1)).await;
+        assert_eq!(sessions.len(), 1, "still within its expiry");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(sessions.len(), 0, "gone 1.5 windows after its last poll");
+        assert_eq!(killed.try_recv(), Ok(()));
+    }
+
+    #[test]
+    fn an_answer_counts_only_from_the_node_the_request_went_to() {
+        let sessions = Sessions::default();
+        let mut pending = sessions.expect_answer("b");
+        let id = pending.key.1;
+        sessions.answer(
+            "c",
+            id,
+            Some(json!({"status": 200, "token": "someone else's"})),
+        );
+        assert!(
+            pending.answer.try_recv().is_err(),
+            "taken from the wrong node"
+        );
+        sessions.answer("b", id, Some(json!({"status": 204})));
+        assert_eq!(pending.answer.try_recv(), Ok(Some(json!({"status": 204}))));
+    }
+
+    #[test]
+    fn a_restarted_node_does_not_reuse_request_ids() {
+        // Two runs of one node: an answer meant for the first must not match the second's
+        // requests (2^-64 odds of a false failure).
+        let (first, second) = (Sessions::default(), Sessions::default());
+        assert_ne!(first.expect_answer("b").key, second.expect_answer("b").key);
+    }
+
+    #[test]
+    fn a_relayed_request_given_up_leaves_nothing_pending() {
+        let sessions = Sessions::default();
+        let pending = sessions.expect_answer("b");
+        assert_eq!(sessions.pending_len(), 1);
+        // Timed out, answered, or its client went away: the wait is dropped.
+        drop(pending);
+        assert_eq!(sessions.pending_len(), 0);
     }
 
     #[tokio::test]
