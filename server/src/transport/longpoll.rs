@@ -533,6 +533,7 @@ pub async fn post(
 ) -> Response {
     if let Err(why) = check_origin(&state.config.security.allowed_origins, &headers) {
         tracing::info!("refused long-poll request: {why}");
+        state.tracker.metrics().refused(Refusal::Origin);
         return respond(json!({"status": 403}));
     }
     let Some(token) = session_token(&headers, &params) else {

@@ -29,12 +29,28 @@ pub fn client_ip(
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .last()
-            .and_then(|entry| entry.trim().parse::<IpAddr>().ok());
+            .and_then(|entry| parse_forwarded_addr(entry.trim()));
         if last.is_some() {
             return last;
         }
     }
     peer.map(|p| p.ip())
+}
+
+/// One `X-Forwarded-For` entry: a bare address (`203.0.113.7`, `2001:db8::1`), or one with a
+/// port (`203.0.113.7:5678`, `[2001:db8::1]:5678`) or brackets (`[2001:db8::1]`), as some
+/// proxies write them.
+fn parse_forwarded_addr(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(addr) = entry.parse::<SocketAddr>() {
+        return Some(addr.ip());
+    }
+    entry
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .and_then(|inner| inner.parse::<IpAddr>().ok())
 }
 
 /// An encoded frame ready for the wire. Cloning shares the bytes.
@@ -124,5 +140,23 @@ mod tests {
         junk.insert("x-forwarded-for", "1.1.1.1, not-an-ip".parse().unwrap());
         assert_eq!(client_ip(Some(peer), &junk, true), Some(peer.ip()));
         assert_eq!(client_ip(None, &HeaderMap::new(), true), None);
+    }
+}
+
+#[cfg(test)]
+mod forwarded_tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_entries_with_ports_or_brackets_name_their_address() {
+        let v4: IpAddr = "203.0.113.7".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(parse_forwarded_addr("203.0.113.7"), Some(v4));
+        assert_eq!(parse_forwarded_addr("203.0.113.7:5678"), Some(v4));
+        assert_eq!(parse_forwarded_addr("2001:db8::1"), Some(v6));
+        assert_eq!(parse_forwarded_addr("[2001:db8::1]"), Some(v6));
+        assert_eq!(parse_forwarded_addr("[2001:db8::1]:5678"), Some(v6));
+        assert_eq!(parse_forwarded_addr("unknown"), None);
+        assert_eq!(parse_forwarded_addr("[203.0.113.7"), None);
     }
 }
