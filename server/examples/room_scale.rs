@@ -239,19 +239,25 @@ impl Hub {
 
     /// Waits (at most `within`) until every member got its first `presence_state`; the time
     /// of the last one, and how many did.
-    async fn filled(&mut self, within: Duration) -> (Option<Instant>, usize) {
+    /// Also prints when each tenth of the room had joined, since `start`.
+    async fn filled(&mut self, start: Instant, within: Duration) -> (Option<Instant>, usize) {
         let deadline = tokio::time::Instant::now() + within;
         let (mut last, mut joined) = (None, 0);
+        let mut tenths = Vec::new();
         while joined < self.members {
             match self.next(deadline).await {
                 Some(Event::Joined { at, first: true }) => {
                     joined += 1;
                     last = Some(at);
+                    if joined * 10 % self.members < 10 {
+                        tenths.push(format!("{joined} at {:.1} s", secs(at - start)));
+                    }
                 }
                 Some(_) => {}
                 None => break,
             }
         }
+        println!("N={}: fill progress: {}", self.members, tenths.join(", "));
         (last, joined)
     }
 
@@ -362,8 +368,8 @@ async fn clients(addr: SocketAddr, n: usize, probes: usize) {
             stop.clone(),
         ));
     }
-    let fill_within = Duration::from_secs(60 + n as u64 / 50);
-    let (last_joined, joined) = hub.filled(fill_within).await;
+    let fill_within = Duration::from_secs(60 + n as u64 / 20);
+    let (last_joined, joined) = hub.filled(t_fill, fill_within).await;
     let joined_in = last_joined.map_or(t_fill.elapsed(), |at| at - t_fill);
     println!(
         "N={n}: {joined}/{n} joined in {:.2} s ({:.0} joins/s); {}",
@@ -472,7 +478,8 @@ async fn clients(addr: SocketAddr, n: usize, probes: usize) {
     let lm = line("track -> last member has the diff", &mut last_meta);
     let st = line("join -> joiner has presence_state", &mut state_time);
     println!(
-        "N={n}: presence_state of the full room: {state_bytes} bytes; fan-outs short of N members: {short}; {}",
+        "N={n}: presence_state of the full room: {state_bytes} bytes; fan-outs short of N members: {short}; client process RSS {:.0} MiB; {}",
+        mib(rss_kib(None).unwrap_or(0)),
         hub.troubles()
     );
     println!(
