@@ -583,7 +583,7 @@ fn main() {
                 match a.as_str() {
                     "--probes" => probes = it.next().and_then(|v| v.parse().ok()).unwrap_or(20),
                     "--queue" => queue = it.next().and_then(|v| v.parse().ok()),
-                    n => sizes.extend(n.parse::<usize>().ok()),
+                    n => sizes.extend(n.parse::<usize>().ok().filter(|&n| n > 0)),
                 }
             }
             if sizes.is_empty() {
