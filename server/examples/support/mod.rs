@@ -79,3 +79,15 @@ impl Summary {
         }
     }
 }
+
+/// Resident set size in KiB (`VmRSS` in `/proc/<pid>/status`) of `pid`, or of this process for
+/// `None`; `None` if it cannot be read (not Linux).
+pub fn rss_kib(pid: Option<u32>) -> Option<u64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_string(),
+    };
+    let status = std::fs::read_to_string(path).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
