@@ -202,6 +202,9 @@ pub enum CloseReason {
 /// How long a close frame may take to write before the connection is dropped without it.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Most queued frames written with one flush.
+const MAX_WRITE_BATCH: usize = 64;
+
 /// Keeps a close reason within the 123 bytes a WebSocket close frame allows.
 fn close_reason(reason: &str) -> String {
     let mut end = reason.len().min(123);
@@ -269,11 +272,23 @@ where
                 break machine.close(CLOSE_TRY_AGAIN_LATER, "client too slow: outgoing queue full").await;
             }
             Some(frame) = queued.recv() => {
-                machine.ctx.tracker.metrics().frame_out(&frame);
+                // Whatever else is already queued goes out in the same write (one flush, so
+                // one syscall for a backlog instead of one per frame).
+                let mut batch = Vec::with_capacity(1);
+                batch.push(frame);
+                while batch.len() < MAX_WRITE_BATCH {
+                    match queued.try_recv() {
+                        Ok(frame) => batch.push(frame),
+                        Err(_) => break,
+                    }
+                }
+                for frame in &batch {
+                    machine.ctx.tracker.metrics().frame_out(frame);
+                }
                 // A client that stops reading blocks this write; the overflow signal still
                 // ends the connection.
                 tokio::select! {
-                    sent = machine.write(Outgoing::Frame(frame)) => {
+                    sent = machine.write_all(batch) => {
                         if let Err(reason) = sent {
                             break reason;
                         }
@@ -348,6 +363,31 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
                 }
             },
             None => self.sink.send(item).await,
+        };
+        sent.map_err(|_| CloseReason::SinkFailed)
+    }
+
+    /// Writes `frames` with one flush at the end, under the same bound as [`Machine::write`].
+    async fn write_all(&mut self, frames: Vec<WireFrame>) -> Result<(), CloseReason> {
+        let sink = &mut self.sink;
+        let all = async move {
+            for frame in frames {
+                sink.feed(Outgoing::Frame(frame)).await?;
+            }
+            sink.flush().await
+        };
+        let sent = match self.ctx.idle_timeout {
+            Some(limit) => match tokio::time::timeout(limit, all).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    tracing::info!(conn = self.ctx.conn.0, "closing: client not reading");
+                    return Err(CloseReason::Closed(
+                        CLOSE_TRY_AGAIN_LATER,
+                        "client too slow: not reading".into(),
+                    ));
+                }
+            },
+            None => all.await,
         };
         sent.map_err(|_| CloseReason::SinkFailed)
     }

@@ -423,3 +423,19 @@ async fn a_client_that_stops_reading_is_still_closed_when_idle() {
     );
     drop(stuck);
 }
+
+#[tokio::test]
+async fn a_frame_far_larger_than_the_read_buffer_arrives_whole() {
+    let server = start_default().await;
+    let mut a = Client::user(&server, "a").await;
+    let mut b = Client::user(&server, "b").await;
+    let ra = a.join("room:big", json!({"track": false})).await;
+    b.join("room:big", json!({"track": false})).await;
+    // 600 KB: under the 1 MiB frame limit, some 75 times the connection's read buffer.
+    let body = "x".repeat(600_000);
+    let r = a.push(&ra, "room:big", "blob", json!({"body": body})).await;
+    let reply = a.recv_until(|f| f[1] == json!(r)).await;
+    assert_eq!(reply[4]["status"], "ok");
+    let got = b.recv_until(|f| f[3] == "blob").await;
+    assert_eq!(got[4]["body"].as_str().map(str::len), Some(600_000));
+}

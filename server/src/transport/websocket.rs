@@ -128,6 +128,9 @@ pub async fn handler(
         .protocols(["phoenix"])
         .max_message_size(codec_limit)
         .max_frame_size(codec_limit)
+        // Client frames are small; the codec's 128 KiB default read buffer, zero-filled per
+        // connection, was most of a connection's memory. Larger frames still arrive whole.
+        .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |ws| async move {
             let guard = state.connections.clone();
             let _open = state.tracker.metrics().connection(Transport::WebSocket);
@@ -144,6 +147,9 @@ pub async fn handler(
             drop(guard);
         })
 }
+
+/// Initial read buffer of a WebSocket connection (bytes).
+const READ_BUFFER: usize = 8 * 1024;
 
 fn to_inbound(msg: Result<Message, axum::Error>) -> Inbound {
     match msg {
