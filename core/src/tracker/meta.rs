@@ -117,6 +117,13 @@ impl PhxRef {
         out[8..].copy_from_slice(&self.counter.to_be_bytes());
         out
     }
+
+    /// Appends the reference's text (the same 22 characters as its [`fmt::Display`]) to `out`,
+    /// without an intermediate `String`: for renderers that write many references into one
+    /// buffer.
+    pub fn push_to(self, out: &mut String) {
+        push_base64_url(&self.to_bytes(), out);
+    }
 }
 
 impl fmt::Display for PhxRef {
@@ -135,6 +142,11 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 
 fn base64_url(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    push_base64_url(bytes, &mut out);
+    out
+}
+
+fn push_base64_url(bytes: &[u8], out: &mut String) {
     for chunk in bytes.chunks(3) {
         let b = [
             chunk.first().copied().unwrap_or(0),
@@ -147,7 +159,6 @@ fn base64_url(bytes: &[u8]) -> String {
             out.push(char::from(B64[*s as usize]));
         }
     }
-    out
 }
 
 /// One presence as readers and diffs see it: the caller's meta plus its references.
@@ -231,6 +242,17 @@ mod tests {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
         assert_eq!(base64_url(b"foob"), "Zm9vYg");
+    }
+
+    #[test]
+    fn push_to_appends_the_displayed_reference() {
+        let r = PhxRef {
+            replica_hash: 0x0123_4567_89ab_cdef,
+            counter: u64::MAX - 7,
+        };
+        let mut out = String::from("x");
+        r.push_to(&mut out);
+        assert_eq!(out, format!("x{r}"));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! Time comes from `tokio::time`, so tests can pause it.
 
 pub mod relay;
+mod render;
 pub mod state;
 
 use std::collections::{HashMap, HashSet};
@@ -129,7 +130,7 @@ enum Command {
     },
     List {
         topic: String,
-        reply: oneshot::Sender<Value>,
+        reply: oneshot::Sender<render::Listing>,
     },
     Replicas {
         reply: oneshot::Sender<Vec<(String, bool)>>,
@@ -342,7 +343,10 @@ impl Tracker {
             topic: topic.to_string(),
             reply,
         });
-        rx.await.unwrap_or(Value::Object(Map::new()))
+        // The tracker task only lists (shared keys and metas); the caller's task renders.
+        rx.await.map_or(Value::Object(Map::new()), |l| {
+            render::presence_state_value(&l)
+        })
     }
 
     /// How many frames the tracker has encoded so far (one per serializer per dispatch).
@@ -622,7 +626,7 @@ impl TrackerTask {
                 self.local_change(diff);
             }
             Command::List { topic, reply } => {
-                let _ = reply.send(group(&self.shard.list(&topic)));
+                let _ = reply.send(self.shard.listing(&topic));
             }
             Command::Replicas { reply } => {
                 let replicas = self
@@ -683,16 +687,17 @@ impl TrackerTask {
         {
             self.leave(conn, &topic);
         }
-        let state = Outbound::Push {
-            join_ref,
-            topic: topic.clone(),
-            event: EVENT_PRESENCE_STATE.to_string(),
-            payload: Payload::Json(group(&self.shard.list(&topic))),
-        };
+        // Written as text from the stored metas: the same bytes as encoding the grouped
+        // `Value`, without building one (see `render`).
+        let payload = render::presence_state_json(&self.shard.listing(&topic));
         self.frames_encoded.fetch_add(1, Ordering::Relaxed);
-        if let Ok(frame) = WireFrame::encode(subscriber.serializer, &state) {
-            subscriber.outbox.deliver(frame);
-        }
+        subscriber.outbox.deliver(render::push_frame(
+            subscriber.serializer,
+            join_ref.as_deref(),
+            &topic,
+            EVENT_PRESENCE_STATE,
+            &payload,
+        ));
         let key = subscriber.key.clone();
         self.topics.entry(topic.clone()).or_default().insert(
             conn,

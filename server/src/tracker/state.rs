@@ -220,6 +220,12 @@ impl Shard {
             .collect()
     }
 
+    /// Everyone visible in `topic` as the core stores them (cheap: the keys and metas are
+    /// shared, nothing is parsed), by key then `phx_ref`.
+    pub fn listing(&self, topic: &str) -> Vec<(std::sync::Arc<str>, core::Presence)> {
+        self.inner.list(topic)
+    }
+
     /// One broadcast period elapsed: heartbeat (with any pending delta), transfer requests,
     /// down / permdown detection.
     pub fn tick(&mut self, now_ms: u64) -> Output {
