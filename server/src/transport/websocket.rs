@@ -131,6 +131,9 @@ pub async fn handler(
         // Client frames are small; the codec's 128 KiB default read buffer, zero-filled per
         // connection, was most of a connection's memory. Larger frames still arrive whole.
         .read_buffer_size(READ_BUFFER)
+        // Batched writes go out whenever this much is buffered: the buffer (which the codec
+        // never shrinks) stays near the largest single frame instead of the 128 KiB default.
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |ws| async move {
             let guard = state.connections.clone();
             let _open = state.tracker.metrics().connection(Transport::WebSocket);
@@ -150,6 +153,8 @@ pub async fn handler(
 
 /// Initial read buffer of a WebSocket connection (bytes).
 const READ_BUFFER: usize = 8 * 1024;
+/// Buffered output that triggers a write even before the flush (bytes).
+const WRITE_BUFFER: usize = 8 * 1024;
 
 fn to_inbound(msg: Result<Message, axum::Error>) -> Inbound {
     match msg {
