@@ -332,6 +332,29 @@ where
     reason
 }
 
+/// Runs a write, ending the connection (1013, no close frame: it could not be written either)
+/// if the client takes nothing within `limit`.
+async fn bounded_write<E>(
+    limit: Option<Duration>,
+    conn: ConnId,
+    write: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), CloseReason> {
+    let sent = match limit {
+        Some(limit) => match tokio::time::timeout(limit, write).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                tracing::info!(conn = conn.0, "closing: client not reading");
+                return Err(CloseReason::Closed(
+                    CLOSE_TRY_AGAIN_LATER,
+                    "client too slow: not reading".into(),
+                ));
+            }
+        },
+        None => write.await,
+    };
+    sent.map_err(|_| CloseReason::SinkFailed)
+}
+
 impl<S: Sink<Outgoing> + Unpin> Machine<S> {
     /// Sends a close frame and reports the reason. A client that stopped reading may never take
     /// the frame: the attempt is bounded, then the connection is dropped anyway.
@@ -350,25 +373,13 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
     /// in this write for ever, past its idle timeout, its token's expiry and the shutdown, and
     /// keep its presences listed.
     async fn write(&mut self, item: Outgoing) -> Result<(), CloseReason> {
-        let sent = match self.ctx.idle_timeout {
-            Some(limit) => match tokio::time::timeout(limit, self.sink.send(item)).await {
-                Ok(sent) => sent,
-                Err(_) => {
-                    tracing::info!(conn = self.ctx.conn.0, "closing: client not reading");
-                    // No close frame: it could not be written either.
-                    return Err(CloseReason::Closed(
-                        CLOSE_TRY_AGAIN_LATER,
-                        "client too slow: not reading".into(),
-                    ));
-                }
-            },
-            None => self.sink.send(item).await,
-        };
-        sent.map_err(|_| CloseReason::SinkFailed)
+        let (limit, conn) = (self.ctx.idle_timeout, self.ctx.conn);
+        bounded_write(limit, conn, self.sink.send(item)).await
     }
 
     /// Writes `frames` with one flush at the end, under the same bound as [`Machine::write`].
     async fn write_all(&mut self, frames: Vec<WireFrame>) -> Result<(), CloseReason> {
+        let (limit, conn) = (self.ctx.idle_timeout, self.ctx.conn);
         let sink = &mut self.sink;
         let all = async move {
             for frame in frames {
@@ -376,20 +387,7 @@ impl<S: Sink<Outgoing> + Unpin> Machine<S> {
             }
             sink.flush().await
         };
-        let sent = match self.ctx.idle_timeout {
-            Some(limit) => match tokio::time::timeout(limit, all).await {
-                Ok(sent) => sent,
-                Err(_) => {
-                    tracing::info!(conn = self.ctx.conn.0, "closing: client not reading");
-                    return Err(CloseReason::Closed(
-                        CLOSE_TRY_AGAIN_LATER,
-                        "client too slow: not reading".into(),
-                    ));
-                }
-            },
-            None => all.await,
-        };
-        sent.map_err(|_| CloseReason::SinkFailed)
+        bounded_write(limit, conn, all).await
     }
 
     async fn send(&mut self, out: Outbound) -> Result<(), CloseReason> {

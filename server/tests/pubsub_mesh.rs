@@ -578,8 +578,13 @@ async fn shutdown_flushes_what_is_queued() {
     wait_until("b sees a down", || !up_peers(&b).contains(&"a".into())).await;
 }
 
-#[tokio::test]
-async fn connect_gives_a_working_mesh_behind_the_trait() {
+/// How many peers `n` sees up.
+fn up(n: &std::sync::Arc<dyn PubSub>) -> usize {
+    n.peers().iter().filter(|p| p.up).count()
+}
+
+/// Two mesh nodes made by `connect` (so behind the trait, chunking included), connected.
+async fn connected_pair() -> (std::sync::Arc<dyn PubSub>, std::sync::Arc<dyn PubSub>) {
     let a = connect("a", ClusterConfig::Mesh(config("127.0.0.1:0", &[], SECRET)))
         .await
         .expect("a");
@@ -590,8 +595,13 @@ async fn connect_gives_a_working_mesh_behind_the_trait() {
     )
     .await
     .expect("b");
-    let up = |n: &std::sync::Arc<dyn PubSub>| n.peers().iter().filter(|p| p.up).count();
     wait_until("a and b connect", || up(&a) == 1 && up(&b) == 1).await;
+    (a, b)
+}
+
+#[tokio::test]
+async fn connect_gives_a_working_mesh_behind_the_trait() {
+    let (a, b) = connected_pair().await;
     let mut at_b = b.subscribe("t");
     a.set_partitioned("b", true);
     wait_until("the switch works through the trait", || {
@@ -606,18 +616,7 @@ async fn connect_gives_a_working_mesh_behind_the_trait() {
 
 #[tokio::test]
 async fn connect_carries_a_message_larger_than_a_mesh_frame() {
-    let a = connect("a", ClusterConfig::Mesh(config("127.0.0.1:0", &[], SECRET)))
-        .await
-        .expect("a");
-    let a_addr = a.cluster_addr().expect("the mesh listens").to_string();
-    let b = connect(
-        "b",
-        ClusterConfig::Mesh(config("127.0.0.1:0", &[a_addr], SECRET)),
-    )
-    .await
-    .expect("b");
-    let up = |n: &std::sync::Arc<dyn PubSub>| n.peers().iter().filter(|p| p.up).count();
-    wait_until("a and b connect", || up(&a) == 1 && up(&b) == 1).await;
+    let (a, b) = connected_pair().await;
     let mut at_b = b.subscribe("t");
     let big: Vec<u8> = (0..(rollcall_server::pubsub::mesh::MAX_FRAME as u32 + 4096))
         .map(|i| (i % 251) as u8)
