@@ -368,6 +368,19 @@ impl Exposition {
         let _ = writeln!(self.0, " {value}");
     }
 
+    /// A counter family with one sample per `reason` label value.
+    fn by_reason<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        counts: impl IntoIterator<Item = (&'a str, &'a Counter)>,
+    ) {
+        self.family(name, "counter", help);
+        for (reason, counter) in counts {
+            self.sample(name, &[("reason", reason)], counter.get());
+        }
+    }
+
     fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
         self.family(name, kind, help);
         self.sample(name, &[], value);
@@ -430,39 +443,16 @@ pub fn render(metrics: &Metrics, gauges: &TrackerGauges, pubsub: &Stats) -> Stri
         );
     }
 
-    out.family(
+    out.by_reason(
         "rollcall_connects_refused_total",
-        "counter",
         "Connect attempts refused before a socket opened: bad vsn, origin not allowed, missing or invalid token, key in the abuse penalty box, too many connections from the address.",
+        Refusal::ALL.map(|why| (why.label(), &metrics.connects_refused[why as usize])),
     );
-    for why in Refusal::ALL {
-        let n = metrics
-            .connects_refused
-            .get(why as usize)
-            .map_or(0, Counter::get);
-        out.sample(
-            "rollcall_connects_refused_total",
-            &[("reason", why.label())],
-            n,
-        );
-    }
-
-    out.family(
+    out.by_reason(
         "rollcall_joins_refused_total",
-        "counter",
         "Channel joins refused: topic not a room, not allowed by the token, room full, too many channels, malformed join payload.",
+        JoinRefusal::ALL.map(|why| (why.label(), &metrics.joins_refused[why as usize])),
     );
-    for why in JoinRefusal::ALL {
-        let n = metrics
-            .joins_refused
-            .get(why as usize)
-            .map_or(0, Counter::get);
-        out.sample(
-            "rollcall_joins_refused_total",
-            &[("reason", why.label())],
-            n,
-        );
-    }
 
     out.single(
         "rollcall_channels_joined",
