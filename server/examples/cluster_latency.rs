@@ -15,11 +15,15 @@
 //! from `$ROLLCALL_BIN`.
 
 mod support;
+// The same broker start-up the cluster tests use (free loopback port, retried, killed on drop).
+#[path = "../tests/broker_support/mod.rs"]
+mod broker_support;
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use broker_support::{Broker, BrokerKind};
 use futures_util::SinkExt;
 use support::{connect, ms, wait_diff, Summary, Ws};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -38,13 +42,6 @@ fn rollcall_bin() -> PathBuf {
         .and_then(|examples| examples.parent())
         .expect("target/<profile>/examples/");
     profile_dir.join("rollcall")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// Starts `rollcall serve` with `args`; returns the process, its HTTP and cluster addresses.
@@ -74,57 +71,6 @@ async fn start_node(name: &str, args: &[String]) -> (Child, String, Option<Strin
     }
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, http.unwrap_or_default(), cluster)
-}
-
-/// Starts a broker on a free port; returns it and its URL.
-async fn start_broker(kind: &str) -> (Child, String) {
-    let port = free_port();
-    let (bin, args, url): (&str, Vec<String>, String) = match kind {
-        "nats" => (
-            "nats-server",
-            vec![
-                "-a".into(),
-                "127.0.0.1".into(),
-                "-p".into(),
-                port.to_string(),
-            ],
-            format!("nats://127.0.0.1:{port}"),
-        ),
-        _ => (
-            "redis-server",
-            [
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-            format!("redis://127.0.0.1:{port}"),
-        ),
-    };
-    let child = Command::new(bin)
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-    for _ in 0..500 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return (child, url);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{bin} did not listen on {port}");
 }
 
 async fn join(ws: &mut Ws) {
@@ -161,8 +107,14 @@ async fn run(adapter: &str, joins: usize) {
             args_b = b;
         }
         kind => {
-            let (child, url) = start_broker(kind).await;
-            _broker = Some(child);
+            let broker = Broker::start(if kind == "nats" {
+                BrokerKind::Nats
+            } else {
+                BrokerKind::Redis
+            })
+            .await;
+            let url = broker.url();
+            _broker = Some(broker);
             let flag = if kind == "nats" {
                 "--nats-url"
             } else {

@@ -9,6 +9,29 @@ use rollcall_server::auth::{unix_now, Verifier};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rollcall");
 
+/// Starts `rollcall serve --port 0` with `env` set (and `unset` removed); returns the process
+/// and the address from its first line.
+fn serve(env: &[(&str, &str)], unset: &[&str]) -> (std::process::Child, String) {
+    let mut command = Command::new(BIN);
+    command.args(["serve", "--port", "0"]);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    for k in unset {
+        command.env_remove(k);
+    }
+    let mut child = command.stdout(Stdio::piped()).spawn().expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("line");
+    let addr = line
+        .trim()
+        .strip_prefix("rollcall listening on http://")
+        .expect("listening line")
+        .to_string();
+    (child, addr)
+}
+
 #[test]
 fn rollcall_token_prints_a_token_the_server_secret_verifies() {
     let out = Command::new(BIN)
@@ -56,21 +79,13 @@ fn rollcall_token_refuses_meta_that_is_not_an_object() {
 
 #[tokio::test]
 async fn serve_with_rollcall_secret_refuses_connections_without_a_token() {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--port", "0"])
-        .env("ROLLCALL_SECRET", "env-secret,older-secret")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("line");
-    let addr = line
-        .trim()
-        .strip_prefix("rollcall listening on http://")
-        .expect("listening line")
-        .to_string();
+    let (mut child, addr) = serve(
+        &[
+            ("ROLLCALL_SECRET", "env-secret,older-secret"),
+            ("RUST_LOG", "warn"),
+        ],
+        &[],
+    );
     let refused = tokio_tungstenite::connect_async(format!(
         "ws://{addr}/socket/websocket?vsn=2.0.0&user_id=alice"
     ))
@@ -101,23 +116,11 @@ async fn serve_with_rollcall_secret_refuses_connections_without_a_token() {
 
 #[tokio::test]
 async fn serve_with_rollcall_max_conns_per_ip_refuses_the_connection_beyond_with_429() {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--port", "0"])
-        .env("ROLLCALL_MAX_CONNS_PER_IP", "1")
-        .env_remove("ROLLCALL_SECRET")
-        // The open-mode warning comes after the line read here, into a closed pipe.
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("line");
-    let addr = line
-        .trim()
-        .strip_prefix("rollcall listening on http://")
-        .expect("listening line")
-        .to_string();
+    // The open-mode warning comes after the line read here, into a closed pipe.
+    let (mut child, addr) = serve(
+        &[("ROLLCALL_MAX_CONNS_PER_IP", "1"), ("RUST_LOG", "error")],
+        &["ROLLCALL_SECRET"],
+    );
     let url = format!("ws://{addr}/socket/websocket?vsn=2.0.0");
     let first = tokio_tungstenite::connect_async(url.clone()).await;
     let second = tokio_tungstenite::connect_async(url).await;

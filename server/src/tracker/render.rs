@@ -399,22 +399,11 @@ mod tests {
         topic: &str,
         listing: &Listing,
     ) -> WireFrame {
-        let entries: Vec<(String, PresenceMeta)> = listing
-            .iter()
-            .map(|(k, p)| {
-                let meta = PresenceMeta {
-                    meta: p.meta_json.to_map(),
-                    phx_ref: p.phx_ref.to_string(),
-                    phx_ref_prev: p.phx_ref_prev.map(|r| r.to_string()),
-                };
-                (k.to_string(), meta)
-            })
-            .collect();
         let push = Outbound::Push {
             join_ref: join_ref.map(str::to_string),
             topic: topic.to_string(),
             event: "presence_state".to_string(),
-            payload: Payload::Json(group(&entries)),
+            payload: Payload::Json(old_value(listing)),
         };
         WireFrame::encode(serializer, &push).unwrap()
     }
