@@ -46,11 +46,11 @@ npm-test: npm-build
 	cargo build -p rollcall-server
 	cd npm && npm test
 
-## The demo page uses the npm package as an app would: copied next to it (git-ignored).
+## The demo page uses the npm package as an app would: its ES module build, copied next to it
+## (git-ignored).
 www-vendor:
-	rm -rf www/vendor/rollcall && mkdir -p www/vendor/rollcall/dist
-	cp -r npm/src www/vendor/rollcall/src
-	cp -r npm/dist/wasm-web www/vendor/rollcall/dist/wasm-web
+	rm -rf www/vendor && mkdir -p www/vendor
+	cp npm/dist/index.js www/vendor/rollcall.js
 
 ## The demo page in a real headless Chromium.
 www-test: npm-build www-vendor

@@ -1,7 +1,0 @@
-// Package entry: the named exports of the phoenix client (plus Push).
-export {Channel} from "./channel.mjs"
-export {LongPoll} from "./longpoll.mjs"
-export {Presence} from "./presence.mjs"
-export {Push} from "./push.mjs"
-export {Serializer} from "./serializer.mjs"
-export {Socket} from "./socket.mjs"

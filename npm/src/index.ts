@@ -1,0 +1,11 @@
+// The package entry: the named exports of the phoenix client, plus Push.
+export {Channel} from "./channel.mjs"
+export {LongPoll} from "./longpoll.mjs"
+export {Presence} from "./presence"
+export type {
+  PresenceChannel, PresenceDiff, PresenceEntry, PresenceMeta, PresenceOnJoin, PresenceOnLeave,
+  PresenceOnSync, PresenceOpts, PresenceState,
+} from "./presence"
+export {Push} from "./push.mjs"
+export {Serializer} from "./serializer.mjs"
+export {Socket} from "./socket.mjs"
