@@ -3,7 +3,7 @@
 // workers). Every request reports through one callback with the parsed JSON
 // body, or null when there is no usable body.
 
-import {XHR_DONE, globalScope} from "./constants.mjs"
+import {XHR_DONE, globalScope} from "./constants"
 
 const parseJSON = text => {
   if (!text) return null

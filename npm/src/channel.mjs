@@ -2,9 +2,9 @@
 // rejoin with backoff, buffering of pushes made before the join succeeded, and
 // dispatch of incoming events to bindings registered with `on`.
 
-import {CHANNEL_EVENTS, CHANNEL_STATES, closure} from "./constants.mjs"
+import {CHANNEL_EVENTS, CHANNEL_STATES, closure} from "./constants"
 import {Push} from "./push.mjs"
-import {Timer} from "./timer.mjs"
+import {Timer} from "./timer"
 
 export class Channel {
   /**

@@ -6,7 +6,7 @@
 // status is always 200.
 
 import {Ajax} from "./ajax.mjs"
-import {AUTH_TOKEN_PREFIX, MAX_LONGPOLL_BATCH, SOCKET_STATES, TRANSPORTS, globalScope} from "./constants.mjs"
+import {AUTH_TOKEN_PREFIX, MAX_LONGPOLL_BATCH, SOCKET_STATES, TRANSPORTS, globalScope} from "./constants"
 
 const noop = () => {}
 

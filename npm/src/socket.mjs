@@ -20,11 +20,11 @@ import {
   closure,
   globalScope,
   scheduleDelay,
-} from "./constants.mjs"
+} from "./constants"
 import {Ajax} from "./ajax.mjs"
 import {LongPoll} from "./longpoll.mjs"
 import {Serializer} from "./serializer.mjs"
-import {Timer} from "./timer.mjs"
+import {Timer} from "./timer"
 
 const noop = () => {}
 
