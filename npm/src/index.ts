@@ -7,5 +7,5 @@ export type {
   PresenceOnSync, PresenceOpts, PresenceState,
 } from "./presence"
 export {Push} from "./push.mjs"
-export {Serializer} from "./serializer.mjs"
+export {Serializer} from "./serializer"
 export {Socket} from "./socket.mjs"

@@ -23,7 +23,7 @@ import {
 } from "./constants"
 import {Ajax} from "./ajax.mjs"
 import {LongPoll} from "./longpoll.mjs"
-import {Serializer} from "./serializer.mjs"
+import {Serializer} from "./serializer"
 import {Timer} from "./timer"
 
 const noop = () => {}
