@@ -1,6 +1,6 @@
 // The package entry: the named exports of the phoenix client, plus Push.
 export {Channel} from "./channel.mjs"
-export {LongPoll} from "./longpoll.mjs"
+export {LongPoll} from "./longpoll"
 export {Presence} from "./presence"
 export type {
   PresenceChannel, PresenceDiff, PresenceEntry, PresenceMeta, PresenceOnJoin, PresenceOnLeave,

@@ -21,8 +21,8 @@ import {
   globalScope,
   scheduleDelay,
 } from "./constants"
-import {Ajax} from "./ajax.mjs"
-import {LongPoll} from "./longpoll.mjs"
+import {Ajax} from "./ajax"
+import {LongPoll} from "./longpoll"
 import {Serializer} from "./serializer"
 import {Timer} from "./timer"
 
