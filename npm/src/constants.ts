@@ -20,6 +20,9 @@ export const DEFAULT_LONGPOLLER_TIMEOUT = 20000
 /** WebSocket close code of a normal, intended close. */
 export const WS_CLOSE_NORMAL = 1000
 
+/** The state of a Channel. */
+export type ChannelState = "closed" | "errored" | "joined" | "joining" | "leaving"
+
 /** Channel states. */
 export const CHANNEL_STATES = Object.freeze({
   closed: "closed",
@@ -27,10 +30,7 @@ export const CHANNEL_STATES = Object.freeze({
   joined: "joined",
   joining: "joining",
   leaving: "leaving",
-} as const)
-
-/** The state of a Channel: `"closed"`, `"errored"`, `"joined"`, `"joining"` or `"leaving"`. */
-export type ChannelState = (typeof CHANNEL_STATES)[keyof typeof CHANNEL_STATES]
+} as const satisfies Record<ChannelState, ChannelState>)
 
 /** Events the protocol reserves on every channel topic. */
 export const CHANNEL_EVENTS = Object.freeze({

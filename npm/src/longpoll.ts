@@ -55,6 +55,10 @@ const decodeMessage = (msg: string): Frame => {
   return bytes.buffer
 }
 
+/**
+ * The long-poll transport. Pass it as the Socket's `transport`, or set `longPollFallbackMs` for
+ * the Socket to switch to it when WebSockets fail.
+ */
 export class LongPoll implements Transport {
   /** The bearer token from the socket's sub-protocols, sent as `X-Phoenix-AuthToken`. */
   authToken?: string
@@ -114,7 +118,7 @@ export class LongPoll implements Transport {
     setTimeout(() => this.poll(), 0)
   }
 
-  normalizeEndpoint(endPoint: string): string {
+  private normalizeEndpoint(endPoint: string): string {
     let url = endPoint.replace(/^ws:\/\//, "http://").replace(/^wss:\/\//, "https://")
     const segment = `/${TRANSPORTS.websocket}`
     const at = url.lastIndexOf(segment)
@@ -122,32 +126,32 @@ export class LongPoll implements Transport {
     return url
   }
 
-  endpointURL(): string {
+  private endpointURL(): string {
     return Ajax.appendParams(this.pollEndpoint, {token: this.token})
   }
 
-  closeAndRetry(code: number, reason: string, wasClean: boolean | number): void {
+  private closeAndRetry(code: number, reason: string, wasClean: boolean | number): void {
     this.close(code, reason, wasClean)
     // The socket's reconnect timer does the retry; this only marks the intent.
     this.readyState = SOCKET_STATES.connecting
   }
 
-  ontimeout(): void {
+  private ontimeout(): void {
     this.onerror("timeout")
     this.closeAndRetry(1005, "timeout", false)
   }
 
-  isActive(): boolean {
+  private isActive(): boolean {
     return this.readyState === SOCKET_STATES.open || this.readyState === SOCKET_STATES.connecting
   }
 
-  headers(extra: Record<string, string>): Record<string, string> {
+  private headers(extra: Record<string, string>): Record<string, string> {
     const headers = {...extra}
     if (this.authToken) headers["X-Phoenix-AuthToken"] = this.authToken
     return headers
   }
 
-  poll(): void {
+  private poll(): void {
     this.ajax("GET", this.headers({Accept: "application/json"}), null, () => this.ontimeout(), json => {
       const resp = json as PollResponse | null
       const status = resp ? resp.status : 0
@@ -209,7 +213,7 @@ export class LongPoll implements Transport {
 
   // POSTs `messages` in chunks of at most MAX_LONGPOLL_BATCH lines, one chunk
   // after the other's ack, then whatever was queued meanwhile.
-  batchSend(messages: string[], offset = 0): void {
+  private batchSend(messages: string[], offset = 0): void {
     this.awaitingBatchAck = true
     const chunk = messages.slice(offset, offset + MAX_LONGPOLL_BATCH)
     // The auth token only matters when the session starts (the GET); POSTs
@@ -257,7 +261,7 @@ export class LongPoll implements Transport {
     }
   }
 
-  ajax(
+  private ajax(
     method: string,
     headers: Record<string, string>,
     body: string | null,

@@ -5,6 +5,7 @@
 // installed by a test after this module loaded still take effect.
 import {type TimerHandle, clearTimer} from "./constants"
 
+/** Runs `callback` after `timerCalc(attempt)` ms each time it is scheduled, until reset. */
 export class Timer {
   /** Run when the timer fires. */
   callback: () => void
