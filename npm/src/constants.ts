@@ -59,12 +59,15 @@ export const RECONNECT_SCHEDULE: readonly number[] = Object.freeze([10, 50, 100,
 /** Rejoin delays (ms) for attempts 1, 2, ...; the last repeats forever. */
 export const REJOIN_SCHEDULE: readonly number[] = Object.freeze([1000, 2000, 5000, 10000])
 
-/** A handle returned by `setTimeout`: a number in browsers, an object in Node. */
-export type TimerHandle = ReturnType<typeof setTimeout>
+/**
+ * A handle returned by `setTimeout`: a number in browsers, an object in Node. Spelt out rather
+ * than `ReturnType<typeof setTimeout>` so that the declarations need neither DOM nor Node types.
+ */
+export type TimerHandle = number | object
 
 /** `clearTimeout` that also takes the `null` the client keeps for "no timer". */
 export const clearTimer = (handle: TimerHandle | null | undefined): void => {
-  if (handle != null) clearTimeout(handle)
+  if (handle != null) clearTimeout(handle as ReturnType<typeof setTimeout>)
 }
 
 /**
