@@ -1,11 +1,8 @@
-// The package entry: the named exports of the phoenix client, plus Push.
-export {Channel} from "./channel.mjs"
-export {LongPoll} from "./longpoll.mjs"
+// The package entry for Node, test runners and CommonJS: the named exports of the phoenix
+// client, plus Push, with a Presence whose WebAssembly module is compiled on first use.
+export * from "./client"
 export {Presence} from "./presence"
 export type {
   PresenceChannel, PresenceDiff, PresenceEntry, PresenceMeta, PresenceOnJoin, PresenceOnLeave,
   PresenceOnSync, PresenceOpts, PresenceState,
 } from "./presence"
-export {Push} from "./push.mjs"
-export {Serializer} from "./serializer.mjs"
-export {Socket} from "./socket.mjs"
