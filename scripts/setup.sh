@@ -47,9 +47,14 @@ if [ "$(wasm-pack --version 2>/dev/null)" != "wasm-pack 0.15.1" ]; then
   cargo install wasm-pack --version =0.15.1 --locked --debug --force
 fi
 
-# 5. Node modules of the npm package (phoenix for interop tests, ws, playwright-core, binaryen).
-if [ ! -f npm/node_modules/.package-lock.json ] || [ npm/package-lock.json -nt npm/node_modules/.package-lock.json ]; then
-  say "npm ci (npm/)"
-  npm ci --prefix npm --no-audit --no-fund >/dev/null
-fi
+# 5. Node modules: the npm package's (phoenix for interop tests, ws, playwright-core, binaryen,
+#    tsup, typescript) and the pinned front-end toolchains its package tests build apps with
+#    (npm/toolchains: Vite, webpack, esbuild, Rollup, Jest, Vitest, publint, attw). Kept between
+#    runs; reinstalled when a lock file changes.
+for dir in npm npm/toolchains; do
+  if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    say "npm ci ($dir/)"
+    npm ci --prefix "$dir" --no-audit --no-fund >/dev/null
+  fi
+done
 say "tools ready"

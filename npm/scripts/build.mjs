@@ -5,7 +5,8 @@
 //    download) into build/wasm/.
 // 2. wasm-opt -Oz from npm's binaryen (Debian's binaryen breaks wasm-bindgen's output).
 // 3. The module's bytes become build/wasm/bytes.js (base64), which the package embeds.
-// 4. tsup bundles src/index.ts into dist/: ESM, CommonJS and their declarations.
+// 4. tsup bundles src/ into dist/ (see tsup.config.mjs): ESM, CommonJS, declarations, and the
+//    browser build.
 //
 //   node scripts/build.mjs          everything
 //   node scripts/build.mjs --js     only step 4 (build/wasm already made)
@@ -42,11 +43,13 @@ function buildWasm(){
   run(bin("wasm-opt"), ["-Oz", "--strip-producers", "--strip-target-features", ...features, wasm, "-o", wasm])
   const bytes = fs.readFileSync(wasm)
   fs.writeFileSync(path.join(out, "bytes.js"),
-    `// The bytes of rollcall_wasm_bg.wasm (${bytes.length} bytes), made by scripts/build.mjs.\nexport const wasmBase64 = "${bytes.toString("base64")}"\n`)
-  fs.writeFileSync(path.join(out, "bytes.d.ts"), "export declare const wasmBase64: string\n")
+    `// The bytes of rollcall_wasm_bg.wasm (${bytes.length}), in hexadecimal (which gzip compresses better than base64), made by scripts/build.mjs.\nexport const wasmHex = "${bytes.toString("hex")}"\n`)
+  fs.writeFileSync(path.join(out, "bytes.d.ts"), "export declare const wasmHex: string\n")
   console.error(`[build] build/wasm/rollcall_wasm_bg.wasm: ${bytes.length} bytes`)
 }
 
 if(!process.argv.includes("--js")){ buildWasm() }
 run(bin("tsup"), [], {cwd: pkg})
+// the licenses live at the repository's top; the tarball carries copies
+for(const file of ["LICENSE-MIT", "LICENSE-APACHE"]){ fs.copyFileSync(path.join(root, file), path.join(pkg, file)) }
 console.error("[build] done")

@@ -1,8 +1,35 @@
 // Presence: phoenix.js's class and static functions, every rule of which runs in rollcall's Rust
 // core, compiled to WebAssembly (crate rollcall-wasm over rollcall-core's presence algorithm).
 // This file is the typed face of that module: the class keeps phoenix.js's own fields and binds
-// the channel's events; what happens to the state is the module's business.
-import * as core from "./wasm"
+// the channel's events; what happens to the state is the module's business. `#loader` is
+// loader-sync.ts or, in the browser build, loader-async.ts.
+import {load, loadedNow, ready, whenReady} from "#loader"
+
+const STATE = 0
+const DIFF = 1
+type Event = [typeof STATE | typeof DIFF, unknown]
+
+/** Events an instance received while the module was loading, in order. */
+const waiting = new WeakMap<object, Event[]>()
+
+function deliver(presence: object, event: Event): void {
+  const queue = waiting.get(presence)
+  if(queue){
+    queue.push(event)
+    return
+  }
+  const core = loadedNow()
+  if(!core){
+    waiting.set(presence, [event])
+    whenReady(() => {
+      const events = waiting.get(presence) || []
+      waiting.delete(presence)
+      for(const next of events){ deliver(presence, next) }
+    })
+    return
+  }
+  if(event[0] === STATE){ core.onState(presence, event[1]) } else { core.onDiff(presence, event[1]) }
+}
 
 /** One connection's metadata, as the server tracks it. */
 export type PresenceMeta<M extends object = Record<string, unknown>> = M & {
@@ -79,9 +106,14 @@ export class Presence<M extends object = Record<string, unknown>> {
   declare caller: {onJoin: PresenceOnJoin<M>, onLeave: PresenceOnLeave<M>, onSync: PresenceOnSync}
 
   constructor(channel: PresenceChannel, opts: PresenceOpts = {}){
-    const events = core.presenceInit(this, channel, opts)
-    channel.on(events.state, (newState: unknown) => { core.presenceOnState(this, newState) })
-    channel.on(events.diff, (diff: unknown) => { core.presenceOnDiff(this, diff) })
+    const events = opts.events || {state: "presence_state", diff: "presence_diff"}
+    this.state = Object.create(null)
+    this.pendingDiffs = []
+    this.channel = channel
+    this.joinRef = null
+    this.caller = {onJoin: function (){ }, onLeave: function (){ }, onSync: function (){ }}
+    this.channel.on(events.state, (newState: unknown) => deliver(this, [STATE, newState]))
+    this.channel.on(events.diff, (diff: unknown) => deliver(this, [DIFF, diff]))
   }
 
   /** Replaces the join callback. */
@@ -97,11 +129,17 @@ export class Presence<M extends object = Record<string, unknown>> {
   list(): PresenceEntry<M>[]
   list<T>(by: (key: string, presence: PresenceEntry<M>) => T): T[]
   list(by?: (key: string, presence: PresenceEntry<M>) => unknown): unknown[] {
-    return core.presenceList(this, by)
+    // nothing is applied before the module is loaded: the state is still empty
+    const core = loadedNow()
+    return core ? core.instanceList(this, by) : []
   }
 
   /** Whether diffs are held back until the next `presence_state` (before the first, after a rejoin). */
-  inPendingSyncState(): boolean { return core.presenceInPendingSyncState(this) }
+  inPendingSyncState(): boolean {
+    // before the module is loaded no state has been applied, so diffs would wait
+    const core = loadedNow()
+    return core ? core.pending(this) : true
+  }
 
   /**
    * A new state (the current one is copied, never changed) brought to `newState`, calling
@@ -114,7 +152,7 @@ export class Presence<M extends object = Record<string, unknown>> {
     onJoin?: PresenceOnJoin<M>,
     onLeave?: PresenceOnLeave<M>,
   ): PresenceState<M> {
-    return core.syncState(currentState, newState, onJoin, onLeave)
+    return load().resync(currentState, newState, onJoin, onLeave)
   }
 
   /**
@@ -127,7 +165,7 @@ export class Presence<M extends object = Record<string, unknown>> {
     onJoin?: PresenceOnJoin<M>,
     onLeave?: PresenceOnLeave<M>,
   ): PresenceState<M> {
-    return core.syncDiff(state, diff, onJoin, onLeave)
+    return load().apply(state, diff, onJoin, onLeave)
   }
 
   /** The presences of `presences` in key order, or what `chooser(key, presence)` makes of each. */
@@ -137,20 +175,22 @@ export class Presence<M extends object = Record<string, unknown>> {
     chooser: (key: string, presence: PresenceEntry<M>) => T,
   ): T[]
   static list(presences: PresenceState, chooser?: (key: string, presence: PresenceEntry) => unknown): unknown[] {
-    return core.list(presences, chooser)
+    return load().listOf(presences, chooser)
   }
 
   /**
-   * Settles once the WebAssembly module is compiled: resolves, or rejects with the reason it
-   * cannot be (a Content-Security-Policy without `'wasm-unsafe-eval'`, for one). The module is
-   * compiled on first use, synchronously; code that wants to know at start-up awaits this.
+   * Settles once the WebAssembly module is loaded: resolves, or rejects with the reason it
+   * cannot be (a Content-Security-Policy without `'wasm-unsafe-eval'`, for one). In browsers
+   * the module loads in the background from the moment Presence is imported, and instances
+   * queue their channel's events meanwhile; await this before calling the static functions at
+   * start-up. Elsewhere (Node, test runners) it is compiled on first use, synchronously.
    */
-  static get ready(): Promise<void> { return core.ready() }
+  static get ready(): Promise<void> { return ready() }
 
   // phoenix.js's private static helpers, kept for code that reaches for them
   /** @internal */
   static map<T>(obj: PresenceState, func: (key: string, presence: PresenceEntry) => T): T[] {
-    return core.list(obj, func)
+    return load().listOf(obj, func)
   }
 
   /** @internal */

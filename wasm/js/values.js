@@ -206,12 +206,11 @@ export function presenceAt(obj, key){
   } catch (e){ held = e; return -1 }
 }
 
-// For each key of the current state, 1 when newState[key] is truthy, else 0 (own properties
-// only when newState has a prototype): a Uint8Array held. Where the i-th keys of both states
-// agree, the value at hand is the lookup's answer.
-export function inNewState(oldKeys, newState, newKeys, newValues, inherits){
+// For each key of the current state, 1 in `out` when newState[key] is truthy, else 0 (own
+// properties only when newState has a prototype). Where the i-th keys of both states agree, the
+// value at hand is the lookup's answer.
+export function inNewState(oldKeys, newState, newKeys, newValues, inherits, out){
   try {
-    const out = new Uint8Array(oldKeys.length)
     for(let i = 0; i < oldKeys.length; i++){
       const key = oldKeys[i]
       if(i < newKeys.length && newKeys[i] === key){
@@ -220,7 +219,6 @@ export function inNewState(oldKeys, newState, newKeys, newValues, inherits){
         out[i] = (newState[key] && (!inherits || OBJECT_PROTO.hasOwnProperty.call(newState, key))) ? 1 : 0
       }
     }
-    held = out
     return 1
   } catch (e){ held = e; return -1 }
 }
@@ -236,13 +234,12 @@ function sameRefs(a, b){
   return true
 }
 
-// For each key of the new state, what the state copy holds under it: 0 nothing (or a falsy
-// value), 2 a presence whose metas carry the same refs as the new one's, position by position,
-// 1 another presence: a Uint8Array held. Where the i-th keys agree, the copy's value at hand is
-// the lookup's answer.
-export function found(state, oldKeys, oldValues, newKeys, newValues){
+// For each key of the new state, what the state copy holds under it, in `out`: 0 nothing (or a
+// falsy value), 2 a presence whose metas carry the same refs as the new one's, position by
+// position, 1 another presence. Where the i-th keys agree, the copy's value at hand is the
+// lookup's answer.
+export function found(state, oldKeys, oldValues, newKeys, newValues, out){
   try {
-    const out = new Uint8Array(newKeys.length)
     for(let i = 0; i < newKeys.length; i++){
       const key = newKeys[i]
       const cur = (i < oldKeys.length && oldKeys[i] === key) ? oldValues[i] : state[key]
@@ -250,7 +247,6 @@ export function found(state, oldKeys, oldValues, newKeys, newValues){
       const other = newValues[i]
       out[i] = (other !== null && other !== undefined && sameRefs(cur.metas, other.metas)) ? 2 : 1
     }
-    held = out
     return 1
   } catch (e){ held = e; return -1 }
 }
@@ -371,7 +367,6 @@ export function mapPairs(keys, objects, chooser){
   } catch (e){ held = e; return -1 }
 }
 
-export function emptyState(){ return Object.create(null) }
 export function isNullProto(obj){ return obj !== null && typeof obj === "object" && Object.getPrototypeOf(obj) === null }
 export function isNullish(v){ return v === null || v === undefined }
 // The TypeError for a malformed value, by number (see js.rs)
@@ -403,20 +398,33 @@ export function arrayIndex(key){
   return value < 4294967295 ? value : -1
 }
 
+// Arrays, for the Rust side
+export const at = (array, i) => array[i]
+export const len = (array) => array.length
+export function put(array, i, value){ array[i] = value }
+export function append(array, value){ array.push(value) }
+export function insertAt(array, i, value){ array.splice(i, 0, value) }
+export function removeAt(array, i){ array.splice(i, 1) }
+export const indexIn = (array, value) => array.indexOf(value)
+export const copyOf = (array) => array.slice()
+export const newArray = () => []
+export const triple = (a, b, c) => [a, b, c]
+
+// The number at array[at] (0 when it is not a number)
+export function numberAt(array, at){
+  const n = array[at]
+  return typeof n === "number" ? n : 0
+}
+
 // each state object's list cache, [keys, objects, number of integer-like keys first]
 const lists = new WeakMap()
 export function listOf(state){ return lists.get(state) }
 export function setList(state, list){ lists.set(state, list) }
 export function dropList(state){ lists.delete(state) }
 
-export function newCaller(){
-  return {onJoin: function (){ }, onLeave: function (){ }, onSync: function (){ }}
-}
-
-export function defaultEvents(){ return {state: "presence_state", diff: "presence_diff"} }
 
 // The fields an instance's functions read and write, by number (see instance.rs)
-const FIELDS = ["state", "pendingDiffs", "channel", "joinRef", "caller", "onJoin", "onLeave", "onSync", "inPendingSyncState", "events"]
+const FIELDS = ["state", "pendingDiffs", "channel", "joinRef", "caller", "onJoin", "onLeave", "onSync", "inPendingSyncState"]
 
 // obj[FIELDS[field]] held
 export function field(obj, field){

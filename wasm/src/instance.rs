@@ -1,12 +1,11 @@
 //! phoenix.js's `new Presence(channel, opts)`: an instance follows one channel's presence
 //! events. The instance is a plain JavaScript object with phoenix.js's own fields (`state`,
 //! `pendingDiffs`, `channel`, `joinRef`, `caller`), which these functions read and write; the
-//! package's `Presence` class is a shell that binds the channel events to them.
+//! package's `Presence` class sets those fields up and binds the channel's events to them.
 
 use crate::apply;
-use crate::js::{self, call0, get, set, Field};
+use crate::js::{self, call0, get, set, Array, Field};
 use crate::list::ListCache;
-use js_sys::Array;
 use wasm_bindgen::prelude::*;
 
 /// The instance's callbacks, read when an event arrives (so later registrations count).
@@ -29,33 +28,6 @@ impl Callbacks {
     fn sync(&self) -> Result<(), JsValue> {
         js::status(js::call_bare(&self.on_sync)).map(|_| ())
     }
-}
-
-/// The constructor's work: sets phoenix.js's fields on `instance`, in phoenix.js's order, and
-/// returns the names of the channel events to follow (`opts.events`, or
-/// `{state: "presence_state", diff: "presence_diff"}`).
-#[wasm_bindgen(js_name = presenceInit)]
-pub fn presence_init(
-    instance: &JsValue,
-    channel: &JsValue,
-    opts: &JsValue,
-) -> Result<JsValue, JsValue> {
-    let events = if js::is_nullish(opts) {
-        JsValue::UNDEFINED
-    } else {
-        get(opts, Field::Events)?
-    };
-    let events = if events.is_truthy() {
-        events
-    } else {
-        js::default_events()
-    };
-    set(instance, Field::State, &js::empty_state())?;
-    set(instance, Field::PendingDiffs, &Array::new())?;
-    set(instance, Field::Channel, channel)?;
-    set(instance, Field::JoinRef, &JsValue::NULL)?;
-    set(instance, Field::Caller, &js::new_caller())?;
-    Ok(events)
 }
 
 /// `!this.joinRef || this.joinRef !== this.channel.joinRef()`: whether diffs must wait for a
@@ -81,17 +53,17 @@ pub fn on_state(instance: &JsValue, new_state: &JsValue) -> Result<(), JsValue> 
     set(instance, Field::State, &state)?;
     let pending: Array = get(instance, Field::PendingDiffs)?.unchecked_into();
     // forEach visits the diffs there when it starts
-    for i in 0..pending.length() {
+    for i in 0..js::len(&pending) {
         let state = get(instance, Field::State)?;
         let state = apply(
             &state,
-            &pending.get(i),
+            &js::at(&pending, i),
             &callbacks.on_join,
             &callbacks.on_leave,
         )?;
         set(instance, Field::State, &state)?;
     }
-    set(instance, Field::PendingDiffs, &Array::new())?;
+    set(instance, Field::PendingDiffs, &js::new_array())?;
     callbacks.sync()
 }
 
@@ -102,7 +74,7 @@ pub fn on_diff(instance: &JsValue, diff: &JsValue) -> Result<(), JsValue> {
     // the method, so that a subclass's override counts, as in phoenix.js
     if call0(instance, Field::InPendingSyncState)?.is_truthy() {
         let diffs: Array = get(instance, Field::PendingDiffs)?.unchecked_into();
-        diffs.push(diff);
+        js::append(&diffs, diff);
         return Ok(());
     }
     let state = apply(

@@ -8,12 +8,42 @@
 //! status: a number, with the value (or the exception, when the status is negative) held for
 //! [`take`]. [`held`] turns that pair into a `Result`. This is cheaper than wasm-bindgen's
 //! `catch`, which matters for calls made once per key.
+//!
+//! Arrays are worked on through the few functions here too, rather than `js-sys`: they are
+//! imported directly (no glue function in between), and `js-sys` would bring wasm-bindgen's
+//! closure support into the module, and with it glue that sets up a `TextDecoder` when the
+//! module loads (which test environments such as jsdom lack).
 
-use js_sys::Array;
 use wasm_bindgen::prelude::*;
 
 #[wasm_bindgen(module = "/js/values.js")]
 extern "C" {
+    /// A JavaScript array.
+    #[wasm_bindgen(typescript_type = "Array<any>")]
+    pub type Array;
+    /// `array[at]`.
+    pub fn at(array: &Array, at: i32) -> JsValue;
+    /// `array.length`.
+    pub fn len(array: &Array) -> i32;
+    /// `array[at] = value`.
+    pub fn put(array: &Array, at: i32, value: &JsValue);
+    /// `array.push(value)`.
+    pub fn append(array: &Array, value: &JsValue);
+    /// `array.splice(at, 0, value)`.
+    #[wasm_bindgen(js_name = insertAt)]
+    pub fn insert_at(array: &Array, at: i32, value: &JsValue);
+    /// `array.indexOf(value)`.
+    #[wasm_bindgen(js_name = indexIn)]
+    pub fn index_in(array: &Array, value: &JsValue) -> i32;
+    /// `array.slice()`.
+    #[wasm_bindgen(js_name = copyOf)]
+    pub fn copy_of(array: &Array) -> Array;
+    /// `[]`.
+    #[wasm_bindgen(js_name = newArray)]
+    pub fn new_array() -> Array;
+    /// `[a, b, c]`.
+    pub fn triple(a: &JsValue, b: &JsValue, c: &JsValue) -> Array;
+
     /// The value (or exception) the last status-answering call held.
     pub fn take() -> JsValue;
 
@@ -34,8 +64,8 @@ extern "C" {
     /// `obj[key]`: 1 when truthy (held), 0 when falsy.
     #[wasm_bindgen(js_name = presenceAt)]
     pub fn presence_at(obj: &JsValue, key: &JsValue) -> i32;
-    /// For each of `old_keys`, 1 when `newState[key]` is truthy (own properties only when
-    /// `inherits`), else 0: a `Uint8Array`, status 1.
+    /// For each of `old_keys`, 1 in `out` when `newState[key]` is truthy (own properties only
+    /// when `inherits`), else 0: status 1.
     #[wasm_bindgen(js_name = inNewState)]
     pub fn in_new_state(
         old_keys: &Array,
@@ -43,16 +73,18 @@ extern "C" {
         new_keys: &Array,
         new_values: &Array,
         inherits: bool,
+        out: &mut [u8],
     ) -> i32;
-    /// For each of `new_keys`, what `state` holds under it: 0 nothing (or falsy), 2 a presence
-    /// whose metas carry the same refs as the new one's position by position, 1 another: a
-    /// `Uint8Array`, status 1.
+    /// For each of `new_keys`, what `state` holds under it, in `out`: 0 nothing (or falsy), 2
+    /// a presence whose metas carry the same refs as the new one's position by position, 1
+    /// another: status 1.
     pub fn found(
         state: &JsValue,
         old_keys: &Array,
         old_values: &Array,
         new_keys: &Array,
         new_values: &Array,
+        out: &mut [u8],
     ) -> i32;
     /// `state[key] = ` a JSON copy of `presence`, the copy held: 1 when the state has no list
     /// cache, 2 when it has one, 3 when it has one but the key held a (falsy) value other than
@@ -75,7 +107,7 @@ extern "C" {
     /// `presence.metas = ` the metas of presence `a` at the positions whose bits are set in
     /// `a_mask`, then those of presence `b` in `b_mask`: 1.
     #[wasm_bindgen(js_name = setMetas)]
-    pub fn set_metas(presence: &JsValue, a: &JsValue, a_mask: u32, b: &JsValue, b_mask: u32)
+    pub fn set_metas(presence: &JsValue, a: &JsValue, a_mask: i32, b: &JsValue, b_mask: i32)
         -> i32;
     /// [`set_metas`] with the positions listed, for lists longer than 32.
     #[wasm_bindgen(js_name = setMetasAt)]
@@ -102,9 +134,6 @@ extern "C" {
     #[wasm_bindgen(js_name = mapPairs)]
     pub fn map_pairs(keys: &Array, objects: &Array, chooser: &JsValue) -> i32;
 
-    /// `Object.create(null)`.
-    #[wasm_bindgen(js_name = emptyState)]
-    pub fn empty_state() -> JsValue;
     /// Whether `obj` is an object with a null prototype.
     #[wasm_bindgen(js_name = isNullProto)]
     pub fn is_null_proto(obj: &JsValue) -> bool;
@@ -112,12 +141,18 @@ extern "C" {
     #[wasm_bindgen(js_name = isNullish)]
     pub fn is_nullish(v: &JsValue) -> bool;
     /// The `TypeError` for a malformed value (see [`Failure`]), naming `key` where it says.
-    pub fn failure(code: u32, key: &JsValue) -> JsValue;
+    pub fn failure(code: i32, key: &JsValue) -> JsValue;
     /// The numeric value of `key` if JavaScript lists it among an object's integer-like keys,
     /// else -1.
     #[wasm_bindgen(js_name = arrayIndex)]
     pub fn array_index(key: &JsValue) -> f64;
 
+    /// `array.splice(at, 1)`.
+    #[wasm_bindgen(js_name = removeAt)]
+    pub fn remove_at(array: &Array, at: i32);
+    /// `array[at]` when it is a number, else 0.
+    #[wasm_bindgen(js_name = numberAt)]
+    pub fn number_at(array: &Array, at: i32) -> i32;
     /// The list cache of a state object (`[keys, objects, integer-like key count]`).
     #[wasm_bindgen(js_name = listOf)]
     pub fn list_of(state: &JsValue) -> JsValue;
@@ -128,21 +163,14 @@ extern "C" {
     #[wasm_bindgen(js_name = dropList)]
     pub fn drop_list(state: &JsValue);
 
-    /// phoenix.js's fresh `caller`: `{onJoin, onLeave, onSync}`, each doing nothing.
-    #[wasm_bindgen(js_name = newCaller)]
-    pub fn new_caller() -> JsValue;
-    /// `{state: "presence_state", diff: "presence_diff"}`.
-    #[wasm_bindgen(js_name = defaultEvents)]
-    pub fn default_events() -> JsValue;
-
     /// `obj[FIELDS[field]]` held (see [`Field`]).
-    pub fn field(obj: &JsValue, field: u32) -> i32;
+    pub fn field(obj: &JsValue, field: i32) -> i32;
     /// `obj[FIELDS[field]] = value`: 1.
     #[wasm_bindgen(js_name = setField)]
-    pub fn set_field(obj: &JsValue, field: u32, value: &JsValue) -> i32;
+    pub fn set_field(obj: &JsValue, field: i32, value: &JsValue) -> i32;
     /// `obj[FIELDS[field]]()` held.
     #[wasm_bindgen(js_name = callMethod)]
-    pub fn call_method(obj: &JsValue, field: u32) -> i32;
+    pub fn call_method(obj: &JsValue, field: i32) -> i32;
 }
 
 /// The property names the instance functions use, numbered as `FIELDS` in `js/values.js`.
@@ -166,23 +194,21 @@ pub enum Field {
     OnSync = 7,
     /// `inPendingSyncState`
     InPendingSyncState = 8,
-    /// `events`
-    Events = 9,
 }
 
 /// `obj[field]`.
 pub fn get(obj: &JsValue, name: Field) -> Result<JsValue, JsValue> {
-    held(field(obj, name as u32))
+    held(field(obj, name as i32))
 }
 
 /// `obj[field] = value`.
 pub fn set(obj: &JsValue, name: Field, value: &JsValue) -> Result<(), JsValue> {
-    status(set_field(obj, name as u32, value)).map(|_| ())
+    status(set_field(obj, name as i32, value)).map(|_| ())
 }
 
 /// `obj[field]()`.
 pub fn call0(obj: &JsValue, name: Field) -> Result<JsValue, JsValue> {
-    held(call_method(obj, name as u32))
+    held(call_method(obj, name as i32))
 }
 
 /// A status-answering call's outcome: `Ok(status)` when it did not throw (take the value with
@@ -225,12 +251,12 @@ pub enum Failure {
 impl Failure {
     /// The `TypeError`, naming `key`.
     pub fn of(self, key: &JsValue) -> JsValue {
-        failure(self as u32, key)
+        failure(self as i32, key)
     }
 
     /// The `TypeError`, for failures that name no key.
     pub fn error(self) -> JsValue {
-        failure(self as u32, &JsValue::UNDEFINED)
+        failure(self as i32, &JsValue::UNDEFINED)
     }
 }
 

@@ -25,7 +25,7 @@ mod list;
 mod model;
 
 use alloc::vec::Vec;
-use js_sys::Array;
+use js::Array;
 use list::ListCache;
 use model::{key_values, JsModel, States};
 use rollcall_core::presence::sync;
@@ -57,11 +57,11 @@ pub fn sync_state(
         return Err(js::Failure::NoNewState.error());
     }
     let copy: Array = js::held(js::copy_state(current_state))?.unchecked_into();
-    let state = copy.get(0);
+    let state = js::at(&copy, 0);
     let (new_keys, new_values) = key_values(new_state)?;
     let states = States {
-        old_keys: copy.get(1).unchecked_into(),
-        old_values: copy.get(2).unchecked_into(),
+        old_keys: js::at(&copy, 1).unchecked_into(),
+        old_values: js::at(&copy, 2).unchecked_into(),
         new_state,
         new_keys,
         new_values,
@@ -99,20 +99,20 @@ fn apply(
         _ => {}
     }
     let parts: Array = js::take().unchecked_into();
-    let state = parts.get(0);
+    let state = js::at(&parts, 0);
     let pairs = |keys: JsValue, values: JsValue| -> Vec<(JsValue, JsValue)> {
         let keys: Array = keys.unchecked_into();
         let values: Array = values.unchecked_into();
-        (0..keys.length())
-            .map(|i| (keys.get(i), values.get(i)))
+        (0..js::len(&keys))
+            .map(|i| (js::at(&keys, i), js::at(&values, i)))
             .collect()
     };
     let mut model = JsModel::new(&state, on_join, on_leave);
-    sync::apply_joins(&mut model, pairs(parts.get(1), parts.get(2)))?;
+    sync::apply_joins(&mut model, pairs(js::at(&parts, 1), js::at(&parts, 2)))?;
     if code == 2 {
         return Err(js::Failure::NoLeaves.error());
     }
-    sync::apply_leaves(&mut model, pairs(parts.get(3), parts.get(4)))?;
+    sync::apply_leaves(&mut model, pairs(js::at(&parts, 3), js::at(&parts, 4)))?;
     Ok(state)
 }
 

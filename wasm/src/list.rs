@@ -8,8 +8,7 @@
 //! does not hold); the next `list()` rebuilds it. Changes made to the state object by other code
 //! are not seen.
 
-use crate::js::{self, index_of_key};
-use js_sys::Array;
+use crate::js::{self, index_of_key, Array};
 use wasm_bindgen::{JsCast, JsValue};
 
 /// The cache of one state: `[keys, objects, number of integer-like keys at the front]`.
@@ -28,8 +27,8 @@ impl ListCache {
         }
         let holder: Array = holder.unchecked_into();
         Some(Self {
-            keys: holder.get(0).unchecked_into(),
-            objects: holder.get(1).unchecked_into(),
+            keys: js::at(&holder, 0).unchecked_into(),
+            objects: js::at(&holder, 1).unchecked_into(),
             holder,
         })
     }
@@ -38,13 +37,13 @@ impl ListCache {
     pub fn build(state: &JsValue) -> Result<Self, JsValue> {
         let count = js::status(js::entries_of(state))?;
         let pair: Array = js::take().unchecked_into();
-        let keys: Array = pair.get(0).unchecked_into();
-        let objects: Array = pair.get(1).unchecked_into();
+        let keys: Array = js::at(&pair, 0).unchecked_into();
+        let objects: Array = js::at(&pair, 1).unchecked_into();
         // integer-like keys come first: count them
-        let leading = (0..count as u32)
-            .take_while(|&i| index_of_key(&keys.get(i)).is_some())
-            .count() as u32;
-        let holder = Array::of3(&keys, &objects, &JsValue::from(leading));
+        let leading = (0..count)
+            .take_while(|&i| index_of_key(&js::at(&keys, i)).is_some())
+            .count() as i32;
+        let holder = js::triple(&keys, &objects, &JsValue::from(leading));
         js::set_list(state, &holder);
         Ok(Self {
             holder,
@@ -53,12 +52,12 @@ impl ListCache {
         })
     }
 
-    fn leading(&self) -> u32 {
-        self.holder.get(2).as_f64().unwrap_or(0.0) as u32
+    fn leading(&self) -> i32 {
+        js::number_at(&self.holder, 2)
     }
 
-    fn set_leading(&self, count: u32) {
-        self.holder.set(2, JsValue::from(count));
+    fn set_leading(&self, count: i32) {
+        js::put(&self.holder, 2, &JsValue::from(count));
     }
 
     /// Drops the cache of `state`.
@@ -76,15 +75,15 @@ impl ListCache {
     ) {
         if let Some(previous) = previous {
             // an assignment to a present key keeps its place
-            match u32::try_from(self.objects.index_of(previous, 0)) {
-                Ok(at) => self.objects.set(at, presence.clone()),
-                Err(_) => self.forget(state),
+            match js::index_in(&self.objects, previous) {
+                -1 => self.forget(state),
+                at => js::put(&self.objects, at, presence),
             }
             return;
         }
         let Some(index) = index_of_key(key) else {
-            self.keys.push(key);
-            self.objects.push(presence);
+            js::append(&self.keys, key);
+            js::append(&self.objects, presence);
             return;
         };
         // integer-like keys come first, ascending: find the first one above `index`
@@ -92,24 +91,25 @@ impl ListCache {
         let (mut low, mut high) = (0, leading);
         while low < high {
             let middle = low + (high - low) / 2;
-            match index_of_key(&self.keys.get(middle)) {
+            match index_of_key(&js::at(&self.keys, middle)) {
                 Some(other) if other < index => low = middle + 1,
                 _ => high = middle,
             }
         }
-        self.keys.splice(low, 0, key);
-        self.objects.splice(low, 0, presence);
+        js::insert_at(&self.keys, low, key);
+        js::insert_at(&self.objects, low, presence);
         self.set_leading(leading + 1);
     }
 
     /// `delete state[key]` happened; `presence` was its value.
     pub fn removed(self, state: &JsValue, presence: &JsValue) {
-        let Ok(at) = u32::try_from(self.objects.index_of(presence, 0)) else {
+        let at = js::index_in(&self.objects, presence);
+        if at < 0 {
             self.forget(state);
             return;
-        };
-        self.keys.splice_many(at, 1, &[]);
-        self.objects.splice_many(at, 1, &[]);
+        }
+        js::remove_at(&self.keys, at);
+        js::remove_at(&self.objects, at);
         let leading = self.leading();
         if at < leading {
             self.set_leading(leading - 1);
@@ -119,13 +119,12 @@ impl ListCache {
     /// phoenix.js's `list(by)`: the presence objects in key order, or `by(key, presence)` of
     /// each.
     pub fn list(&self, by: &JsValue) -> Result<JsValue, JsValue> {
-        let count = self.objects.length();
-        let objects = self.objects.slice(0, count);
+        let objects = js::copy_of(&self.objects);
         if by.is_falsy() {
             return Ok(objects.into());
         }
         // copies: the callback may change the state (and so this cache) while it runs
-        let keys = self.keys.slice(0, count);
+        let keys = js::copy_of(&self.keys);
         js::held(js::map_pairs(&keys, &objects, by))
     }
 }

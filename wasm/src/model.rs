@@ -2,10 +2,9 @@
 //! are handles (`JsValue`) and a metas list is the array itself, so a change to a presence is
 //! seen wherever the caller holds it, as in phoenix.js.
 
-use crate::js::{self, held, status, Failure};
+use crate::js::{self, held, status, Array, Failure};
 use crate::list::ListCache;
 use alloc::vec::Vec;
-use js_sys::Array;
 use rollcall_core::presence::sync::{Found, Model, Parts, Resync};
 use wasm_bindgen::{JsCast, JsValue};
 
@@ -42,7 +41,7 @@ pub struct States<'a> {
 pub struct Metas {
     presence: JsValue,
     refs: Array,
-    len: u32,
+    len: i32,
 }
 
 impl<'a> JsModel<'a> {
@@ -89,13 +88,10 @@ impl<'a> JsModel<'a> {
 /// `Object.getOwnPropertyNames(obj)` and each key's value, in order, as two arrays.
 pub fn key_values(obj: &JsValue) -> Result<(Array, Array), JsValue> {
     let pair: Array = held(js::entries_of(obj))?.unchecked_into();
-    Ok((pair.get(0).unchecked_into(), pair.get(1).unchecked_into()))
-}
-
-/// The bytes of a `Uint8Array` a status-1 call held.
-fn held_bytes(code: i32) -> Result<Vec<u8>, JsValue> {
-    let bytes: js_sys::Uint8Array = held(code)?.unchecked_into();
-    Ok(bytes.to_vec())
+    Ok((
+        js::at(&pair, 0).unchecked_into(),
+        js::at(&pair, 1).unchecked_into(),
+    ))
 }
 
 fn positions(at: &[usize]) -> Vec<u32> {
@@ -162,7 +158,7 @@ impl Model for JsModel<'_> {
             -2 => return Err(Failure::NotAPresence.of(key)),
             -3 => return Err(Failure::NoMetas.of(key)),
             -4 => return Err(Failure::NotAMeta.of(key)),
-            len => len as u32,
+            len => len,
         };
         Ok(Metas {
             presence: presence.clone(),
@@ -172,7 +168,7 @@ impl Model for JsModel<'_> {
     }
 
     fn refs(&mut self, metas: &Metas) -> Result<Vec<JsValue>, JsValue> {
-        Ok((0..metas.len).map(|i| metas.refs.get(i)).collect())
+        Ok((0..metas.len).map(|i| js::at(&metas.refs, i)).collect())
     }
 
     fn set_metas(
@@ -188,7 +184,9 @@ impl Model for JsModel<'_> {
         let (a, a_at) = part(0);
         let (b, b_at) = part(1);
         let code = match (mask(a_at), mask(b_at)) {
-            (Some(a_mask), Some(b_mask)) => js::set_metas(presence, a, a_mask, b, b_mask),
+            (Some(a_mask), Some(b_mask)) => {
+                js::set_metas(presence, a, a_mask as i32, b, b_mask as i32)
+            }
             _ => js::set_metas_at(presence, a, &positions(a_at), b, &positions(b_at)),
         };
         status(code).map(|_| ())
@@ -237,41 +235,47 @@ impl Model for JsModel<'_> {
 impl Resync for JsModel<'_> {
     fn old_entry(&mut self, index: usize) -> Result<(JsValue, JsValue), JsValue> {
         let states = self.states()?;
+        let index = index as i32;
         Ok((
-            states.old_keys.get(index as u32),
-            states.old_values.get(index as u32),
+            js::at(&states.old_keys, index),
+            js::at(&states.old_values, index),
         ))
     }
 
     fn new_entry(&mut self, index: usize) -> Result<(JsValue, JsValue), JsValue> {
         let states = self.states()?;
+        let index = index as i32;
         Ok((
-            states.new_keys.get(index as u32),
-            states.new_values.get(index as u32),
+            js::at(&states.new_keys, index),
+            js::at(&states.new_values, index),
         ))
     }
 
     fn in_new_state(&mut self) -> Result<Vec<bool>, JsValue> {
         let states = self.states()?;
         let inherits = !js::is_null_proto(states.new_state);
-        let kept = held_bytes(js::in_new_state(
+        let mut kept = alloc::vec![0u8; js::len(&states.old_keys) as usize];
+        status(js::in_new_state(
             &states.old_keys,
             states.new_state,
             &states.new_keys,
             &states.new_values,
             inherits,
+            &mut kept,
         ))?;
         Ok(kept.into_iter().map(|kept| kept == 1).collect())
     }
 
     fn found(&mut self) -> Result<Vec<Found>, JsValue> {
         let states = self.states()?;
-        let found = held_bytes(js::found(
+        let mut found = alloc::vec![0u8; js::len(&states.new_keys) as usize];
+        status(js::found(
             self.state,
             &states.old_keys,
             &states.old_values,
             &states.new_keys,
             &states.new_values,
+            &mut found,
         ))?;
         Ok(found
             .into_iter()

@@ -159,6 +159,8 @@ pub trait Resync: Model {
 
 /// The positions of `refs_of_list` that match none of `refs`: phoenix.js's
 /// `metas.filter(m => refs.indexOf(m.phx_ref) < 0)`.
+// one copy in the WebAssembly build, however many callers
+#[inline(never)]
 fn unmatched<M: Model>(model: &mut M, refs_of_list: &[M::Ref], refs: &[M::Ref]) -> Vec<usize> {
     let mut kept = Vec::with_capacity(refs_of_list.len());
     for (position, own) in refs_of_list.iter().enumerate() {
@@ -196,6 +198,8 @@ pub fn apply_diff<M: Model>(
 }
 
 /// The joins half of [`apply_diff`]: phoenix.js applies them before it looks at the leaves.
+// one copy in the WebAssembly build, however many callers
+#[inline(never)]
 pub fn apply_joins<M: Model>(model: &mut M, joins: Vec<Entry<M>>) -> Result<(), M::Error> {
     for (key, joined) in joins {
         let current = model.get(&key)?;
@@ -221,6 +225,8 @@ pub fn apply_joins<M: Model>(model: &mut M, joins: Vec<Entry<M>>) -> Result<(), 
 }
 
 /// The leaves half of [`apply_diff`].
+// one copy in the WebAssembly build, however many callers
+#[inline(never)]
 pub fn apply_leaves<M: Model>(model: &mut M, leaves: Vec<Entry<M>>) -> Result<(), M::Error> {
     for (key, left) in leaves {
         let Some(mut current) = model.get(&key)? else {
@@ -252,6 +258,8 @@ pub fn apply_leaves<M: Model>(model: &mut M, leaves: Vec<Entry<M>>) -> Result<()
 ///   ones — phoenix.js changes the caller's object there).
 ///
 /// A key with the same refs in both states is in neither.
+// one copy in the WebAssembly build, however many callers
+#[inline(never)]
 pub fn state_diff<M: Resync>(model: &mut M) -> Result<EntryDiff<M>, M::Error> {
     let mut leaves = Vec::new();
     for (index, kept) in model.in_new_state()?.into_iter().enumerate() {
@@ -305,6 +313,8 @@ pub fn sync_state<M: Resync>(model: &mut M) -> Result<(), M::Error> {
 }
 
 /// JSON copies of the entries' presences, without the entries JSON drops.
+// one copy in the WebAssembly build, however many callers
+#[inline(never)]
 fn copy_entries<M: Model>(
     model: &mut M,
     entries: Vec<Entry<M>>,
@@ -320,6 +330,8 @@ fn copy_entries<M: Model>(
 
 /// The entries in the order an object would list them had they been added in the given order:
 /// integer-like keys first, ascending, then the others as given.
+// one copy in the WebAssembly build, however many callers
+#[inline(never)]
 fn js_order<M: Model>(model: &mut M, entries: Vec<Entry<M>>) -> Vec<Entry<M>> {
     let mut indexed = Vec::new();
     let mut named = Vec::with_capacity(entries.len());
