@@ -1,18 +1,52 @@
 // Channel: one topic joined over a socket. Owns the join handshake, automatic
 // rejoin with backoff, buffering of pushes made before the join succeeded, and
 // dispatch of incoming events to bindings registered with `on`.
+import {CHANNEL_EVENTS, CHANNEL_STATES, type ChannelState, type ValueOrThunk, closure} from "./constants"
+import {Push, type PushPayload} from "./push"
+import type {Socket} from "./socket"
+import {Timer} from "./timer"
 
-import {CHANNEL_EVENTS, CHANNEL_STATES, closure} from "./constants.mjs"
-import {Push} from "./push.mjs"
-import {Timer} from "./timer.mjs"
+/** Called with an event's payload, its ref (replies) and the join ref it belongs to. */
+export type BindingCallback<P = unknown> = (
+  payload: P,
+  ref: string | null | undefined,
+  joinRef: string | null | undefined,
+) => void
 
+/** One `on` registration. */
+export interface Binding {
+  event: string
+  ref: number
+  callback: BindingCallback
+}
+
+/**
+ * A topic on a Socket: `socket.channel(topic, params)`, then `join()`, `push`, `on` and `leave`.
+ * It rejoins by itself after errors and reconnects.
+ */
 export class Channel {
+  state: ChannelState
+  topic: string
+  /** The join params, called on every (re)join. */
+  params: () => object
+  socket: Socket
+  bindings: Binding[]
+  bindingRef: number
+  /** Default timeout of this channel's pushes, in ms: the socket's, or the one given to `join`. */
+  timeout: number
+  joinedOnce: boolean
+  /** The phx_join push, resent with a new ref on every rejoin. */
+  joinPush: Push
+  /** Pushes made before the join succeeded, sent when it does. */
+  pushBuffer: Push[]
+  /** The socket callbacks this channel registered, removed with it. */
+  stateChangeRefs: string[]
+  rejoinTimer: Timer
+
   /**
-   * @param {string} topic
-   * @param {object | (() => object)} params join params, re-read on every (re)join
-   * @param {import("./socket.mjs").Socket} socket
+   * @param params join params, re-read on every (re)join
    */
-  constructor(topic, params, socket) {
+  constructor(topic: string, params: ValueOrThunk<object> | null | undefined, socket: Socket) {
     this.state = CHANNEL_STATES.closed
     this.topic = topic
     this.params = closure(params || {})
@@ -79,7 +113,7 @@ export class Channel {
   }
 
   /** Joins the topic; call once per Channel. Returns the join Push. */
-  join(timeout = this.timeout) {
+  join(timeout: number = this.timeout): Push {
     if (this.joinedOnce) {
       throw new Error("tried to join multiple times. 'join' can only be called a single time per channel instance")
     }
@@ -90,40 +124,47 @@ export class Channel {
   }
 
   /** Binds `callback(reason)` to the channel closing. Returns the binding ref. */
-  onClose(callback) {
+  onClose(callback: BindingCallback): number {
     return this.on(CHANNEL_EVENTS.close, callback)
   }
 
-  /** Binds `callback(reason)` to channel errors. Returns the binding ref. */
-  onError(callback) {
+  /**
+   * Binds `callback(reason)` to channel errors. The reason is the server's phx_error payload,
+   * or `{source: "transport", reason}` when the connection failed. Returns the binding ref.
+   */
+  onError(callback: (reason: unknown) => void): number {
     return this.on(CHANNEL_EVENTS.error, reason => callback(reason))
   }
 
-  /** Binds `callback(payload, ref, joinRef)` to `event`. Returns the binding ref. */
-  on(event, callback) {
+  /**
+   * Binds `callback(payload, ref, joinRef)` to `event`. Returns the binding ref. The payload
+   * type is the caller's to state: `on<{body: string}>("shout", ({body}) => ...)`.
+   */
+  on<P = unknown>(event: string, callback: BindingCallback<P>): number {
     const ref = this.bindingRef++
-    this.bindings.push({event, ref, callback})
+    this.bindings.push({event, ref, callback: callback as BindingCallback})
     return ref
   }
 
   /** Unbinds `event`: only the binding `ref` when given, else all of them. */
-  off(event, ref) {
+  off(event: string, ref?: number): void {
     this.bindings = this.bindings.filter(
       binding => !(binding.event === event && (typeof ref === "undefined" || ref === binding.ref)),
     )
   }
 
-  canPush() {
+  /** Whether a push would go out now (connected and joined) rather than be buffered. */
+  canPush(): boolean {
     return this.socket.isConnected() && this.isJoined()
   }
 
   /** Sends `event` with `payload`; buffered until joined. Returns the Push. */
-  push(event, payload, timeout = this.timeout) {
-    payload = payload || {}
+  push(event: string, payload?: PushPayload | null, timeout: number = this.timeout): Push {
+    const body = payload || {}
     if (!this.joinedOnce) {
       throw new Error(`tried to push '${event}' to '${this.topic}' before joining. Use channel.join() before pushing events`)
     }
-    const push = new Push(this, event, () => payload, timeout)
+    const push = new Push(this, event, () => body, timeout)
     if (this.canPush()) {
       push.send()
     } else {
@@ -135,7 +176,7 @@ export class Channel {
   }
 
   /** Leaves the topic. The channel is closed at once; the server is told with phx_leave. */
-  leave(timeout = this.timeout) {
+  leave(timeout: number = this.timeout): Push {
     this.rejoinTimer.reset()
     this.joinPush.cancelTimeout()
     this.state = CHANNEL_STATES.leaving
@@ -150,13 +191,16 @@ export class Channel {
     return leavePush
   }
 
-  /** Hook to inspect or rewrite incoming payloads; must return the payload. */
-  onMessage(_event, payload, _ref) {
+  /**
+   * Hook to inspect or rewrite incoming payloads (replace it on an instance); must return the
+   * payload, changed or not.
+   */
+  onMessage(event: string, payload: unknown, ref?: string | null, joinRef?: string | null): unknown {
     return payload
   }
 
   /** Whether a message belongs to this channel; messages of an earlier join are dropped. */
-  isMember(topic, event, payload, joinRef) {
+  isMember(topic: string, event: string, payload: unknown, joinRef: string | null | undefined): boolean {
     if (this.topic !== topic) return false
     if (joinRef && joinRef !== this.joinRef()) {
       if (this.socket.hasLogger()) {
@@ -167,18 +211,20 @@ export class Channel {
     return true
   }
 
-  joinRef() {
+  /** The ref of the current join; messages carrying another join ref are outdated. */
+  joinRef(): string | null | undefined {
     return this.joinPush.ref
   }
 
-  rejoin(timeout = this.timeout) {
+  private rejoin(timeout: number = this.timeout): void {
     if (this.isLeaving()) return
     this.socket.leaveOpenTopic(this.topic)
     this.state = CHANNEL_STATES.joining
     this.joinPush.resend(timeout)
   }
 
-  trigger(event, payload, ref, joinRef) {
+  /** Dispatches `event` to its bindings, through the `onMessage` hook. */
+  trigger(event: string, payload?: unknown, ref?: string | null, joinRef?: string | null): void {
     const handledPayload = this.onMessage(event, payload, ref, joinRef)
     if (payload && !handledPayload) {
       throw new Error("channel onMessage callbacks must return the payload, modified or unmodified")
@@ -190,27 +236,27 @@ export class Channel {
     }
   }
 
-  replyEventName(ref) {
+  replyEventName(ref: string | null | undefined): string {
     return `chan_reply_${ref}`
   }
 
-  isClosed() {
+  isClosed(): boolean {
     return this.state === CHANNEL_STATES.closed
   }
 
-  isErrored() {
+  isErrored(): boolean {
     return this.state === CHANNEL_STATES.errored
   }
 
-  isJoined() {
+  isJoined(): boolean {
     return this.state === CHANNEL_STATES.joined
   }
 
-  isJoining() {
+  isJoining(): boolean {
     return this.state === CHANNEL_STATES.joining
   }
 
-  isLeaving() {
+  isLeaving(): boolean {
     return this.state === CHANNEL_STATES.leaving
   }
 }

@@ -9,17 +9,45 @@
 //   broadcast (server -> client) [2, topic, event]
 // Lengths are UTF-8 byte counts; a field longer than 255 bytes cannot be framed.
 
-const utf8Encoder = new TextEncoder()
-const utf8Decoder = new TextDecoder()
-const KINDS = Object.freeze({push: 0, reply: 1, broadcast: 2})
-const MAX_FIELD_BYTES = 255
+/** One protocol message. Refs are decimal strings; a message that has none carries null. */
+export interface Message<P = unknown> {
+  join_ref?: string | null
+  ref?: string | null
+  topic: string
+  event: string
+  payload: P
+}
 
-const isArrayBuffer = value => value != null && value.constructor === ArrayBuffer
+/** A frame as it goes over the wire: JSON text, or a binary frame. */
+export type Frame = string | ArrayBuffer
+
+/** Turns a message into a frame and returns what `callback(frame)` returns. */
+export type Encoder = <R>(msg: Message, callback: (frame: Frame) => R) => R
+
+/**
+ * Turns a frame into a message and returns what `callback(message)` returns. The default
+ * decoder hands `undefined` to the callback for a binary frame of an unknown kind.
+ */
+export type Decoder = <R>(raw: Frame, callback: (msg: Message | undefined) => R) => R
+
+const KINDS = Object.freeze({push: 0, reply: 1, broadcast: 2} as const)
+const MAX_FIELD_BYTES = 255
+const HEADER_LENGTH = 1
+const META_LENGTH = 4
+
+// Made on first binary use, so that importing the client needs neither class (Jest's jsdom
+// environment, for one, has no TextEncoder).
+let utf8Encoder: TextEncoder | undefined
+let utf8Decoder: TextDecoder | undefined
+
+const isArrayBuffer = (value: unknown): value is ArrayBuffer =>
+  value != null && (value as object).constructor === ArrayBuffer
 
 // TextEncoder stringifies its argument: `undefined` becomes "", `null` "null".
 // Phoenix has the same quirk and servers see it, so it is kept.
-const fieldBytes = (name, value) => {
-  const bytes = utf8Encoder.encode(value)
+const fieldBytes = (name: string, value: string | null | undefined): Uint8Array => {
+  utf8Encoder ??= new TextEncoder()
+  const bytes = utf8Encoder.encode(value as string)
   if (bytes.length > MAX_FIELD_BYTES) {
     throw new Error(
       `unable to convert ${name} to binary: must be less than or equal to ${MAX_FIELD_BYTES} bytes, but is ${bytes.length} bytes`,
@@ -29,7 +57,8 @@ const fieldBytes = (name, value) => {
 }
 
 // Reads consecutive UTF-8 strings of the given byte lengths starting at `offset`.
-const readFields = (bytes, offset, lengths) => {
+const readFields = (bytes: Uint8Array, offset: number, lengths: number[]): {fields: string[], offset: number} => {
+  utf8Decoder ??= new TextDecoder()
   const fields = []
   for (const length of lengths) {
     fields.push(utf8Decoder.decode(bytes.subarray(offset, offset + length)))
@@ -38,7 +67,7 @@ const readFields = (bytes, offset, lengths) => {
   return {fields, offset}
 }
 
-const encodeBinaryPush = msg => {
+const encodeBinaryPush = (msg: Message<ArrayBuffer>): ArrayBuffer => {
   const meta = [
     fieldBytes("join_ref", msg.join_ref),
     fieldBytes("ref", msg.ref),
@@ -46,7 +75,7 @@ const encodeBinaryPush = msg => {
     fieldBytes("event", msg.event),
   ]
   const payload = new Uint8Array(msg.payload)
-  const headerLength = Serializer.HEADER_LENGTH + Serializer.META_LENGTH
+  const headerLength = HEADER_LENGTH + META_LENGTH
   const metaLength = meta.reduce((sum, field) => sum + field.length, 0)
   const frame = new Uint8Array(headerLength + metaLength + payload.length)
   frame[0] = KINDS.push
@@ -60,7 +89,7 @@ const encodeBinaryPush = msg => {
   return frame.buffer
 }
 
-const decodeBinary = buffer => {
+const decodeBinary = (buffer: ArrayBuffer): Message | undefined => {
   const bytes = new Uint8Array(buffer)
   switch (bytes[0]) {
     case KINDS.push: {
@@ -87,14 +116,31 @@ const decodeBinary = buffer => {
  * The default encoder/decoder of a Socket. `encode` and `decode` hand their
  * result to a callback (synchronously) and return what the callback returns.
  */
-export const Serializer = {
-  HEADER_LENGTH: 1,
-  META_LENGTH: 4,
+export interface Serializer {
+  /** Bytes before the metadata lengths of a binary frame (the kind). */
+  readonly HEADER_LENGTH: 1
+  /** Metadata length bytes of a binary push. */
+  readonly META_LENGTH: 4
+  /** The kind byte of each binary frame. */
+  readonly KINDS: {readonly push: 0, readonly reply: 1, readonly broadcast: 2}
+  /** A binary frame when the payload is an ArrayBuffer (not a view), else JSON text. */
+  encode<R>(msg: Message, callback: (frame: Frame) => R): R
+  /** The message of a text or binary frame; `undefined` for a binary frame of an unknown kind. */
+  decode<R>(raw: Frame, callback: (msg: Message | undefined) => R): R
+  /** The binary push frame of a message whose payload is an ArrayBuffer. */
+  binaryEncode(msg: Message<ArrayBuffer>): ArrayBuffer
+  /** The message of a binary frame; `undefined` for an unknown kind. */
+  binaryDecode(buffer: ArrayBuffer): Message | undefined
+}
+
+export const Serializer: Serializer = {
+  HEADER_LENGTH,
+  META_LENGTH,
   KINDS,
 
   encode(msg, callback) {
     if (isArrayBuffer(msg.payload)) {
-      return callback(encodeBinaryPush(msg))
+      return callback(encodeBinaryPush(msg as Message<ArrayBuffer>))
     }
     return callback(JSON.stringify([msg.join_ref, msg.ref, msg.topic, msg.event, msg.payload]))
   },
@@ -103,7 +149,9 @@ export const Serializer = {
     if (isArrayBuffer(rawPayload)) {
       return callback(decodeBinary(rawPayload))
     }
-    const [join_ref, ref, topic, event, payload] = JSON.parse(rawPayload)
+    const [join_ref, ref, topic, event, payload] = JSON.parse(rawPayload) as [
+      string | null, string | null, string, string, unknown,
+    ]
     return callback({join_ref, ref, topic, event, payload})
   },
 

@@ -4,8 +4,8 @@
 // backoff, heartbeats, the send buffer used while disconnected, the ref counter
 // shared by messages and callback registrations, and routing of incoming
 // messages to the channels whose topic (and join ref) they belong to.
-
-import {Channel} from "./channel.mjs"
+import {Ajax} from "./ajax"
+import {Channel} from "./channel"
 import {
   AUTH_TOKEN_PREFIX,
   DEFAULT_HEARTBEAT_INTERVAL_MS,
@@ -16,15 +16,79 @@ import {
   REJOIN_SCHEDULE,
   SOCKET_STATES,
   TRANSPORTS,
+  type TimerHandle,
+  type ValueOrThunk,
   WS_CLOSE_NORMAL,
+  clearTimer,
   closure,
   globalScope,
   scheduleDelay,
-} from "./constants.mjs"
-import {Ajax} from "./ajax.mjs"
-import {LongPoll} from "./longpoll.mjs"
-import {Serializer} from "./serializer.mjs"
-import {Timer} from "./timer.mjs"
+} from "./constants"
+import {LongPoll} from "./longpoll"
+import {type Decoder, type Encoder, type Message, Serializer} from "./serializer"
+import {Timer} from "./timer"
+import type {
+  SessionStore,
+  Transport,
+  TransportCloseEvent,
+  TransportConstructor,
+  TransportMessageEvent,
+} from "./transport"
+
+/** Receives every log line: its kind ("transport", "channel", "push", "receive"), text and data. */
+export type Logger = (kind: string, msg: string, data: unknown) => void
+
+/** The state of a Socket's connection, as `connectionState()` names it. */
+export type ConnectionState = "connecting" | "open" | "closing" | "closed"
+
+export interface SocketConnectOption {
+  /**
+   * The WebSocket class; defaults to the global WebSocket, else LongPoll. In Node before 22
+   * pass one, e.g. `WebSocket` from the `ws` package.
+   */
+  transport?: TransportConstructor
+  /** When set, fall back to long-poll if the WebSocket fails or is not healthy within this many ms (2500 is typical). */
+  longPollFallbackMs?: number
+  /** Push and join timeout in ms (default 10000). */
+  timeout?: number
+  /** Interval between heartbeats in ms (default 30000). */
+  heartbeatIntervalMs?: number
+  /** Delay before reconnect attempt `tries` (1-based). Default 10, 50, 100, 150, 200, 250, 500, 1000, 2000, then 5000 ms. */
+  reconnectAfterMs?: (tries: number) => number
+  /** Delay before rejoin attempt `tries` (1-based). Default 1000, 2000, 5000, then 10000 ms. */
+  rejoinAfterMs?: (tries: number) => number
+  /** Called with (kind, message, data) for every log line. */
+  logger?: Logger
+  /** Installs a console logger when no `logger` is given. */
+  debug?: boolean
+  /** Timeout of one long-poll HTTP request in ms (default 20000). */
+  longpollerTimeout?: number
+  /** Connect params, sent as the query string; a function is called on every connect. */
+  params?: ValueOrThunk<object>
+  /** Bearer token sent as a WebSocket sub-protocol (long-poll: as a header); a function is called on every connect. */
+  authToken?: ValueOrThunk<string>
+  /** Protocol version (default "2.0.0"). */
+  vsn?: string
+  /** The WebSocket's binaryType (default "arraybuffer"). */
+  binaryType?: string
+  /** Where a working long-poll fallback is remembered (default: the global sessionStorage). */
+  sessionStorage?: SessionStore
+  /** Custom message encoder (WebSocket only: LongPoll always uses the Serializer). */
+  encode?: Encoder
+  /** Custom message decoder (WebSocket only: LongPoll always uses the Serializer). */
+  decode?: Decoder
+}
+
+/** Called with what the transport reported, the transport in use and how many connections had opened. */
+export type SocketErrorCallback = (error: unknown, transport: TransportConstructor, establishedConnections: number) => void
+
+/** The callbacks registered with onOpen, onClose, onError and onMessage, each with its ref. */
+export interface StateChangeCallbacks {
+  open: [ref: string, callback: () => void][]
+  close: [ref: string, callback: (event: TransportCloseEvent) => void][]
+  error: [ref: string, callback: SocketErrorCallback][]
+  message: [ref: string, callback: (message: Message) => void][]
+}
 
 const noop = () => {}
 
@@ -32,19 +96,70 @@ const noop = () => {}
 const TEARDOWN_POLL_STEP_MS = 150
 const TEARDOWN_MAX_TRIES = 5
 
-const detachHandlers = conn => {
+const detachHandlers = (conn: Transport) => {
   conn.onopen = noop
   conn.onerror = noop
   conn.onmessage = noop
   conn.onclose = noop
 }
 
+/**
+ * A connection to a Phoenix channels endpoint: `new Socket("/socket", opts)`, `connect()`, then
+ * `channel(topic)` for each topic. It reconnects by itself until `disconnect()`.
+ */
 export class Socket {
+  stateChangeCallbacks: StateChangeCallbacks
+  channels: Channel[]
+  /** Sends made while disconnected, run in order once connected. */
+  sendBuffer: (() => void)[]
+  /** The last ref handed out; messages and callback registrations share it. */
+  ref: number
+  fallbackRef: string | null
+  fallbackErrorRef: string | null
+  /** Default push and join timeout in ms. */
+  timeout: number
+  /** The transport class the next connection uses. */
+  transport: TransportConstructor
+  /** Whether the primary transport ever answered its health-check ping. */
+  primaryPassedHealthCheck: boolean
+  longPollFallbackMs: number | undefined
+  fallbackTimer: TimerHandle | null
+  sessionStore: SessionStore | undefined
+  /** How many connections have opened. */
+  establishedConnections: number
+  defaultEncoder: Encoder
+  defaultDecoder: Decoder
+  closeWasClean: boolean
+  disconnecting: boolean
+  binaryType: string
+  /** Bumped by every connect, disconnect and transport switch, so stale teardowns do nothing. */
+  connectClock: number
+  pageHidden: boolean
+  encode: Encoder
+  decode: Decoder
+  heartbeatIntervalMs: number
+  rejoinAfterMs: (tries: number) => number
+  reconnectAfterMs: (tries: number) => number
+  logger: Logger | null
+  longpollerTimeout: number
+  /** The connect params, called on every connect. */
+  params: () => object
+  /** The endpoint with `/websocket` appended. */
+  endPoint: string
+  vsn: string
+  heartbeatTimeoutTimer: TimerHandle | null
+  heartbeatTimer: TimerHandle | null
+  /** The ref of the heartbeat awaiting its reply. */
+  pendingHeartbeatRef: string | null
+  reconnectTimer: Timer
+  authToken: (() => string) | undefined
+  /** The current connection; null (or undefined before the first connect) when there is none. */
+  conn: Transport | null | undefined
+
   /**
-   * @param {string} endPoint e.g. "/socket", "//host/socket" or "wss://host/socket"
-   * @param {object} [opts] see the README and index.d.ts
+   * @param endPoint e.g. "/socket", "//host/socket" or "wss://host/socket"
    */
-  constructor(endPoint, opts = {}) {
+  constructor(endPoint: string, opts: SocketConnectOption = {}) {
     this.stateChangeCallbacks = {open: [], close: [], error: [], message: []}
     this.channels = []
     this.sendBuffer = []
@@ -92,7 +207,7 @@ export class Socket {
     this.pendingHeartbeatRef = null
     this.reconnectTimer = new Timer(() => {
       if (this.pageHidden) {
-        this.log("Not reconnecting as page is hidden!")
+        this.log("transport", "not reconnecting as the page is hidden")
         this.teardown()
         return
       }
@@ -103,10 +218,10 @@ export class Socket {
 
   // Browsers only: disconnect while the page is in the back/forward cache and
   // reconnect at once when a hidden tab becomes visible again.
-  installPageLifecycle() {
+  private installPageLifecycle(): void {
     const win = globalScope.window
     if (!win || typeof win.addEventListener !== "function") return
-    let pageHideClock = null
+    let pageHideClock: number | null = null
     win.addEventListener("pagehide", () => {
       if (this.conn) {
         this.disconnect()
@@ -131,15 +246,16 @@ export class Socket {
     })
   }
 
-  getLongPollTransport() {
+  /** The LongPoll class, for `replaceTransport`. */
+  getLongPollTransport(): typeof LongPoll {
     return LongPoll
   }
 
   /** Closes the current connection and switches to `newTransport` for the next connect. */
-  replaceTransport(newTransport) {
+  replaceTransport(newTransport: TransportConstructor): void {
     this.connectClock++
     this.closeWasClean = true
-    clearTimeout(this.fallbackTimer)
+    clearTimer(this.fallbackTimer)
     this.reconnectTimer.reset()
     const conn = this.conn
     if (conn) {
@@ -154,23 +270,29 @@ export class Socket {
     this.transport = newTransport
   }
 
-  protocol() {
+  /** "wss" on an https page, else "ws". */
+  protocol(): "ws" | "wss" {
     return globalScope.location && /^https/.test(globalScope.location.protocol) ? "wss" : "ws"
   }
 
-  endPointURL() {
+  /** The full URL of the connection, with the params and vsn in its query. */
+  endPointURL(): string {
     const uri = Ajax.appendParams(Ajax.appendParams(this.endPoint, this.params()), {vsn: this.vsn})
     if (uri.charAt(0) !== "/") return uri
     if (uri.charAt(1) === "/") return `${this.protocol()}:${uri}`
-    return `${this.protocol()}://${globalScope.location.host}${uri}`
+    const {location} = globalScope
+    if (!location) {
+      throw new Error(`the socket endpoint ${this.endPoint} is a path, which needs a page's location: give a full URL (ws://host/path) here`)
+    }
+    return `${this.protocol()}://${location.host}${uri}`
   }
 
   /** Closes the connection without reconnecting; `callback` runs once it is closed. */
-  disconnect(callback, code, reason) {
+  disconnect(callback?: () => void, code?: number, reason?: string): void {
     this.connectClock++
     this.disconnecting = true
     this.closeWasClean = true
-    clearTimeout(this.fallbackTimer)
+    clearTimer(this.fallbackTimer)
     this.reconnectTimer.reset()
     this.teardown(
       () => {
@@ -183,7 +305,7 @@ export class Socket {
   }
 
   /** Opens the connection; a no-op while one exists. Passing params here is deprecated. */
-  connect(params) {
+  connect(params?: ValueOrThunk<object>): void {
     if (params) {
       if (globalScope.console) {
         globalScope.console.log(
@@ -200,44 +322,45 @@ export class Socket {
     }
   }
 
-  log(kind, msg, data) {
+  /** Passes a line to the logger, if there is one. */
+  log(kind: string, msg: string, data?: unknown): void {
     if (this.logger) this.logger(kind, msg, data)
   }
 
-  hasLogger() {
+  hasLogger(): boolean {
     return this.logger !== null
   }
 
   /** Registers `callback()` for every connection open. Returns a ref for `off`. */
-  onOpen(callback) {
+  onOpen(callback: () => void): string {
     const ref = this.makeRef()
     this.stateChangeCallbacks.open.push([ref, callback])
     return ref
   }
 
   /** Registers `callback(event)` for every connection close. Returns a ref for `off`. */
-  onClose(callback) {
+  onClose(callback: (event: TransportCloseEvent) => void): string {
     const ref = this.makeRef()
     this.stateChangeCallbacks.close.push([ref, callback])
     return ref
   }
 
   /** Registers `callback(error, transport, establishedConnections)`. Returns a ref for `off`. */
-  onError(callback) {
+  onError(callback: SocketErrorCallback): string {
     const ref = this.makeRef()
     this.stateChangeCallbacks.error.push([ref, callback])
     return ref
   }
 
   /** Registers `callback(message)` for every decoded incoming message. Returns a ref for `off`. */
-  onMessage(callback) {
+  onMessage(callback: (message: Message) => void): string {
     const ref = this.makeRef()
     this.stateChangeCallbacks.message.push([ref, callback])
     return ref
   }
 
   /** Measures a round trip with a heartbeat; `callback(ms)`. False when not connected. */
-  ping(callback) {
+  ping(callback: (latencyMs: number) => void): boolean {
     if (!this.isConnected()) return false
     const ref = this.makeRef()
     const startTime = Date.now()
@@ -251,14 +374,15 @@ export class Socket {
     return true
   }
 
-  transportName(transport) {
+  /** The transport's class name; "LongPoll" for LongPoll even when minified. */
+  transportName(transport: TransportConstructor): string {
     return transport === LongPoll ? "LongPoll" : transport.name
   }
 
-  transportConnect() {
+  private transportConnect(): void {
     this.connectClock++
     this.closeWasClean = false
-    let protocols
+    let protocols: string[] | undefined
     if (this.authToken) {
       // Standard base64 without padding, despite the "base64url" in the prefix.
       const encoded = btoa(this.authToken()).replace(/=/g, "")
@@ -272,22 +396,22 @@ export class Socket {
     conn.onopen = () => {
       if (this.conn === conn) this.onConnOpen()
     }
-    conn.onerror = error => {
+    conn.onerror = (error: unknown) => {
       if (this.conn === conn) this.onConnError(error)
     }
-    conn.onmessage = event => {
+    conn.onmessage = (event: TransportMessageEvent) => {
       if (this.conn === conn) this.onConnMessage(event)
     }
-    conn.onclose = event => {
+    conn.onclose = (event: TransportCloseEvent) => {
       if (this.conn === conn) this.onConnClose(event)
     }
   }
 
-  getSession(key) {
+  private getSession(key: string): string | null | undefined {
     return this.sessionStore && this.sessionStore.getItem(key)
   }
 
-  storeSession(key, value) {
+  private storeSession(key: string, value: string): void {
     if (this.sessionStore) this.sessionStore.setItem(key, value)
   }
 
@@ -295,13 +419,13 @@ export class Socket {
   // the primary fails before it is established, or when it cannot open and
   // answer a ping within `fallbackThreshold` ms. A fallback that then works is
   // remembered for the browser session.
-  connectWithFallback(fallbackTransport, fallbackThreshold = 2500) {
-    clearTimeout(this.fallbackTimer)
+  private connectWithFallback(fallbackTransport: TransportConstructor, fallbackThreshold = 2500): void {
+    clearTimer(this.fallbackTimer)
     const memoKey = `phx:fallback:${this.transportName(fallbackTransport)}`
     let established = false
     let primaryTransport = true
 
-    const fallback = reason => {
+    const fallback = (reason?: unknown) => {
       this.log("transport", `falling back to ${this.transportName(fallbackTransport)}...`, reason)
       primaryTransport = false
       this.replaceTransport(fallbackTransport)
@@ -316,7 +440,7 @@ export class Socket {
     this.fallbackErrorRef = this.onError(reason => {
       this.log("transport", "error", reason)
       if (primaryTransport && !established) {
-        clearTimeout(this.fallbackTimer)
+        clearTimer(this.fallbackTimer)
         fallback(reason)
       }
     })
@@ -330,23 +454,23 @@ export class Socket {
       }
       // Open is not enough (a proxy may accept the upgrade and then stall):
       // the primary must also answer a ping in time.
-      clearTimeout(this.fallbackTimer)
+      clearTimer(this.fallbackTimer)
       this.fallbackTimer = setTimeout(fallback, fallbackThreshold)
       this.ping(rtt => {
         this.log("transport", "connected to primary after", rtt)
         this.primaryPassedHealthCheck = true
-        clearTimeout(this.fallbackTimer)
+        clearTimer(this.fallbackTimer)
       })
     })
     this.transportConnect()
   }
 
-  clearHeartbeats() {
-    clearTimeout(this.heartbeatTimer)
-    clearTimeout(this.heartbeatTimeoutTimer)
+  private clearHeartbeats(): void {
+    clearTimer(this.heartbeatTimer)
+    clearTimer(this.heartbeatTimeoutTimer)
   }
 
-  onConnOpen() {
+  private onConnOpen(): void {
     if (this.hasLogger()) {
       this.log("transport", `${this.transportName(this.transport)} connected to ${this.endPointURL()}`)
     }
@@ -359,7 +483,7 @@ export class Socket {
     for (const [, callback] of this.stateChangeCallbacks.open.slice()) callback()
   }
 
-  heartbeatTimeout() {
+  private heartbeatTimeout(): void {
     if (!this.pendingHeartbeatRef) return
     this.pendingHeartbeatRef = null
     if (this.hasLogger()) this.log("transport", "heartbeat timeout. Attempting to re-establish connection")
@@ -368,7 +492,7 @@ export class Socket {
     this.teardown(() => this.reconnectTimer.scheduleTimeout(), WS_CLOSE_NORMAL, "heartbeat timeout")
   }
 
-  resetHeartbeat() {
+  private resetHeartbeat(): void {
     if (this.conn && this.conn.skipHeartbeat) return
     this.pendingHeartbeatRef = null
     this.clearHeartbeats()
@@ -377,7 +501,7 @@ export class Socket {
 
   // Closes the current connection (after its send buffer drained), then runs
   // `callback`, unless another connect/disconnect happened in the meantime.
-  teardown(callback, code, reason) {
+  private teardown(callback?: () => void, code?: number, reason?: string): void {
     const conn = this.conn
     if (!conn) return callback && callback()
     const clock = this.connectClock
@@ -396,7 +520,7 @@ export class Socket {
     })
   }
 
-  waitForBufferDone(conn, callback, tries = 1) {
+  private waitForBufferDone(conn: Transport, callback: () => void, tries = 1): void {
     if (tries === TEARDOWN_MAX_TRIES || !conn.bufferedAmount) {
       callback()
       return
@@ -404,7 +528,7 @@ export class Socket {
     setTimeout(() => this.waitForBufferDone(conn, callback, tries + 1), TEARDOWN_POLL_STEP_MS * tries)
   }
 
-  waitForSocketClosed(conn, callback, tries = 1) {
+  private waitForSocketClosed(conn: Transport, callback: () => void, tries = 1): void {
     if (tries === TEARDOWN_MAX_TRIES || conn.readyState === SOCKET_STATES.closed) {
       callback()
       return
@@ -412,7 +536,7 @@ export class Socket {
     setTimeout(() => this.waitForSocketClosed(conn, callback, tries + 1), TEARDOWN_POLL_STEP_MS * tries)
   }
 
-  onConnClose(event) {
+  private onConnClose(event: TransportCloseEvent): void {
     const closeCode = event && event.code
     if (this.hasLogger()) this.log("transport", "close", event)
     if (this.conn) this.conn.onclose = noop
@@ -422,7 +546,7 @@ export class Socket {
     for (const [, callback] of this.stateChangeCallbacks.close.slice()) callback(event)
   }
 
-  onConnError(error) {
+  private onConnError(error: unknown): void {
     if (this.hasLogger()) this.log("transport", "error", error)
     const transportBefore = this.transport
     const establishedBefore = this.establishedConnections
@@ -436,7 +560,7 @@ export class Socket {
     }
   }
 
-  triggerChanError(reason) {
+  private triggerChanError(reason: string): void {
     for (const channel of this.channels.slice()) {
       if (!(channel.isErrored() || channel.isLeaving() || channel.isClosed())) {
         channel.trigger("phx_error", {source: "transport", reason})
@@ -445,7 +569,7 @@ export class Socket {
   }
 
   /** "connecting" | "open" | "closing" | "closed" */
-  connectionState() {
+  connectionState(): ConnectionState {
     switch (this.conn && this.conn.readyState) {
       case SOCKET_STATES.connecting:
         return "connecting"
@@ -458,57 +582,60 @@ export class Socket {
     }
   }
 
-  isConnected() {
+  isConnected(): boolean {
     return this.connectionState() === "open"
   }
 
-  remove(channel) {
+  /** Forgets a channel and the socket callbacks it registered. */
+  remove(channel: Channel): void {
     this.off(channel.stateChangeRefs)
     this.channels = this.channels.filter(c => c !== channel)
   }
 
   /** Removes the open/close/error/message callbacks with these refs. */
-  off(refs) {
-    for (const key of Object.keys(this.stateChangeCallbacks)) {
-      this.stateChangeCallbacks[key] = this.stateChangeCallbacks[key].filter(([ref]) => !refs.includes(ref))
-    }
+  off(refs: string[]): void {
+    const callbacks = this.stateChangeCallbacks
+    callbacks.open = callbacks.open.filter(([ref]) => !refs.includes(ref))
+    callbacks.close = callbacks.close.filter(([ref]) => !refs.includes(ref))
+    callbacks.error = callbacks.error.filter(([ref]) => !refs.includes(ref))
+    callbacks.message = callbacks.message.filter(([ref]) => !refs.includes(ref))
   }
 
   /** Creates a Channel for `topic`; call `join()` on it. */
-  channel(topic, chanParams = {}) {
+  channel(topic: string, chanParams: ValueOrThunk<object> = {}): Channel {
     const channel = new Channel(topic, chanParams, this)
     this.channels.push(channel)
     return channel
   }
 
   /** Sends (or buffers until connected) one message `{topic, event, payload, ref, join_ref}`. */
-  push(data) {
+  push(data: Message): void {
     if (this.hasLogger()) {
       const {topic, event, payload, ref, join_ref} = data
       this.log("push", `${topic} ${event} (${join_ref}, ${ref})`, payload)
     }
     if (this.isConnected()) {
-      this.encode(data, result => this.conn.send(result))
+      this.encode(data, result => this.conn?.send(result))
     } else {
-      this.sendBuffer.push(() => this.encode(data, result => this.conn.send(result)))
+      this.sendBuffer.push(() => this.encode(data, result => this.conn?.send(result)))
     }
   }
 
   /** Next ref as a decimal string; messages and callback registrations share the counter. */
-  makeRef() {
+  makeRef(): string {
     const next = this.ref + 1
     this.ref = next === this.ref ? 0 : next
     return this.ref.toString()
   }
 
-  sendHeartbeat() {
+  private sendHeartbeat(): void {
     if (this.pendingHeartbeatRef && !this.isConnected()) return
     this.pendingHeartbeatRef = this.makeRef()
     this.push({topic: "phoenix", event: "heartbeat", payload: {}, ref: this.pendingHeartbeatRef})
     this.heartbeatTimeoutTimer = setTimeout(() => this.heartbeatTimeout(), this.heartbeatIntervalMs)
   }
 
-  flushSendBuffer() {
+  private flushSendBuffer(): void {
     if (this.isConnected() && this.sendBuffer.length > 0) {
       const buffered = this.sendBuffer
       this.sendBuffer = []
@@ -516,8 +643,11 @@ export class Socket {
     }
   }
 
-  onConnMessage(rawMessage) {
-    this.decode(rawMessage.data, msg => {
+  private onConnMessage(rawMessage: TransportMessageEvent): void {
+    this.decode(rawMessage.data, decoded => {
+      // The default decoder gives undefined for a binary frame of an unknown kind.
+      if (decoded === undefined) throw new Error("a frame from the server decoded to no message")
+      const msg = decoded
       const {topic, event, payload, ref, join_ref} = msg
       if (ref != null && ref === this.pendingHeartbeatRef) {
         this.clearHeartbeats()
@@ -525,7 +655,7 @@ export class Socket {
         this.heartbeatTimer = setTimeout(() => this.sendHeartbeat(), this.heartbeatIntervalMs)
       }
       if (this.hasLogger()) {
-        const status = (payload && payload.status) || ""
+        const status = (payload && (payload as {status?: string}).status) || ""
         this.log("receive", `${status} ${topic} ${event} ${(ref && `(${ref})`) || ""}`, payload)
       }
       for (const channel of this.channels.slice()) {
@@ -538,7 +668,7 @@ export class Socket {
   }
 
   /** Leaves another joined/joining channel on `topic`, so one topic has one live join. */
-  leaveOpenTopic(topic) {
+  leaveOpenTopic(topic: string): void {
     const duplicate = this.channels.find(c => c.topic === topic && (c.isJoined() || c.isJoining()))
     if (duplicate) {
       if (this.hasLogger()) this.log("transport", `leaving duplicate topic "${topic}"`)

@@ -3,13 +3,19 @@
 //
 // The global setTimeout/clearTimeout are looked up at call time so fake timers
 // installed by a test after this module loaded still take effect.
+import {type TimerHandle, clearTimer} from "./constants"
 
+/** Runs `callback` after `timerCalc(attempt)` ms each time it is scheduled, until reset. */
 export class Timer {
-  /**
-   * @param {() => void} callback run when the timer fires
-   * @param {(tries: number) => number} timerCalc delay in ms for the 1-based attempt number
-   */
-  constructor(callback, timerCalc) {
+  /** Run when the timer fires. */
+  callback: () => void
+  /** Delay in ms for the 1-based attempt number. */
+  timerCalc: (tries: number) => number
+  timer: TimerHandle | null
+  /** How many times the callback ran since the last reset. */
+  tries: number
+
+  constructor(callback: () => void, timerCalc: (tries: number) => number) {
     this.callback = callback
     this.timerCalc = timerCalc
     this.timer = null
@@ -17,15 +23,15 @@ export class Timer {
   }
 
   /** Forget past attempts and cancel a pending run. */
-  reset() {
+  reset(): void {
     this.tries = 0
-    clearTimeout(this.timer)
+    clearTimer(this.timer)
     this.timer = null
   }
 
   /** (Re)arm the timer with the delay of the next attempt. */
-  scheduleTimeout() {
-    clearTimeout(this.timer)
+  scheduleTimeout(): void {
+    clearTimer(this.timer)
     this.timer = setTimeout(() => {
       this.timer = null
       this.tries += 1
