@@ -9,9 +9,9 @@ import path from "node:path"
 import {defineConfig} from "tsup"
 
 /** Resolves `#loader` (see src/presence.ts) to the given loader. */
-const loader = (file) => ({
+const loader = file => ({
   name: "rollcall-loader",
-  setup(build){
+  setup(build) {
     build.onResolve({filter: /^#loader$/}, () => ({path: path.resolve("src", file)}))
   },
 })
@@ -38,7 +38,11 @@ export default defineConfig([
   },
   {
     ...common,
-    entry: {"browser": "src/browser.ts", "browser-presence": "src/browser-presence.ts", "browser-wasm": "src/browser-wasm.ts"},
+    entry: {
+      browser: "src/browser.ts",
+      "browser-presence": "src/browser-presence.ts",
+      "browser-wasm": "src/browser-wasm.ts",
+    },
     format: ["esm"],
     dts: false,
     external: ["./browser-presence.js", "./browser-wasm.js"],

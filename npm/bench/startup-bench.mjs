@@ -11,22 +11,42 @@
 // (a Node phoenix client) is already in the room, so the page's first sync with two members is
 // the one after its own join. The two pages alternate, round after round, and the table reports
 // each side's median and the median of the per-round ratios.
-import path from "node:path"
+
 import fs from "node:fs"
-import WebSocket from "ws"
+import path from "node:path"
 import {Socket} from "phoenix"
-import {gzipSize, launchChromium, makeApp, packPackage, presencePage, rollcallBinary, run, scratch, serveStatic, startRollcall, toolBin, until} from "../toolchains/support.mjs"
+import WebSocket from "ws"
+import {
+  gzipSize,
+  launchChromium,
+  makeApp,
+  packPackage,
+  presencePage,
+  rollcallBinary,
+  run,
+  scratch,
+  serveStatic,
+  startRollcall,
+  toolBin,
+  until,
+} from "../toolchains/support.mjs"
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS || 9)
-const SLOW_4G = {offline: false, latency: 150, downloadThroughput: 1.6e6 / 8, uploadThroughput: 750e3 / 8, connectionType: "cellular4g"}
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+const SLOW_4G = {
+  offline: false,
+  latency: 150,
+  downloadThroughput: 1.6e6 / 8,
+  uploadThroughput: 750e3 / 8,
+  connectionType: "cellular4g",
+}
+const median = xs => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 
 const work = scratch("startup")
 const cleanup = []
 try {
   const {dir: rollcall} = packPackage(work)
   const sites = {}
-  for(const from of ["phoenix", "rollcall"]){
+  for (const from of ["phoenix", "rollcall"]) {
     const app = makeApp(path.join(work, from), presencePage(from), {rollcall})
     run(process.execPath, [toolBin("vite", "bin/vite.js"), "build", "--logLevel", "warn"], app)
     const assets = path.join(app, "dist", "assets")
@@ -50,10 +70,10 @@ try {
   cleanup.push(() => browser.close())
   const times = {phoenix: [], rollcall: []}
   const ratios = []
-  for(let round = 0; round < ROUNDS; round++){
+  for (let round = 0; round < ROUNDS; round++) {
     const order = round % 2 === 0 ? ["phoenix", "rollcall"] : ["rollcall", "phoenix"]
     const sample = {}
-    for(const from of order){
+    for (const from of order) {
       const context = await browser.newContext()
       const page = await context.newPage()
       const cdp = await context.newCDPSession(page)
@@ -69,12 +89,20 @@ try {
     ratios.push(sample.rollcall / sample.phoenix)
   }
 
-  console.log(`Start-up over Slow 4G (150 ms, 1.6 Mbit/s): navigation → first onSync with 2 members, ${ROUNDS} alternating rounds, Vite ${JSON.parse(fs.readFileSync(toolBin("vite", "package.json"), "utf8")).version} production builds, ${release ? "release" : "debug"} server\n`)
+  console.log(
+    `Start-up over Slow 4G (150 ms, 1.6 Mbit/s): navigation → first onSync with 2 members, ${ROUNDS} alternating rounds, Vite ${JSON.parse(fs.readFileSync(toolBin("vite", "package.json"), "utf8")).version} production builds, ${release ? "release" : "debug"} server\n`,
+  )
   console.log("| page | JS + wasm (gzip) | median | rollcall / phoenix |")
   console.log("|---|---:|---:|---:|")
-  console.log(`| phoenix 1.8.12 | ${(sites.phoenix.bytes / 1024).toFixed(1)} KB | ${median(times.phoenix).toFixed(0)} ms | |`)
-  console.log(`| rollcall | ${(sites.rollcall.bytes / 1024).toFixed(1)} KB | ${median(times.rollcall).toFixed(0)} ms | ${median(ratios).toFixed(2)}× |`)
+  console.log(
+    `| phoenix 1.8.12 | ${(sites.phoenix.bytes / 1024).toFixed(1)} KB | ${median(times.phoenix).toFixed(0)} ms | |`,
+  )
+  console.log(
+    `| rollcall | ${(sites.rollcall.bytes / 1024).toFixed(1)} KB | ${median(times.rollcall).toFixed(0)} ms | ${median(ratios).toFixed(2)}× |`,
+  )
 } finally {
-  for(const close of cleanup.reverse()){ await close() }
+  for (const close of cleanup.reverse()) {
+    await close()
+  }
   fs.rmSync(work, {recursive: true, force: true})
 }

@@ -2,7 +2,7 @@
 // Uses XMLHttpRequest where it exists (browsers), otherwise fetch (Node 18+,
 // workers). Every request reports through one callback with the parsed JSON
 // body, or null when there is no usable body.
-import {XHR_DONE, globalScope} from "./constants"
+import {globalScope, XHR_DONE} from "./constants"
 
 /** An HTTP request in flight. */
 export interface RequestHandle {

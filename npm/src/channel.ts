@@ -1,7 +1,7 @@
 // Channel: one topic joined over a socket. Owns the join handshake, automatic
 // rejoin with backoff, buffering of pushes made before the join succeeded, and
 // dispatch of incoming events to bindings registered with `on`.
-import {CHANNEL_EVENTS, CHANNEL_STATES, type ChannelState, type ValueOrThunk, closure} from "./constants"
+import {CHANNEL_EVENTS, CHANNEL_STATES, type ChannelState, closure, type ValueOrThunk} from "./constants"
 import {Push, type PushPayload} from "./push"
 import type {Socket} from "./socket"
 import {Timer} from "./timer"
@@ -162,7 +162,9 @@ export class Channel {
   push(event: string, payload?: PushPayload | null, timeout: number = this.timeout): Push {
     const body = payload || {}
     if (!this.joinedOnce) {
-      throw new Error(`tried to push '${event}' to '${this.topic}' before joining. Use channel.join() before pushing events`)
+      throw new Error(
+        `tried to push '${event}' to '${this.topic}' before joining. Use channel.join() before pushing events`,
+      )
     }
     const push = new Push(this, event, () => body, timeout)
     if (this.canPush()) {

@@ -82,7 +82,7 @@ export interface GlobalScope {
   AbortController?: typeof AbortController
   CloseEvent?: new (type: string, init: TransportCloseEvent) => TransportCloseEvent
   sessionStorage?: SessionStore
-  location?: {protocol: string, host: string}
+  location?: {protocol: string; host: string}
   window?: {addEventListener?: (type: string, listener: () => void) => void}
   document?: {visibilityState: string}
   console?: {log(...data: unknown[]): void}
@@ -105,9 +105,11 @@ export interface XDomainRequestLike {
  * The global object of the page or worker (or Node). Only `typeof` is applied to `self` and
  * `window`, which never throws, so this is safe where neither exists.
  */
-export const globalScope: GlobalScope = (
-  typeof self !== "undefined" ? self : typeof window !== "undefined" ? window : globalThis
-) as unknown as GlobalScope
+export const globalScope: GlobalScope = (typeof self !== "undefined"
+  ? self
+  : typeof window !== "undefined"
+    ? window
+    : globalThis) as unknown as GlobalScope
 
 /** A value, or a function returning it that is called again each time the value is needed. */
 export type ValueOrThunk<T> = T | (() => T)

@@ -10,32 +10,46 @@ import {explain, fromHex} from "./loader"
 let bindings: Bindings | undefined
 let failure: Error | undefined
 
-const loading: Promise<void> = import("./browser-wasm.js").then(async (chunk) => {
-  const module = await WebAssembly.compile(fromHex(chunk.wasmHex) as BufferSource)
-  chunk.initSync({module})
-  bindings = chunk.bindings
-}).catch((e) => {
-  failure = explain(e)
-  throw failure
-})
+const loading: Promise<void> = import("./browser-wasm.js")
+  .then(async chunk => {
+    const module = await WebAssembly.compile(fromHex(chunk.wasmHex) as BufferSource)
+    chunk.initSync({module})
+    bindings = chunk.bindings
+  })
+  .catch(e => {
+    failure = explain(e)
+    throw failure
+  })
 // rejections surface through ready() and through each call; do not also report them unhandled
 loading.catch(() => {})
 
 /** The module; throws while it is still loading, or why it could not be loaded. */
 export function load(): Bindings {
-  if(bindings){ return bindings }
-  if(failure){ throw failure }
-  throw new Error("rollcall: Presence's WebAssembly module is still loading; await Presence.ready before calling Presence.syncState, syncDiff or list at start-up")
+  if (bindings) {
+    return bindings
+  }
+  if (failure) {
+    throw failure
+  }
+  throw new Error(
+    "rollcall: Presence's WebAssembly module is still loading; await Presence.ready before calling Presence.syncState, syncDiff or list at start-up",
+  )
 }
 
 /** The module if it is loaded, else undefined (a failure throws). */
 export function loadedNow(): Bindings | undefined {
-  if(failure){ throw failure }
+  if (failure) {
+    throw failure
+  }
   return bindings
 }
 
 /** Settles once the module is loaded. */
-export function ready(): Promise<void> { return loading }
+export function ready(): Promise<void> {
+  return loading
+}
 
 /** Runs `then` once the module is loaded (or failed: `then` finds out from load()). */
-export function whenReady(then: () => void): void { loading.then(then, then) }
+export function whenReady(then: () => void): void {
+  loading.then(then, then)
+}

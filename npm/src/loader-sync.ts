@@ -15,15 +15,26 @@ let failure: Error | undefined
 
 /** The module, compiled now if it is not yet; throws why it cannot be. */
 export function load(): Bindings {
-  if(bindings){ return bindings }
-  if(failure){ throw failure }
+  if (bindings) {
+    return bindings
+  }
+  if (failure) {
+    throw failure
+  }
   try {
     const glue = require("./glue") as typeof Glue
     const {wasmHex} = require("../build/wasm/bytes.js") as {wasmHex: string}
     glue.initSync({module: fromHex(wasmHex)})
-    bindings = {onState: glue.presenceOnState, onDiff: glue.presenceOnDiff, instanceList: glue.presenceList,
-      pending: glue.presenceInPendingSyncState, resync: glue.syncState, apply: glue.syncDiff, listOf: glue.list}
-  } catch (e){
+    bindings = {
+      onState: glue.presenceOnState,
+      onDiff: glue.presenceOnDiff,
+      instanceList: glue.presenceList,
+      pending: glue.presenceInPendingSyncState,
+      resync: glue.syncState,
+      apply: glue.syncDiff,
+      listOf: glue.list,
+    }
+  } catch (e) {
     failure = explain(e)
     throw failure
   }
@@ -31,17 +42,21 @@ export function load(): Bindings {
 }
 
 /** The module if it can be had now (always, here: it is compiled on the spot). */
-export function loadedNow(): Bindings { return load() }
+export function loadedNow(): Bindings {
+  return load()
+}
 
 /** Settles once the module is compiled. */
 export function ready(): Promise<void> {
   try {
     load()
     return Promise.resolve()
-  } catch (e){
+  } catch (e) {
     return Promise.reject(e)
   }
 }
 
 /** Runs `then` once the module is loaded (here: at once). */
-export function whenReady(then: () => void): void { then() }
+export function whenReady(then: () => void): void {
+  then()
+}

@@ -16,7 +16,9 @@ export interface Bindings {
 /** The module's bytes from the hexadecimal text the build embeds (hex compresses better than base64). */
 export function fromHex(hex: string): Uint8Array {
   const out = new Uint8Array(hex.length >> 1)
-  for(let i = 0; i < out.length; i++){ out[i] = parseInt(hex.substr(i * 2, 2), 16) }
+  for (let i = 0; i < out.length; i++) {
+    out[i] = parseInt(hex.substr(i * 2, 2), 16)
+  }
   return out
 }
 
@@ -24,9 +26,9 @@ export function fromHex(hex: string): Uint8Array {
 export function explain(cause: unknown): Error {
   const reason = cause instanceof Error ? cause.message : String(cause)
   let fix = ""
-  if(typeof WebAssembly === "undefined"){
+  if (typeof WebAssembly === "undefined") {
     fix = " This JavaScript engine has no WebAssembly."
-  } else if(/unsafe-eval|Content.Security.Policy|CSP/i.test(reason)){
+  } else if (/unsafe-eval|Content.Security.Policy|CSP/i.test(reason)) {
     fix = " The page's Content-Security-Policy forbids compiling WebAssembly: add 'wasm-unsafe-eval' to its script-src."
   }
   const error = new Error(`rollcall: the Presence WebAssembly module could not be loaded (${reason}).${fix}`)

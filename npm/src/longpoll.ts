@@ -7,12 +7,12 @@
 import {Ajax, type RequestHandle} from "./ajax"
 import {
   AUTH_TOKEN_PREFIX,
-  MAX_LONGPOLL_BATCH,
-  SOCKET_STATES,
-  TRANSPORTS,
-  type TimerHandle,
   clearTimer,
   globalScope,
+  MAX_LONGPOLL_BATCH,
+  SOCKET_STATES,
+  type TimerHandle,
+  TRANSPORTS,
 } from "./constants"
 import type {Frame} from "./serializer"
 import type {Transport, TransportCloseEvent, TransportMessageEvent} from "./transport"
@@ -44,7 +44,7 @@ const arrayBufferToBase64 = (buffer: ArrayBuffer): string => {
 // the serializer the ArrayBuffer a WebSocket would have delivered.
 const decodeMessage = (msg: string): Frame => {
   if (typeof msg !== "string" || msg === "" || msg[0] === "[" || msg[0] === "{") return msg
-  let binary
+  let binary: string
   try {
     binary = atob(msg)
   } catch {
@@ -152,45 +152,51 @@ export class LongPoll implements Transport {
   }
 
   private poll(): void {
-    this.ajax("GET", this.headers({Accept: "application/json"}), null, () => this.ontimeout(), json => {
-      const resp = json as PollResponse | null
-      const status = resp ? resp.status : 0
-      if (status === 410 && this.token !== null) {
-        // We had a session and the server no longer knows it.
-        this.onerror(410)
-        this.closeAndRetry(3410, "session_gone", false)
-        return
-      }
-      if (resp) this.token = resp.token
-      switch (status) {
-        case 200:
-          // One macrotask per message, like WebSocket message events.
-          for (const msg of resp?.messages || []) {
-            setTimeout(() => this.onmessage({data: decodeMessage(msg)}), 0)
-          }
-          this.poll()
-          break
-        case 204:
-          this.poll()
-          break
-        case 410:
-          this.readyState = SOCKET_STATES.open
-          this.onopen({})
-          this.poll()
-          break
-        case 403:
-          this.onerror(403)
-          this.close(1008, "forbidden", false)
-          break
-        case 0:
-        case 500:
-          this.onerror(500)
-          this.closeAndRetry(1011, "internal server error", 500)
-          break
-        default:
-          throw new Error(`unhandled poll status ${status}`)
-      }
-    })
+    this.ajax(
+      "GET",
+      this.headers({Accept: "application/json"}),
+      null,
+      () => this.ontimeout(),
+      json => {
+        const resp = json as PollResponse | null
+        const status = resp ? resp.status : 0
+        if (status === 410 && this.token !== null) {
+          // We had a session and the server no longer knows it.
+          this.onerror(410)
+          this.closeAndRetry(3410, "session_gone", false)
+          return
+        }
+        if (resp) this.token = resp.token
+        switch (status) {
+          case 200:
+            // One macrotask per message, like WebSocket message events.
+            for (const msg of resp?.messages || []) {
+              setTimeout(() => this.onmessage({data: decodeMessage(msg)}), 0)
+            }
+            this.poll()
+            break
+          case 204:
+            this.poll()
+            break
+          case 410:
+            this.readyState = SOCKET_STATES.open
+            this.onopen({})
+            this.poll()
+            break
+          case 403:
+            this.onerror(403)
+            this.close(1008, "forbidden", false)
+            break
+          case 0:
+          case 500:
+            this.onerror(500)
+            this.closeAndRetry(1011, "internal server error", 500)
+            break
+          default:
+            throw new Error(`unhandled poll status ${status}`)
+        }
+      },
+    )
   }
 
   /** Queues one encoded frame; frames sent in the same tick go out in one POST. */
@@ -219,26 +225,32 @@ export class LongPoll implements Transport {
     // The auth token only matters when the session starts (the GET); POSTs
     // are authorised by the session token, as with phoenix.
     const headers = {"Content-Type": "application/x-ndjson"}
-    this.ajax("POST", headers, chunk.join("\n"), () => this.ontimeout(), json => {
-      const resp = json as PollResponse | null
-      if (!resp || resp.status !== 200) {
+    this.ajax(
+      "POST",
+      headers,
+      chunk.join("\n"),
+      () => this.ontimeout(),
+      json => {
+        const resp = json as PollResponse | null
+        if (!resp || resp.status !== 200) {
+          this.awaitingBatchAck = false
+          this.onerror(resp && resp.status)
+          this.closeAndRetry(1011, "internal server error", false)
+          return
+        }
+        const next = offset + MAX_LONGPOLL_BATCH
+        if (next < messages.length) {
+          this.batchSend(messages, next)
+          return
+        }
         this.awaitingBatchAck = false
-        this.onerror(resp && resp.status)
-        this.closeAndRetry(1011, "internal server error", false)
-        return
-      }
-      const next = offset + MAX_LONGPOLL_BATCH
-      if (next < messages.length) {
-        this.batchSend(messages, next)
-        return
-      }
-      this.awaitingBatchAck = false
-      if (this.batchBuffer.length > 0) {
-        const queued = this.batchBuffer
-        this.batchBuffer = []
-        this.batchSend(queued)
-      }
-    })
+        if (this.batchBuffer.length > 0) {
+          const queued = this.batchBuffer
+          this.batchBuffer = []
+          this.batchSend(queued)
+        }
+      },
+    )
   }
 
   /** Aborts the requests in flight, drops unsent frames and reports the close to `onclose`. */
@@ -247,7 +259,10 @@ export class LongPoll implements Transport {
     this.reqs.clear()
     this.readyState = SOCKET_STATES.closed
     // Explicitly passed undefineds override the defaults: `close()` reports code undefined.
-    const opts: TransportCloseEvent = Object.assign({code: 1000, reason: undefined, wasClean: true}, {code, reason, wasClean})
+    const opts: TransportCloseEvent = Object.assign(
+      {code: 1000, reason: undefined, wasClean: true},
+      {code, reason, wasClean},
+    )
     this.batchBuffer = []
     clearTimer(this.currentBatchTimer)
     this.currentBatchTimer = null

@@ -14,21 +14,27 @@ const waiting = new WeakMap<object, Event[]>()
 
 function deliver(presence: object, event: Event): void {
   const queue = waiting.get(presence)
-  if(queue){
+  if (queue) {
     queue.push(event)
     return
   }
   const core = loadedNow()
-  if(!core){
+  if (!core) {
     waiting.set(presence, [event])
     whenReady(() => {
       const events = waiting.get(presence) || []
       waiting.delete(presence)
-      for(const next of events){ deliver(presence, next) }
+      for (const next of events) {
+        deliver(presence, next)
+      }
     })
     return
   }
-  if(event[0] === STATE){ core.onState(presence, event[1]) } else { core.onDiff(presence, event[1]) }
+  if (event[0] === STATE) {
+    core.onState(presence, event[1])
+  } else {
+    core.onDiff(presence, event[1])
+  }
 }
 
 /** One connection's metadata, as the server tracks it. */
@@ -62,28 +68,34 @@ export interface PresenceDiff<M extends object = Record<string, unknown>> {
  * Called for each key that joined or gained metas. `current` is the presence before the join,
  * unchanged (`undefined` for a new key); `joined` holds only the joined metas.
  */
-export type PresenceOnJoin<M extends object = Record<string, unknown>> =
-  (key: string, current: PresenceEntry<M> | undefined, joined: PresenceEntry<M>) => void
+export type PresenceOnJoin<M extends object = Record<string, unknown>> = (
+  key: string,
+  current: PresenceEntry<M> | undefined,
+  joined: PresenceEntry<M>,
+) => void
 
 /**
  * Called for each key that lost metas. `current` is the stored presence after the removal (when
  * its metas are empty the key is deleted right after the callback); `left` holds the metas that
  * left.
  */
-export type PresenceOnLeave<M extends object = Record<string, unknown>> =
-  (key: string, current: PresenceEntry<M>, left: PresenceEntry<M>) => void
+export type PresenceOnLeave<M extends object = Record<string, unknown>> = (
+  key: string,
+  current: PresenceEntry<M>,
+  left: PresenceEntry<M>,
+) => void
 
 /** Called once after each applied `presence_state` or `presence_diff`. */
 export type PresenceOnSync = () => void
 
 export interface PresenceOpts {
   /** The channel event names; both are required when given. Default `presence_state` and `presence_diff`. */
-  events?: {state: string, diff: string}
+  events?: {state: string; diff: string}
 }
 
 /** What Presence uses of a channel: a Channel of `rollcall` or of the official `phoenix`. */
 export interface PresenceChannel {
-  on(event: string, callback: (payload: any) => void): unknown
+  on(event: string, callback: (payload: never) => void): unknown
   joinRef(): string | null | undefined
 }
 
@@ -103,27 +115,33 @@ export class Presence<M extends object = Record<string, unknown>> {
   declare channel: PresenceChannel
   /** The channel's join ref when the last `presence_state` arrived; `null` before the first. */
   declare joinRef: string | null
-  declare caller: {onJoin: PresenceOnJoin<M>, onLeave: PresenceOnLeave<M>, onSync: PresenceOnSync}
+  declare caller: {onJoin: PresenceOnJoin<M>; onLeave: PresenceOnLeave<M>; onSync: PresenceOnSync}
 
-  constructor(channel: PresenceChannel, opts: PresenceOpts = {}){
+  constructor(channel: PresenceChannel, opts: PresenceOpts = {}) {
     const events = opts.events || {state: "presence_state", diff: "presence_diff"}
     this.state = Object.create(null)
     this.pendingDiffs = []
     this.channel = channel
     this.joinRef = null
-    this.caller = {onJoin: function (){ }, onLeave: function (){ }, onSync: function (){ }}
+    this.caller = {onJoin: () => {}, onLeave: () => {}, onSync: () => {}}
     this.channel.on(events.state, (newState: unknown) => deliver(this, [STATE, newState]))
     this.channel.on(events.diff, (diff: unknown) => deliver(this, [DIFF, diff]))
   }
 
   /** Replaces the join callback. */
-  onJoin(callback: PresenceOnJoin<M>): void { this.caller.onJoin = callback }
+  onJoin(callback: PresenceOnJoin<M>): void {
+    this.caller.onJoin = callback
+  }
 
   /** Replaces the leave callback. */
-  onLeave(callback: PresenceOnLeave<M>): void { this.caller.onLeave = callback }
+  onLeave(callback: PresenceOnLeave<M>): void {
+    this.caller.onLeave = callback
+  }
 
   /** Replaces the sync callback. */
-  onSync(callback: PresenceOnSync): void { this.caller.onSync = callback }
+  onSync(callback: PresenceOnSync): void {
+    this.caller.onSync = callback
+  }
 
   /** The live presences in key order, or what `by(key, presence)` makes of each. */
   list(): PresenceEntry<M>[]
@@ -185,7 +203,9 @@ export class Presence<M extends object = Record<string, unknown>> {
    * queue their channel's events meanwhile; await this before calling the static functions at
    * start-up. Elsewhere (Node, test runners) it is compiled on first use, synchronously.
    */
-  static get ready(): Promise<void> { return ready() }
+  static get ready(): Promise<void> {
+    return ready()
+  }
 
   // phoenix.js's private static helpers, kept for code that reaches for them
   /** @internal */
@@ -195,12 +215,18 @@ export class Presence<M extends object = Record<string, unknown>> {
 
   /** @internal */
   static toNullProtoObj<T extends object>(obj: T): T {
-    if(Object.getPrototypeOf(obj) === null){ return obj }
+    if (Object.getPrototypeOf(obj) === null) {
+      return obj
+    }
     const out = Object.create(null)
-    for(const key of Object.getOwnPropertyNames(obj)){ out[key] = (obj as any)[key] }
+    for (const key of Object.getOwnPropertyNames(obj)) {
+      out[key] = (obj as Record<string, unknown>)[key]
+    }
     return out
   }
 
   /** @internal */
-  static clone<T>(obj: T): T { return JSON.parse(JSON.stringify(obj)) }
+  static clone<T>(obj: T): T {
+    return JSON.parse(JSON.stringify(obj))
+  }
 }

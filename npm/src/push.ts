@@ -4,7 +4,7 @@
 // server's phx_reply for that ref as the event `chan_reply_<ref>`, which the
 // push listens to. A timeout is delivered the same way, as status "timeout".
 import type {Channel} from "./channel"
-import {type TimerHandle, clearTimer} from "./constants"
+import {clearTimer, type TimerHandle} from "./constants"
 
 /**
  * The status of a push's reply: the server answers "ok" or "error", and "timeout" is reported

@@ -57,7 +57,7 @@ const fieldBytes = (name: string, value: string | null | undefined): Uint8Array 
 }
 
 // Reads consecutive UTF-8 strings of the given byte lengths starting at `offset`.
-const readFields = (bytes: Uint8Array, offset: number, lengths: number[]): {fields: string[], offset: number} => {
+const readFields = (bytes: Uint8Array, offset: number, lengths: number[]): {fields: string[]; offset: number} => {
   utf8Decoder ??= new TextDecoder()
   const fields = []
   for (const length of lengths) {
@@ -79,7 +79,9 @@ const encodeBinaryPush = (msg: Message<ArrayBuffer>): ArrayBuffer => {
   const metaLength = meta.reduce((sum, field) => sum + field.length, 0)
   const frame = new Uint8Array(headerLength + metaLength + payload.length)
   frame[0] = KINDS.push
-  meta.forEach((field, i) => (frame[1 + i] = field.length))
+  meta.forEach((field, i) => {
+    frame[1 + i] = field.length
+  })
   let offset = headerLength
   for (const field of meta) {
     frame.set(field, offset)
@@ -122,7 +124,7 @@ export interface Serializer {
   /** Metadata length bytes of a binary push. */
   readonly META_LENGTH: 4
   /** The kind byte of each binary frame. */
-  readonly KINDS: {readonly push: 0, readonly reply: 1, readonly broadcast: 2}
+  readonly KINDS: {readonly push: 0; readonly reply: 1; readonly broadcast: 2}
   /** A binary frame when the payload is an ArrayBuffer (not a view), else JSON text. */
   encode<R>(msg: Message, callback: (frame: Frame) => R): R
   /** The message of a text or binary frame; `undefined` for a binary frame of an unknown kind. */
@@ -150,7 +152,11 @@ export const Serializer: Serializer = {
       return callback(decodeBinary(rawPayload))
     }
     const [join_ref, ref, topic, event, payload] = JSON.parse(rawPayload) as [
-      string | null, string | null, string, string, unknown,
+      string | null,
+      string | null,
+      string,
+      string,
+      unknown,
     ]
     return callback({join_ref, ref, topic, event, payload})
   },

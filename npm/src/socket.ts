@@ -8,21 +8,21 @@ import {Ajax} from "./ajax"
 import {Channel} from "./channel"
 import {
   AUTH_TOKEN_PREFIX,
+  clearTimer,
+  closure,
   DEFAULT_HEARTBEAT_INTERVAL_MS,
   DEFAULT_LONGPOLLER_TIMEOUT,
   DEFAULT_TIMEOUT,
   DEFAULT_VSN,
+  globalScope,
   RECONNECT_SCHEDULE,
   REJOIN_SCHEDULE,
   SOCKET_STATES,
-  TRANSPORTS,
+  scheduleDelay,
   type TimerHandle,
+  TRANSPORTS,
   type ValueOrThunk,
   WS_CLOSE_NORMAL,
-  clearTimer,
-  closure,
-  globalScope,
-  scheduleDelay,
 } from "./constants"
 import {LongPoll} from "./longpoll"
 import {type Decoder, type Encoder, type Message, Serializer} from "./serializer"
@@ -80,7 +80,11 @@ export interface SocketConnectOption {
 }
 
 /** Called with what the transport reported, the transport in use and how many connections had opened. */
-export type SocketErrorCallback = (error: unknown, transport: TransportConstructor, establishedConnections: number) => void
+export type SocketErrorCallback = (
+  error: unknown,
+  transport: TransportConstructor,
+  establishedConnections: number,
+) => void
 
 /** The callbacks registered with onOpen, onClose, onError and onMessage, each with its ref. */
 export interface StateChangeCallbacks {
@@ -282,7 +286,9 @@ export class Socket {
     if (uri.charAt(1) === "/") return `${this.protocol()}:${uri}`
     const {location} = globalScope
     if (!location) {
-      throw new Error(`the socket endpoint ${this.endPoint} is a path, which needs a page's location: give a full URL (ws://host/path) here`)
+      throw new Error(
+        `the socket endpoint ${this.endPoint} is a path, which needs a page's location: give a full URL (ws://host/path) here`,
+      )
     }
     return `${this.protocol()}://${location.host}${uri}`
   }
@@ -432,7 +438,10 @@ export class Socket {
       this.transportConnect()
     }
 
-    if (this.getSession(memoKey)) return fallback("memorized")
+    if (this.getSession(memoKey)) {
+      fallback("memorized")
+      return
+    }
 
     this.fallbackTimer = setTimeout(fallback, fallbackThreshold)
 
@@ -503,7 +512,10 @@ export class Socket {
   // `callback`, unless another connect/disconnect happened in the meantime.
   private teardown(callback?: () => void, code?: number, reason?: string): void {
     const conn = this.conn
-    if (!conn) return callback && callback()
+    if (!conn) {
+      callback?.()
+      return
+    }
     const clock = this.connectClock
     this.waitForBufferDone(conn, () => {
       if (clock !== this.connectClock) return

@@ -3,7 +3,7 @@
 //
 // The global setTimeout/clearTimeout are looked up at call time so fake timers
 // installed by a test after this module loaded still take effect.
-import {type TimerHandle, clearTimer} from "./constants"
+import {clearTimer, type TimerHandle} from "./constants"
 
 /** Runs `callback` after `timerCalc(attempt)` ms each time it is scheduled, until reset. */
 export class Timer {
@@ -32,10 +32,13 @@ export class Timer {
   /** (Re)arm the timer with the delay of the next attempt. */
   scheduleTimeout(): void {
     clearTimer(this.timer)
-    this.timer = setTimeout(() => {
-      this.timer = null
-      this.tries += 1
-      this.callback()
-    }, this.timerCalc(this.tries + 1))
+    this.timer = setTimeout(
+      () => {
+        this.timer = null
+        this.tries += 1
+        this.callback()
+      },
+      this.timerCalc(this.tries + 1),
+    )
   }
 }

@@ -1,6 +1,7 @@
 // Channel and Push unit tests: join/rejoin, buffering, replies, timeouts, leave.
-import {afterEach, beforeEach, describe, mock, test} from "node:test"
+
 import assert from "node:assert/strict"
+import {afterEach, beforeEach, describe, mock, test} from "node:test"
 import {Socket} from "rollcall"
 import {fakeWebSocketClass} from "./socket-fakes.mjs"
 
@@ -86,7 +87,10 @@ describe("join", () => {
     channel.join()
     conn.serverReply(conn.lastFrame(), "error", {})
     mock.timers.tick(1000)
-    assert.deepEqual(joinFrames().map(f => f[4]), [{n: 1}, {n: 2}])
+    assert.deepEqual(
+      joinFrames().map(f => f[4]),
+      [{n: 1}, {n: 2}],
+    )
   })
 
   test("joining twice throws", () => {
@@ -113,7 +117,10 @@ describe("join", () => {
     second.join()
     assert.equal(first.state, "closed")
     assert.deepEqual(socket.channels, [second])
-    assert.deepEqual(conn.frames().map(f => f[3]), ["phx_join", "phx_leave", "phx_join"])
+    assert.deepEqual(
+      conn.frames().map(f => f[3]),
+      ["phx_join", "phx_leave", "phx_join"],
+    )
   })
 })
 
@@ -129,7 +136,10 @@ describe("membership", () => {
     conn.serverSend(["3", null, "room:1", "note", {n: "stale"}])
     conn.serverSend(["4", null, "room:1", "note", {n: "current"}])
     conn.serverSend([null, null, "room:1", "note", {n: "broadcast"}])
-    assert.deepEqual(got, [["current", "4"], ["broadcast", "4"]])
+    assert.deepEqual(got, [
+      ["current", "4"],
+      ["broadcast", "4"],
+    ])
   })
 
   test("isMember requires the topic to match", () => {
@@ -211,7 +221,10 @@ describe("push", () => {
     channel.join()
     channel.push("a", {n: 1})
     channel.push("b", {n: 2})
-    assert.deepEqual(conn.frames().map(f => f[3]), ["phx_join"])
+    assert.deepEqual(
+      conn.frames().map(f => f[3]),
+      ["phx_join"],
+    )
     conn.serverReply(conn.lastFrame(), "ok", {})
     // refs 4 and 5 were used for the buffered clocks; sending takes 6 and 7.
     assert.deepEqual(conn.frames().slice(1), [
@@ -228,7 +241,10 @@ describe("push", () => {
     mock.timers.tick(100)
     assert.equal(timedOut, true)
     conn.serverReply(conn.frames()[0], "ok", {})
-    assert.deepEqual(conn.frames().map(f => f[3]), ["phx_join"])
+    assert.deepEqual(
+      conn.frames().map(f => f[3]),
+      ["phx_join"],
+    )
   })
 
   test("pushing before join throws", () => {

@@ -2,12 +2,13 @@
 // language's built-ins: no TextEncoder, TextDecoder, setTimeout, atob, console, window or process.
 // Importing the package must not need any of them (Jest's jsdom environment, for one, has no
 // TextEncoder); they are looked up when a feature that needs them is used.
-import {test} from "node:test"
+
 import assert from "node:assert/strict"
 import fs from "node:fs"
 import path from "node:path"
-import vm from "node:vm"
+import {test} from "node:test"
 import {fileURLToPath} from "node:url"
+import vm from "node:vm"
 import {build} from "esbuild"
 
 const pkgDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
@@ -24,7 +25,13 @@ const FIRST_USE = `
     typeof TextEncoder,
   ])
 `
-const FIRST_USE_RESULT = ["ws://h/socket/websocket?vsn=2.0.0", "closed", '[null,"1","t","e",{}]', "function", "undefined"]
+const FIRST_USE_RESULT = [
+  "ws://h/socket/websocket?vsn=2.0.0",
+  "closed",
+  '[null,"1","t","e",{}]',
+  "function",
+  "undefined",
+]
 
 test("the Node and CommonJS build loads and is usable in a realm without TextEncoder, timers or a window", () => {
   const exports = {}

@@ -2,14 +2,15 @@
 // against a real `rollcall` process on 127.0.0.1: two users see each other, a meta update and a
 // leave arrive through onJoin / onLeave / onSync. Skipped, with the reason, while the server
 // binary has not been built (cargo build -p rollcall-server); ROLLCALL_BIN overrides its path.
-import {after, before, test} from "node:test"
+
 import assert from "node:assert/strict"
 import {spawn} from "node:child_process"
 import fs from "node:fs"
 import path from "node:path"
+import {after, before, test} from "node:test"
 import {fileURLToPath} from "node:url"
+import {Presence, Socket} from "rollcall"
 import WebSocket from "ws"
-import {Socket, Presence} from "rollcall"
 
 const pkgDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
 const bin = process.env.ROLLCALL_BIN || path.resolve(pkgDir, "../target/debug/rollcall")
@@ -25,10 +26,13 @@ function start(port = 0) {
   return new Promise((resolve, reject) => {
     let out = ""
     const timer = setTimeout(() => reject(new Error(`server did not start:\n${out}`)), 20000)
-    const onData = (chunk) => {
+    const onData = chunk => {
       out += chunk
       const m = out.match(/listening on (http:\/\/127\.0\.0\.1:\d+)/)
-      if (m) { clearTimeout(timer); resolve(m[1].replace("http", "ws") + "/socket") }
+      if (m) {
+        clearTimeout(timer)
+        resolve(m[1].replace("http", "ws") + "/socket")
+      }
     }
     server.stdout.on("data", onData)
     server.stderr.on("data", onData)
@@ -36,21 +40,32 @@ function start(port = 0) {
 }
 
 function stop() {
-  return new Promise((resolve) => {
-    if (!server || server.exitCode !== null) { return resolve() }
+  return new Promise(resolve => {
+    if (!server || server.exitCode !== null) {
+      return resolve()
+    }
     server.once("exit", resolve)
     server.kill("SIGTERM")
   })
 }
 
-before(async () => { if (!skip) { url = await start() } })
+before(async () => {
+  if (!skip) {
+    url = await start()
+  }
+})
 after(stop)
 
 /** Resolves once `check()` is true, re-checked after every `onSync`; rejects at the deadline. */
 function until(presence, check, what) {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), DEADLINE_MS)
-    const poll = () => { if (check()) { clearTimeout(timer); resolve() } }
+    const poll = () => {
+      if (check()) {
+        clearTimeout(timer)
+        resolve()
+      }
+    }
     presence.onSync(poll)
     poll()
   })
@@ -62,8 +77,12 @@ function member(userId, meta, opts = {}) {
   const channel = socket.channel("room:npm-client", {meta})
   const presence = new Presence(channel)
   const events = []
-  presence.onJoin((key, current, joined) => events.push(["join", key, current?.metas.length ?? 0, joined.metas.map((m) => m.name)]))
-  presence.onLeave((key, current, left) => events.push(["leave", key, current.metas.length, left.metas.map((m) => m.name)]))
+  presence.onJoin((key, current, joined) =>
+    events.push(["join", key, current?.metas.length ?? 0, joined.metas.map(m => m.name)]),
+  )
+  presence.onLeave((key, current, left) =>
+    events.push(["leave", key, current.metas.length, left.metas.map(m => m.name)]),
+  )
   channel.join()
   return {socket, channel, presence, events}
 }
@@ -71,7 +90,7 @@ function member(userId, meta, opts = {}) {
 test("our Socket, Channel and Presence work end to end against rollcall", {skip}, async () => {
   const alice = member("alice", {name: "Alice"})
   const bob = member("bob", {name: "Bob"})
-  const keys = (p) => p.list((key) => key).sort()
+  const keys = p => p.list(key => key).sort()
 
   await until(alice.presence, () => keys(alice.presence).join() === "alice,bob", "alice to see bob")
   await until(bob.presence, () => keys(bob.presence).join() === "alice,bob", "bob to see alice")
@@ -84,8 +103,10 @@ test("our Socket, Channel and Presence work end to end against rollcall", {skip}
   const bobMetas = alice.presence.state.bob.metas
   assert.equal(bobMetas.length, 1)
   assert.ok(bobMetas[0].phx_ref_prev, "an update carries phx_ref_prev")
-  assert.deepEqual(alice.events.filter((e) => e[1] === "bob").slice(-2),
-    [["join", "bob", 1, ["Bobby"]], ["leave", "bob", 1, ["Bob"]]])
+  assert.deepEqual(alice.events.filter(e => e[1] === "bob").slice(-2), [
+    ["join", "bob", 1, ["Bobby"]],
+    ["leave", "bob", 1, ["Bob"]],
+  ])
 
   // Bob goes away: Alice sees him leave.
   bob.socket.disconnect()
@@ -97,7 +118,11 @@ test("our Socket, Channel and Presence work end to end against rollcall", {skip}
 test("after a server restart our client rejoins and presence resynchronises without duplicates", {skip}, async () => {
   const erin = member("erin", {name: "Erin"})
   const fred = member("fred", {name: "Fred"})
-  const keys = (p) => p.list((key, {metas}) => `${key}:${metas.length}`).sort().join()
+  const keys = p =>
+    p
+      .list((key, {metas}) => `${key}:${metas.length}`)
+      .sort()
+      .join()
   await until(erin.presence, () => keys(erin.presence) === "erin:1,fred:1", "erin to see fred")
   const firstJoinRef = erin.channel.joinRef()
 
@@ -105,21 +130,35 @@ test("after a server restart our client rejoins and presence resynchronises with
   const port = new URL(url.replace("ws", "http")).port
   url = await start(port)
   // The channel rejoins with a new join ref; presence holds diffs until the new presence_state.
-  await until(erin.presence, () => erin.channel.joinRef() !== firstJoinRef &&
-    !erin.presence.inPendingSyncState() && keys(erin.presence) === "erin:1,fred:1", "a whole list again")
+  await until(
+    erin.presence,
+    () =>
+      erin.channel.joinRef() !== firstJoinRef &&
+      !erin.presence.inPendingSyncState() &&
+      keys(erin.presence) === "erin:1,fred:1",
+    "a whole list again",
+  )
   await until(fred.presence, () => keys(fred.presence) === "erin:1,fred:1", "fred to see erin again")
   erin.socket.disconnect()
   fred.socket.disconnect()
 })
 
-test("when the WebSocket cannot connect our client falls back to long-poll and still sees presence", {skip}, async () => {
+test("when the WebSocket cannot connect our client falls back to long-poll and still sees presence", {
+  skip,
+}, async () => {
   // A WebSocket that can never open: the error before any connection triggers the fallback.
   class Unreachable extends WebSocket {
-    constructor(_url, protocols) { super("ws://127.0.0.1:1/socket/websocket", protocols) }
+    constructor(_url, protocols) {
+      super("ws://127.0.0.1:1/socket/websocket", protocols)
+    }
   }
   const gina = member("gina", {name: "Gina"}, {transport: Unreachable, longPollFallbackMs: 2000})
   const hal = member("hal", {name: "Hal"})
-  const keys = (p) => p.list((key) => key).sort().join()
+  const keys = p =>
+    p
+      .list(key => key)
+      .sort()
+      .join()
   await until(gina.presence, () => keys(gina.presence) === "gina,hal", "gina (long-poll) to see hal")
   await until(hal.presence, () => keys(hal.presence) === "gina,hal", "hal to see gina")
   assert.equal(gina.socket.transport.name, "LongPoll")

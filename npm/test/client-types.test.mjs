@@ -2,10 +2,11 @@
 // an app does, and marks with @ts-expect-error the uses the types must refuse, so the check also
 // fails if a type decays to `any`; test/types/server-side.ts is compiled without DOM types. tsc
 // reads dist/index.d.ts (run the build first).
-import {test} from "node:test"
+
 import assert from "node:assert/strict"
 import {execFileSync} from "node:child_process"
 import path from "node:path"
+import {test} from "node:test"
 import {fileURLToPath} from "node:url"
 
 const pkgDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")

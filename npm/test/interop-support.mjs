@@ -34,7 +34,7 @@ const CLIENT_PACKAGES = process.env.PHOENIX_CLIENT ? [process.env.PHOENIX_CLIENT
 async function loadClient(pkg) {
   const entry = require.resolve(pkg)
   const manifest = JSON.parse(fs.readFileSync(findManifest(entry), "utf8"))
-  const hadSelf = Object.prototype.hasOwnProperty.call(globalThis, "self")
+  const hadSelf = Object.hasOwn(globalThis, "self")
   if (!hadSelf) globalThis.self = globalThis
   let mod
   try {
@@ -79,8 +79,14 @@ export function startServer(args, {cluster = false, onSpawn = () => {}} = {}) {
   return new Promise((resolve, reject) => {
     let out = ""
     const timer = setTimeout(() => reject(new Error(`no listening line from ${binary}:\n${out}`)), 20000)
-    proc.on("error", error => { clearTimeout(timer); reject(error) })
-    proc.on("exit", code => { clearTimeout(timer); reject(new Error(`${binary} exited with ${code}:\n${out}`)) })
+    proc.on("error", error => {
+      clearTimeout(timer)
+      reject(error)
+    })
+    proc.on("exit", code => {
+      clearTimeout(timer)
+      reject(new Error(`${binary} exited with ${code}:\n${out}`))
+    })
     proc.stdout.on("data", chunk => {
       out += chunk
       const http = out.match(/rollcall listening on (http:\/\/\S+)/)
@@ -99,7 +105,11 @@ export function until(check, what, deadlineMs = 5000) {
     const deadline = Date.now() + deadlineMs
     const tick = () => {
       let value
-      try { value = check() } catch (e) { return reject(e) }
+      try {
+        value = check()
+      } catch (e) {
+        return reject(e)
+      }
       if (value) return resolve(value)
       if (Date.now() > deadline) return reject(new Error(`timed out waiting for ${what}`))
       setTimeout(tick, 5)

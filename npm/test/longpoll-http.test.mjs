@@ -1,8 +1,9 @@
 // LongPoll over real HTTP (fetch, as in Node and workers) against a small
 // long-poll endpoint on 127.0.0.1 that this test scripts.
-import {after, before, test} from "node:test"
+
 import assert from "node:assert/strict"
 import http from "node:http"
+import {after, before, test} from "node:test"
 import {LongPoll} from "rollcall"
 
 let server
@@ -62,7 +63,10 @@ const events = lp => {
 }
 
 test("opens a session, sends an ndjson batch and receives messages over fetch", async () => {
-  const lp = new LongPoll(`ws://127.0.0.1:${port}/one/socket/websocket?vsn=2.0.0`, ["phoenix", "base64url.bearer.phx.dG9r"])
+  const lp = new LongPoll(`ws://127.0.0.1:${port}/one/socket/websocket?vsn=2.0.0`, [
+    "phoenix",
+    "base64url.bearer.phx.dG9r",
+  ])
   lp.timeout = 10000
   const log = events(lp)
 
@@ -106,5 +110,11 @@ test("a poll that outlives its timeout reports timeout and closes with 1005", as
   const log = events(lp)
   await nextRequest("three") // never answered
   await log.until(e => e[0] === "close")
-  assert.deepEqual([...log], [["error", "timeout"], ["close", 1005, "timeout"]])
+  assert.deepEqual(
+    [...log],
+    [
+      ["error", "timeout"],
+      ["close", 1005, "timeout"],
+    ],
+  )
 })

@@ -1,8 +1,9 @@
 // Drop-in check for the long-poll transport: the same scripted HTTP exchange
 // against our LongPoll and phoenix's (installed only as this reference) must
 // produce the same requests and the same events.
-import {afterEach, beforeEach, mock, test} from "node:test"
+
 import assert from "node:assert/strict"
+import {afterEach, beforeEach, mock, test} from "node:test"
 import * as phoenix from "phoenix"
 import {LongPoll} from "rollcall"
 import {installFakeXHR} from "./longpoll-fakes.mjs"
@@ -21,7 +22,13 @@ const transcript = (LongPollClass, script) => {
     lp.onmessage = m => events.push(["message", m.data])
     lp.onclose = e => events.push(["close", e.code, e.reason, e.wasClean])
     script(lp, http)
-    const requests = http.requests.map(r => ({method: r.method, url: r.url, headers: r.headers, body: r.body ?? null, aborted: r.aborted}))
+    const requests = http.requests.map(r => ({
+      method: r.method,
+      url: r.url,
+      headers: r.headers,
+      body: r.body ?? null,
+      aborted: r.aborted,
+    }))
     return {events, requests, readyState: lp.readyState}
   } finally {
     http.uninstall()
@@ -32,7 +39,7 @@ test("parity: session start, messages, batched sends and session loss", () => {
   const script = (lp, http) => {
     mock.timers.tick(0)
     http.last("GET").respond({status: 410, token: "a", messages: []})
-    http.last("GET").respond({status: 200, token: "b", messages: ["[null,null,\"t\",\"e\",{}]", "[2]"]})
+    http.last("GET").respond({status: 200, token: "b", messages: ['[null,null,"t","e",{}]', "[2]"]})
     mock.timers.tick(0)
     for (let i = 0; i < 120; i++) lp.send(`[${i}]`)
     mock.timers.tick(0)

@@ -1,6 +1,7 @@
 // LongPoll transport: the poll loop's status handling, ndjson batching and close.
-import {afterEach, beforeEach, describe, mock, test} from "node:test"
+
 import assert from "node:assert/strict"
+import {afterEach, beforeEach, describe, mock, test} from "node:test"
 import {LongPoll} from "rollcall"
 import {installFakeXHR} from "./longpoll-fakes.mjs"
 
@@ -73,7 +74,10 @@ describe("poll", () => {
     assert.deepEqual(events, [])
     assert.equal(http.last().url, "http://h/socket/longpoll?vsn=2.0.0&token=tok2")
     mock.timers.tick(0)
-    assert.deepEqual(events, [["message", "[1]"], ["message", "[2]"]])
+    assert.deepEqual(events, [
+      ["message", "[1]"],
+      ["message", "[2]"],
+    ])
   })
 
   test("204 polls again", () => {
@@ -87,7 +91,10 @@ describe("poll", () => {
   test("410 with a session held means the session is gone: error 410, close 3410, retry", () => {
     const lp = openLongPoll()
     http.last().respond({status: 410, token: "new", messages: []})
-    assert.deepEqual(events, [["error", 410], ["close", 3410, "session_gone", false]])
+    assert.deepEqual(events, [
+      ["error", 410],
+      ["close", 3410, "session_gone", false],
+    ])
     assert.equal(lp.readyState, 0)
   })
 
@@ -95,7 +102,10 @@ describe("poll", () => {
     const lp = makeLongPoll()
     mock.timers.tick(0)
     http.last().respond({status: 403, token: null, messages: []})
-    assert.deepEqual(events, [["error", 403], ["close", 1008, "forbidden", false]])
+    assert.deepEqual(events, [
+      ["error", 403],
+      ["close", 1008, "forbidden", false],
+    ])
     assert.equal(lp.readyState, 3)
     assert.equal(http.pending().length, 0)
   })
@@ -105,20 +115,29 @@ describe("poll", () => {
     http.last().respond({status: 500})
     const lp = openLongPoll()
     http.last().respond(undefined)
-    assert.deepEqual(events, [["error", 500], ["close", 1011, "internal server error", 500]])
+    assert.deepEqual(events, [
+      ["error", 500],
+      ["close", 1011, "internal server error", 500],
+    ])
     assert.equal(lp.readyState, 0)
   })
 
   test("a network error counts as status 0 and is reported once", () => {
     openLongPoll()
     http.last().networkError()
-    assert.deepEqual(events, [["error", 500], ["close", 1011, "internal server error", 500]])
+    assert.deepEqual(events, [
+      ["error", 500],
+      ["close", 1011, "internal server error", 500],
+    ])
   })
 
   test("a request timeout errors with timeout and closes with 1005", () => {
     openLongPoll()
     http.last().timeOut()
-    assert.deepEqual(events, [["error", "timeout"], ["close", 1005, "timeout", false]])
+    assert.deepEqual(events, [
+      ["error", "timeout"],
+      ["close", 1005, "timeout", false],
+    ])
   })
 
   test("close aborts in-flight requests and later responses are dropped", () => {
@@ -199,7 +218,10 @@ describe("send", () => {
     lp.send("[1]")
     mock.timers.tick(0)
     posts()[0].respond({status: 410})
-    assert.deepEqual(events, [["error", 410], ["close", 1011, "internal server error", false]])
+    assert.deepEqual(events, [
+      ["error", 410],
+      ["close", 1011, "internal server error", false],
+    ])
     assert.equal(lp.awaitingBatchAck, false)
   })
 })

@@ -1,12 +1,13 @@
 // Packaging: build the tarball with `npm pack`, install it into a fresh project
 // (offline: the package has no runtime dependencies) and use it the way an app
 // would: ESM import, CommonJS require, and TypeScript against the shipped types.
-import {after, before, test} from "node:test"
+
 import assert from "node:assert/strict"
 import {execFileSync} from "node:child_process"
 import fs from "node:fs"
 import os from "node:os"
 import path from "node:path"
+import {after, before, test} from "node:test"
 import {fileURLToPath} from "node:url"
 
 const pkgDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
@@ -32,9 +33,16 @@ after(() => fs.rmSync(work, {recursive: true, force: true}))
 
 test("the tarball ships the builds, their declarations, the README and the licenses, and nothing else", () => {
   assert.deepEqual([...packedFiles].sort(), [
-    "LICENSE-APACHE", "LICENSE-MIT", "README.md",
-    "dist/browser-presence.js", "dist/browser-wasm.js", "dist/browser.js",
-    "dist/index.cjs", "dist/index.d.cts", "dist/index.d.ts", "dist/index.js",
+    "LICENSE-APACHE",
+    "LICENSE-MIT",
+    "README.md",
+    "dist/browser-presence.js",
+    "dist/browser-wasm.js",
+    "dist/browser.js",
+    "dist/index.cjs",
+    "dist/index.d.cts",
+    "dist/index.d.ts",
+    "dist/index.js",
     "package.json",
   ])
 })
@@ -134,7 +142,14 @@ test("TypeScript consumers type-check against the shipped declarations (ESM and 
   fs.writeFileSync(
     path.join(consumer, "tsconfig.json"),
     JSON.stringify({
-      compilerOptions: {noEmit: true, strict: true, module: "nodenext", moduleResolution: "nodenext", target: "es2022", types: []},
+      compilerOptions: {
+        noEmit: true,
+        strict: true,
+        module: "nodenext",
+        moduleResolution: "nodenext",
+        target: "es2022",
+        types: [],
+      },
       files: ["app.mts", "app.cts"],
     }),
   )

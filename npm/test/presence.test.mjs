@@ -1,9 +1,10 @@
 // Presence rules of phoenix-js.md §7, one test per rule. The same suite runs against the
 // official `phoenix` package (the reference) and against rollcall's Presence (ESM and CommonJS
 // entries), so the tests encode phoenix.js's behaviour, not our reading of it.
-import {describe, test} from "node:test"
+
 import assert from "node:assert/strict"
 import {createRequire} from "node:module"
+import {describe, test} from "node:test"
 import * as phoenix from "phoenix"
 import {Presence as OurPresence} from "rollcall"
 
@@ -18,23 +19,26 @@ const IMPLS = [
 
 const m = (ref, extra = {}) => ({phx_ref: ref, ...extra})
 const p = (...refs) => ({metas: refs.map(r => (typeof r === "object" ? r : m(r)))})
-const refs = (presence) => presence.metas.map(x => x.phx_ref)
+const refs = presence => presence.metas.map(x => x.phx_ref)
 // a plain copy, to compare contents of null-prototype objects with deepEqual
-const plain = (x) => JSON.parse(JSON.stringify(x))
+const plain = x => JSON.parse(JSON.stringify(x))
 
 // a channel with just what Presence uses: on() and joinRef()
-function fakeChannel(joinRef = "1"){
+function fakeChannel(joinRef = "1") {
   const handlers = {}
   const channel = {
     ref: joinRef,
-    on: (event, cb) => { handlers[event] = cb; return 0 },
+    on: (event, cb) => {
+      handlers[event] = cb
+      return 0
+    },
     joinRef: () => channel.ref,
     handlers,
   }
   return channel
 }
 
-for(const [name, Presence] of IMPLS){
+for (const [name, Presence] of IMPLS) {
   describe(`Presence: ${name}`, () => {
     // ---------- syncState ----------
     describe("syncState", () => {
@@ -44,10 +48,16 @@ for(const [name, Presence] of IMPLS){
       })
 
       test("keys named like Object.prototype members work", () => {
-        const s = Presence.syncState({}, JSON.parse('{"__proto__": {"metas": [{"phx_ref": "1"}]}, "constructor": {"metas": [{"phx_ref": "2"}]}}'))
+        const s = Presence.syncState(
+          {},
+          JSON.parse('{"__proto__": {"metas": [{"phx_ref": "1"}]}, "constructor": {"metas": [{"phx_ref": "2"}]}}'),
+        )
         assert.deepEqual(Object.getOwnPropertyNames(s), ["__proto__", "constructor"])
         assert.deepEqual(refs(s["__proto__"]), ["1"])
-        assert.deepEqual(Presence.list(s, (k) => k), ["__proto__", "constructor"])
+        assert.deepEqual(
+          Presence.list(s, k => k),
+          ["__proto__", "constructor"],
+        )
       })
 
       test("deep-copies the current state and never mutates it", () => {
@@ -69,8 +79,12 @@ for(const [name, Presence] of IMPLS){
       test("identical refs trigger no callbacks and keep the old presence-level fields", () => {
         const current = Presence.syncState({}, {a: {...p(m("1", {v: "old"})), name: "old"}})
         const calls = []
-        const s = Presence.syncState(current, {a: {...p(m("1", {v: "new"})), name: "new"}},
-          (k) => calls.push(`join ${k}`), (k) => calls.push(`leave ${k}`))
+        const s = Presence.syncState(
+          current,
+          {a: {...p(m("1", {v: "new"})), name: "new"}},
+          k => calls.push(`join ${k}`),
+          k => calls.push(`leave ${k}`),
+        )
         assert.deepEqual(calls, [])
         assert.deepEqual(plain(s), {a: {metas: [{phx_ref: "1", v: "old"}], name: "old"}})
       })
@@ -78,8 +92,12 @@ for(const [name, Presence] of IMPLS){
       test("the same refs in another order are no change either: no callbacks, old order kept", () => {
         const current = Presence.syncState({}, {a: p("1", "2", "3"), b: p("4")})
         const calls = []
-        const s = Presence.syncState(current, {a: p("3", "1", "2"), b: p("4")},
-          (k) => calls.push(`join ${k}`), (k) => calls.push(`leave ${k}`))
+        const s = Presence.syncState(
+          current,
+          {a: p("3", "1", "2"), b: p("4")},
+          k => calls.push(`join ${k}`),
+          k => calls.push(`leave ${k}`),
+        )
         assert.deepEqual(calls, [])
         assert.deepEqual(refs(s.a), ["1", "2", "3"])
       })
@@ -89,12 +107,21 @@ for(const [name, Presence] of IMPLS){
         const current = Presence.syncState({}, Object.fromEntries(keys.map((k, i) => [k, p(`r${i}`)])))
         const next = Object.fromEntries(keys.map((k, i) => [k, p(i === 17 ? "changed" : `r${i}`)]))
         const calls = []
-        const s = Presence.syncState(current, next,
+        const s = Presence.syncState(
+          current,
+          next,
           (k, cur, joined) => calls.push(["join", k, refs(joined)]),
-          (k, cur, left) => calls.push(["leave", k, refs(left)]))
-        assert.deepEqual(calls, [["join", "user:17", ["changed"]], ["leave", "user:17", ["r17"]]])
+          (k, cur, left) => calls.push(["leave", k, refs(left)]),
+        )
+        assert.deepEqual(calls, [
+          ["join", "user:17", ["changed"]],
+          ["leave", "user:17", ["r17"]],
+        ])
         assert.deepEqual(refs(s["user:17"]), ["changed"])
-        assert.deepEqual(Presence.list(s, (k) => k), keys)
+        assert.deepEqual(
+          Presence.list(s, k => k),
+          keys,
+        )
       })
 
       test("joined metas follow the surviving old metas, with the new presence-level fields", () => {
@@ -105,16 +132,31 @@ for(const [name, Presence] of IMPLS){
       })
 
       test("reports all joins in new-state order, then vanished keys, then partial leaves", () => {
-        const current = Presence.syncState({}, {
-          gone2: p("g2"), part: p("p1", "p2"), gone1: p("g1"), 7: p("s1", "s2"),
-        })
+        const current = Presence.syncState(
+          {},
+          {
+            gone2: p("g2"),
+            part: p("p1", "p2"),
+            gone1: p("g1"),
+            7: p("s1", "s2"),
+          },
+        )
         const calls = []
-        Presence.syncState(current, {new: p("n"), part: p("p1", "p3"), 7: p("s2"), 3: p("t")},
-          (k) => calls.push(`join ${k}`), (k) => calls.push(`leave ${k}`))
+        Presence.syncState(
+          current,
+          {new: p("n"), part: p("p1", "p3"), 7: p("s2"), 3: p("t")},
+          k => calls.push(`join ${k}`),
+          k => calls.push(`leave ${k}`),
+        )
         assert.deepEqual(calls, [
-          "join 3", "join new", "join part",
+          "join 3",
+          "join new",
+          "join part",
           // "7" is integer-like, so it leads the leaves whatever its insertion order
-          "leave 7", "leave gone2", "leave gone1", "leave part",
+          "leave 7",
+          "leave gone2",
+          "leave gone1",
+          "leave part",
         ])
       })
 
@@ -129,8 +171,15 @@ for(const [name, Presence] of IMPLS){
       test("onLeave of a partial leave receives a copy of the current presence with only the left metas", () => {
         const current = Presence.syncState({}, {a: {...p("1", "2"), name: "old"}})
         const seen = []
-        Presence.syncState(current, {a: {...p("2"), name: "new"}}, null, (k, cur, left) => seen.push([plain(cur), plain(left)]))
-        assert.deepEqual(seen, [[{metas: [{phx_ref: "2"}], name: "old"}, {metas: [{phx_ref: "1"}], name: "old"}]])
+        Presence.syncState(current, {a: {...p("2"), name: "new"}}, null, (k, cur, left) =>
+          seen.push([plain(cur), plain(left)]),
+        )
+        assert.deepEqual(seen, [
+          [
+            {metas: [{phx_ref: "2"}], name: "old"},
+            {metas: [{phx_ref: "1"}], name: "old"},
+          ],
+        ])
       })
 
       test("copies like JSON: undefined fields dropped, Dates become strings, NaN becomes null", () => {
@@ -177,7 +226,7 @@ for(const [name, Presence] of IMPLS){
       test("applies joins before tripping over missing leaves", () => {
         const s = Presence.syncState({}, {})
         const joined = []
-        assert.throws(() => Presence.syncDiff(s, {joins: {a: p("1")}}, (k) => joined.push(k)), TypeError)
+        assert.throws(() => Presence.syncDiff(s, {joins: {a: p("1")}}, k => joined.push(k)), TypeError)
         assert.deepEqual(joined, ["a"])
         assert.deepEqual(Object.keys(s), ["a"])
       })
@@ -198,8 +247,9 @@ for(const [name, Presence] of IMPLS){
         const s = Presence.syncState({}, {a: {...p("1"), name: "old"}})
         const previous = s.a
         const seen = []
-        Presence.syncDiff(s, {joins: {a: {...p("2"), name: "new"}, b: p("3")}, leaves: {}},
-          (k, cur, joined) => seen.push([k, cur, joined]))
+        Presence.syncDiff(s, {joins: {a: {...p("2"), name: "new"}, b: p("3")}, leaves: {}}, (k, cur, joined) =>
+          seen.push([k, cur, joined]),
+        )
         assert.equal(seen[0][1], previous)
         assert.deepEqual(plain(seen[0][1]), {metas: [{phx_ref: "1"}], name: "old"})
         assert.deepEqual(plain(seen[0][2]), {metas: [{phx_ref: "2"}], name: "new"})
@@ -222,8 +272,12 @@ for(const [name, Presence] of IMPLS){
 
       test("joins are applied before leaves", () => {
         const calls = []
-        const s = Presence.syncDiff({}, {joins: {a: p("1")}, leaves: {a: p("1")}},
-          (k) => calls.push(`join ${k}`), (k) => calls.push(`leave ${k}`))
+        const s = Presence.syncDiff(
+          {},
+          {joins: {a: p("1")}, leaves: {a: p("1")}},
+          k => calls.push(`join ${k}`),
+          k => calls.push(`leave ${k}`),
+        )
         assert.deepEqual(calls, ["join a", "leave a"])
         assert.deepEqual(Object.keys(s), [])
       })
@@ -231,18 +285,26 @@ for(const [name, Presence] of IMPLS){
       test("an update leaves only the new meta", () => {
         const s = Presence.syncState({}, {a: p(m("old", {status: "away"}))})
         const seen = []
-        Presence.syncDiff(s, {
-          joins: {a: p(m("new", {phx_ref_prev: "old", status: "busy"}))},
-          leaves: {a: p(m("old", {status: "away"}))},
-        }, (k, cur) => seen.push(["join", refs(cur)]), (k, cur) => seen.push(["leave", refs(cur)]))
+        Presence.syncDiff(
+          s,
+          {
+            joins: {a: p(m("new", {phx_ref_prev: "old", status: "busy"}))},
+            leaves: {a: p(m("old", {status: "away"}))},
+          },
+          (k, cur) => seen.push(["join", refs(cur)]),
+          (k, cur) => seen.push(["leave", refs(cur)]),
+        )
         assert.deepEqual(plain(s), {a: {metas: [{phx_ref: "new", phx_ref_prev: "old", status: "busy"}]}})
-        assert.deepEqual(seen, [["join", ["old"]], ["leave", ["new"]]])
+        assert.deepEqual(seen, [
+          ["join", ["old"]],
+          ["leave", ["new"]],
+        ])
       })
 
       test("a leave of an absent key is ignored without a callback", () => {
         const s = Presence.syncState({}, {a: p("1")})
         const calls = []
-        Presence.syncDiff(s, {joins: {}, leaves: {ghost: p("9")}}, null, (k) => calls.push(k))
+        Presence.syncDiff(s, {joins: {}, leaves: {ghost: p("9")}}, null, k => calls.push(k))
         assert.deepEqual(calls, [])
         assert.deepEqual(Object.keys(s), ["a"])
       })
@@ -258,8 +320,7 @@ for(const [name, Presence] of IMPLS){
       test("a key whose metas all left is deleted after onLeave, which still sees it", () => {
         const s = Presence.syncState({}, {a: p("1"), b: p("2")})
         const seen = []
-        Presence.syncDiff(s, {joins: {}, leaves: {a: p("1")}}, null,
-          (k, cur) => seen.push([refs(cur), k in s]))
+        Presence.syncDiff(s, {joins: {}, leaves: {a: p("1")}}, null, (k, cur) => seen.push([refs(cur), k in s]))
         assert.deepEqual(seen, [[[], true]])
         assert.deepEqual(Object.keys(s), ["b"])
       })
@@ -285,13 +346,19 @@ for(const [name, Presence] of IMPLS){
     // ---------- key order ----------
     describe("key order", () => {
       test("integer-like keys come first in ascending order, then the rest in insertion order", () => {
-        const s = Presence.syncDiff({}, {joins: {b: p("1"), 10: p("2"), a: p("3"), 2: p("4"), "01": p("5"), 4294967295: p("6")}, leaves: {}})
-        assert.deepEqual(Presence.list(s, (k) => k), ["2", "10", "b", "a", "01", "4294967295"])
+        const s = Presence.syncDiff(
+          {},
+          {joins: {b: p("1"), 10: p("2"), a: p("3"), 2: p("4"), "01": p("5"), 4294967295: p("6")}, leaves: {}},
+        )
+        assert.deepEqual(
+          Presence.list(s, k => k),
+          ["2", "10", "b", "a", "01", "4294967295"],
+        )
       })
 
       test("callbacks follow the same order", () => {
         const calls = []
-        Presence.syncDiff({}, {joins: {b: p("1"), 10: p("2"), a: p("3"), 2: p("4")}, leaves: {}}, (k) => calls.push(k))
+        Presence.syncDiff({}, {joins: {b: p("1"), 10: p("2"), a: p("3"), 2: p("4")}, leaves: {}}, k => calls.push(k))
         assert.deepEqual(calls, ["2", "10", "b", "a"])
       })
 
@@ -299,13 +366,19 @@ for(const [name, Presence] of IMPLS){
         const s = Presence.syncState({}, {a: p("1"), b: p("2")})
         Presence.syncDiff(s, {joins: {}, leaves: {a: p("1")}})
         Presence.syncDiff(s, {joins: {a: p("3")}, leaves: {}})
-        assert.deepEqual(Presence.list(s, (k) => k), ["b", "a"])
+        assert.deepEqual(
+          Presence.list(s, k => k),
+          ["b", "a"],
+        )
       })
 
       test("a join of a present key keeps its place", () => {
         const s = Presence.syncState({}, {a: p("1"), b: p("2")})
         Presence.syncDiff(s, {joins: {a: p("3")}, leaves: {}})
-        assert.deepEqual(Presence.list(s, (k) => k), ["a", "b"])
+        assert.deepEqual(
+          Presence.list(s, k => k),
+          ["a", "b"],
+        )
       })
     })
 
@@ -320,12 +393,17 @@ for(const [name, Presence] of IMPLS){
 
       test("a chooser gets the key and the presence", () => {
         const s = Presence.syncState({}, {a: p("1", "2")})
-        assert.deepEqual(Presence.list(s, (id, {metas: [first, ...rest]}) => ({id, count: rest.length + 1, ref: first.phx_ref})),
-          [{id: "a", count: 2, ref: "1"}])
+        assert.deepEqual(
+          Presence.list(s, (id, {metas: [first, ...rest]}) => ({id, count: rest.length + 1, ref: first.phx_ref})),
+          [{id: "a", count: 2, ref: "1"}],
+        )
       })
 
       test("works on plain objects", () => {
-        assert.deepEqual(Presence.list({x: p("1")}, (k) => k), ["x"])
+        assert.deepEqual(
+          Presence.list({x: p("1")}, k => k),
+          ["x"],
+        )
       })
     })
 
@@ -349,15 +427,18 @@ for(const [name, Presence] of IMPLS){
         const presence = new Presence(channel, {events: {state: "roster", diff: "roster_diff"}})
         channel.handlers.roster({a: p("1")})
         channel.handlers.roster_diff({joins: {b: p("2")}, leaves: {}})
-        assert.deepEqual(presence.list((k) => k), ["a", "b"])
+        assert.deepEqual(
+          presence.list(k => k),
+          ["a", "b"],
+        )
       })
 
       test("holds diffs back until the state arrives, then applies them in order and syncs once", () => {
         const channel = fakeChannel()
         const presence = new Presence(channel)
         const calls = []
-        presence.onJoin((k) => calls.push(`join ${k}`))
-        presence.onLeave((k) => calls.push(`leave ${k}`))
+        presence.onJoin(k => calls.push(`join ${k}`))
+        presence.onLeave(k => calls.push(`leave ${k}`))
         presence.onSync((...args) => calls.push(`sync ${args.length}`))
         assert.equal(presence.inPendingSyncState(), true)
         channel.handlers.presence_diff({joins: {b: p("2")}, leaves: {}})
@@ -369,7 +450,10 @@ for(const [name, Presence] of IMPLS){
         assert.deepEqual(presence.pendingDiffs, [])
         assert.equal(presence.joinRef, "1")
         assert.equal(presence.inPendingSyncState(), false)
-        assert.deepEqual(presence.list((k) => k), ["b"])
+        assert.deepEqual(
+          presence.list(k => k),
+          ["b"],
+        )
       })
 
       test("a rejoin holds diffs back again until the next state", () => {
@@ -379,9 +463,15 @@ for(const [name, Presence] of IMPLS){
         channel.ref = "5"
         assert.equal(presence.inPendingSyncState(), true)
         channel.handlers.presence_diff({joins: {b: p("2")}, leaves: {}})
-        assert.deepEqual(presence.list((k) => k), ["a"])
+        assert.deepEqual(
+          presence.list(k => k),
+          ["a"],
+        )
         channel.handlers.presence_state({a: p("1"), c: p("3")})
-        assert.deepEqual(presence.list((k) => k), ["a", "c", "b"])
+        assert.deepEqual(
+          presence.list(k => k),
+          ["a", "c", "b"],
+        )
       })
 
       test("every applied diff calls onSync once with no arguments", () => {
@@ -410,7 +500,7 @@ for(const [name, Presence] of IMPLS){
         const presence = new Presence(channel)
         channel.handlers.presence_state({a: p("1")})
         const calls = []
-        presence.onLeave((k) => calls.push(k))
+        presence.onLeave(k => calls.push(k))
         channel.handlers.presence_diff({joins: {}, leaves: {a: p("1")}})
         assert.deepEqual(calls, ["a"])
       })
@@ -442,7 +532,7 @@ for(const [name, Presence] of IMPLS){
           {joins: {b: p("7")}, leaves: {7: p("2")}},
           {joins: {c: p("8")}, leaves: {}},
         ]
-        for(const diff of diffs){
+        for (const diff of diffs) {
           channel.handlers.presence_diff(diff)
           assert.deepEqual(presence.list(by), Presence.list(presence.state, by))
         }
@@ -454,12 +544,25 @@ for(const [name, Presence] of IMPLS){
         const presence = new Presence(channel)
         channel.handlers.presence_state({a: p("1")})
         presence.list()
-        presence.onJoin((k) => { if(k === "c"){ throw new Error("boom") } })
-        assert.throws(() => channel.handlers.presence_diff({joins: {b: p("2"), c: p("3"), d: p("4")}, leaves: {}}), /boom/)
-        assert.deepEqual(presence.list((k) => k), ["a", "b", "c"])
+        presence.onJoin(k => {
+          if (k === "c") {
+            throw new Error("boom")
+          }
+        })
+        assert.throws(
+          () => channel.handlers.presence_diff({joins: {b: p("2"), c: p("3"), d: p("4")}, leaves: {}}),
+          /boom/,
+        )
+        assert.deepEqual(
+          presence.list(k => k),
+          ["a", "b", "c"],
+        )
         presence.onJoin(() => {})
         channel.handlers.presence_diff({joins: {e: p("5")}, leaves: {a: p("1")}})
-        assert.deepEqual(presence.list((k) => k), ["b", "c", "e"])
+        assert.deepEqual(
+          presence.list(k => k),
+          ["b", "c", "e"],
+        )
       })
 
       test("list() follows a static syncDiff applied to the instance's state", () => {
@@ -468,24 +571,37 @@ for(const [name, Presence] of IMPLS){
         channel.handlers.presence_state({a: p("1"), b: p("2")})
         presence.list()
         Presence.syncDiff(presence.state, {joins: {c: p("3")}, leaves: {a: p("1")}})
-        assert.deepEqual(presence.list((k) => k), ["b", "c"])
+        assert.deepEqual(
+          presence.list(k => k),
+          ["b", "c"],
+        )
         channel.handlers.presence_diff({joins: {d: p("4")}, leaves: {}})
-        assert.deepEqual(presence.list((k) => k), ["b", "c", "d"])
+        assert.deepEqual(
+          presence.list(k => k),
+          ["b", "c", "d"],
+        )
       })
 
       test("works on a Channel of the official phoenix package", () => {
-        const socket = new phoenix.Socket("ws://127.0.0.1:9/socket", {transport: class { close(){} }})
+        const socket = new phoenix.Socket("ws://127.0.0.1:9/socket", {
+          transport: class {
+            close() {}
+          },
+        })
         const channel = socket.channel("room:1")
         const presence = new Presence(channel)
         channel.join()
         const joinRef = channel.joinRef()
         assert.ok(joinRef)
         const joined = []
-        presence.onJoin((k) => joined.push(k))
+        presence.onJoin(k => joined.push(k))
         channel.trigger("presence_state", {a: p("1")}, null, joinRef)
         channel.trigger("presence_diff", {joins: {b: p("2")}, leaves: {}})
         assert.deepEqual(joined, ["a", "b"])
-        assert.deepEqual(presence.list((k) => k), ["a", "b"])
+        assert.deepEqual(
+          presence.list(k => k),
+          ["a", "b"],
+        )
         assert.equal(presence.inPendingSyncState(), false)
         channel.leave() // cancels the join push's timer
       })

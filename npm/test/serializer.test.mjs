@@ -1,6 +1,7 @@
 // Serializer: V2 JSON arrays and the binary frame layout, byte for byte.
-import {describe, test} from "node:test"
+
 import assert from "node:assert/strict"
+import {describe, test} from "node:test"
 import {Serializer as PhoenixSerializer} from "phoenix"
 import {Serializer} from "rollcall"
 
@@ -18,7 +19,10 @@ describe("JSON", () => {
   })
 
   test("undefined refs are encoded as null", () => {
-    assert.equal(encode({topic: "phoenix", event: "heartbeat", payload: {}, ref: "7"}), '[null,"7","phoenix","heartbeat",{}]')
+    assert.equal(
+      encode({topic: "phoenix", event: "heartbeat", payload: {}, ref: "7"}),
+      '[null,"7","phoenix","heartbeat",{}]',
+    )
   })
 
   test("decodes an array into a message object", () => {
@@ -32,12 +36,21 @@ describe("JSON", () => {
   })
 
   test("a typed array payload is not binary and goes out as JSON", () => {
-    assert.equal(typeof encode({join_ref: null, ref: "1", topic: "t", event: "e", payload: new Uint8Array([1])}), "string")
+    assert.equal(
+      typeof encode({join_ref: null, ref: "1", topic: "t", event: "e", payload: new Uint8Array([1])}),
+      "string",
+    )
   })
 
   test("encode and decode return what the callback returns", () => {
-    assert.equal(Serializer.encode({topic: "t", event: "e", payload: {}}, () => 42), 42)
-    assert.equal(Serializer.decode("[null,null,\"t\",\"e\",{}]", () => 43), 43)
+    assert.equal(
+      Serializer.encode({topic: "t", event: "e", payload: {}}, () => 42),
+      42,
+    )
+    assert.equal(
+      Serializer.decode('[null,null,"t","e",{}]', () => 43),
+      43,
+    )
   })
 })
 
@@ -58,10 +71,9 @@ describe("binary", () => {
 
   test("a field over 255 UTF-8 bytes throws an error naming the field", () => {
     const payload = new ArrayBuffer(0)
-    assert.throws(
-      () => encode({join_ref: "1", ref: "2", topic: "x".repeat(256), event: "e", payload}),
-      {message: "unable to convert topic to binary: must be less than or equal to 255 bytes, but is 256 bytes"},
-    )
+    assert.throws(() => encode({join_ref: "1", ref: "2", topic: "x".repeat(256), event: "e", payload}), {
+      message: "unable to convert topic to binary: must be less than or equal to 255 bytes, but is 256 bytes",
+    })
     // 128 two-byte characters: 128 UTF-16 units but 256 bytes.
     assert.throws(() => encode({join_ref: "1", ref: "2", topic: "t", event: "é".repeat(128), payload}), {
       message: "unable to convert event to binary: must be less than or equal to 255 bytes, but is 256 bytes",
@@ -77,13 +89,16 @@ describe("binary", () => {
   test("decodes a push from the server", () => {
     const msg = decode(bytes([0, 3, 3, 10], "123top", "some-event", [101, 102, 103]))
     assert.equal(msg.payload.constructor, ArrayBuffer)
-    assert.deepEqual({...msg, payload: asArray(msg.payload)}, {
-      join_ref: "123",
-      ref: null,
-      topic: "top",
-      event: "some-event",
-      payload: [101, 102, 103],
-    })
+    assert.deepEqual(
+      {...msg, payload: asArray(msg.payload)},
+      {
+        join_ref: "123",
+        ref: null,
+        topic: "top",
+        event: "some-event",
+        payload: [101, 102, 103],
+      },
+    )
   })
 
   test("decodes a reply", () => {
@@ -97,13 +112,16 @@ describe("binary", () => {
 
   test("decodes a broadcast", () => {
     const msg = decode(bytes([2, 3, 10], "top", "some-event", [101, 102, 103]))
-    assert.deepEqual({...msg, payload: asArray(msg.payload)}, {
-      join_ref: null,
-      ref: null,
-      topic: "top",
-      event: "some-event",
-      payload: [101, 102, 103],
-    })
+    assert.deepEqual(
+      {...msg, payload: asArray(msg.payload)},
+      {
+        join_ref: null,
+        ref: null,
+        topic: "top",
+        event: "some-event",
+        payload: [101, 102, 103],
+      },
+    )
   })
 
   test("decodes non-ASCII metadata by UTF-8 byte lengths", () => {

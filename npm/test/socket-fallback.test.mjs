@@ -1,11 +1,11 @@
 // Falling back from WebSocket to LongPoll (`longPollFallbackMs`) and the
 // sessionStorage memo of a fallback that worked.
-import {afterEach, beforeEach, mock, test} from "node:test"
+
 import assert from "node:assert/strict"
-import {Socket} from "rollcall"
-import {LongPoll} from "rollcall"
-import {fakeWebSocketClass, memoryStorage} from "./socket-fakes.mjs"
+import {afterEach, beforeEach, mock, test} from "node:test"
+import {LongPoll, Socket} from "rollcall"
 import {installFakeXHR} from "./longpoll-fakes.mjs"
+import {fakeWebSocketClass, memoryStorage} from "./socket-fakes.mjs"
 
 let FakeWebSocket
 let http
@@ -125,13 +125,24 @@ test("parity with phoenix: a failed health check falls back and the channel rejo
     const ws = fakeWebSocketClass()
     const xhr = installFakeXHR()
     try {
-      const socket = new SocketClass("ws://h/socket", {transport: ws, longPollFallbackMs: 2500, sessionStorage: memoryStorage()})
+      const socket = new SocketClass("ws://h/socket", {
+        transport: ws,
+        longPollFallbackMs: 2500,
+        sessionStorage: memoryStorage(),
+      })
       const channel = socket.channel("room:1")
       const states = []
       channel.join()
       socket.connect()
       ws.latest().serverOpen()
-      ws.latest().serverReply(ws.latest().frames().find(f => f[3] === "phx_join"), "ok", {})
+      ws.latest().serverReply(
+        ws
+          .latest()
+          .frames()
+          .find(f => f[3] === "phx_join"),
+        "ok",
+        {},
+      )
       states.push(channel.state)
       mock.timers.tick(2500)
       states.push(channel.state)

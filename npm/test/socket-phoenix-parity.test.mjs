@@ -2,8 +2,9 @@
 // phoenix client (installed only as this reference), over the same fake
 // WebSocket and fake clock. Every frame each client writes, on every
 // connection, and every callback it fires must be identical.
-import {afterEach, beforeEach, mock, test} from "node:test"
+
 import assert from "node:assert/strict"
+import {afterEach, beforeEach, mock, test} from "node:test"
 import * as phoenix from "phoenix"
 import * as ours from "rollcall"
 import {fakeWebSocketClass} from "./socket-fakes.mjs"
@@ -76,7 +77,10 @@ test("parity: join errors, rejoin backoff, join timeout and leave", () => {
     channel.onClose(reason => log.push(["closed", reason]))
     socket.connect()
     conn().serverOpen()
-    channel.join(2000).receive("error", r => log.push(["join error", r])).receive("timeout", () => log.push("join timeout"))
+    channel
+      .join(2000)
+      .receive("error", r => log.push(["join error", r]))
+      .receive("timeout", () => log.push("join timeout"))
     reply(conn(), conn().lastFrame(), "error", {reason: "no"})
     tick(1000)
     reply(conn(), conn().lastFrame(), "error", {reason: "no"})

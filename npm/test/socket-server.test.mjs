@@ -3,15 +3,15 @@
 // test, LongPoll over fetch. Skipped, with the reason, while the server binary
 // has not been built (cargo build -p rollcall-server); ROLLCALL_BIN overrides
 // where it is looked for.
-import {after, before, describe, test} from "node:test"
+
 import assert from "node:assert/strict"
 import {spawn} from "node:child_process"
 import fs from "node:fs"
 import path from "node:path"
+import {after, before, describe, test} from "node:test"
 import {fileURLToPath} from "node:url"
+import {LongPoll, Socket} from "rollcall"
 import WebSocket from "ws"
-import {Socket} from "rollcall"
-import {LongPoll} from "rollcall"
 
 const pkgDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
 const bin = process.env.ROLLCALL_BIN || path.resolve(pkgDir, "../target/debug/rollcall")

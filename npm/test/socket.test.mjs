@@ -1,6 +1,7 @@
 // Socket unit tests: a fake WebSocket driven from the server side and fake timers.
-import {afterEach, beforeEach, describe, mock, test} from "node:test"
+
 import assert from "node:assert/strict"
+import {afterEach, beforeEach, describe, mock, test} from "node:test"
 import {Socket} from "rollcall"
 import {fakeWebSocketClass} from "./socket-fakes.mjs"
 
@@ -28,11 +29,20 @@ describe("refs", () => {
 
   test("callback registrations and message refs share one counter", () => {
     const socket = openSocket()
-    assert.equal(socket.onOpen(() => {}), "1")
-    assert.equal(socket.onMessage(() => {}), "2")
+    assert.equal(
+      socket.onOpen(() => {}),
+      "1",
+    )
+    assert.equal(
+      socket.onMessage(() => {}),
+      "2",
+    )
     const channel = socket.channel("room:1") // registers onError (3) and onOpen (4)
     channel.join() // 5
-    assert.equal(socket.onClose(() => {}), "6")
+    assert.equal(
+      socket.onClose(() => {}),
+      "6",
+    )
     channel.push("msg", {n: 1}) // buffered: takes 7 for its clock
     assert.deepEqual(FakeWebSocket.latest().frames(), [["5", "5", "room:1", "phx_join", {}]])
     assert.equal(socket.makeRef(), "8")
@@ -200,7 +210,10 @@ describe("heartbeat", () => {
   test("ping measures the round trip of a heartbeat", () => {
     const socket = openSocket()
     let rtt = null
-    assert.equal(socket.ping(ms => (rtt = ms)), true)
+    assert.equal(
+      socket.ping(ms => (rtt = ms)),
+      true,
+    )
     const [, ref] = FakeWebSocket.latest().lastFrame()
     mock.timers.tick(42)
     FakeWebSocket.latest().serverSend([null, ref, "phoenix", "phx_reply", {status: "ok", response: {}}])
@@ -209,7 +222,10 @@ describe("heartbeat", () => {
 
   test("ping returns false when not connected", () => {
     const socket = new Socket("ws://h/socket", {transport: FakeWebSocket})
-    assert.equal(socket.ping(() => {}), false)
+    assert.equal(
+      socket.ping(() => {}),
+      false,
+    )
   })
 })
 
@@ -221,7 +237,12 @@ describe("send buffer and callbacks", () => {
     socket.push({topic: "t", event: "b", payload: {}, ref: "2", join_ref: null})
     assert.deepEqual(FakeWebSocket.latest().sent, [])
     FakeWebSocket.latest().serverOpen()
-    assert.deepEqual(FakeWebSocket.latest().frames().map(f => f[3]), ["a", "b"])
+    assert.deepEqual(
+      FakeWebSocket.latest()
+        .frames()
+        .map(f => f[3]),
+      ["a", "b"],
+    )
     assert.deepEqual(socket.sendBuffer, [])
   })
 
@@ -231,7 +252,9 @@ describe("send buffer and callbacks", () => {
     const refs = [
       socket.onOpen(() => log.push("open")),
       socket.onClose(event => log.push(`close ${event.code}`)),
-      socket.onError((error, transport, established) => log.push(`error ${error.message} ${transport.name} ${established}`)),
+      socket.onError((error, transport, established) =>
+        log.push(`error ${error.message} ${transport.name} ${established}`),
+      ),
       socket.onMessage(msg => log.push(`message ${msg.event}`)),
     ]
     socket.connect()

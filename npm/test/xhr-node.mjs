@@ -11,7 +11,11 @@
 // or aborted request reads as status 0 with an empty responseText.
 import http from "node:http"
 
-const UNSENT = 0, OPENED = 1, HEADERS_RECEIVED = 2, LOADING = 3, DONE = 4
+const UNSENT = 0,
+  OPENED = 1,
+  HEADERS_RECEIVED = 2,
+  LOADING = 3,
+  DONE = 4
 
 export class NodeXMLHttpRequest {
   static UNSENT = UNSENT
@@ -61,11 +65,17 @@ export class NodeXMLHttpRequest {
         this.responseText += chunk
         if (this.readyState !== LOADING) this._change(LOADING)
       })
-      response.on("end", () => { if (this._request === request) this._finish("onload") })
-      response.on("error", () => { if (this._request === request) this._fail("onerror") })
+      response.on("end", () => {
+        if (this._request === request) this._finish("onload")
+      })
+      response.on("error", () => {
+        if (this._request === request) this._fail("onerror")
+      })
     })
     // A request that ended on our side (abort, timeout) no longer reports its socket's errors.
-    request.on("error", () => { if (this._request === request) this._fail("onerror") })
+    request.on("error", () => {
+      if (this._request === request) this._fail("onerror")
+    })
     this._request = request
     if (this.timeout > 0) this._timer = setTimeout(() => this._fail("ontimeout"), this.timeout)
     request.end(body ?? undefined)
@@ -110,7 +120,7 @@ export class NodeXMLHttpRequest {
  * (which restores whatever was there before).
  */
 export function installXMLHttpRequest() {
-  const had = Object.prototype.hasOwnProperty.call(globalThis, "XMLHttpRequest")
+  const had = Object.hasOwn(globalThis, "XMLHttpRequest")
   const previous = globalThis.XMLHttpRequest
   globalThis.XMLHttpRequest = NodeXMLHttpRequest
   return () => {

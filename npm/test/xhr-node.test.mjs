@@ -1,10 +1,11 @@
 // The test-only XMLHttpRequest (xhr-node.mjs) that phoenix 1.7's long-poll uses in the interop
 // suite: checked here against a real node:http server on 127.0.0.1, so an interop failure
 // cannot hide a fault of the stand-in.
-import {test, before, after} from "node:test"
+
 import assert from "node:assert/strict"
 import http from "node:http"
-import {NodeXMLHttpRequest, installXMLHttpRequest} from "./xhr-node.mjs"
+import {after, before, test} from "node:test"
+import {installXMLHttpRequest, NodeXMLHttpRequest} from "./xhr-node.mjs"
 
 let server
 let base
@@ -14,7 +15,9 @@ before(async () => {
   server = http.createServer((req, res) => {
     let body = ""
     req.setEncoding("utf8")
-    req.on("data", chunk => { body += chunk })
+    req.on("data", chunk => {
+      body += chunk
+    })
     req.on("end", () => {
       seen.push({method: req.method, url: req.url, type: req.headers["content-type"], body})
       // /hang never answers (for timeouts and aborts); /reset drops the connection instead.
@@ -28,7 +31,10 @@ before(async () => {
   base = `http://127.0.0.1:${server.address().port}`
 })
 
-after(() => { server.closeAllConnections(); server.close() })
+after(() => {
+  server.closeAllConnections()
+  server.close()
+})
 
 /** Sends a request and resolves with the handler calls in order, once `last` was called. */
 function run(xhr, last, {method = "GET", path = "/", body = null, type} = {}) {
@@ -67,7 +73,10 @@ test("aborting a request in flight reports DONE, then onabort, and leaves it UNS
   const xhr = new NodeXMLHttpRequest()
   const done = run(xhr, "abort", {path: "/hang-abort"})
   // Abort once the server holds the request, as when a long-poll is closed.
-  await new Promise(resolve => { const wait = () => seen.some(r => r.url === "/hang-abort") ? resolve() : setTimeout(wait, 5); wait() })
+  await new Promise(resolve => {
+    const wait = () => (seen.some(r => r.url === "/hang-abort") ? resolve() : setTimeout(wait, 5))
+    wait()
+  })
   xhr.abort()
   assert.deepEqual(await done, ["readystatechange:4", "abort"])
   assert.equal(xhr.readyState, NodeXMLHttpRequest.UNSENT)

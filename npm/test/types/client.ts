@@ -150,7 +150,11 @@ const frame: string | ArrayBuffer = Serializer.encode(
 const decoded = Serializer.decode('[null,null,"room:lobby","shout",{}]', message => message)
 if (decoded) console.log(decoded.topic.length, decoded.ref)
 const binary: ArrayBuffer = Serializer.binaryEncode({
-  join_ref: "1", ref: "2", topic: "room:lobby", event: "file", payload: new ArrayBuffer(4),
+  join_ref: "1",
+  ref: "2",
+  topic: "room:lobby",
+  event: "file",
+  payload: new ArrayBuffer(4),
 })
 const pushKind: 0 = Serializer.KINDS.push
 console.log(frame, Serializer.binaryDecode(binary)?.event, pushKind)
@@ -176,7 +180,10 @@ class MemoryTransport implements Transport {
   onmessage: ((event: {data: string | ArrayBuffer}) => void) | null = null
   onclose: ((event: TransportCloseEvent) => void) | null = null
   sent: (string | ArrayBuffer)[] = []
-  constructor(readonly url: string, readonly protocols?: string[]) {}
+  constructor(
+    readonly url: string,
+    readonly protocols?: string[],
+  ) {}
   send(data: string | ArrayBuffer): void {
     this.sent.push(data)
   }
