@@ -8,7 +8,7 @@
 // arethetypeswrong on the tarball.
 //
 //   (cd npm && npm run build) && cargo build -p rollcall-server
-//   npm install --prefix npm/toolchains
+//   npm ci --prefix npm/toolchains
 //   cd npm && node --test --test-timeout=240000 test/toolchains.test.mjs
 import {after, before, test} from "node:test"
 import assert from "node:assert/strict"
@@ -265,7 +265,7 @@ function start(name, task){
 }
 
 before(async () => {
-  for(const [file, fix] of [[path.join(pkgDir, "dist", "index.js"), "cd npm && npm run build"], [toolBin("vite", "package.json"), "npm install --prefix npm/toolchains"]]){
+  for(const [file, fix] of [[path.join(pkgDir, "dist", "index.js"), "cd npm && npm run build"], [toolBin("vite", "package.json"), "npm ci --prefix npm/toolchains"]]){
     if(!fs.existsSync(file)){ throw new Error(`${file} is missing: run ${fix}`) }
   }
   work = scratch("toolchains")

@@ -25,7 +25,8 @@ export function scratch(prefix){
 export function packPackage(into){
   const [info] = JSON.parse(execFileSync("npm", ["pack", "--json", "--pack-destination", into], {cwd: pkgDir, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"]}))
   const tarball = path.join(into, info.filename)
-  const dir = path.join(into, "rollcall")
+  // a name no app is given (apps are often named after the package they try)
+  const dir = path.join(into, "unpacked-tarball")
   fs.mkdirSync(dir)
   execFileSync("tar", ["xzf", tarball, "-C", dir, "--strip-components=1"])
   return {dir, tarball, files: info.files.map((f) => f.path)}
