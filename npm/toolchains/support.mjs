@@ -5,6 +5,7 @@
 import {execFileSync, spawn} from "node:child_process"
 import fs from "node:fs"
 import http from "node:http"
+import net from "node:net"
 import os from "node:os"
 import path from "node:path"
 import {fileURLToPath} from "node:url"
@@ -30,7 +31,8 @@ export function packPackage(into) {
     }),
   )
   const tarball = path.join(into, info.filename)
-  const dir = path.join(into, "rollcall")
+  // a name no app is given (apps are often named after the package they try)
+  const dir = path.join(into, "unpacked-tarball")
   fs.mkdirSync(dir)
   execFileSync("tar", ["xzf", tarball, "-C", dir, "--strip-components=1"])
   return {dir, tarball, files: info.files.map(f => f.path)}
@@ -46,7 +48,10 @@ export function makeApp(dir, files, {rollcall}) {
     fs.mkdirSync(path.dirname(path.join(dir, name)), {recursive: true})
     fs.writeFileSync(path.join(dir, name), content)
   }
-  fs.symlinkSync(rollcall, path.join(dir, "node_modules", "rollcall"), "dir")
+  // a copy, not a link: tools follow links to the real path, and a package outside node_modules
+  // is treated as the app's own source (Vite's dev server does not pre-bundle it, Jest
+  // transforms it), which is not what an install gives
+  fs.cpSync(rollcall, path.join(dir, "node_modules", "rollcall"), {recursive: true})
   for (const name of fs.readdirSync(tools)) {
     if (name === ".bin" || name === "rollcall") {
       continue
@@ -68,6 +73,133 @@ export function run(cmd, args, cwd, env = {}) {
   } catch (e) {
     throw new Error(`${cmd} ${args.join(" ")} failed in ${cwd}:\n${e.stdout}\n${e.stderr}`)
   }
+}
+
+/**
+ * Runs a command line in `cwd` without blocking (so that several tools can build at once):
+ * resolves to its output, rejects with its output when it exits with an error or outlives
+ * `timeout` ms (it is killed then).
+ */
+export function runAsync(cmd, args, cwd, {env = {}, timeout = 120000} = {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, {
+      cwd,
+      stdio: ["ignore", "pipe", "pipe"],
+      env: {...process.env, NO_COLOR: "1", FORCE_COLOR: "0", ...env},
+    })
+    let stdout = ""
+    let stderr = ""
+    child.stdout.on("data", chunk => {
+      stdout += chunk
+    })
+    child.stderr.on("data", chunk => {
+      stderr += chunk
+    })
+    const timer = setTimeout(() => {
+      stderr += `\n(killed after ${timeout} ms)`
+      child.kill("SIGKILL")
+    }, timeout)
+    child.on("error", e => {
+      clearTimeout(timer)
+      reject(e)
+    })
+    child.on("close", (code, signal) => {
+      clearTimeout(timer)
+      if (code === 0) {
+        resolve({stdout, stderr})
+        return
+      }
+      reject(
+        new Error(`${cmd} ${args.join(" ")} failed in ${cwd} (${signal || `exit ${code}`}):\n${stdout}\n${stderr}`),
+      )
+    })
+  })
+}
+
+/**
+ * Starts a long-running command (a dev server) in `cwd` and waits until its output matches
+ * `ready` (within `timeout` ms): {match, output(), close()}. Rejects with its output if it
+ * exits or does not get ready in time.
+ */
+export function startProcess(cmd, args, cwd, {ready, env = {}, timeout = 60000}) {
+  const child = spawn(cmd, args, {
+    cwd,
+    stdio: ["ignore", "pipe", "pipe"],
+    env: {...process.env, NO_COLOR: "1", FORCE_COLOR: "0", ...env},
+  })
+  let output = ""
+  const exited = new Promise(resolve => child.once("exit", resolve))
+  const close = async () => {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      return
+    }
+    child.kill("SIGTERM")
+    // a server that does not stop on SIGTERM within 5 s is stopped for good
+    const stubborn = setTimeout(() => child.kill("SIGKILL"), 5000)
+    await exited
+    clearTimeout(stubborn)
+  }
+  return new Promise((resolve, reject) => {
+    let settled = false
+    const fail = why => {
+      if (settled) {
+        return
+      }
+      settled = true
+      clearTimeout(timer)
+      close().then(() => reject(new Error(`${cmd} ${args.join(" ")} in ${cwd} ${why}:\n${output}`)))
+    }
+    const timer = setTimeout(() => fail(`printed nothing matching ${ready} within ${timeout} ms`), timeout)
+    const watch = chunk => {
+      output += chunk
+      const match = !settled && output.match(ready)
+      if (match) {
+        settled = true
+        clearTimeout(timer)
+        resolve({match, output: () => output, close})
+      }
+    }
+    child.stdout.on("data", watch)
+    child.stderr.on("data", watch)
+    child.once("exit", (code, signal) => fail(`exited (${signal || code})`))
+  })
+}
+
+/** A TCP port on 127.0.0.1 that was free a moment ago (for tools that want a port number). */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer()
+    server.once("error", reject)
+    server.listen(0, "127.0.0.1", () => {
+      const {port} = server.address()
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+/** Runs at most `n` of the functions given to the returned one at once: limit(2)(() => work()). */
+export function limit(n) {
+  let active = 0
+  const queue = []
+  const next = () => {
+    if (active >= n || queue.length === 0) {
+      return
+    }
+    active++
+    const {task, resolve, reject} = queue.shift()
+    Promise.resolve()
+      .then(task)
+      .then(resolve, reject)
+      .finally(() => {
+        active--
+        next()
+      })
+  }
+  return task =>
+    new Promise((resolve, reject) => {
+      queue.push({task, resolve, reject})
+      next()
+    })
 }
 
 /** A pinned tool's entry script (run it with node). */
