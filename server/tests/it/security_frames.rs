@@ -2,9 +2,9 @@
 //! reply or a close with a reason, and the other connections on the node do not notice — the
 //! bystander keeps its presence and keeps receiving diffs.
 
-mod common;
+use crate::support::server::{keys, longpoll_open, longpoll_post, start, Client, TestServer};
 
-use common::{keys, start, Client, TestServer};
+const NDJSON: &str = "application/x-ndjson";
 use rollcall_server::Config;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -314,34 +314,8 @@ async fn a_burst_of_garbage_from_many_connections_leaves_the_bystander_listed() 
 #[tokio::test]
 async fn garbage_in_a_longpoll_body_ends_only_that_session() {
     let (server, mut alice) = room_with_bystander().await;
-    let (_, _, body) = common::http(
-        server.addr,
-        "GET",
-        "/socket/longpoll?vsn=2.0.0&user_id=lp",
-        &[],
-        b"",
-    )
-    .await;
-    let body: Value = serde_json::from_str(&body).expect("json");
-    let session = body["token"].as_str().expect("session").to_string();
-    let post = |payload: &'static [u8]| {
-        let session = session.clone();
-        let addr = server.addr;
-        async move {
-            let headers = [
-                ("content-type", "application/x-ndjson"),
-                ("x-phoenix-longpoll-token", session.as_str()),
-            ];
-            common::http(
-                addr,
-                "POST",
-                "/socket/longpoll?vsn=2.0.0",
-                &headers,
-                payload,
-            )
-            .await
-        }
-    };
+    let session = longpoll_open(server.addr, "vsn=2.0.0&user_id=lp").await;
+    let post = |payload: &'static [u8]| longpoll_post(server.addr, &session, NDJSON, payload);
     post(br#"["1","1","room:r","phx_join",{}]"#).await;
     alice
         .recv_until(|v| v[3] == "presence_diff" && v[4]["joins"].get("lp").is_some())

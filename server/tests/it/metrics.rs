@@ -2,12 +2,10 @@
 //! counters count, and the text is valid Prometheus exposition format (checked by a small
 //! parser below, strict about what the format allows).
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use common::{http, start, start_default, Client, TestServer};
+use crate::support::server::{http, longpoll_open, start, start_default, Client, TestServer};
 use rollcall_server::config::{RateLimit, Security};
 use rollcall_server::Config;
 use serde_json::json;
@@ -162,7 +160,7 @@ async fn scrape(server: &TestServer) -> Scrape {
 
 /// Scrapes until every `(series, value)` holds, or fails at the deadline with the last values.
 async fn wait_for(server: &TestServer, expected: &[(&str, f64)]) -> Scrape {
-    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    let deadline = tokio::time::Instant::now() + crate::support::server::DEADLINE;
     loop {
         let s = scrape(server).await;
         if expected.iter().all(|(k, v)| s.samples.get(*k) == Some(v)) {
@@ -356,16 +354,7 @@ async fn frames_relayed_events_and_rate_limited_replies_are_counted() {
 #[tokio::test]
 async fn a_long_poll_session_counts_as_a_longpoll_connection() {
     let server = start_default().await;
-    let (status, _, body) = http(
-        server.addr,
-        "GET",
-        "/socket/longpoll?vsn=2.0.0&user_id=lp",
-        &[],
-        b"",
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert!(body.contains("\"status\":410"), "{body}");
+    longpoll_open(server.addr, "vsn=2.0.0&user_id=lp").await;
     wait_for(
         &server,
         &[
@@ -404,7 +393,7 @@ async fn binary(
         .expect("rollcall starts");
     let stdout = child.stdout.take().expect("stdout piped");
     let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(common::DEADLINE, async {
+    let addr = tokio::time::timeout(crate::support::server::DEADLINE, async {
         loop {
             let line = lines.next_line().await.unwrap().expect("listening line");
             if let Some(a) = line.strip_prefix("rollcall listening on http://") {

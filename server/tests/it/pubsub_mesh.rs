@@ -3,15 +3,18 @@
 
 use std::time::Duration;
 
+use crate::support::pubsub::{
+    assert_a_directed_message_reaches_only_its_target,
+    assert_broadcasts_reach_every_other_node_once, msg, print_one_way_latency, recv, wait_until,
+    DEADLINE,
+};
 use bytes::Bytes;
-use rollcall_server::pubsub::{connect, ClusterConfig, Envelope, Error, Mesh, MeshConfig, PubSub};
+use rollcall_server::pubsub::{connect, ClusterConfig, Error, Mesh, MeshConfig, PubSub};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc::Receiver;
-use tokio::time::{sleep, timeout};
+use tokio::time::timeout;
 
 const SECRET: &str = "test-secret";
-const DEADLINE: Duration = Duration::from_secs(15);
 
 /// Production settings with short timers so failures are noticed quickly in tests.
 fn config(listen: &str, peers: &[String], secret: &str) -> MeshConfig {
@@ -42,17 +45,6 @@ fn up_peers(m: &Mesh) -> Vec<String> {
         .collect()
 }
 
-/// Polls `cond` until it holds, failing the test with `what` after the deadline.
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let waited = timeout(DEADLINE, async {
-        while !cond() {
-            sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "timed out waiting until {what}");
-}
-
 async fn wait_connected(nodes: &[&Mesh]) {
     for n in nodes {
         let want: Vec<String> = nodes
@@ -66,17 +58,6 @@ async fn wait_connected(nodes: &[&Mesh]) {
         })
         .await;
     }
-}
-
-async fn recv(rx: &mut Receiver<Envelope>) -> Envelope {
-    timeout(DEADLINE, rx.recv())
-        .await
-        .expect("a message before the deadline")
-        .expect("subscription open")
-}
-
-fn msg(s: &'static str) -> Bytes {
-    Bytes::from_static(s.as_bytes())
 }
 
 #[tokio::test]
@@ -96,28 +77,7 @@ async fn broadcast_reaches_every_other_node_exactly_once_and_never_the_sender() 
     let b = node("b", &[addr(&a)]).await;
     let c = node("c", &[addr(&a)]).await;
     wait_connected(&[&a, &b, &c]).await;
-    let mut at_a = a.subscribe("t");
-    let mut at_b = b.subscribe("t");
-    let mut at_c = c.subscribe("t");
-
-    a.broadcast("t", msg("one"));
-    a.broadcast("t", msg("two"));
-    for rx in [&mut at_b, &mut at_c] {
-        let first = recv(rx).await;
-        assert_eq!(
-            (first.from.as_str(), &first.payload[..]),
-            ("a", &b"one"[..])
-        );
-        // The very next message is the second broadcast: no duplicate of the first in between.
-        assert_eq!(&recv(rx).await.payload[..], b"two");
-    }
-    // A's own broadcasts never come back: the first thing A hears is B's marker.
-    b.broadcast("t", msg("from-b"));
-    let first_at_a = recv(&mut at_a).await;
-    assert_eq!(
-        (first_at_a.from.as_str(), &first_at_a.payload[..]),
-        ("b", &b"from-b"[..])
-    );
+    assert_broadcasts_reach_every_other_node_once(&a, &b, &c).await;
 }
 
 #[tokio::test]
@@ -140,15 +100,7 @@ async fn a_directed_message_reaches_only_its_target() {
     let b = node("b", &[addr(&a)]).await;
     let c = node("c", &[addr(&a)]).await;
     wait_connected(&[&a, &b, &c]).await;
-    let mut at_b = b.subscribe("t");
-    let mut at_c = c.subscribe("t");
-
-    a.send_to("c", "t", msg("for-c"));
-    let got = recv(&mut at_c).await;
-    assert_eq!((got.from.as_str(), &got.payload[..]), ("a", &b"for-c"[..]));
-    // B's first message is the later broadcast, so the directed one never reached it.
-    a.broadcast("t", msg("marker"));
-    assert_eq!(&recv(&mut at_b).await.payload[..], b"marker");
+    assert_a_directed_message_reaches_only_its_target(&a, &b, &c).await;
 }
 
 #[tokio::test]
@@ -519,7 +471,7 @@ async fn a_silent_peer_is_declared_dead_by_the_ping_timeout() {
 }
 
 /// Measures one-way delivery latency (send → subscriber wakes) on an idle two-node mesh.
-/// Run: `cargo test --release -p rollcall-server --test pubsub_mesh -- --ignored --nocapture`
+/// Run: `cargo test --release -p rollcall-server --test it pubsub_mesh::measure -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement, not a test"]
 async fn measure_mesh_latency() {
@@ -527,20 +479,7 @@ async fn measure_mesh_latency() {
     let b = node("b", &[addr(&a)]).await;
     wait_connected(&[&a, &b]).await;
     let mut at_b = b.subscribe("t");
-    let mut samples = Vec::new();
-    for i in 0..2000u32 {
-        let start = std::time::Instant::now();
-        a.broadcast("t", Bytes::from(i.to_be_bytes().to_vec()));
-        recv(&mut at_b).await;
-        samples.push(start.elapsed());
-    }
-    samples.sort();
-    println!(
-        "mesh one-way latency over 2000 messages: p50 {:?}, p99 {:?}, max {:?}",
-        samples[samples.len() / 2],
-        samples[samples.len() * 99 / 100],
-        samples[samples.len() - 1]
-    );
+    print_one_way_latency("mesh", &a, &mut at_b).await;
 }
 
 #[tokio::test]

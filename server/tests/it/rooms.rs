@@ -1,8 +1,6 @@
 //! The presence room protocol over real WebSockets on 127.0.0.1.
 
-mod common;
-
-use common::{keys, start, start_default, Client};
+use crate::support::server::{keys, start, start_default, Client};
 use rollcall_server::Config;
 use serde_json::{json, Value};
 

@@ -1,11 +1,9 @@
 //! The per-address connection limit (`--max-conns-per-ip`) over real sockets on 127.0.0.1:
 //! every test client has the same address, so the limit applies to all of them together.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{http, start, Client, TestServer, DEADLINE};
+use crate::support::server::{http, start, Client, TestServer, DEADLINE};
 use rollcall_server::config::Security;
 use rollcall_server::Config;
 use serde_json::{json, Value};

@@ -1,6 +1,5 @@
 //! Test support: a real server on 127.0.0.1:0 and a small WebSocket client that speaks raw
 //! Phoenix frames. Every wait has a deadline; nothing sleeps and hopes.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -220,4 +219,51 @@ pub async fn http(
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     (status, headers, body.to_string())
+}
+
+/// A long-poll GET: the answer's JSON, after checking the headers every answer carries.
+pub async fn longpoll_get(addr: SocketAddr, query: &str) -> Value {
+    let (status, headers, body) =
+        http(addr, "GET", &format!("/socket/longpoll?{query}"), &[], b"").await;
+    assert_eq!(status, 200, "long-poll always answers HTTP 200");
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k == "access-control-allow-origin" && v == "*"));
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k == "cache-control" && v == "no-store"));
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k == "content-type" && v.starts_with("application/json")));
+    serde_json::from_str(&body).unwrap()
+}
+
+/// A long-poll POST of `body` to the session of `token`: the answer's JSON.
+pub async fn longpoll_post(
+    addr: SocketAddr,
+    token: &str,
+    content_type: &str,
+    body: impl AsRef<[u8]>,
+) -> Value {
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        "/socket/longpoll?vsn=2.0.0",
+        &[
+            ("content-type", content_type),
+            ("x-phoenix-longpoll-token", token),
+        ],
+        body.as_ref(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Opens a session; returns its token.
+pub async fn longpoll_open(addr: SocketAddr, query: &str) -> String {
+    let resp = longpoll_get(addr, query).await;
+    assert_eq!(resp["status"], 410);
+    assert_eq!(resp["messages"], json!([]));
+    resp["token"].as_str().unwrap().to_string()
 }

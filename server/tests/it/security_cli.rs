@@ -1,7 +1,5 @@
 //! `rollcall token` and `rollcall serve` with a secret, as a user runs them.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 

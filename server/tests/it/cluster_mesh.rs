@@ -2,9 +2,7 @@
 //! restart, partition and heal, graceful shutdown. Tracker timing is shortened (broadcast 100 ms,
 //! down 1 s, permdown 3 s) so failures show within seconds; tests wait on what users see.
 
-mod cluster_support;
-
-use cluster_support::{serial, Node, User, FAST_TIMING};
+use crate::support::cluster::{serial, Node, User, FAST_TIMING};
 use serde_json::json;
 
 const ROOM: &str = "room:lobby";
@@ -15,6 +13,18 @@ async fn three_nodes(timing: &[&str]) -> (Node, Node, Node) {
     // c knows only a; it learns b from a.
     let c = Node::mesh("c", &[&a], timing).await;
     (a, b, c)
+}
+
+/// Three nodes with fast timing and one member on each (`ua` on a, ...), seen everywhere.
+async fn three_nodes_with_members() -> ((Node, Node, Node), (User, User, User)) {
+    let (a, b, c) = three_nodes(&FAST_TIMING).await;
+    let ua = User::join(&a, "ua", ROOM, json!({})).await;
+    let ub = User::join(&b, "ub", ROOM, json!({})).await;
+    let uc = User::join(&c, "uc", ROOM, json!({})).await;
+    for u in [&ua, &ub, &uc] {
+        u.wait_keys(&["ua", "ub", "uc"]).await;
+    }
+    ((a, b, c), (ua, ub, uc))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,13 +85,7 @@ async fn three_mesh_nodes_share_members_meta_updates_and_relays() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_leaves_everywhere_and_its_restart_brings_only_new_members() {
     let _serial = serial().await;
-    let (a, b, c) = three_nodes(&FAST_TIMING).await;
-    let ua = User::join(&a, "ua", ROOM, json!({})).await;
-    let ub = User::join(&b, "ub", ROOM, json!({})).await;
-    let uc = User::join(&c, "uc", ROOM, json!({})).await;
-    for u in [&ua, &ub, &uc] {
-        u.wait_keys(&["ua", "ub", "uc"]).await;
-    }
+    let ((a, _b, c), (ua, ub, _uc)) = three_nodes_with_members().await;
 
     c.kill9().await;
     for u in [&ua, &ub] {
@@ -110,13 +114,7 @@ async fn a_killed_node_leaves_everywhere_and_its_restart_brings_only_new_members
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_node_and_the_rest_see_each_other_leave_then_converge_after_healing() {
     let _serial = serial().await;
-    let (a, b, c) = three_nodes(&FAST_TIMING).await;
-    let ua = User::join(&a, "ua", ROOM, json!({})).await;
-    let ub = User::join(&b, "ub", ROOM, json!({})).await;
-    let uc = User::join(&c, "uc", ROOM, json!({})).await;
-    for u in [&ua, &ub, &uc] {
-        u.wait_keys(&["ua", "ub", "uc"]).await;
-    }
+    let ((a, _b, c), (ua, ub, uc)) = three_nodes_with_members().await;
 
     c.partition("a", true).await;
     c.partition("b", true).await;

@@ -1,8 +1,6 @@
 //! Origins, rate limits and room limits over real sockets on 127.0.0.1.
 
-mod common;
-
-use common::{http, keys, start, Client, TestServer};
+use crate::support::server::{http, keys, start, Client, TestServer};
 use rollcall_server::config::{RateLimit, Security};
 use rollcall_server::http::parse_origins;
 use rollcall_server::Config;

@@ -1,12 +1,8 @@
 //! Test support for cluster tests: real `rollcall` processes on 127.0.0.1 and a Phoenix client
 //! that keeps its own presence list (applying `presence_state` and `presence_diff` as phoenix.js
 //! does), so tests wait on what a user would see. Every wait has a deadline.
-#![allow(dead_code)]
 
-#[path = "../broker_support/mod.rs"]
-mod broker_support;
-#[allow(unused_imports)]
-pub use broker_support::{Broker, BrokerKind};
+pub use super::broker::{Broker, BrokerKind};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;

@@ -1,7 +1,5 @@
 //! The `rollcall` binary as a user runs it: flags, environment, the listening line, SIGTERM.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
@@ -69,14 +67,14 @@ async fn sigterm_closes_sockets_with_1001_and_the_process_exits() {
         .unwrap();
     assert!(status.success());
     let close = loop {
-        match tokio::time::timeout(common::DEADLINE, ws.next()).await {
+        match tokio::time::timeout(crate::support::server::DEADLINE, ws.next()).await {
             Ok(Some(Ok(Message::Close(frame)))) => break frame,
             Ok(Some(Ok(_))) => continue,
             other => panic!("expected a close frame, got {other:?}"),
         }
     };
     assert_eq!(close.map(|f| u16::from(f.code)), Some(1001));
-    let deadline = std::time::Instant::now() + common::DEADLINE;
+    let deadline = std::time::Instant::now() + crate::support::server::DEADLINE;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             assert!(status.success(), "{status}");
@@ -101,7 +99,7 @@ async fn environment_variables_configure_the_server() {
         ],
     );
     let addr: std::net::SocketAddr = addr.parse().unwrap();
-    let (_, _, body) = common::http(addr, "GET", "/healthz", &[], b"").await;
+    let (_, _, body) = crate::support::server::http(addr, "GET", "/healthz", &[], b"").await;
     assert!(body.contains("env-node"), "{body}");
     let (mut ws, _) =
         tokio_tungstenite::connect_async(format!("ws://{addr}/socket/websocket?vsn=2.0.0"))

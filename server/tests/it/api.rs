@@ -1,12 +1,9 @@
 //! The presence HTTP API (`GET /api/presence/{topic}` and `/count`) over real sockets on
 //! 127.0.0.1: what it lists, who may ask, and (across two mesh nodes) that it is cluster-wide.
 
-mod cluster_support;
-mod common;
-
 use std::time::Duration;
 
-use common::{http, keys, start, start_default, Client, TestServer};
+use crate::support::server::{http, keys, start, start_default, Client, TestServer};
 use rollcall_server::auth::{mint, unix_now, Claims, Verifier};
 use rollcall_server::config::Security;
 use rollcall_server::Config;
@@ -286,7 +283,7 @@ async fn a_disallowed_origin_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_node_lists_a_member_connected_elsewhere() {
-    use cluster_support::{serial, Node, User, DEADLINE, FAST_TIMING};
+    use crate::support::cluster::{serial, Node, User, DEADLINE, FAST_TIMING};
     let _serial = serial().await;
     let a = Node::mesh("api-a", &[], &FAST_TIMING).await;
     let b = Node::mesh("api-b", &[&a], &FAST_TIMING).await;
@@ -294,7 +291,7 @@ async fn another_node_lists_a_member_connected_elsewhere() {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let body = loop {
         let (status, text) =
-            cluster_support::http(&b.addr, "GET", "/api/presence/room:lobby").await;
+            crate::support::cluster::http(&b.addr, "GET", "/api/presence/room:lobby").await;
         assert_eq!(status, 200, "{text}");
         let body: Value = serde_json::from_str(&text).expect("JSON");
         if body["count"] == 1 {
@@ -310,7 +307,7 @@ async fn another_node_lists_a_member_connected_elsewhere() {
     assert_eq!(meta["status"], "here");
     assert_eq!(meta["node"], "api-a");
     // b's metrics see the member as stored but not local, and a as an up replica.
-    let (_, metrics) = cluster_support::http(&b.addr, "GET", "/metrics").await;
+    let (_, metrics) = crate::support::cluster::http(&b.addr, "GET", "/metrics").await;
     assert!(
         metrics.contains("\nrollcall_presences_stored 1\n"),
         "{metrics}"

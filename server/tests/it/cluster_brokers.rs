@@ -2,9 +2,7 @@
 //! `redis-server` (started by the test on a free loopback port) share members, meta updates and
 //! relayed events; a node split off and healed converges; a crashed node's members leave.
 
-mod cluster_support;
-
-use cluster_support::{serial, Broker, BrokerKind, Node, User, FAST_TIMING};
+use crate::support::cluster::{serial, Broker, BrokerKind, Node, User, FAST_TIMING};
 use serde_json::json;
 
 const ROOM: &str = "room:lobby";
@@ -114,7 +112,7 @@ async fn a_late_node_receives_a_state_larger_than_a_nats_message() {
     }
     ws.flush().await.expect("flush");
     let mut ok = 0;
-    tokio::time::timeout(cluster_support::DEADLINE * 2, async {
+    tokio::time::timeout(crate::support::cluster::DEADLINE * 2, async {
         while ok < TOPICS {
             let Some(Ok(Message::Text(t))) = ws.next().await else {
                 panic!("the bulk connection closed");

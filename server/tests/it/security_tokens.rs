@@ -1,10 +1,8 @@
 //! Tokens end to end over real sockets on 127.0.0.1: who may connect, which key they get,
 //! which rooms they may join, and which meta fields the server vouches for.
 
-mod common;
-
+use crate::support::server::{http, keys, start, Client, TestServer};
 use base64::Engine;
-use common::{http, keys, start, Client, TestServer};
 use rollcall_server::auth::{mint, unix_now, Claims, Verifier, LEEWAY_SECS};
 use rollcall_server::config::Security;
 use rollcall_server::Config;
@@ -262,7 +260,7 @@ async fn longpoll_with_the_authtoken_header_tracks_as_the_token_sub() {
     .await;
     assert!(posted.contains("200"), "{posted}");
     // The join is applied by the session's machine; wait for it with a deadline.
-    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    let deadline = tokio::time::Instant::now() + crate::support::server::DEADLINE;
     loop {
         let list = server.tracker.list("room:lp").await;
         if !keys(&list).is_empty() {

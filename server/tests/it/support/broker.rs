@@ -1,7 +1,6 @@
 //! Test support: a real NATS or Redis server (Debian's `nats-server` / `redis-server`) on a free
 //! loopback port, owned by one test and killed when dropped. Shared by the adapter tests
-//! (`pubsub_brokers.rs`) and the process-level cluster tests (`cluster_support`).
-#![allow(dead_code)]
+//! (`pubsub_brokers`) and the process-level cluster tests (`support::cluster`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,10 +1,8 @@
 //! The Phoenix Channels socket protocol over a real WebSocket on 127.0.0.1.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{http, start, start_default, Client};
+use crate::support::server::{http, start, start_default, Client};
 use futures_util::SinkExt;
 use rollcall_server::Config;
 use serde_json::json;

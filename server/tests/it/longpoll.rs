@@ -1,12 +1,12 @@
 //! The long-poll transport with raw HTTP requests on 127.0.0.1.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::server::{
+    http, keys, longpoll_get, longpoll_open, longpoll_post, start, Client,
+};
 use base64::Engine;
-use common::{http, keys, start, Client};
 use rollcall_server::Config;
 use serde_json::{json, Value};
 
@@ -17,51 +17,11 @@ fn config(window_ms: u64) -> Config {
     }
 }
 
-async fn get(addr: SocketAddr, query: &str) -> Value {
-    let (status, headers, body) =
-        http(addr, "GET", &format!("/socket/longpoll?{query}"), &[], b"").await;
-    assert_eq!(status, 200, "long-poll always answers HTTP 200");
-    assert!(headers
-        .iter()
-        .any(|(k, v)| k == "access-control-allow-origin" && v == "*"));
-    assert!(headers
-        .iter()
-        .any(|(k, v)| k == "cache-control" && v == "no-store"));
-    assert!(headers
-        .iter()
-        .any(|(k, v)| k == "content-type" && v.starts_with("application/json")));
-    serde_json::from_str(&body).unwrap()
-}
-
-async fn post(addr: SocketAddr, token: &str, content_type: &str, body: &str) -> Value {
-    let (status, _, body) = http(
-        addr,
-        "POST",
-        "/socket/longpoll?vsn=2.0.0",
-        &[
-            ("content-type", content_type),
-            ("x-phoenix-longpoll-token", token),
-        ],
-        body.as_bytes(),
-    )
-    .await;
-    assert_eq!(status, 200);
-    serde_json::from_str(&body).unwrap()
-}
-
-/// Opens a session; returns its token.
-async fn open(addr: SocketAddr, query: &str) -> String {
-    let resp = get(addr, query).await;
-    assert_eq!(resp["status"], 410);
-    assert_eq!(resp["messages"], json!([]));
-    resp["token"].as_str().unwrap().to_string()
-}
-
 /// Polls until `n` messages were collected (each poll has the HTTP deadline).
 async fn poll_messages(addr: SocketAddr, token: &str, n: usize) -> Vec<Value> {
     let mut out = Vec::new();
     while out.len() < n {
-        let resp = get(addr, &format!("vsn=2.0.0&token={token}")).await;
+        let resp = longpoll_get(addr, &format!("vsn=2.0.0&token={token}")).await;
         assert!(resp["status"] == 200 || resp["status"] == 204, "{resp}");
         for m in resp["messages"].as_array().unwrap() {
             out.push(serde_json::from_str(m.as_str().expect("messages are strings")).unwrap());
@@ -73,21 +33,24 @@ async fn poll_messages(addr: SocketAddr, token: &str, n: usize) -> Vec<Value> {
 #[tokio::test]
 async fn a_get_without_session_opens_one_with_410_and_a_token() {
     let server = start(config(10_000)).await;
-    let token = open(server.addr, "vsn=2.0.0").await;
+    let token = longpoll_open(server.addr, "vsn=2.0.0").await;
     assert!(!token.is_empty());
 }
 
 #[tokio::test]
 async fn an_unsupported_vsn_gets_status_403() {
     let server = start(config(10_000)).await;
-    assert_eq!(get(server.addr, "vsn=9.0.0").await, json!({"status": 403}));
+    assert_eq!(
+        longpoll_get(server.addr, "vsn=9.0.0").await,
+        json!({"status": 403})
+    );
 }
 
 #[tokio::test]
 async fn a_posted_join_is_answered_in_the_next_polls_as_strings() {
     let server = start(config(10_000)).await;
-    let token = open(server.addr, "vsn=2.0.0&user_id=poller").await;
-    let resp = post(
+    let token = longpoll_open(server.addr, "vsn=2.0.0&user_id=poller").await;
+    let resp = longpoll_post(
         server.addr,
         &token,
         "application/x-ndjson",
@@ -108,7 +71,7 @@ async fn a_posted_join_is_answered_in_the_next_polls_as_strings() {
 #[tokio::test]
 async fn a_plain_body_is_one_frame_and_the_token_param_works() {
     let server = start(config(10_000)).await;
-    let token = open(server.addr, "vsn=2.0.0").await;
+    let token = longpoll_open(server.addr, "vsn=2.0.0").await;
     let (_, _, body) = http(
         server.addr,
         "POST",
@@ -128,8 +91,8 @@ async fn a_plain_body_is_one_frame_and_the_token_param_works() {
 #[tokio::test]
 async fn a_poll_with_nothing_to_say_answers_204_after_the_window() {
     let server = start(config(200)).await;
-    let token = open(server.addr, "vsn=2.0.0").await;
-    let resp = get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
+    let token = longpoll_open(server.addr, "vsn=2.0.0").await;
+    let resp = longpoll_get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
     assert_eq!(resp["status"], 204);
     assert_eq!(resp["token"], json!(token));
     assert_eq!(resp["messages"], json!([]));
@@ -138,18 +101,18 @@ async fn a_poll_with_nothing_to_say_answers_204_after_the_window() {
 #[tokio::test]
 async fn a_post_without_a_session_gets_410() {
     let server = start(config(10_000)).await;
-    let resp = post(server.addr, "no-such-token", "application/x-ndjson", "[]").await;
+    let resp = longpoll_post(server.addr, "no-such-token", "application/x-ndjson", "[]").await;
     assert_eq!(resp, json!({"status": 410}));
 }
 
 #[tokio::test]
 async fn only_the_first_100_ndjson_lines_are_processed() {
     let server = start(config(300)).await;
-    let token = open(server.addr, "vsn=2.0.0").await;
+    let token = longpoll_open(server.addr, "vsn=2.0.0").await;
     let lines: Vec<String> = (1..=101)
         .map(|i| format!(r#"[null,"{i}","phoenix","heartbeat",{{}}]"#))
         .collect();
-    let resp = post(
+    let resp = longpoll_post(
         server.addr,
         &token,
         "application/x-ndjson",
@@ -159,7 +122,7 @@ async fn only_the_first_100_ndjson_lines_are_processed() {
     assert_eq!(resp, json!({"status": 200}));
     let mut refs = Vec::new();
     loop {
-        let resp = get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
+        let resp = longpoll_get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
         if resp["status"] == 204 {
             break;
         }
@@ -178,8 +141,8 @@ async fn base64_ndjson_lines_are_binary_frames() {
     let mut ws = Client::user(&server, "ws").await;
     ws.join("room:b64", json!({})).await;
     ws.sync().await;
-    let token = open(server.addr, "vsn=2.0.0&user_id=lp").await;
-    post(
+    let token = longpoll_open(server.addr, "vsn=2.0.0&user_id=lp").await;
+    longpoll_post(
         server.addr,
         &token,
         "application/x-ndjson",
@@ -191,7 +154,7 @@ async fn base64_ndjson_lines_are_binary_frames() {
     frame.extend_from_slice(b"12room:b64blob");
     frame.extend_from_slice(&[9, 8, 7]);
     let line = base64::engine::general_purpose::STANDARD.encode(&frame);
-    post(server.addr, &token, "application/x-ndjson", &line).await;
+    longpoll_post(server.addr, &token, "application/x-ndjson", &line).await;
     // Skip the poller's presence diff; the relay is the first binary frame.
     loop {
         if let tokio_tungstenite::tungstenite::Message::Binary(bytes) = ws.recv().await {
@@ -207,8 +170,8 @@ async fn an_unpolled_session_expires_and_its_presence_leaves() {
     let mut ws = Client::user(&server, "ws").await;
     ws.join("room:exp", json!({})).await;
     ws.sync().await;
-    let token = open(server.addr, "vsn=2.0.0&user_id=gone").await;
-    post(
+    let token = longpoll_open(server.addr, "vsn=2.0.0&user_id=gone").await;
+    longpoll_post(
         server.addr,
         &token,
         "application/x-ndjson",
@@ -229,7 +192,7 @@ async fn an_unpolled_session_expires_and_its_presence_leaves() {
     };
     assert_eq!(keys(&left[4]["leaves"]), vec!["gone"]);
     // The old token now opens a new session.
-    let resp = get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
+    let resp = longpoll_get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
     assert_eq!(resp["status"], 410);
     assert_ne!(resp["token"], json!(token));
 }
@@ -269,8 +232,8 @@ async fn a_client_that_abandons_its_poll_still_expires_and_leaves() {
     let mut ws = Client::user(&server, "ws").await;
     ws.join("room:abandon", json!({})).await;
     ws.sync().await;
-    let token = open(server.addr, "vsn=2.0.0&user_id=quitter").await;
-    post(
+    let token = longpoll_open(server.addr, "vsn=2.0.0&user_id=quitter").await;
+    longpoll_post(
         server.addr,
         &token,
         "application/x-ndjson",
@@ -280,7 +243,7 @@ async fn a_client_that_abandons_its_poll_still_expires_and_leaves() {
     let joined = ws.recv_until(|v| v[3] == "presence_diff").await;
     assert_eq!(keys(&joined[4]["joins"]), vec!["quitter"]);
     // Drain the join's answers so the next poll waits.
-    let resp = get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
+    let resp = longpoll_get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
     assert_eq!(resp["status"], 200);
     // A poll the browser aborts (page closed): the request arrives, then the connection goes.
     let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
@@ -312,8 +275,8 @@ async fn a_session_that_falls_too_far_behind_is_closed_like_a_slow_websocket() {
         ..config(10_000)
     })
     .await;
-    let token = open(server.addr, "vsn=2.0.0&user_id=laggard").await;
-    post(
+    let token = longpoll_open(server.addr, "vsn=2.0.0&user_id=laggard").await;
+    longpoll_post(
         server.addr,
         &token,
         "application/x-ndjson",
@@ -332,7 +295,7 @@ async fn a_session_that_falls_too_far_behind_is_closed_like_a_slow_websocket() {
     // for a fresh presence_state, instead of the server holding every frame for it.
     let mut delivered = 0;
     let status = loop {
-        let resp = get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
+        let resp = longpoll_get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
         match resp["status"].as_u64() {
             Some(200) => delivered += resp["messages"].as_array().map_or(0, Vec::len),
             other => break other,

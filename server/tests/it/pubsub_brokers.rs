@@ -2,18 +2,18 @@
 //! `redis-server` on a free loopback port and kills it at the end. Every behaviour is checked on
 //! both brokers with the same test body.
 
-mod broker_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker_support::{free_port, Broker, BrokerKind as Kind};
+use crate::support::broker::{free_port, Broker, BrokerKind as Kind};
+use crate::support::pubsub::{
+    assert_a_directed_message_reaches_only_its_target,
+    assert_broadcasts_reach_every_other_node_once, msg, print_one_way_latency, recv, wait_until,
+    DEADLINE,
+};
 use bytes::Bytes;
-use rollcall_server::pubsub::{connect, Envelope, Error, PubSub};
-use tokio::sync::mpsc::Receiver;
-use tokio::time::{sleep, timeout};
-
-const DEADLINE: Duration = Duration::from_secs(20);
+use rollcall_server::pubsub::{connect, Error, PubSub};
+use tokio::time::timeout;
 
 async fn node(kind: Kind, name: &str, url: &str) -> Arc<dyn PubSub> {
     // One cluster name per broker URL, so tests can never hear each other even if two of them
@@ -24,47 +24,12 @@ async fn node(kind: Kind, name: &str, url: &str) -> Arc<dyn PubSub> {
         .unwrap_or_else(|e| panic!("{name} connects: {e}"))
 }
 
-async fn recv(rx: &mut Receiver<Envelope>) -> Envelope {
-    timeout(DEADLINE, rx.recv())
-        .await
-        .expect("a message before the deadline")
-        .expect("subscription open")
-}
-
-fn msg(s: &'static str) -> Bytes {
-    Bytes::from_static(s.as_bytes())
-}
-
 async fn broadcasts_reach_every_other_node_once_and_are_not_echoed(kind: Kind) {
     let broker = Broker::start(kind).await;
     let a = node(kind, "a", &broker.url()).await;
     let b = node(kind, "b", &broker.url()).await;
     let c = node(kind, "c", &broker.url()).await;
-    let mut at_a = a.subscribe("t");
-    let mut at_b = b.subscribe("t");
-    let mut at_c = c.subscribe("t");
-
-    a.broadcast("t", msg("one"));
-    a.broadcast("t", msg("two"));
-    for rx in [&mut at_b, &mut at_c] {
-        let first = recv(rx).await;
-        assert_eq!(
-            (first.from.as_str(), &first.payload[..]),
-            ("a", &b"one"[..])
-        );
-        assert_eq!(
-            &recv(rx).await.payload[..],
-            b"two",
-            "no duplicate in between"
-        );
-    }
-    // The broker hands A its own broadcasts too; A must drop them, so B's marker comes first.
-    b.broadcast("t", msg("from-b"));
-    let first_at_a = recv(&mut at_a).await;
-    assert_eq!(
-        (first_at_a.from.as_str(), &first_at_a.payload[..]),
-        ("b", &b"from-b"[..])
-    );
+    assert_broadcasts_reach_every_other_node_once(&*a, &*b, &*c).await;
 }
 
 async fn a_directed_message_reaches_only_its_target(kind: Kind) {
@@ -72,13 +37,7 @@ async fn a_directed_message_reaches_only_its_target(kind: Kind) {
     let a = node(kind, "a", &broker.url()).await;
     let b = node(kind, "b", &broker.url()).await;
     let c = node(kind, "c", &broker.url()).await;
-    let mut at_b = b.subscribe("t");
-    let mut at_c = c.subscribe("t");
-    a.send_to("c", "t", msg("for-c"));
-    let got = recv(&mut at_c).await;
-    assert_eq!((got.from.as_str(), &got.payload[..]), ("a", &b"for-c"[..]));
-    a.broadcast("t", msg("marker"));
-    assert_eq!(&recv(&mut at_b).await.payload[..], b"marker");
+    assert_a_directed_message_reaches_only_its_target(&*a, &*b, &*c).await;
     // A node only hears from peers it has received from.
     assert!(b.peers().iter().any(|p| p.name == "a" && p.up));
     assert!(c.peers().iter().all(|p| p.name != "c"));
@@ -165,13 +124,10 @@ async fn a_partition_cuts_one_node_off_and_healing_restores_it(kind: Kind) {
     // A must have heard of B and C (brokers know peers only from their messages).
     b.broadcast("hello", msg("b"));
     c.broadcast("hello", msg("c"));
-    let heard = timeout(DEADLINE, async {
-        while a.peers().iter().filter(|p| p.up).count() < 2 {
-            sleep(Duration::from_millis(10)).await;
-        }
+    wait_until("a hears from b and c", || {
+        a.peers().iter().filter(|p| p.up).count() >= 2
     })
     .await;
-    assert!(heard.is_ok(), "a hears from b and c");
     let mut at_a = a.subscribe("t");
     let mut at_b = b.subscribe("t");
     let mut at_c = c.subscribe("t");
@@ -189,13 +145,10 @@ async fn a_partition_cuts_one_node_off_and_healing_restores_it(kind: Kind) {
     assert_eq!(heard_by_c, vec![msg("cut-a"), msg("cut-b")]);
 
     // Heal only once A has seen (and dropped) B's message, or it could slip in after.
-    let dropped = timeout(DEADLINE, async {
-        while a.stats().dropped_inbound < 1 {
-            sleep(Duration::from_millis(10)).await;
-        }
+    wait_until("a drops what b sends while cut", || {
+        a.stats().dropped_inbound >= 1
     })
     .await;
-    assert!(dropped.is_ok(), "a drops what b sends while cut");
     a.set_partitioned("b", false);
     a.broadcast("t", msg("healed-a"));
     b.broadcast("t", msg("healed-b"));
@@ -270,7 +223,7 @@ on_both_brokers!(
 );
 
 /// Measures one-way delivery latency (send → subscriber wakes) through each broker.
-/// Run: `cargo test --release -p rollcall-server --test pubsub_brokers -- --ignored --nocapture`
+/// Run: `cargo test --release -p rollcall-server --test it pubsub_brokers::measure -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement, not a test"]
 async fn measure_broker_latency() {
@@ -279,19 +232,6 @@ async fn measure_broker_latency() {
         let a = node(kind, "a", &broker.url()).await;
         let b = node(kind, "b", &broker.url()).await;
         let mut at_b = b.subscribe("t");
-        let mut samples = Vec::new();
-        for i in 0..2000u32 {
-            let start = std::time::Instant::now();
-            a.broadcast("t", Bytes::from(i.to_be_bytes().to_vec()));
-            recv(&mut at_b).await;
-            samples.push(start.elapsed());
-        }
-        samples.sort();
-        println!(
-            "{kind:?} one-way latency over 2000 messages: p50 {:?}, p99 {:?}, max {:?}",
-            samples[samples.len() / 2],
-            samples[samples.len() * 99 / 100],
-            samples[samples.len() - 1]
-        );
+        print_one_way_latency(&format!("{kind:?}"), &*a, &mut at_b).await;
     }
 }

@@ -2,14 +2,12 @@
 //! mesh on 127.0.0.1; a session's requests may reach either node and are relayed to the node
 //! that owns it.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::server::{http, Client, DEADLINE};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use common::{http, Client, DEADLINE};
 use rollcall_server::pubsub::{Mesh, MeshConfig, PubSub};
 use rollcall_server::{Config, Server};
 use serde_json::{json, Value};

@@ -4,7 +4,7 @@
 //!
 //! Budget: `ROLLCALL_FUZZ_CASES` cases per target (default 1000; the socket machine target runs
 //! a tenth of that, each case being a whole connection).
-//! A long run: `ROLLCALL_FUZZ_CASES=100000 cargo test --release -p rollcall-server --test fuzz_server`.
+//! A long run: `ROLLCALL_FUZZ_CASES=100000 cargo test --release -p rollcall-server --test it fuzz_server::`.
 
 use std::sync::Arc;
 
