@@ -81,7 +81,8 @@ pub struct ClusterSettings {
     /// Longest wait before a local change is sent to other nodes; changes within one window go
     /// in one message. Zero sends every change on its own.
     pub coalesce: Duration,
-    /// Test-only: serve `POST /_fault/partition` (cuts this node off from a peer).
+    /// Test-only: wrap the transport in [`Partitioned`](crate::pubsub::Partitioned) and serve
+    /// `POST /_fault/partition` (cuts this node off from a peer).
     pub fault_injection: bool,
 }
 

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tower_http::services::ServeDir;
 
 use crate::config::Config;
+use crate::pubsub::Partitioned;
 use crate::tracker::Tracker;
 use crate::transport::{longpoll, websocket};
 
@@ -29,6 +30,8 @@ pub struct AppState {
     pub connections: mpsc::Sender<()>,
     /// Long-poll sessions of this node.
     pub longpoll: Arc<longpoll::Sessions>,
+    /// The transport's fault switch, with `ClusterSettings::fault_injection` only.
+    pub partition: Option<Arc<Partitioned>>,
 }
 
 async fn healthz(State(state): State<AppState>) -> Json<Value> {
@@ -72,7 +75,7 @@ struct PartitionQuery {
 }
 
 /// Test-only fault switch (served with `ClusterSettings::fault_injection`): cuts this node off
-/// from `peer` (or heals the cut), through the transport's partition switch.
+/// from `peer` (or heals the cut), through the [`Partitioned`] wrapper around the transport.
 async fn fault_partition(
     State(state): State<AppState>,
     axum::extract::Query(q): axum::extract::Query<PartitionQuery>,
@@ -82,10 +85,9 @@ async fn fault_partition(
         partitioned = q.partitioned,
         "fault injection"
     );
-    state
-        .tracker
-        .pubsub()
-        .set_partitioned(&q.peer, q.partitioned);
+    if let Some(partition) = &state.partition {
+        partition.set_partitioned(&q.peer, q.partitioned);
+    }
     Json(json!({"status": "ok"}))
 }
 

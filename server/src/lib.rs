@@ -66,13 +66,18 @@ impl ServerBuilder {
     pub fn build(mut self) -> Server {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (connections, drained) = mpsc::channel(1);
-        let pubsub = match self.pubsub {
+        let mut pubsub = match self.pubsub {
             Some(pubsub) => {
                 self.config.node_name = pubsub.node().to_string();
                 pubsub
             }
             None => Arc::new(pubsub::Local::new(&self.config.node_name)),
         };
+        let partition = self.config.cluster.fault_injection.then(|| {
+            let partition = Arc::new(pubsub::Partitioned::new(pubsub.clone()));
+            pubsub = partition.clone();
+            partition
+        });
         let tracker = Tracker::spawn_with(pubsub.clone(), &self.config.cluster);
         let config = Arc::new(self.config);
         let longpoll = Arc::new(transport::longpoll::Sessions::default());
@@ -88,6 +93,7 @@ impl ServerBuilder {
             shutdown: shutdown_rx,
             connections,
             longpoll,
+            partition,
         };
         Server {
             state,

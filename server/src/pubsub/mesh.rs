@@ -56,10 +56,10 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{sleep, timeout};
 use tracing::{debug, info, warn};
 
-use super::adapter::{
-    lock, stopped, validate_name, Backoff, Envelope, Error, Inbox, PeerInfo, PubSub, Stats,
-    DEFAULT_INBOX_CAPACITY,
-};
+use super::backoff::Backoff;
+use super::inbox::Inbox;
+use super::sync::{lock, stopped};
+use super::{validate_name, Envelope, Error, PeerInfo, PubSub, Stats, DEFAULT_INBOX_CAPACITY};
 
 /// Largest frame accepted from an authenticated peer.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -172,8 +172,6 @@ struct Shared {
 struct State {
     peers: HashMap<String, Peer>,
     targets: HashMap<String, Target>,
-    /// Test fault switch: traffic to and from these nodes is cut.
-    blocked: HashSet<String>,
     /// Addresses that turned out to be ourselves (a headless service includes our own pod).
     self_addrs: HashSet<String>,
 }
@@ -377,21 +375,6 @@ impl PubSub for Mesh {
         Some(self.local_addr)
     }
 
-    // Every connection to `peer` is closed, and none is accepted or dialed while partitioned.
-    fn set_partitioned(&self, peer: &str, partitioned: bool) {
-        let mut state = lock(&self.shared.state);
-        if partitioned {
-            state.blocked.insert(peer.to_owned());
-            if let Some(conn) = state.peers.get_mut(peer).and_then(|p| p.conn.take()) {
-                conn.kill.notify_one();
-            }
-        } else {
-            state.blocked.remove(peer);
-        }
-        drop(state);
-        self.shared.changed.notify_waiters();
-    }
-
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.shared.stop.send_replace(true);
@@ -428,10 +411,6 @@ impl Shared {
 
     fn stopping(&self) -> bool {
         *self.stop.borrow()
-    }
-
-    fn is_blocked(&self, name: &str) -> bool {
-        lock(&self.state).blocked.contains(name)
     }
 
     /// Our side of the proof for a handshake.
@@ -504,7 +483,7 @@ impl Shared {
     ) -> Option<(u64, mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>)> {
         let (name, addr, we_dialed) = (est.name.as_str(), est.addr.as_str(), est.we_dialed);
         let mut state = lock(&self.state);
-        if self.stopping() || state.blocked.contains(name) {
+        if self.stopping() {
             return None;
         }
         let peer = state.peers.entry(name.to_owned()).or_insert_with(|| Peer {
@@ -656,10 +635,7 @@ async fn dial_loop(shared: Arc<Shared>, addr: String) {
                 return;
             };
             match &target.name {
-                Some(name) => {
-                    state.blocked.contains(name)
-                        || state.peers.get(name).is_some_and(|p| p.conn.is_some())
-                }
+                Some(name) => state.peers.get(name).is_some_and(|p| p.conn.is_some()),
                 None => false,
             }
         };
@@ -1017,9 +993,6 @@ async fn read_loop(
         match kind {
             KIND_DATA => {
                 let channel = get_str8(&mut body).map_err(|e| format!("bad data frame: {e}"))?;
-                if shared.is_blocked(&name) {
-                    continue;
-                }
                 shared.inbox.deliver(Envelope {
                     from: name.clone(),
                     channel,

@@ -2,7 +2,6 @@
 //! `redis-server` on a free loopback port and kills it at the end. Every behaviour is checked on
 //! both brokers with the same test body.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::broker::{free_port, Broker, BrokerKind as Kind};
@@ -12,16 +11,18 @@ use crate::support::pubsub::{
     DEADLINE,
 };
 use bytes::Bytes;
-use rollcall_server::pubsub::{connect, Error, PubSub};
+use rollcall_server::pubsub::{connect, Error, Partitioned, PubSub};
 use tokio::time::timeout;
 
-async fn node(kind: Kind, name: &str, url: &str) -> Arc<dyn PubSub> {
+/// A node on the broker at `url`, behind the partition switch.
+async fn node(kind: Kind, name: &str, url: &str) -> Partitioned {
     // One cluster name per broker URL, so tests can never hear each other even if two of them
     // ended up on one broker.
     let cluster = format!("t{}", url.rsplit(':').next().unwrap_or("0"));
-    connect(name, kind.config(url, &cluster))
+    let pubsub = connect(name, kind.config(url, &cluster))
         .await
-        .unwrap_or_else(|e| panic!("{name} connects: {e}"))
+        .unwrap_or_else(|e| panic!("{name} connects: {e}"));
+    Partitioned::new(pubsub)
 }
 
 async fn broadcasts_reach_every_other_node_once_and_are_not_echoed(kind: Kind) {
@@ -29,7 +30,7 @@ async fn broadcasts_reach_every_other_node_once_and_are_not_echoed(kind: Kind) {
     let a = node(kind, "a", &broker.url()).await;
     let b = node(kind, "b", &broker.url()).await;
     let c = node(kind, "c", &broker.url()).await;
-    assert_broadcasts_reach_every_other_node_once(&*a, &*b, &*c).await;
+    assert_broadcasts_reach_every_other_node_once(&a, &b, &c).await;
 }
 
 async fn a_directed_message_reaches_only_its_target(kind: Kind) {
@@ -37,7 +38,7 @@ async fn a_directed_message_reaches_only_its_target(kind: Kind) {
     let a = node(kind, "a", &broker.url()).await;
     let b = node(kind, "b", &broker.url()).await;
     let c = node(kind, "c", &broker.url()).await;
-    assert_a_directed_message_reaches_only_its_target(&*a, &*b, &*c).await;
+    assert_a_directed_message_reaches_only_its_target(&a, &b, &c).await;
     // A node only hears from peers it has received from.
     assert!(b.peers().iter().any(|p| p.name == "a" && p.up));
     assert!(c.peers().iter().all(|p| p.name != "c"));
@@ -232,6 +233,6 @@ async fn measure_broker_latency() {
         let a = node(kind, "a", &broker.url()).await;
         let b = node(kind, "b", &broker.url()).await;
         let mut at_b = b.subscribe("t");
-        print_one_way_latency(&format!("{kind:?}"), &*a, &mut at_b).await;
+        print_one_way_latency(&format!("{kind:?}"), &a, &mut at_b).await;
     }
 }
