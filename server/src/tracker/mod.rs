@@ -29,11 +29,22 @@ use tokio::time::Instant;
 
 use crate::channel::{EVENT_PRESENCE_DIFF, EVENT_PRESENCE_STATE};
 use crate::config::ClusterSettings;
+use crate::frame::WireFrame;
 use crate::metrics::{Metrics, TrackerGauges};
 use crate::pubsub::{Envelope, PubSub};
-use crate::transport::WireFrame;
-use crate::ConnId;
 use state::{Diff, PresenceMeta, Shard, ShardConfig};
+
+/// Identifies one client connection on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl ConnId {
+    /// A fresh id, unique within this process.
+    pub fn next() -> ConnId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ConnId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
 
 /// Pubsub channel of the tracker's replication messages.
 pub const CHANNEL_TRACKER: &str = "tracker";
@@ -149,23 +160,30 @@ pub struct Tracker {
     commands: mpsc::UnboundedSender<Command>,
     frames_encoded: Arc<AtomicU64>,
     pubsub: Arc<dyn PubSub>,
-    metrics: Arc<Metrics>,
 }
 
 impl Tracker {
-    /// Starts the tracker task of the node `pubsub` speaks for, with Phoenix's default timing,
-    /// on the current Tokio runtime.
+    /// Starts the tracker task of the node `pubsub` speaks for, with Phoenix's default timing
+    /// and counters of its own, on the current Tokio runtime.
     pub fn spawn(pubsub: Arc<dyn PubSub>) -> Tracker {
-        Tracker::spawn_with(pubsub, &ClusterSettings::default())
+        Tracker::spawn_with(
+            pubsub,
+            &ClusterSettings::default(),
+            Arc::new(Metrics::default()),
+        )
     }
 
     /// Starts the tracker task with the given replication timing. Timing the shard refuses
     /// (see [`ShardConfig::validate`]) is logged and replaced by the defaults; check it first
-    /// with [`shard_config`] to refuse it instead.
-    pub fn spawn_with(pubsub: Arc<dyn PubSub>, settings: &ClusterSettings) -> Tracker {
+    /// with [`shard_config`] to refuse it instead. The task counts pubsub traffic, relayed
+    /// events and state transfers into `metrics`.
+    pub fn spawn_with(
+        pubsub: Arc<dyn PubSub>,
+        settings: &ClusterSettings,
+        metrics: Arc<Metrics>,
+    ) -> Tracker {
         let (tx, rx) = mpsc::unbounded_channel();
         let frames_encoded = Arc::new(AtomicU64::new(0));
-        let metrics = Arc::new(Metrics::default());
         let node = pubsub.node().to_string();
         // Incarnations must grow from one start to the next: start time in microseconds.
         let incarnation = SystemTime::now()
@@ -189,7 +207,7 @@ impl Tracker {
             by_conn: HashMap::new(),
             pubsub: pubsub.clone(),
             frames_encoded: frames_encoded.clone(),
-            metrics: metrics.clone(),
+            metrics,
             start: Instant::now(),
             broadcast_period: settings.broadcast_period.max(Duration::from_millis(1)),
             coalesce: settings.coalesce,
@@ -202,13 +220,7 @@ impl Tracker {
             commands: tx,
             frames_encoded,
             pubsub,
-            metrics,
         }
-    }
-
-    /// This node's counters (see [`crate::metrics`]).
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
     }
 
     /// The presence gauges, read from the tracker's state now.

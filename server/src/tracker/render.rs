@@ -15,7 +15,7 @@ use rollcall_core::protocol::Serializer;
 use rollcall_core::tracker::Presence;
 use serde_json::{Map, Value};
 
-use crate::transport::WireFrame;
+use crate::frame::WireFrame;
 
 /// A room's visible presences as the shard lists them: `(key, presence)`, by key then `phx_ref`.
 pub type Listing = Vec<(Arc<str>, Presence)>;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use rollcall_core::tracker::{self as core, Destination, Meta, ReplicaId, ReplicationMessage};
 use serde_json::{Map, Value};
 
-use crate::ConnId;
+use crate::tracker::ConnId;
 
 pub use rollcall_core::tracker::{
     AlreadyTracked, ConfigError, NoPresence, ReplicaEvent, ReplicaStatus, ShardConfig,

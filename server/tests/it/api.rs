@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::support::server::{http, keys, start, start_default, Client, TestServer};
-use rollcall_server::auth::{mint, unix_now, Claims, Verifier};
 use rollcall_server::config::Security;
+use rollcall_server::security::auth::{mint, unix_now, Claims, Verifier};
 use rollcall_server::Config;
 use serde_json::{json, Value};
 
@@ -257,7 +257,9 @@ async fn with_a_secret_a_valid_token_reads_the_room() {
 async fn a_disallowed_origin_is_refused() {
     let server = start(Config {
         security: Security {
-            allowed_origins: rollcall_server::http::parse_origins("https://app.example.com"),
+            allowed_origins: rollcall_server::security::origin::parse_origins(
+                "https://app.example.com",
+            ),
             ..Security::default()
         },
         ..Config::default()

@@ -13,12 +13,12 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use rollcall_core::protocol::{Frame, Serializer};
-use rollcall_server::auth::{mint, Claims, Verifier};
-use rollcall_server::http::OriginPattern;
-use rollcall_server::socket::{self, CloseReason, ConnectInfo, SocketContext};
+use rollcall_server::frame::{CloseReason, FromClient, ToClient};
+use rollcall_server::security::auth::{mint, Claims, Verifier};
+use rollcall_server::security::origin::OriginPattern;
+use rollcall_server::socket::{self, ConnectInfo, NodeContext, SocketContext};
 use rollcall_server::transport::longpoll::{parse_body, MAX_NDJSON_LINES};
 use rollcall_server::transport::websocket::auth_token_from_headers;
-use rollcall_server::transport::{Inbound, Outgoing};
 use rollcall_server::{Config, Server};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
@@ -88,7 +88,7 @@ proptest! {
             prop_assert_eq!(frames.len(), 1);
         }
         for f in &frames {
-            if let Inbound::Frame(Frame::Text(t)) = f {
+            if let FromClient::Frame(Frame::Text(t)) = f {
                 prop_assert!(!ndjson || t.starts_with('['));
             }
         }
@@ -255,18 +255,18 @@ async fn run_machine(
     server: &Server,
     serializer: Serializer,
     frames: Vec<Frame>,
-) -> (Vec<Outgoing>, CloseReason) {
+) -> (Vec<ToClient>, CloseReason) {
     let (_shutdown_tx, shutdown_rx) = watch::channel(false);
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
-    let ctx = SocketContext::new(
-        serializer,
-        ConnectInfo::default(),
+    let node = NodeContext::new(
         Arc::new(server.config().clone()),
         server.tracker().clone(),
+        server.metrics().clone(),
         shutdown_rx,
     );
-    let stream = futures_util::stream::iter(frames.into_iter().map(Inbound::Frame));
-    let sink = futures_util::sink::unfold(out_tx, |tx, item: Outgoing| async move {
+    let ctx = SocketContext::new(serializer, ConnectInfo::default(), node);
+    let stream = futures_util::stream::iter(frames.into_iter().map(FromClient::Frame));
+    let sink = futures_util::sink::unfold(out_tx, |tx, item: ToClient| async move {
         tx.send(item).map_err(|_| ())?;
         Ok::<_, ()>(tx)
     });
@@ -311,7 +311,7 @@ fn the_socket_machine_survives_hostile_frame_sequences() {
                 CloseReason::Closed(code, why) => {
                     prop_assert!([1007, 1008, 1009].contains(&code), "code {code}");
                     prop_assert!(!why.is_empty());
-                    let closed = matches!(outputs.last(), Some(Outgoing::Close { .. }));
+                    let closed = matches!(outputs.last(), Some(ToClient::Close { .. }));
                     prop_assert!(closed, "the close frame is the last output");
                 }
                 CloseReason::ClientGone => {

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use crate::support::server::{http, longpoll_open, start, start_default, Client, TestServer};
-use rollcall_server::config::{RateLimit, Security};
+use rollcall_server::config::Security;
+use rollcall_server::security::limits::RateLimit;
 use rollcall_server::Config;
 use serde_json::json;
 
@@ -422,7 +423,7 @@ async fn the_binary_serves_metrics_by_default_and_not_with_metrics_false() {
 async fn refused_connects_are_counted_by_reason() {
     let server = start(Config {
         security: Security {
-            verifier: rollcall_server::auth::Verifier::new(&["s"]),
+            verifier: rollcall_server::security::auth::Verifier::new(&["s"]),
             ..Security::default()
         },
         ..Config::default()

@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use rollcall_server::auth::{unix_now, Verifier};
+use rollcall_server::security::auth::{unix_now, Verifier};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rollcall");
 
@@ -88,9 +88,9 @@ async fn serve_with_rollcall_secret_refuses_connections_without_a_token() {
         "ws://{addr}/socket/websocket?vsn=2.0.0&user_id=alice"
     ))
     .await;
-    let token = rollcall_server::auth::mint(
+    let token = rollcall_server::security::auth::mint(
         "older-secret",
-        &rollcall_server::auth::Claims {
+        &rollcall_server::security::auth::Claims {
             sub: "alice".into(),
             exp: Some(unix_now() + 60),
             ..Default::default()

@@ -3,8 +3,8 @@
 
 use crate::support::server::{http, keys, start, Client, TestServer};
 use base64::Engine;
-use rollcall_server::auth::{mint, unix_now, Claims, Verifier, LEEWAY_SECS};
 use rollcall_server::config::Security;
+use rollcall_server::security::auth::{mint, unix_now, Claims, Verifier, LEEWAY_SECS};
 use rollcall_server::Config;
 use serde_json::{json, Map, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
