@@ -174,8 +174,7 @@ mod tests {
     #[tokio::test]
     async fn the_version_is_checked_before_the_origin() {
         let mut config = Config::default();
-        config.security.allowed_origins =
-            crate::security::origin::parse_origins("https://app.example.com");
+        config.security.allowed_origins = crate::config::parse_origins("https://app.example.com");
         let node = node(config);
         let mut headers = HeaderMap::new();
         headers.insert("origin", "https://evil.example".parse().unwrap());

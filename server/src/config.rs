@@ -146,6 +146,21 @@ impl Default for Security {
     }
 }
 
+/// The entries of a comma-separated flag value, trimmed, blanks skipped.
+pub fn comma_separated(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|p| !p.is_empty())
+}
+
+/// Reads `--rooms`: topic patterns such as `room:*,lobby`.
+pub fn parse_rooms(list: &str) -> Vec<TopicPattern> {
+    comma_separated(list).map(TopicPattern::parse).collect()
+}
+
+/// Reads `--allowed-origins`: origin patterns such as `https://*.example.com,localhost:3000`.
+pub fn parse_origins(list: &str) -> Vec<OriginPattern> {
+    comma_separated(list).map(OriginPattern::parse).collect()
+}
+
 /// The host name (from `$HOSTNAME` or the kernel) reduced to `A-Z a-z 0-9 . _ -`, plus a random
 /// suffix, so two nodes started on one host without `--node` still get distinct names.
 pub fn default_node_name() -> String {

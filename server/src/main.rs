@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use rollcall_server::channel::parse_patterns;
+use rollcall_server::config::{comma_separated, parse_origins, parse_rooms};
 use rollcall_server::{Config, Server};
 
 /// Shown by `rollcall --help`, so the top-level help names every flag too.
@@ -104,7 +104,7 @@ struct SecurityArgs {
 impl SecurityArgs {
     fn into_security(self) -> rollcall_server::config::Security {
         use rollcall_server::config::Security;
-        use rollcall_server::security::{auth::Verifier, limits::RateLimit, origin::parse_origins};
+        use rollcall_server::security::{auth::Verifier, limits::RateLimit};
         Security {
             verifier: Verifier::new(&self.secrets),
             allowed_origins: parse_origins(&self.allowed_origins),
@@ -163,13 +163,9 @@ fn mint_token(args: TokenArgs) -> Result<String, Box<dyn std::error::Error>> {
         exp: Some(now.saturating_add(auth::parse_ttl(&args.ttl)?)),
         nbf: None,
         iat: Some(now),
-        rooms: args.rooms.map(|r| {
-            r.split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(String::from)
-                .collect()
-        }),
+        rooms: args
+            .rooms
+            .map(|r| comma_separated(&r).map(String::from).collect()),
         meta,
     };
     Ok(auth::mint(secret, &claims)?)
@@ -258,7 +254,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let security = args.security.into_security();
     let open_mode = security.verifier.is_none();
-    let rooms = parse_patterns(&args.rooms);
+    let rooms = parse_rooms(&args.rooms);
     if rooms.is_empty() {
         return Err("--rooms needs at least one pattern".into());
     }

@@ -98,26 +98,14 @@ pub(crate) fn diff_json(diff: &TopicDiff) -> String {
     )
 }
 
-/// Appends the meta of `p` as clients see it. `keys` is scratch space for the check.
+/// Appends the meta of `p` as clients see it. `keys` is scratch space for the check. A
+/// canonical meta's text with its refs appended ([`Presence::push_meta_with_refs`]) is what
+/// `serde_json` writes for it; any other goes through `serde_json`.
 fn push_meta(out: &mut String, p: &Presence, keys: &mut Vec<(usize, usize)>) {
-    let text = p.meta_json.as_str();
-    match text.strip_suffix('}') {
-        Some(body) if is_canonical(text, keys) => {
-            out.push_str(body);
-            if body.len() > 1 {
-                out.push(',');
-            }
-            out.push_str("\"phx_ref\":\"");
-            p.phx_ref.push_to(out);
-            out.push('"');
-            if let Some(prev) = p.phx_ref_prev {
-                out.push_str(",\"phx_ref_prev\":\"");
-                prev.push_to(out);
-                out.push('"');
-            }
-            out.push('}');
-        }
-        _ => out.push_str(&Value::Object(meta_map(p)).to_string()),
+    if is_canonical(p.meta_json.as_str(), keys) {
+        p.push_meta_with_refs(out);
+    } else {
+        out.push_str(&Value::Object(meta_map(p)).to_string());
     }
 }
 
@@ -360,7 +348,7 @@ mod tests {
 
     /// The plain path: parse each meta, add its refs, group into one `Value`, encode the push
     /// with the serializer.
-    fn old_frame(
+    fn reference_frame(
         serializer: Serializer,
         join_ref: Option<&str>,
         topic: &str,
@@ -370,12 +358,12 @@ mod tests {
             join_ref: join_ref.map(str::to_string),
             topic: topic.to_string(),
             event: "presence_state".to_string(),
-            payload: Payload::Json(old_value(listing)),
+            payload: Payload::Json(reference_value(listing)),
         };
         WireFrame::encode(serializer, &push).unwrap()
     }
 
-    fn old_value(listing: &Listing) -> Value {
+    fn reference_value(listing: &Listing) -> Value {
         let mut grouped = Map::new();
         for (key, p) in listing {
             // A meta `serde_json` cannot read back (nested past its limit) renders as `{}`.
@@ -396,8 +384,8 @@ mod tests {
 
     fn assert_same_bytes(listing: &Listing) {
         let payload = presences_json(listing);
-        assert_eq!(payload, old_value(listing).to_string());
-        assert_eq!(presences_value(listing), old_value(listing));
+        assert_eq!(payload, reference_value(listing).to_string());
+        assert_eq!(presences_value(listing), reference_value(listing));
         for serializer in [Serializer::V1Json, Serializer::V2] {
             for join_ref in [None, Some("3"), Some("a\"b\\c\u{1}é")] {
                 for topic in ["room:lobby", "room:\"quoted\"\n\u{7f}\u{2028}ü"] {
@@ -406,7 +394,7 @@ mod tests {
                             .encode_push_json(join_ref, topic, "presence_state", &payload)
                             .into(),
                     );
-                    let old = old_frame(serializer, join_ref, topic, listing);
+                    let old = reference_frame(serializer, join_ref, topic, listing);
                     assert_eq!(new, old, "{serializer:?} {join_ref:?} {topic:?}");
                 }
             }
@@ -623,8 +611,7 @@ mod tests {
         diffs.push(s.untrack(1, "t", "v"));
         for diff in &diffs {
             let d = diff.topic("t").expect("a change in t");
-            let old =
-                serde_json::json!({"joins": old_value(&d.joins), "leaves": old_value(&d.leaves)});
+            let old = serde_json::json!({"joins": reference_value(&d.joins), "leaves": reference_value(&d.leaves)});
             let text = diff_json(d);
             assert_eq!(text, old.to_string());
             for serializer in [Serializer::V1Json, Serializer::V2] {

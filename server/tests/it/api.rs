@@ -115,7 +115,7 @@ async fn a_topic_outside_the_room_patterns_is_404_with_a_json_error() {
 #[tokio::test]
 async fn a_percent_encoded_topic_is_decoded() {
     let server = start(Config {
-        rooms: rollcall_server::channel::parse_patterns("team/*"),
+        rooms: rollcall_server::config::parse_rooms("team/*"),
         ..Config::default()
     })
     .await;
@@ -257,9 +257,7 @@ async fn with_a_secret_a_valid_token_reads_the_room() {
 async fn a_disallowed_origin_is_refused() {
     let server = start(Config {
         security: Security {
-            allowed_origins: rollcall_server::security::origin::parse_origins(
-                "https://app.example.com",
-            ),
+            allowed_origins: rollcall_server::config::parse_origins("https://app.example.com"),
             ..Security::default()
         },
         ..Config::default()

@@ -1,9 +1,9 @@
 //! Origins, rate limits and room limits over real sockets on 127.0.0.1.
 
 use crate::support::server::{http, keys, start, Client, TestServer};
+use rollcall_server::config::parse_origins;
 use rollcall_server::config::Security;
 use rollcall_server::security::limits::RateLimit;
-use rollcall_server::security::origin::parse_origins;
 use rollcall_server::Config;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
