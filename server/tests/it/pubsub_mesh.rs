@@ -558,11 +558,13 @@ async fn connect_gives_a_working_mesh_behind_the_trait() {
 
 #[tokio::test]
 async fn connect_carries_a_message_larger_than_a_mesh_frame() {
-    let (a, b) = connected_pair().await;
-    let mut at_b = b.subscribe("t");
+    // Built before the nodes start: a debug build takes a while over 16 MiB, and this blocks
+    // the runtime the nodes' connections run on (their ping timeout is 2 s).
     let big: Vec<u8> = (0..(rollcall_server::pubsub::mesh::MAX_FRAME as u32 + 4096))
         .map(|i| (i % 251) as u8)
         .collect();
+    let (a, b) = connected_pair().await;
+    let mut at_b = b.subscribe("t");
     a.broadcast("t", Bytes::from(big.clone()));
     a.broadcast("t", msg("after"));
     assert!(
