@@ -46,11 +46,11 @@ npm-test: npm-build
 	cargo build -p rollcall-server
 	cd npm && npm test
 
-## The demo page uses the npm package as an app would: copied next to it (git-ignored).
+## The demo page uses the npm package as a browser would: its browser build (three ES modules:
+## the client, Presence, and Presence's WebAssembly chunk), copied next to it (git-ignored).
 www-vendor:
-	rm -rf www/vendor/rollcall && mkdir -p www/vendor/rollcall/dist
-	cp -r npm/src www/vendor/rollcall/src
-	cp -r npm/dist/wasm-web www/vendor/rollcall/dist/wasm-web
+	rm -rf www/vendor && mkdir -p www/vendor
+	cp npm/dist/browser.js npm/dist/browser-presence.js npm/dist/browser-wasm.js www/vendor/
 
 ## The demo page in a real headless Chromium.
 www-test: npm-build www-vendor

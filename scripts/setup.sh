@@ -39,9 +39,22 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wb_ver" ]; 
   cargo install wasm-bindgen-cli --version "=$wb_ver" --debug --force
 fi
 
-# 4. Node modules of the npm package (phoenix for interop tests, ws, playwright-core, binaryen).
-if [ ! -f npm/node_modules/.package-lock.json ] || [ npm/package-lock.json -nt npm/node_modules/.package-lock.json ]; then
-  say "npm ci (npm/)"
-  npm ci --prefix npm --no-audit --no-fund >/dev/null
+# 4. wasm-pack, which builds the npm package's WebAssembly module (from crates.io: npm's
+#    wasm-pack downloads from GitHub). Always run with `--mode no-install`, so it uses the
+#    wasm-bindgen CLI above and never tries to fetch one. A debug build of the tool is enough.
+if [ "$(wasm-pack --version 2>/dev/null)" != "wasm-pack 0.15.1" ]; then
+  say "cargo install wasm-pack 0.15.1 (a few minutes, once per machine)"
+  cargo install wasm-pack --version =0.15.1 --locked --debug --force
 fi
+
+# 5. Node modules: the npm package's (phoenix for interop tests, ws, playwright-core, binaryen,
+#    tsup, typescript) and the pinned front-end toolchains its package tests build apps with
+#    (npm/toolchains: Vite, webpack, esbuild, Rollup, Jest, Vitest, publint, attw). Kept between
+#    runs; reinstalled when a lock file changes.
+for dir in npm npm/toolchains; do
+  if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    say "npm ci ($dir/)"
+    npm ci --prefix "$dir" --no-audit --no-fund >/dev/null
+  fi
+done
 say "tools ready"

@@ -1,6 +1,6 @@
 // The rollcall demo: who is online in a room, live. It uses only the `rollcall` npm package
 // (copied next to this page by the make step), exactly as an app would use `phoenix`.
-import {Socket, Presence} from "./vendor/rollcall/src/index.mjs"
+import {Socket, Presence} from "./vendor/browser.js"
 
 const $ = (id) => document.getElementById(id)
 const store = {

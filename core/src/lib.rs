@@ -11,9 +11,17 @@
 //!   (`syncState`, `syncDiff`, `list`).
 //! - [`tracker`] — the replicated presence tracker: a delta-state CRDT with vector clocks and the
 //!   shard state machine that replicates it between nodes.
+//!
+//! Without the default `std` feature the crate is `no_std` (with `alloc`) and holds only
+//! [`presence::sync`], the presence algorithm the WebAssembly build runs.
+#![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+extern crate alloc;
+
 pub mod presence;
+#[cfg(feature = "std")]
 pub mod protocol;
+#[cfg(feature = "std")]
 pub mod tracker;

@@ -1,6 +1,6 @@
 // rollcall's Presence against phoenix.js's, in the same run.
 //
-//   cd npm && npm run build && node bench/presence-bench.mjs
+//   cd npm && npm run build && node bench/presence-bench.mjs    (the built package, dist/)
 //   BENCH_SIZES=100,10000 BENCH_ROUNDS=5 node bench/presence-bench.mjs      # quicker
 //   BENCH_ONLY=syncDiff node bench/presence-bench.mjs                       # rows whose name has it
 //
@@ -18,7 +18,7 @@ import path from "node:path"
 import os from "node:os"
 
 const SELF = fileURLToPath(import.meta.url)
-const OURS = path.resolve(path.dirname(SELF), "../src/presence.mjs")
+const OURS = "rollcall"
 const SIZES = (process.env.BENCH_SIZES || "100,1000,10000,100000").split(",").map(Number)
 const ROUNDS = Number(process.env.BENCH_ROUNDS || 5)
 const ONLY = process.env.BENCH_ONLY || ""

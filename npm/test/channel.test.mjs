@@ -1,7 +1,7 @@
 // Channel and Push unit tests: join/rejoin, buffering, replies, timeouts, leave.
 import {afterEach, beforeEach, describe, mock, test} from "node:test"
 import assert from "node:assert/strict"
-import {Socket} from "../src/socket.mjs"
+import {Socket} from "rollcall"
 import {fakeWebSocketClass} from "./socket-fakes.mjs"
 
 let FakeWebSocket

@@ -9,7 +9,7 @@ import fs from "node:fs"
 import path from "node:path"
 import {fileURLToPath} from "node:url"
 import WebSocket from "ws"
-import {Socket, Presence} from "../src/index.mjs"
+import {Socket, Presence} from "rollcall"
 
 const pkgDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
 const bin = process.env.ROLLCALL_BIN || path.resolve(pkgDir, "../target/debug/rollcall")

@@ -3,7 +3,7 @@
 import {after, before, test} from "node:test"
 import assert from "node:assert/strict"
 import http from "node:http"
-import {LongPoll} from "../src/longpoll.mjs"
+import {LongPoll} from "rollcall"
 
 let server
 let port

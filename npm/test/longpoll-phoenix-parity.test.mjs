@@ -4,7 +4,7 @@
 import {afterEach, beforeEach, mock, test} from "node:test"
 import assert from "node:assert/strict"
 import * as phoenix from "phoenix"
-import {LongPoll} from "../src/longpoll.mjs"
+import {LongPoll} from "rollcall"
 import {installFakeXHR} from "./longpoll-fakes.mjs"
 
 beforeEach(() => mock.timers.enable({apis: ["setTimeout", "Date"]}))

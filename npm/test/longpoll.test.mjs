@@ -1,7 +1,7 @@
 // LongPoll transport: the poll loop's status handling, ndjson batching and close.
 import {afterEach, beforeEach, describe, mock, test} from "node:test"
 import assert from "node:assert/strict"
-import {LongPoll} from "../src/longpoll.mjs"
+import {LongPoll} from "rollcall"
 import {installFakeXHR} from "./longpoll-fakes.mjs"
 
 let http

@@ -6,7 +6,7 @@
 import {test} from "node:test"
 import assert from "node:assert/strict"
 import * as phoenix from "phoenix"
-import {Presence as Ours} from "../src/presence.mjs"
+import {Presence as Ours} from "rollcall"
 
 const Reference = phoenix.Presence
 

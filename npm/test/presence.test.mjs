@@ -5,10 +5,10 @@ import {describe, test} from "node:test"
 import assert from "node:assert/strict"
 import {createRequire} from "node:module"
 import * as phoenix from "phoenix"
-import {Presence as OurPresence} from "../src/presence.mjs"
+import {Presence as OurPresence} from "rollcall"
 
 const require = createRequire(import.meta.url)
-const {Presence: OurPresenceCjs} = require("../src/presence.cjs")
+const {Presence: OurPresenceCjs} = require("rollcall")
 
 const IMPLS = [
   ["phoenix (reference)", phoenix.Presence],

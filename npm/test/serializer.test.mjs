@@ -2,7 +2,7 @@
 import {describe, test} from "node:test"
 import assert from "node:assert/strict"
 import {Serializer as PhoenixSerializer} from "phoenix"
-import {Serializer} from "../src/serializer.mjs"
+import {Serializer} from "rollcall"
 
 const bytes = (...parts) =>
   new Uint8Array(parts.flatMap(p => (typeof p === "string" ? [...Buffer.from(p, "utf8")] : p))).buffer

@@ -2,8 +2,8 @@
 // sessionStorage memo of a fallback that worked.
 import {afterEach, beforeEach, mock, test} from "node:test"
 import assert from "node:assert/strict"
-import {Socket} from "../src/socket.mjs"
-import {LongPoll} from "../src/longpoll.mjs"
+import {Socket} from "rollcall"
+import {LongPoll} from "rollcall"
 import {fakeWebSocketClass, memoryStorage} from "./socket-fakes.mjs"
 import {installFakeXHR} from "./longpoll-fakes.mjs"
 

@@ -5,7 +5,7 @@
 import {afterEach, beforeEach, mock, test} from "node:test"
 import assert from "node:assert/strict"
 import * as phoenix from "phoenix"
-import * as ours from "../src/socket.mjs"
+import * as ours from "rollcall"
 import {fakeWebSocketClass} from "./socket-fakes.mjs"
 
 beforeEach(() => mock.timers.enable({apis: ["setTimeout", "Date"]}))

@@ -10,8 +10,8 @@ import fs from "node:fs"
 import path from "node:path"
 import {fileURLToPath} from "node:url"
 import WebSocket from "ws"
-import {Socket} from "../src/socket.mjs"
-import {LongPoll} from "../src/longpoll.mjs"
+import {Socket} from "rollcall"
+import {LongPoll} from "rollcall"
 
 const pkgDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
 const bin = process.env.ROLLCALL_BIN || path.resolve(pkgDir, "../target/debug/rollcall")

@@ -1,7 +1,7 @@
 // Socket unit tests: a fake WebSocket driven from the server side and fake timers.
 import {afterEach, beforeEach, describe, mock, test} from "node:test"
 import assert from "node:assert/strict"
-import {Socket} from "../src/socket.mjs"
+import {Socket} from "rollcall"
 import {fakeWebSocketClass} from "./socket-fakes.mjs"
 
 let FakeWebSocket

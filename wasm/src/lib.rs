@@ -1,140 +1,127 @@
 //! # rollcall-wasm
 //!
-//! wasm-bindgen bindings over [`rollcall_core::presence`]: nothing but translation between JS
-//! values and core types lives here. The npm package `rollcall` wraps these bindings in the
-//! phoenix.js-compatible `Presence` class, which keeps the JS objects and asks the core what to
-//! do with them (see `docs/ARCHITECTURE.md`, "Presence in the npm package").
+//! The `Presence` of the `rollcall` npm package: phoenix.js's `Presence.syncState`,
+//! `Presence.syncDiff`, `Presence.list` and the instance API (`new Presence(channel)`,
+//! `onJoin` / `onLeave` / `onSync`, `list`, `inPendingSyncState`), run by
+//! [`rollcall_core::presence::sync`] — the same code as the Rust `PresenceState` — over live
+//! JavaScript objects. The objects stay JavaScript's: callers see them alias exactly as with
+//! phoenix.js (`onLeave`'s `current` is the stored object, `list()` returns stored objects,
+//! `syncState` overwrites the caller's `metas`), and no value is serialized across the
+//! boundary, only handles.
 //!
-//! Inputs arrive as one JSON string per call (built by `JSON.stringify`, which is native and
-//! fast) and answers leave as one `Int32Array` / `Uint32Array`, so a call costs one crossing
-//! each way whatever the size of the diff.
+//! The module is built small: `no_std` on wasm32 (the core's presence algorithm needs only
+//! `alloc`), no JSON or formatting code, a panic is a trap. JavaScript exceptions (a throwing
+//! callback, a malformed state) come back through `catch` imports as values, so no call leaves
+//! the module half-way through Rust code, and there is no module state to poison: every call
+//! starts afresh.
+#![cfg_attr(target_arch = "wasm32", no_std)]
 #![warn(missing_docs)]
 
-use rollcall_core::presence::plan;
-use std::cell::RefCell;
+extern crate alloc;
+
+mod instance;
+mod js;
+mod list;
+mod model;
+
+use alloc::vec::Vec;
+use js::Array;
+use list::ListCache;
+use model::{key_values, JsModel, States};
+use rollcall_core::presence::sync;
 use wasm_bindgen::prelude::*;
 
-thread_local! {
-    /// The answer of the last `*Into` call, read by JS straight from wasm memory: no
-    /// allocation, copy or free per call, which matters for one-key diffs.
-    static ANSWER: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
-    /// Why the last `*Into` call failed.
-    static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
+#[cfg(target_arch = "wasm32")]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    core::arch::wasm32::unreachable()
 }
 
-/// Stores `answer` for JS to read and returns its length, or -1 after storing the error.
-fn answer(result: Result<Vec<i32>, String>) -> i32 {
-    match result {
-        Ok(out) => ANSWER.with(|a| {
-            let mut a = a.borrow_mut();
-            a.clear();
-            a.extend_from_slice(&out);
-            a.len() as i32
-        }),
-        Err(e) => {
-            LAST_ERROR.with(|l| *l.borrow_mut() = e);
-            -1
-        }
+/// phoenix.js `Presence.syncState(currentState, newState, onJoin?, onLeave?)`: a new state
+/// (null-prototype; the current one is deep-copied, never changed) brought to `newState`,
+/// calling `onJoin` for every key that joined or gained metas, then `onLeave` for every key
+/// that vanished, then for every key that lost metas. The `metas` of a new presence that
+/// gained metas is overwritten with only the gained ones, as phoenix.js does.
+#[wasm_bindgen(js_name = syncState)]
+pub fn sync_state(
+    current_state: &JsValue,
+    new_state: &JsValue,
+    on_join: &JsValue,
+    on_leave: &JsValue,
+) -> Result<JsValue, JsValue> {
+    if js::is_nullish(new_state) {
+        return Err(js::Failure::NoNewState.error());
     }
+    let copy: Array = js::held(js::copy_state(current_state))?.unchecked_into();
+    let state = js::at(&copy, 0);
+    let (new_keys, new_values) = key_values(new_state)?;
+    let states = States {
+        old_keys: js::at(&copy, 1).unchecked_into(),
+        old_values: js::at(&copy, 2).unchecked_into(),
+        new_state,
+        new_keys,
+        new_values,
+    };
+    let mut model = JsModel::resync(&state, states, on_join, on_leave);
+    sync::sync_state(&mut model)?;
+    Ok(state)
 }
 
-/// Where the answer of the last `*Into` call starts in wasm memory (a byte offset; it may move
-/// after any call, so read it after each one).
-#[wasm_bindgen(js_name = answerPtr)]
-pub fn answer_ptr() -> usize {
-    ANSWER.with(|a| a.borrow().as_ptr() as usize)
+/// phoenix.js `Presence.syncDiff(state, diff, onJoin?, onLeave?)`: applies every join, then
+/// every leave of a copy of `diff` to `state` (changed in place and returned when it has a null
+/// prototype, else a null-prototype copy of its top level is), calling `onJoin` / `onLeave`.
+#[wasm_bindgen(js_name = syncDiff)]
+pub fn sync_diff(
+    state: &JsValue,
+    diff: &JsValue,
+    on_join: &JsValue,
+    on_leave: &JsValue,
+) -> Result<JsValue, JsValue> {
+    apply(state, diff, on_join, on_leave)
 }
 
-/// Why the last `*Into` call returned -1.
-#[wasm_bindgen(js_name = lastError)]
-pub fn last_error() -> String {
-    LAST_ERROR.with(|l| l.borrow().clone())
+/// [`sync_diff`]: `state` (made a null-prototype object if it is not one) after the diff,
+/// which [`instance`] also applies to an instance's state.
+fn apply(
+    state: &JsValue,
+    diff: &JsValue,
+    on_join: &JsValue,
+    on_leave: &JsValue,
+) -> Result<JsValue, JsValue> {
+    let code = js::status(js::open_diff(state, diff))?;
+    match code {
+        -2 => return Err(js::Failure::NoDiff.error()),
+        -3 => return Err(js::Failure::NoJoins.error()),
+        _ => {}
+    }
+    let parts: Array = js::take().unchecked_into();
+    let state = js::at(&parts, 0);
+    let pairs = |keys: JsValue, values: JsValue| -> Vec<(JsValue, JsValue)> {
+        let keys: Array = keys.unchecked_into();
+        let values: Array = values.unchecked_into();
+        (0..js::len(&keys))
+            .map(|i| (js::at(&keys, i), js::at(&values, i)))
+            .collect()
+    };
+    let mut model = JsModel::new(&state, on_join, on_leave);
+    sync::apply_joins(&mut model, pairs(js::at(&parts, 1), js::at(&parts, 2)))?;
+    if code == 2 {
+        return Err(js::Failure::NoLeaves.error());
+    }
+    sync::apply_leaves(&mut model, pairs(js::at(&parts, 3), js::at(&parts, 4)))?;
+    Ok(state)
 }
 
-/// The module's memory, for reading answers. (Not named `memory`: that export name is taken by
-/// the memory itself.)
-#[wasm_bindgen(js_name = answerMemory)]
-pub fn answer_memory() -> JsValue {
-    wasm_bindgen::memory()
-}
-
-fn parse_flat<T>(input: &str, then: impl FnOnce(&plan::DiffInput<'_>) -> T) -> Result<T, String> {
-    let tokens: Vec<plan::RefKey<'_>> =
-        serde_json::from_str(input).map_err(|e| format!("rollcall: bad diff plan input: {e}"))?;
-    let diff = plan::DiffInput::from_flat(&tokens)
-        .ok_or_else(|| "rollcall: bad diff plan input: wrong shape".to_owned())?;
-    Ok(then(&diff))
-}
-
-/// [`plan::plan_diff`] over the flat JSON form of [`plan::DiffInput::from_flat`]; the answer
-/// is left in wasm memory (see `answerPtr`), its length returned, -1 on bad input (see
-/// `lastError`).
-#[wasm_bindgen(js_name = planDiffInto)]
-pub fn plan_diff_into(input: &str) -> i32 {
-    answer(parse_flat(input, plan::plan_diff))
-}
-
-/// The version of the rollcall core compiled into this module.
-#[wasm_bindgen(js_name = coreVersion)]
-pub fn core_version() -> String {
-    env!("CARGO_PKG_VERSION").to_string()
-}
-
-fn parse<'a, T: serde::Deserialize<'a>>(what: &str, input: &'a str) -> Result<T, JsError> {
-    serde_json::from_str(input).map_err(|e| JsError::new(&format!("rollcall: bad {what}: {e}")))
-}
-
-/// [`plan::plan_diff`] over a JSON-encoded [`plan::DiffInput`].
-#[wasm_bindgen(js_name = planDiff)]
-pub fn plan_diff(input: &str) -> Result<Vec<i32>, JsError> {
-    Ok(plan::plan_diff(&parse("diff plan input", input)?))
-}
-
-/// [`plan::plan_state`] over its flat JSON input, as UTF-8 bytes (a large input is encoded
-/// faster by `TextEncoder` than by wasm-bindgen's per-character string copy).
-#[wasm_bindgen(js_name = planState)]
-pub fn plan_state(input: &[u8]) -> Result<Vec<i32>, JsError> {
-    let refs: Vec<plan::RefKey<'_>> = serde_json::from_slice(input)
-        .map_err(|e| JsError::new(&format!("rollcall: bad state plan input: {e}")))?;
-    Ok(plan::plan_state(&refs))
-}
-
-/// A [`plan::KeyIndex`]: the keys of one `Presence` instance's state, in JavaScript order,
-/// under stable slot numbers.
+/// phoenix.js `Presence.list(presences, chooser?)`: `chooser(key, presence)` for every key of
+/// `presences` in JavaScript order, or the presences themselves (the live objects).
 #[wasm_bindgen]
-#[derive(Default)]
-pub struct KeyIndex(plan::KeyIndex);
-
-#[wasm_bindgen]
-impl KeyIndex {
-    /// An empty index.
-    #[wasm_bindgen(constructor)]
-    pub fn new() -> KeyIndex {
-        KeyIndex::default()
+pub fn list(presences: &JsValue, chooser: &JsValue) -> Result<JsValue, JsValue> {
+    if let Some(cache) = ListCache::of(presences) {
+        return cache.list(chooser);
     }
-
-    /// Number of keys.
-    #[wasm_bindgen(getter)]
-    pub fn size(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Re-indexes from a JSON array of keys in JavaScript order; returns their slots.
-    pub fn reset(&mut self, keys: &str) -> Result<Vec<u32>, JsError> {
-        let keys: Vec<String> = parse("key list", keys)?;
-        Ok(self.0.reset(keys))
-    }
-
-    /// Slots in JavaScript key order.
-    pub fn order(&self) -> Vec<u32> {
-        self.0.order()
-    }
-
-    /// [`plan::KeyIndex::plan_diff`] over the flat JSON form of
-    /// [`plan::DiffInput::from_flat`]; `undefined` when the index is out of step with the
-    /// caller's state (reset it and ask again).
-    #[wasm_bindgen(js_name = planDiff)]
-    pub fn plan_diff(&mut self, input: &str) -> Result<Option<Vec<i32>>, JsError> {
-        parse_flat(input, |diff| self.0.plan_diff(diff).ok()).map_err(|e| JsError::new(&e))
-    }
+    js::held(js::map_own(presences, chooser))
 }

@@ -1,5 +1,6 @@
 //! A map whose iteration order is JavaScript's own-property order.
 
+#[cfg(feature = "std")]
 use std::collections::{BTreeMap, HashMap};
 
 /// If `key` is what JavaScript calls an array index — `"0"`..`"4294967294"` written without
@@ -12,12 +13,14 @@ pub fn array_index(key: &str) -> Option<u32> {
     if bytes.len() > 1 && bytes[0] == b'0' {
         return None;
     }
-    match key.parse::<u64>() {
-        Ok(n) if n < u64::from(u32::MAX) => u32::try_from(n).ok(),
-        _ => None,
-    }
+    let value = bytes
+        .iter()
+        .fold(0u64, |n, digit| n * 10 + u64::from(digit - b'0'));
+    // 2^32 - 1 is the largest array length, so not an index
+    u32::try_from(value).ok().filter(|&n| n != u32::MAX)
 }
 
+#[cfg(feature = "std")]
 /// String keys to values, iterated the way `Object.getOwnPropertyNames` lists an object's keys:
 /// array-index keys ascending, then the other keys in insertion order. Assigning to a present
 /// key keeps its place; removing a key and adding it again moves it to the end.
@@ -35,6 +38,7 @@ pub struct JsOrderMap<V> {
     next_seq: u64,
 }
 
+#[cfg(feature = "std")]
 impl<V> Default for JsOrderMap<V> {
     fn default() -> Self {
         Self {
@@ -46,12 +50,14 @@ impl<V> Default for JsOrderMap<V> {
     }
 }
 
+#[cfg(feature = "std")]
 impl<V: PartialEq> PartialEq for JsOrderMap<V> {
     fn eq(&self, other: &Self) -> bool {
         self.len() == other.len() && self.iter().eq(other.iter())
     }
 }
 
+#[cfg(feature = "std")]
 impl<V> JsOrderMap<V> {
     /// An empty map.
     pub fn new() -> Self {

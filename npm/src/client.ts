@@ -1,7 +1,6 @@
-// Package entry: the named exports of the phoenix client (plus Push).
+// The phoenix client's classes, as every entry of the package exports them.
 export {Channel} from "./channel.mjs"
 export {LongPoll} from "./longpoll.mjs"
-export {Presence} from "./presence.mjs"
 export {Push} from "./push.mjs"
 export {Serializer} from "./serializer.mjs"
 export {Socket} from "./socket.mjs"

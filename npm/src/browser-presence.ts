@@ -1,0 +1,3 @@
+// Presence with loader-async.ts (see tsup.config.mjs): importing this module starts loading the
+// WebAssembly chunk.
+export {Presence} from "./presence"
