@@ -401,6 +401,36 @@ impl Serializer {
         }
     }
 
+    /// Encodes a server push whose JSON payload is already text: with `join_ref`, the push of
+    /// the channel joined with it; with `None`, a broadcast. The bytes are those of
+    /// [`Serializer::encode`] on the [`Outbound::Push`] / [`Outbound::Broadcast`] carrying the
+    /// parsed payload, without building it: a server fanning one payload out to many clients
+    /// encodes the payload once and frames it once per serializer. `payload_json` must be JSON
+    /// as `serde_json` writes it (compact); it is copied as is.
+    pub fn encode_push_json(
+        self,
+        join_ref: Option<&str>,
+        topic: &str,
+        event: &str,
+        payload_json: &str,
+    ) -> String {
+        let string = |s: &str| Value::String(s.to_string()).to_string();
+        match self {
+            // Pushes and broadcasts carry no join_ref in V1, and a null ref.
+            Serializer::V1Json => format!(
+                "{{\"topic\":{},\"event\":{},\"payload\":{payload_json},\"ref\":null}}",
+                string(topic),
+                string(event)
+            ),
+            Serializer::V2 => format!(
+                "[{},null,{},{},{payload_json}]",
+                join_ref.map_or_else(|| "null".to_string(), string),
+                string(topic),
+                string(event)
+            ),
+        }
+    }
+
     /// Encodes a message as a client sends it (for Rust clients and tests).
     pub fn encode_client(self, msg: &Message) -> Result<Frame, EncodeError> {
         match (self, &msg.payload) {

@@ -402,3 +402,37 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The pre-encoded form writes exactly what encoding the parsed push or broadcast writes,
+    /// for any topic, event, join_ref and payload (floats included: the text is copied, and
+    /// `serde_json` writes a parsed value back the same).
+    #[test]
+    fn a_push_with_a_pre_encoded_payload_is_the_same_bytes_as_the_encoded_push(
+        join_ref in opt_ref(),
+        topic in field(),
+        event in field(),
+        payload in any_json(),
+    ) {
+        let text = payload.to_string();
+        for ser in BOTH {
+            let push = Outbound::Push {
+                join_ref: join_ref.clone(),
+                topic: topic.clone(),
+                event: event.clone(),
+                payload: Payload::Json(payload.clone()),
+            };
+            let expected = ser.encode(&push).expect("a JSON push encodes");
+            let written = ser.encode_push_json(join_ref.as_deref(), &topic, &event, &text);
+            prop_assert_eq!(Frame::Text(written), expected);
+            let broadcast = Outbound::Broadcast {
+                topic: topic.clone(),
+                event: event.clone(),
+                payload: Payload::Json(payload.clone()),
+            };
+            let expected = ser.encode(&broadcast).expect("a JSON broadcast encodes");
+            let written = ser.encode_push_json(None, &topic, &event, &text);
+            prop_assert_eq!(Frame::Text(written), expected);
+        }
+    }
+}

@@ -16,7 +16,9 @@
 
 mod support;
 // The same broker start-up the cluster tests use (free loopback port, retried, killed on drop).
-#[path = "../tests/broker_support/mod.rs"]
+// The example uses only part of it.
+#[allow(dead_code)]
+#[path = "../tests/it/support/broker.rs"]
 mod broker_support;
 
 use std::path::PathBuf;

@@ -21,7 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use rollcall_server::config::{RateLimit, Security};
+use rollcall_server::config::Security;
+use rollcall_server::security::limits::RateLimit;
 use rollcall_server::{Config, Server};
 use support::{connect, ms, wait_diff, Summary, Ws};
 use tokio_tungstenite::tungstenite::Message;

@@ -15,8 +15,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use crate::auth::{self, AuthError};
-use crate::http::{check_origin, AppState};
+use crate::security::auth::{self, AuthError};
+use crate::security::origin::check_origin;
+use crate::socket::NodeContext;
 
 /// A refused API request: its status and the reason in the JSON body (`{"error": reason}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,8 +82,8 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 
 /// Decides whether the request may read `topic`: origin, then token (when the server has a
 /// secret), then the topic must be a room, then the token's `rooms` claim must allow it.
-pub fn authorize(state: &AppState, headers: &HeaderMap, topic: &str) -> Result<(), ApiError> {
-    let security = &state.config.security;
+pub fn authorize(node: &NodeContext, headers: &HeaderMap, topic: &str) -> Result<(), ApiError> {
+    let security = &node.config.security;
     check_origin(&security.allowed_origins, headers)
         .map_err(|why| ApiError::new(StatusCode::FORBIDDEN, why))?;
     let identity = match &security.verifier {
@@ -96,7 +97,7 @@ pub fn authorize(state: &AppState, headers: &HeaderMap, topic: &str) -> Result<(
             Some(identity)
         }
     };
-    if !state.config.rooms.iter().any(|p| p.matches(topic)) {
+    if !node.config.rooms.iter().any(|p| p.matches(topic)) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("not a room topic: {topic}"),
@@ -113,11 +114,17 @@ pub fn authorize(state: &AppState, headers: &HeaderMap, topic: &str) -> Result<(
     Ok(())
 }
 
-/// The topic from the path, or a JSON 400 saying why it could not be read (e.g. its
-/// percent-encoding is not UTF-8).
-fn topic(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    path.map(|Path(topic)| topic)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))
+/// The topic from the path (or a JSON 400 saying why it could not be read, e.g. its
+/// percent-encoding is not UTF-8) once the request may read it, and who is in it.
+async fn listing(
+    node: &NodeContext,
+    path: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+) -> Result<(String, Value), ApiError> {
+    let Path(topic) = path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    authorize(node, headers, &topic)?;
+    let presences = node.tracker.list(&topic).await;
+    Ok((topic, presences))
 }
 
 /// Number of keys in a presence map.
@@ -127,13 +134,11 @@ fn key_count(presences: &Value) -> usize {
 
 /// `GET /api/presence/{topic}`: `{"topic", "presences": {key: {"metas": [...]}}, "count"}`.
 pub async fn presence(
-    State(state): State<AppState>,
+    State(node): State<NodeContext>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let topic = topic(path)?;
-    authorize(&state, &headers, &topic)?;
-    let presences = state.tracker.list(&topic).await;
+    let (topic, presences) = listing(&node, path, &headers).await?;
     let count = key_count(&presences);
     Ok(json_response(
         StatusCode::OK,
@@ -143,15 +148,13 @@ pub async fn presence(
 
 /// `GET /api/presence/{topic}/count`: `{"topic", "count"}`, the number of keys listed.
 pub async fn presence_count(
-    State(state): State<AppState>,
+    State(node): State<NodeContext>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let topic = topic(path)?;
-    authorize(&state, &headers, &topic)?;
-    let count = key_count(&state.tracker.list(&topic).await);
+    let (topic, presences) = listing(&node, path, &headers).await?;
     Ok(json_response(
         StatusCode::OK,
-        json!({"topic": topic, "count": count}),
+        json!({"topic": topic, "count": key_count(&presences)}),
     ))
 }

@@ -41,15 +41,6 @@ impl std::fmt::Display for TopicPattern {
     }
 }
 
-/// Parses a comma-separated list of patterns (`room:*,lobby`), ignoring blanks.
-pub fn parse_patterns(list: &str) -> Vec<TopicPattern> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(TopicPattern::parse)
-        .collect()
-}
-
 /// Client event names of the presence room protocol itself.
 pub const EVENT_TRACK: &str = "track";
 /// Stop being listed, stay subscribed.

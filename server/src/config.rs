@@ -1,17 +1,15 @@
-//! Server configuration: every knob with its default. The `rollcall` binary fills it from flags
-//! and `ROLLCALL_*` environment variables; an embedding app builds it in code.
+//! Server configuration: every knob with its default, as plain data (the state a running server
+//! keeps, such as the abuse penalty box, lives with the server, not here). The `rollcall` binary
+//! fills it from flags and `ROLLCALL_*` environment variables; an embedding app builds it in
+//! code.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-use crate::auth::Verifier;
 use crate::channel::TopicPattern;
-use crate::http::OriginPattern;
+use crate::security::auth::Verifier;
+use crate::security::limits::RateLimit;
+use crate::security::origin::OriginPattern;
 
 /// Everything a rollcall node needs to know to serve. [`Config::default`] runs a single node
 /// with the Phoenix defaults.
@@ -65,8 +63,6 @@ impl Default for Config {
     }
 }
 
-// ---- cluster (issue 5) ----
-
 /// Tracker replication timing (and a test switch). The periods default to Phoenix's; `coalesce` is ours: local
 /// changes go to other nodes at once, batched over at most this window, instead of waiting for
 /// the next heartbeat.
@@ -81,7 +77,8 @@ pub struct ClusterSettings {
     /// Longest wait before a local change is sent to other nodes; changes within one window go
     /// in one message. Zero sends every change on its own.
     pub coalesce: Duration,
-    /// Test-only: serve `POST /_fault/partition` (cuts this node off from a peer).
+    /// Test-only: wrap the transport in [`Partitioned`](crate::pubsub::Partitioned) and serve
+    /// `POST /_fault/partition` (cuts this node off from a peer).
     pub fault_injection: bool,
 }
 
@@ -117,9 +114,6 @@ pub struct Security {
     /// After a connection is closed for abuse (1008), its presence key may not reconnect for
     /// this long (HTTP 429); zero turns it off.
     pub abuse_penalty: Duration,
-    /// The keys currently refused; shared by every connection of a server built from this
-    /// configuration (cloning shares it).
-    pub penalty_box: PenaltyBox,
     /// Most live connections (WebSockets plus long-poll sessions) from one client address;
     /// a connect beyond gets HTTP 429. 0 = unlimited (the default: behind a proxy every
     /// client has the proxy's address). IPv6 clients count per /64.
@@ -128,109 +122,6 @@ pub struct Security {
     /// front appended) instead of the TCP peer. Only safe when clients can reach rollcall
     /// through that proxy alone: otherwise anyone can claim any address.
     pub trust_forwarded_for: bool,
-    /// Live connections per client address; shared like [`Security::penalty_box`].
-    pub conn_counts: ConnCounts,
-}
-
-/// Live connections per client address, for [`Security::max_conns_per_ip`]. Cloning shares
-/// the counts.
-#[derive(Debug, Clone, Default)]
-pub struct ConnCounts {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-/// One counted connection; dropping it gives the slot back.
-#[derive(Debug)]
-pub struct ConnSlot {
-    held: Option<(ConnCounts, IpAddr)>,
-}
-
-/// The address connections are counted under: IPv4 as is (IPv4-mapped IPv6 too), IPv6 by its
-/// /64, since one host commonly holds a whole /64.
-fn count_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        },
-    }
-}
-
-impl ConnCounts {
-    /// Takes a slot for `ip` if it holds fewer than `max` connections (`max == 0`: unlimited,
-    /// nothing is counted). The error is the reason for the client.
-    pub fn acquire(&self, ip: Option<IpAddr>, max: usize) -> Result<ConnSlot, String> {
-        let (Some(ip), true) = (ip, max > 0) else {
-            return Ok(ConnSlot { held: None });
-        };
-        let key = count_key(ip);
-        let mut counts = self
-            .counts
-            .lock()
-            .map_err(|_| "connection counter unavailable".to_string())?;
-        let count = counts.entry(key).or_insert(0);
-        if *count >= max {
-            return Err(format!(
-                "too many connections from this address (limit {max})"
-            ));
-        }
-        *count += 1;
-        Ok(ConnSlot {
-            held: Some((self.clone(), key)),
-        })
-    }
-
-    /// Live connections counted for `ip`.
-    pub fn count(&self, ip: IpAddr) -> usize {
-        self.counts
-            .lock()
-            .map(|c| c.get(&count_key(ip)).copied().unwrap_or(0))
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        let Some((counts, key)) = self.held.take() else {
-            return;
-        };
-        if let Ok(mut map) = counts.counts.lock() {
-            if let Some(count) = map.get_mut(&key) {
-                *count = count.saturating_sub(1);
-                if *count == 0 {
-                    map.remove(&key);
-                }
-            }
-        };
-    }
-}
-
-/// Presence keys refused until a deadline, after sustained abuse: without it a flooder closed
-/// with 1008 reconnects at once with a full bucket.
-#[derive(Debug, Clone, Default)]
-pub struct PenaltyBox {
-    until: Arc<Mutex<HashMap<String, Instant>>>,
-}
-
-impl PenaltyBox {
-    /// Refuses `key` until `until`.
-    pub fn punish(&self, key: &str, until: Instant) {
-        if let Ok(mut map) = self.until.lock() {
-            let now = Instant::now();
-            // Forget served penalties so the map holds only keys abusive right now.
-            map.retain(|_, t| *t > now);
-            map.insert(key.to_string(), until);
-        }
-    }
-
-    /// How long `key` is still refused at `now`, if it is.
-    pub fn remaining(&self, key: &str, now: Instant) -> Option<Duration> {
-        let map = self.until.lock().ok()?;
-        map.get(key)
-            .and_then(|until| until.checked_duration_since(now))
-            .filter(|d| !d.is_zero())
-    }
 }
 
 impl Default for Security {
@@ -249,21 +140,25 @@ impl Default for Security {
             max_limited_in_a_row: 50,
             max_room_members: None,
             abuse_penalty: Duration::from_secs(10),
-            penalty_box: PenaltyBox::default(),
             max_conns_per_ip: 0,
             trust_forwarded_for: false,
-            conn_counts: ConnCounts::default(),
         }
     }
 }
 
-/// A token bucket's shape: `burst` tokens, refilled at `per_second`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RateLimit {
-    /// Sustained rate, tokens per second.
-    pub per_second: f64,
-    /// Bucket size: how many may come at once after a quiet spell.
-    pub burst: u32,
+/// The entries of a comma-separated flag value, trimmed, blanks skipped.
+pub fn comma_separated(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|p| !p.is_empty())
+}
+
+/// Reads `--rooms`: topic patterns such as `room:*,lobby`.
+pub fn parse_rooms(list: &str) -> Vec<TopicPattern> {
+    comma_separated(list).map(TopicPattern::parse).collect()
+}
+
+/// Reads `--allowed-origins`: origin patterns such as `https://*.example.com,localhost:3000`.
+pub fn parse_origins(list: &str) -> Vec<OriginPattern> {
+    comma_separated(list).map(OriginPattern::parse).collect()
 }
 
 /// The host name (from `$HOSTNAME` or the kernel) reduced to `A-Z a-z 0-9 . _ -`, plus a random
@@ -292,48 +187,4 @@ pub fn default_node_name() -> String {
         host
     };
     format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slots_are_counted_per_address_up_to_the_limit_and_given_back_on_drop() {
-        let counts = ConnCounts::default();
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let first = counts.acquire(Some(a), 2).unwrap();
-        let _second = counts.acquire(Some(a), 2).unwrap();
-        assert!(counts.acquire(Some(a), 2).is_err());
-        assert!(counts.acquire(Some(b), 2).is_ok());
-        drop(first);
-        assert_eq!(counts.count(a), 1);
-        assert!(counts.acquire(Some(a), 2).is_ok());
-    }
-
-    #[test]
-    fn zero_means_unlimited_and_nothing_is_counted() {
-        let counts = ConnCounts::default();
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let slots: Vec<_> = (0..1000).map(|_| counts.acquire(Some(a), 0)).collect();
-        assert!(slots.iter().all(Result::is_ok));
-        assert_eq!(counts.count(a), 0);
-    }
-
-    #[test]
-    fn ipv6_addresses_of_one_slash_64_share_a_count() {
-        let counts = ConnCounts::default();
-        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
-        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
-        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        let _held = counts.acquire(Some(one), 1).unwrap();
-        assert!(counts.acquire(Some(same_64), 1).is_err());
-        assert!(counts.acquire(Some(other_64), 1).is_ok());
-        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        let _v4 = counts.acquire(Some(mapped), 1).unwrap();
-        assert!(counts
-            .acquire(Some("10.0.0.1".parse().unwrap()), 1)
-            .is_err());
-    }
 }

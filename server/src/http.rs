@@ -1,43 +1,67 @@
-//! The HTTP surface: the socket endpoints, `GET /healthz`, `GET /metrics`, the presence API
-//! ([`crate::api`]), and the demo page at `/`.
+//! The HTTP surface: the routes (the socket endpoints, `GET /healthz`, `GET /metrics`, the
+//! presence API of [`crate::api`], the demo page at `/`) and the state they share.
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::extract::{FromRef, State};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tower_http::services::ServeDir;
 
-use crate::config::Config;
-use crate::tracker::Tracker;
-use crate::transport::{longpoll, websocket};
+use crate::pubsub::Partitioned;
+use crate::socket::NodeContext;
+use crate::transport::longpoll::{self, LongPoll, LongPollState};
+use crate::transport::websocket::{self, WebSocketState};
 
-/// What every handler shares.
+/// What the routes share: the node, the handle open sockets hold, the long-poll state and the
+/// fault switch. Each endpoint takes only its part (`FromRef`).
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// The configuration.
-    pub config: Arc<Config>,
-    /// The node's tracker.
-    pub tracker: Tracker,
-    /// Turns `true` when the server shuts down.
-    pub shutdown: watch::Receiver<bool>,
-    /// Held by every live connection, so shutdown can wait until they are gone.
-    pub connections: mpsc::Sender<()>,
-    /// Long-poll sessions of this node.
-    pub longpoll: Arc<longpoll::Sessions>,
+    /// What every connection of the node shares.
+    pub node: NodeContext,
+    /// Held by every upgraded WebSocket, so shutdown can wait until they are gone.
+    pub open_sockets: mpsc::Sender<()>,
+    /// Long-poll sessions of this node and its relayed requests.
+    pub longpoll: Arc<LongPoll>,
+    /// The transport's fault switch, with `ClusterSettings::fault_injection` only.
+    pub partition: Option<Arc<Partitioned>>,
 }
 
-async fn healthz(State(state): State<AppState>) -> Json<Value> {
+impl FromRef<AppState> for NodeContext {
+    fn from_ref(state: &AppState) -> NodeContext {
+        state.node.clone()
+    }
+}
+
+impl FromRef<AppState> for WebSocketState {
+    fn from_ref(state: &AppState) -> WebSocketState {
+        WebSocketState {
+            node: state.node.clone(),
+            open_sockets: state.open_sockets.clone(),
+        }
+    }
+}
+
+impl FromRef<AppState> for LongPollState {
+    fn from_ref(state: &AppState) -> LongPollState {
+        LongPollState {
+            node: state.node.clone(),
+            longpoll: state.longpoll.clone(),
+        }
+    }
+}
+
+async fn healthz(State(node): State<NodeContext>) -> Json<Value> {
     Json(json!({
         "status": "ok",
-        "node": state.tracker.node(),
+        "node": node.tracker.node(),
         "version": env!("CARGO_PKG_VERSION"),
-        "peers": state.tracker.health().await,
-        "transport": transport_stats(state.tracker.pubsub().stats()),
+        "peers": node.tracker.health().await,
+        "transport": transport_stats(node.tracker.pubsub().stats()),
     }))
 }
 
@@ -52,10 +76,10 @@ fn transport_stats(stats: crate::pubsub::Stats) -> Value {
 }
 
 /// `GET /metrics`: the node's metrics in the Prometheus text format (see [`crate::metrics`]).
-async fn metrics(State(state): State<AppState>) -> Response {
-    let gauges = state.tracker.gauges().await;
-    let stats = state.tracker.pubsub().stats();
-    let text = crate::metrics::render(state.tracker.metrics(), &gauges, &stats);
+async fn metrics(State(node): State<NodeContext>) -> Response {
+    let gauges = node.tracker.gauges().await;
+    let stats = node.tracker.pubsub().stats();
+    let text = crate::metrics::render(&node.metrics, &gauges, &stats);
     let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -72,7 +96,7 @@ struct PartitionQuery {
 }
 
 /// Test-only fault switch (served with `ClusterSettings::fault_injection`): cuts this node off
-/// from `peer` (or heals the cut), through the transport's partition switch.
+/// from `peer` (or heals the cut), through the [`Partitioned`] wrapper around the transport.
 async fn fault_partition(
     State(state): State<AppState>,
     axum::extract::Query(q): axum::extract::Query<PartitionQuery>,
@@ -82,22 +106,22 @@ async fn fault_partition(
         partitioned = q.partitioned,
         "fault injection"
     );
-    state
-        .tracker
-        .pubsub()
-        .set_partitioned(&q.peer, q.partitioned);
+    if let Some(partition) = &state.partition {
+        partition.set_partitioned(&q.peer, q.partitioned);
+    }
     Json(json!({"status": "ok"}))
 }
 
 /// The router: `/socket/websocket`, `/socket/longpoll`, `/healthz`, `/metrics` (unless turned
 /// off), `/api/presence/{topic}[/count]`, and the static directory.
 pub fn router(state: AppState) -> Router {
-    let static_dir = state.config.static_dir.clone();
+    let config = &state.node.config;
+    let static_dir = config.static_dir.clone();
     let mut router = Router::new();
-    if state.config.cluster.fault_injection {
+    if config.cluster.fault_injection {
         router = router.route("/_fault/partition", axum::routing::post(fault_partition));
     }
-    if state.config.metrics {
+    if config.metrics {
         router = router.route("/metrics", get(metrics));
     }
     let router = router
@@ -119,161 +143,5 @@ pub fn router(state: AppState) -> Router {
     match static_dir {
         Some(dir) => router.fallback_service(ServeDir::new(dir)),
         None => router,
-    }
-}
-
-/// One entry of `--allowed-origins`: `https://app.example.com`, `https://*.example.com`,
-/// `*.example.com` (any scheme), `example.com:8443`, or `*` (every origin). Scheme and port are
-/// compared only when the pattern names them; `*.` matches any subdomain but not the apex.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OriginPattern {
-    scheme: Option<String>,
-    host: HostPattern,
-    port: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum HostPattern {
-    Any,
-    Exact(String),
-    /// `.example.com` for `*.example.com`.
-    Subdomain(String),
-}
-
-/// An origin split into its parts (lowercase).
-struct OriginParts<'a> {
-    scheme: Option<&'a str>,
-    host: &'a str,
-    port: Option<&'a str>,
-}
-
-fn split_origin(text: &str) -> OriginParts<'_> {
-    let (scheme, rest) = match text.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, text),
-    };
-    let rest = rest.trim_end_matches('/');
-    // `[::1]:4000`: the port follows the bracket.
-    let port_colon = match rest.rfind(']') {
-        Some(close) => rest[close..].find(':').map(|i| close + i),
-        None => rest.rfind(':'),
-    };
-    let (host, port) = match port_colon {
-        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-        None => (rest, None),
-    };
-    OriginParts { scheme, host, port }
-}
-
-impl OriginPattern {
-    /// Reads one pattern (case-insensitive).
-    pub fn parse(pattern: &str) -> Self {
-        let lower = pattern.trim().to_ascii_lowercase();
-        let parts = split_origin(&lower);
-        let host = if parts.host == "*" {
-            HostPattern::Any
-        } else if let Some(domain) = parts.host.strip_prefix("*.") {
-            HostPattern::Subdomain(format!(".{domain}"))
-        } else {
-            HostPattern::Exact(parts.host.to_string())
-        };
-        OriginPattern {
-            scheme: parts.scheme.map(str::to_string),
-            host,
-            port: parts.port.map(str::to_string),
-        }
-    }
-
-    /// True if the `Origin` header value `origin` matches.
-    pub fn matches(&self, origin: &str) -> bool {
-        let lower = origin.trim().to_ascii_lowercase();
-        let parts = split_origin(&lower);
-        if parts.scheme.is_none() || parts.host.is_empty() {
-            return false; // `null` or garbage: not an origin any pattern names
-        }
-        let scheme_ok = self
-            .scheme
-            .as_deref()
-            .is_none_or(|s| Some(s) == parts.scheme);
-        let port_ok = self.port.as_deref().is_none_or(|p| Some(p) == parts.port);
-        let host_ok = match &self.host {
-            HostPattern::Any => true,
-            HostPattern::Exact(h) => h == parts.host,
-            HostPattern::Subdomain(suffix) => {
-                parts.host.len() > suffix.len() && parts.host.ends_with(suffix.as_str())
-            }
-        };
-        scheme_ok && port_ok && host_ok
-    }
-}
-
-/// Parses a comma-separated `--allowed-origins` list, ignoring blanks.
-pub fn parse_origins(list: &str) -> Vec<OriginPattern> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(OriginPattern::parse)
-        .collect()
-}
-
-/// Checks the request's `Origin` against `allowed`: an empty list allows all, and a request
-/// without `Origin` (not a browser, or same-origin long-poll in old browsers) is allowed.
-/// Returns the refused origin, for the log.
-pub fn check_origin(allowed: &[OriginPattern], headers: &HeaderMap) -> Result<(), String> {
-    if allowed.is_empty() {
-        return Ok(());
-    }
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return Ok(());
-    };
-    let text = String::from_utf8_lossy(origin.as_bytes());
-    if allowed.iter().any(|p| p.matches(&text)) {
-        Ok(())
-    } else {
-        Err(format!("origin {text:?} not allowed"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn allows(patterns: &str, origin: &str) -> bool {
-        let mut h = HeaderMap::new();
-        h.insert(header::ORIGIN, origin.parse().unwrap());
-        check_origin(&parse_origins(patterns), &h).is_ok()
-    }
-
-    #[test]
-    fn exact_origins_match_scheme_host_and_port() {
-        let list = "https://app.example.com,http://localhost:3000";
-        assert!(allows(list, "https://app.example.com"));
-        assert!(allows(list, "HTTPS://App.Example.com"));
-        assert!(allows(list, "http://localhost:3000"));
-        assert!(!allows(list, "http://app.example.com"));
-        assert!(!allows(list, "http://localhost:3001"));
-        assert!(!allows(list, "https://evil.com"));
-        assert!(!allows(list, "https://app.example.com.evil.com"));
-    }
-
-    #[test]
-    fn host_wildcards_match_subdomains_not_the_apex_or_lookalikes() {
-        let list = "*.example.com";
-        assert!(allows(list, "https://a.example.com"));
-        assert!(allows(list, "http://a.b.example.com:8080"));
-        assert!(!allows(list, "https://example.com"));
-        assert!(!allows(list, "https://badexample.com"));
-        assert!(!allows(list, "https://example.com.evil.com"));
-        assert!(allows("https://*.example.com", "https://x.example.com"));
-        assert!(!allows("https://*.example.com", "http://x.example.com"));
-    }
-
-    #[test]
-    fn absent_origin_and_empty_list_are_allowed_null_origin_is_not() {
-        assert!(check_origin(&parse_origins("https://a.com"), &HeaderMap::new()).is_ok());
-        assert!(allows("", "https://anything.com"));
-        assert!(!allows("https://a.com", "null"));
-        assert!(allows("*", "https://anything.com"));
-        assert!(allows("http://[::1]:4000", "http://[::1]:4000"));
     }
 }

@@ -5,25 +5,32 @@
 //! adapter), mount [`Server::router`] in an axum app or call [`Server::serve`]; the `rollcall`
 //! binary does the latter.
 //!
-//! Modules: [`transport`] (websocket, long-poll), [`socket`] (the per-connection machine),
-//! [`channel`] (topic routes and room rules), [`tracker`] (presence state and fan-out),
-//! [`pubsub`] (how nodes reach each other), [`http`] (routes), [`config`].
+//! Modules, bottom to top (each uses only modules below it):
+//!
+//! - leaves: [`frame`] (wire frames, close codes), [`security`] (tokens, origins, limits),
+//!   [`channel`] (topic routes and room rules), [`config`] (plain data);
+//! - [`pubsub`] (how nodes reach each other), [`metrics`] (counters and `/metrics`), then
+//!   [`tracker`] (presence state and fan-out);
+//! - [`socket`] (the per-connection machine) and [`admission`] (the connect checks);
+//! - [`transport`] (websocket, long-poll) and [`api`] (the presence API);
+//! - [`http`] (routes and the state they share) and this root ([`Server`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod api;
-pub mod auth;
 pub mod channel;
 pub mod config;
+pub mod frame;
 pub mod http;
 pub mod metrics;
 pub mod pubsub;
+pub mod security;
 pub mod socket;
 pub mod tracker;
 pub mod transport;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,19 +40,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 pub use config::Config;
-pub use tracker::Tracker;
+pub use tracker::{ConnId, Tracker};
 
-/// Identifies one client connection on this node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub u64);
-
-impl ConnId {
-    /// A fresh id, unique within this process.
-    pub fn next() -> ConnId {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        ConnId(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-}
+use metrics::Metrics;
+use socket::NodeContext;
+use transport::longpoll::{self, LongPoll};
 
 /// Configures a [`Server`] before it starts.
 pub struct ServerBuilder {
@@ -66,28 +65,33 @@ impl ServerBuilder {
     pub fn build(mut self) -> Server {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (connections, drained) = mpsc::channel(1);
-        let pubsub = match self.pubsub {
+        let mut pubsub = match self.pubsub {
             Some(pubsub) => {
                 self.config.node_name = pubsub.node().to_string();
                 pubsub
             }
             None => Arc::new(pubsub::Local::new(&self.config.node_name)),
         };
-        let tracker = Tracker::spawn_with(pubsub.clone(), &self.config.cluster);
+        let partition = self.config.cluster.fault_injection.then(|| {
+            let partition = Arc::new(pubsub::Partitioned::new(pubsub.clone()));
+            pubsub = partition.clone();
+            partition
+        });
+        let metrics = Arc::new(Metrics::default());
+        let tracker = Tracker::spawn_with(pubsub.clone(), &self.config.cluster, metrics.clone());
         let config = Arc::new(self.config);
-        let longpoll = Arc::new(transport::longpoll::Sessions::default());
-        transport::longpoll::spawn_relay(
+        let longpoll = Arc::new(LongPoll::default());
+        longpoll::spawn_relay(
             longpoll.clone(),
-            config.clone(),
+            config.longpoll_window,
             pubsub,
             shutdown_rx.clone(),
         );
         let state = http::AppState {
-            config,
-            tracker,
-            shutdown: shutdown_rx,
-            connections,
+            node: NodeContext::new(config, tracker, metrics, shutdown_rx),
+            open_sockets: connections,
             longpoll,
+            partition,
         };
         Server {
             state,
@@ -139,12 +143,17 @@ impl Server {
 
     /// The node's tracker.
     pub fn tracker(&self) -> &Tracker {
-        &self.state.tracker
+        &self.state.node.tracker
     }
 
     /// The configuration in use.
     pub fn config(&self) -> &Config {
-        &self.state.config
+        &self.state.node.config
+    }
+
+    /// The node's counters (what `GET /metrics` shows, with the tracker's gauges).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.state.node.metrics
     }
 
     /// A handle that starts the shutdown.
@@ -165,8 +174,8 @@ impl Server {
             mut drained,
         } = self;
         let router = http::router(state.clone());
-        let mut shutdown_seen = state.shutdown.clone();
-        let tracker = state.tracker.clone();
+        let mut shutdown_seen = state.node.shutdown.clone();
+        let tracker = state.node.tracker.clone();
         drop(state);
         let trigger = shutdown_tx.clone();
         let stop = async move {

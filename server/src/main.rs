@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use rollcall_server::channel::parse_patterns;
+use rollcall_server::config::{comma_separated, parse_origins, parse_rooms};
 use rollcall_server::{Config, Server};
 
 /// Shown by `rollcall --help`, so the top-level help names every flag too.
@@ -103,10 +103,11 @@ struct SecurityArgs {
 
 impl SecurityArgs {
     fn into_security(self) -> rollcall_server::config::Security {
-        use rollcall_server::config::{RateLimit, Security};
+        use rollcall_server::config::Security;
+        use rollcall_server::security::{auth::Verifier, limits::RateLimit};
         Security {
-            verifier: rollcall_server::auth::Verifier::new(&self.secrets),
-            allowed_origins: rollcall_server::http::parse_origins(&self.allowed_origins),
+            verifier: Verifier::new(&self.secrets),
+            allowed_origins: parse_origins(&self.allowed_origins),
             event_rate: RateLimit {
                 per_second: self.event_rate,
                 burst: self.event_burst,
@@ -118,10 +119,8 @@ impl SecurityArgs {
             max_limited_in_a_row: self.rate_limit_close_after,
             max_room_members: self.max_room_members,
             abuse_penalty: Duration::from_millis(self.abuse_penalty_ms),
-            penalty_box: Default::default(),
             max_conns_per_ip: self.max_conns_per_ip,
             trust_forwarded_for: self.trust_forwarded_for,
-            conn_counts: Default::default(),
         }
     }
 }
@@ -146,7 +145,7 @@ struct TokenArgs {
 }
 
 fn mint_token(args: TokenArgs) -> Result<String, Box<dyn std::error::Error>> {
-    use rollcall_server::auth;
+    use rollcall_server::security::auth;
     let secret = args.secret.split(',').next().unwrap_or_default();
     if secret.is_empty() {
         return Err("--secret must not be empty".into());
@@ -164,13 +163,9 @@ fn mint_token(args: TokenArgs) -> Result<String, Box<dyn std::error::Error>> {
         exp: Some(now.saturating_add(auth::parse_ttl(&args.ttl)?)),
         nbf: None,
         iat: Some(now),
-        rooms: args.rooms.map(|r| {
-            r.split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(String::from)
-                .collect()
-        }),
+        rooms: args
+            .rooms
+            .map(|r| comma_separated(&r).map(String::from).collect()),
         meta,
     };
     Ok(auth::mint(secret, &claims)?)
@@ -259,7 +254,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let security = args.security.into_security();
     let open_mode = security.verifier.is_none();
-    let rooms = parse_patterns(&args.rooms);
+    let rooms = parse_rooms(&args.rooms);
     if rooms.is_empty() {
         return Err("--rooms needs at least one pattern".into());
     }
@@ -300,8 +295,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     server.serve(listener, stop_signal()).await?;
     Ok(())
 }
-
-// ---- cluster flags (issue 5) ----
 
 /// Shown by `rollcall --help` after [`SERVE_FLAGS`].
 const CLUSTER_FLAGS: &str = "\

@@ -14,12 +14,11 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::pubsub::Stats;
-use crate::socket::{CloseReason, TOKEN_EXPIRED};
-use crate::transport::{
-    WireFrame, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_POLICY_VIOLATION, CLOSE_TOO_BIG,
-    CLOSE_TRY_AGAIN_LATER,
+use crate::frame::{
+    CloseReason, WireFrame, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_POLICY_VIOLATION,
+    CLOSE_TOO_BIG, CLOSE_TRY_AGAIN_LATER, TOKEN_EXPIRED,
 };
+use crate::pubsub::Stats;
 
 /// The `Content-Type` of the exposition format this module writes.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -57,7 +56,8 @@ pub enum Transport {
 impl Transport {
     const ALL: [Transport; 2] = [Transport::WebSocket, Transport::LongPoll];
 
-    fn label(self) -> &'static str {
+    /// The label value.
+    pub fn label(self) -> &'static str {
         match self {
             Transport::WebSocket => "websocket",
             Transport::LongPoll => "longpoll",
@@ -97,7 +97,8 @@ impl Refusal {
         Refusal::PerAddress,
     ];
 
-    fn label(self) -> &'static str {
+    /// The label value.
+    pub fn label(self) -> &'static str {
         match self {
             Refusal::Version => "version",
             Refusal::Origin => "origin",
@@ -132,7 +133,8 @@ impl JoinRefusal {
         JoinRefusal::BadPayload,
     ];
 
-    fn label(self) -> &'static str {
+    /// The label value.
+    pub fn label(self) -> &'static str {
         match self {
             JoinRefusal::Unmatched => "unmatched",
             JoinRefusal::NotAllowed => "not_allowed",
@@ -180,8 +182,8 @@ fn close_index(reason: &CloseReason) -> usize {
 /// The pubsub channels the tracker uses, the `channel` label of the pubsub byte counters.
 const CHANNELS: [&str; 2] = ["tracker", "relay"];
 
-/// The counters of one node. Shared (behind an [`Arc`]) by the tracker handle, so every part
-/// that holds a [`Tracker`](crate::Tracker) can count.
+/// The counters of one node, shared (behind an [`Arc`]) by everything that counts: the socket
+/// machines and transports (through the node's context) and the tracker task.
 #[derive(Debug, Default)]
 pub struct Metrics {
     connections_open: [AtomicI64; 2],
@@ -286,34 +288,37 @@ impl Metrics {
 
     /// Counts one data frame written to a client.
     pub fn frame_out(&self, frame: &WireFrame) {
-        let size = match frame {
-            WireFrame::Text(t) => t.len(),
-            WireFrame::Binary(b) => b.len(),
-        };
         self.frames_out.inc();
-        self.frame_bytes_out.add(size as u64);
+        self.frame_bytes_out.add(frame.len() as u64);
     }
 
     /// Counts `bytes` handed to the pubsub on `channel` (unknown channels are not counted).
     pub fn pubsub_out(&self, channel: &str, bytes: usize) {
-        if let Some(c) = CHANNELS
-            .iter()
-            .position(|c| *c == channel)
-            .and_then(|i| self.pubsub_bytes_out.get(i))
-        {
-            c.add(bytes as u64);
-        }
+        add_for_channel(&self.pubsub_bytes_out, channel, bytes);
     }
 
     /// Counts `bytes` received from the pubsub on `channel`.
     pub fn pubsub_in(&self, channel: &str, bytes: usize) {
-        if let Some(c) = CHANNELS
-            .iter()
-            .position(|c| *c == channel)
-            .and_then(|i| self.pubsub_bytes_in.get(i))
-        {
-            c.add(bytes as u64);
-        }
+        add_for_channel(&self.pubsub_bytes_in, channel, bytes);
+    }
+
+    /// The bytes counted in `counters` for `channel`.
+    fn pubsub_bytes(&self, counters: &[Counter; 2], channel: &str) -> u64 {
+        channel_counter(counters, channel).map_or(0, Counter::get)
+    }
+}
+
+/// The counter of `channel` (one of [`CHANNELS`]) among `counters`.
+fn channel_counter<'a>(counters: &'a [Counter; 2], channel: &str) -> Option<&'a Counter> {
+    CHANNELS
+        .iter()
+        .position(|c| *c == channel)
+        .and_then(|i| counters.get(i))
+}
+
+fn add_for_channel(counters: &[Counter; 2], channel: &str, bytes: usize) {
+    if let Some(c) = channel_counter(counters, channel) {
+        c.add(bytes as u64);
     }
 }
 
@@ -339,295 +344,292 @@ pub struct TrackerGauges {
     pub frames_encoded: u64,
 }
 
-/// Writes the exposition text: one `# HELP` and `# TYPE` line per family, then its samples.
-struct Exposition(String);
-
-impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}");
-        let _ = writeln!(self.0, "# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        self.0.push_str(name);
-        if !labels.is_empty() {
-            self.0.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.0.push(',');
-                }
-                // Label values here come from fixed lists; escape anyway, as the format asks.
-                let v = v
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n");
-                let _ = write!(self.0, "{k}=\"{v}\"");
-            }
-            self.0.push('}');
-        }
-        let _ = writeln!(self.0, " {value}");
-    }
-
-    /// A counter family with one sample per `reason` label value.
-    fn by_reason<'a>(
-        &mut self,
-        name: &str,
-        help: &str,
-        counts: impl IntoIterator<Item = (&'a str, &'a Counter)>,
-    ) {
-        self.family(name, "counter", help);
-        for (reason, counter) in counts {
-            self.sample(name, &[("reason", reason)], counter.get());
-        }
-    }
-
-    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-        self.family(name, kind, help);
-        self.sample(name, &[], value);
-    }
+/// What one scrape reads: the node's counters, the tracker's gauges, the transport's stats.
+struct Scrape<'a> {
+    metrics: &'a Metrics,
+    gauges: &'a TrackerGauges,
+    pubsub: &'a Stats,
 }
 
-/// Renders every metric of a node: its counters, the tracker's gauges and the pubsub's stats.
+/// One sample: its label pairs and its value.
+type Sample = (Vec<(&'static str, &'static str)>, i64);
+
+/// One metric family of the exposition: its name, type and help, and how a scrape reads its
+/// samples.
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    samples: fn(&Scrape) -> Vec<Sample>,
+}
+
+const GAUGE: &str = "gauge";
+const COUNTER: &str = "counter";
+
+/// A counter's value as a sample value (a `u64` that does not fit is shown as the largest).
+fn value(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A family with a single unlabelled sample.
+fn one(n: u64) -> Vec<Sample> {
+    vec![(Vec::new(), value(n))]
+}
+
+/// One sample per `(label value, value)`, under the label `name`.
+fn by(name: &'static str, values: impl IntoIterator<Item = (&'static str, u64)>) -> Vec<Sample> {
+    values
+        .into_iter()
+        .map(|(label, n)| (vec![(name, label)], value(n)))
+        .collect()
+}
+
+/// Every family `/metrics` shows, in order.
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "rollcall_build_info",
+        kind: GAUGE,
+        help: "Always 1; the version label is the server's version.",
+        samples: |_| vec![(vec![("version", env!("CARGO_PKG_VERSION"))], 1)],
+    },
+    Family {
+        name: "rollcall_connections",
+        kind: GAUGE,
+        help: "Client connections open now, by transport.",
+        samples: |s| {
+            Transport::ALL
+                .iter()
+                .map(|t| (vec![("transport", t.label())], s.metrics.connections_open(*t)))
+                .collect()
+        },
+    },
+    Family {
+        name: "rollcall_connections_opened_total",
+        kind: COUNTER,
+        help: "Client connections opened, by transport.",
+        samples: |s| {
+            by(
+                "transport",
+                Transport::ALL.map(|t| (t.label(), s.metrics.connections_opened[t.index()].get())),
+            )
+        },
+    },
+    Family {
+        name: "rollcall_connections_closed_total",
+        kind: COUNTER,
+        help: "Client connections ended, by reason and the close code the server sent (empty when none).",
+        samples: |s| {
+            CLOSE_REASONS
+                .iter()
+                .zip(&s.metrics.connections_closed)
+                .map(|((reason, code), n)| (vec![("reason", *reason), ("code", *code)], value(n.get())))
+                .collect()
+        },
+    },
+    Family {
+        name: "rollcall_connects_refused_total",
+        kind: COUNTER,
+        help: "Connect attempts refused before a socket opened: bad vsn, origin not allowed, missing or invalid token, key in the abuse penalty box, too many connections from the address.",
+        samples: |s| {
+            by(
+                "reason",
+                Refusal::ALL.map(|why| (why.label(), s.metrics.connects_refused[why as usize].get())),
+            )
+        },
+    },
+    Family {
+        name: "rollcall_joins_refused_total",
+        kind: COUNTER,
+        help: "Channel joins refused: topic not a room, not allowed by the token, room full, too many channels, malformed join payload.",
+        samples: |s| {
+            by(
+                "reason",
+                JoinRefusal::ALL.map(|why| (why.label(), s.metrics.joins_refused[why as usize].get())),
+            )
+        },
+    },
+    Family {
+        name: "rollcall_channels_joined",
+        kind: GAUGE,
+        help: "Channels joined on this node (one per connection per topic).",
+        samples: |s| one(s.gauges.channels),
+    },
+    Family {
+        name: "rollcall_rooms_subscribed",
+        kind: GAUGE,
+        help: "Topics with at least one channel joined on this node.",
+        samples: |s| one(s.gauges.rooms_subscribed),
+    },
+    Family {
+        name: "rollcall_rooms_with_presences",
+        kind: GAUGE,
+        help: "Topics with at least one presence in this node's replica (cluster-wide).",
+        samples: |s| one(s.gauges.rooms_with_presences),
+    },
+    Family {
+        name: "rollcall_presences_local",
+        kind: GAUGE,
+        help: "Presences tracked by connections of this node.",
+        samples: |s| one(s.gauges.presences_local),
+    },
+    Family {
+        name: "rollcall_presences_stored",
+        kind: GAUGE,
+        help: "Presences in this node's replica of the cluster state, every node's (those of down nodes included).",
+        samples: |s| one(s.gauges.presences_stored),
+    },
+    Family {
+        name: "rollcall_tracker_replicas",
+        kind: GAUGE,
+        help: "Peer tracker replicas this node knows, by status.",
+        samples: |s| by("status", [("up", s.gauges.replicas_up), ("down", s.gauges.replicas_down)]),
+    },
+    Family {
+        name: "rollcall_frames_received_total",
+        kind: COUNTER,
+        help: "Data frames received from clients.",
+        samples: |s| one(s.metrics.frames_in.get()),
+    },
+    Family {
+        name: "rollcall_frame_bytes_received_total",
+        kind: COUNTER,
+        help: "Bytes of data frames received from clients.",
+        samples: |s| one(s.metrics.frame_bytes_in.get()),
+    },
+    Family {
+        name: "rollcall_frames_sent_total",
+        kind: COUNTER,
+        help: "Data frames written to clients (replies, pushes, broadcasts).",
+        samples: |s| one(s.metrics.frames_out.get()),
+    },
+    Family {
+        name: "rollcall_frame_bytes_sent_total",
+        kind: COUNTER,
+        help: "Bytes of data frames written to clients.",
+        samples: |s| one(s.metrics.frame_bytes_out.get()),
+    },
+    Family {
+        name: "rollcall_frames_encoded_total",
+        kind: COUNTER,
+        help: "Frames the tracker encoded for fan-out (one per serializer per dispatch).",
+        samples: |s| one(s.gauges.frames_encoded),
+    },
+    Family {
+        name: "rollcall_joins_total",
+        kind: COUNTER,
+        help: "Channel joins accepted.",
+        samples: |s| one(s.metrics.joins.get()),
+    },
+    Family {
+        name: "rollcall_client_events_total",
+        kind: COUNTER,
+        help: "Client events relayed to a room by clients of this node.",
+        samples: |s| one(s.metrics.client_events.get()),
+    },
+    Family {
+        name: "rollcall_relayed_events_received_total",
+        kind: COUNTER,
+        help: "Client events received from other nodes for subscribers here.",
+        samples: |s| one(s.metrics.relayed_events_in.get()),
+    },
+    Family {
+        name: "rollcall_rate_limited_total",
+        kind: COUNTER,
+        help: "Client messages answered \"rate limited\".",
+        samples: |s| one(s.metrics.rate_limited.get()),
+    },
+    Family {
+        name: "rollcall_pubsub_messages_sent_total",
+        kind: COUNTER,
+        help: "Messages handed to the cluster transport (mesh: one per destination node; brokers: one per publish).",
+        samples: |s| one(s.pubsub.sent),
+    },
+    Family {
+        name: "rollcall_pubsub_messages_received_total",
+        kind: COUNTER,
+        help: "Messages received from other nodes.",
+        samples: |s| one(s.pubsub.received),
+    },
+    Family {
+        name: "rollcall_pubsub_messages_dropped_total",
+        kind: COUNTER,
+        help: "Messages the cluster transport dropped: outbound (queue full, peer not connected, broker down) or inbound (subscriber queue full).",
+        samples: |s| {
+            by(
+                "direction",
+                [("outbound", s.pubsub.dropped_outbound), ("inbound", s.pubsub.dropped_inbound)],
+            )
+        },
+    },
+    Family {
+        name: "rollcall_pubsub_handshakes_refused_total",
+        kind: COUNTER,
+        help: "Mesh handshakes refused (wrong secret, duplicate node name, wrong protocol, too slow).",
+        samples: |s| one(s.pubsub.refused),
+    },
+    Family {
+        name: "rollcall_pubsub_bytes_sent_total",
+        kind: COUNTER,
+        help: "Payload bytes this node's tracker handed to the cluster transport (once per publish), by channel.",
+        samples: |s| by("channel", CHANNELS.map(|c| (c, s.metrics.pubsub_bytes(&s.metrics.pubsub_bytes_out, c)))),
+    },
+    Family {
+        name: "rollcall_pubsub_bytes_received_total",
+        kind: COUNTER,
+        help: "Payload bytes received from other nodes, by channel.",
+        samples: |s| by("channel", CHANNELS.map(|c| (c, s.metrics.pubsub_bytes(&s.metrics.pubsub_bytes_in, c)))),
+    },
+    Family {
+        name: "rollcall_tracker_transfers_total",
+        kind: COUNTER,
+        help: "State transfers between replicas (answers to a transfer request), by direction and kind: a cached delta or the full state.",
+        samples: |s| {
+            let m = s.metrics;
+            [
+                ("sent", "delta", &m.transfers_delta_out),
+                ("sent", "full", &m.transfers_full_out),
+                ("received", "delta", &m.transfers_delta_in),
+                ("received", "full", &m.transfers_full_in),
+            ]
+            .into_iter()
+            .map(|(direction, kind, c)| (vec![("direction", direction), ("kind", kind)], value(c.get())))
+            .collect()
+        },
+    },
+];
+
+/// Renders every metric of a node in the exposition format: its counters, the tracker's gauges
+/// and the pubsub's stats, each family with its `# HELP` and `# TYPE` lines first.
 pub fn render(metrics: &Metrics, gauges: &TrackerGauges, pubsub: &Stats) -> String {
-    let mut out = Exposition(String::with_capacity(4096));
-    out.family(
-        "rollcall_build_info",
-        "gauge",
-        "Always 1; the version label is the server's version.",
-    );
-    out.sample(
-        "rollcall_build_info",
-        &[("version", env!("CARGO_PKG_VERSION"))],
-        1,
-    );
+    let scrape = Scrape {
+        metrics,
+        gauges,
+        pubsub,
+    };
+    let mut out = String::with_capacity(4096);
+    for family in FAMILIES {
+        let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
+        let _ = writeln!(out, "# TYPE {} {}", family.name, family.kind);
+        for (labels, value) in (family.samples)(&scrape) {
+            out.push_str(family.name);
+            if !labels.is_empty() {
+                let labels: Vec<String> = labels
+                    .iter()
+                    // Label values here come from fixed lists; escape anyway, as the format asks.
+                    .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+                    .collect();
+                let _ = write!(out, "{{{}}}", labels.join(","));
+            }
+            let _ = writeln!(out, " {value}");
+        }
+    }
+    out
+}
 
-    out.family(
-        "rollcall_connections",
-        "gauge",
-        "Client connections open now, by transport.",
-    );
-    for t in Transport::ALL {
-        out.sample(
-            "rollcall_connections",
-            &[("transport", t.label())],
-            metrics.connections_open(t),
-        );
-    }
-    out.family(
-        "rollcall_connections_opened_total",
-        "counter",
-        "Client connections opened, by transport.",
-    );
-    for t in Transport::ALL {
-        let n = metrics
-            .connections_opened
-            .get(t.index())
-            .map_or(0, Counter::get);
-        out.sample(
-            "rollcall_connections_opened_total",
-            &[("transport", t.label())],
-            n,
-        );
-    }
-    out.family(
-        "rollcall_connections_closed_total",
-        "counter",
-        "Client connections ended, by reason and the close code the server sent (empty when none).",
-    );
-    for (i, (reason, code)) in CLOSE_REASONS.iter().enumerate() {
-        let n = metrics.connections_closed.get(i).map_or(0, Counter::get);
-        out.sample(
-            "rollcall_connections_closed_total",
-            &[("reason", reason), ("code", code)],
-            n,
-        );
-    }
-
-    out.by_reason(
-        "rollcall_connects_refused_total",
-        "Connect attempts refused before a socket opened: bad vsn, origin not allowed, missing or invalid token, key in the abuse penalty box, too many connections from the address.",
-        Refusal::ALL.map(|why| (why.label(), &metrics.connects_refused[why as usize])),
-    );
-    out.by_reason(
-        "rollcall_joins_refused_total",
-        "Channel joins refused: topic not a room, not allowed by the token, room full, too many channels, malformed join payload.",
-        JoinRefusal::ALL.map(|why| (why.label(), &metrics.joins_refused[why as usize])),
-    );
-
-    out.single(
-        "rollcall_channels_joined",
-        "gauge",
-        "Channels joined on this node (one per connection per topic).",
-        gauges.channels,
-    );
-    out.single(
-        "rollcall_rooms_subscribed",
-        "gauge",
-        "Topics with at least one channel joined on this node.",
-        gauges.rooms_subscribed,
-    );
-    out.single(
-        "rollcall_rooms_with_presences",
-        "gauge",
-        "Topics with at least one presence in this node's replica (cluster-wide).",
-        gauges.rooms_with_presences,
-    );
-    out.single(
-        "rollcall_presences_local",
-        "gauge",
-        "Presences tracked by connections of this node.",
-        gauges.presences_local,
-    );
-    out.single(
-        "rollcall_presences_stored",
-        "gauge",
-        "Presences in this node's replica of the cluster state, every node's (those of down nodes included).",
-        gauges.presences_stored,
-    );
-    out.family(
-        "rollcall_tracker_replicas",
-        "gauge",
-        "Peer tracker replicas this node knows, by status.",
-    );
-    out.sample(
-        "rollcall_tracker_replicas",
-        &[("status", "up")],
-        gauges.replicas_up,
-    );
-    out.sample(
-        "rollcall_tracker_replicas",
-        &[("status", "down")],
-        gauges.replicas_down,
-    );
-
-    let counters: [(&str, &str, u64); 9] = [
-        (
-            "rollcall_frames_received_total",
-            "Data frames received from clients.",
-            metrics.frames_in.get(),
-        ),
-        (
-            "rollcall_frame_bytes_received_total",
-            "Bytes of data frames received from clients.",
-            metrics.frame_bytes_in.get(),
-        ),
-        (
-            "rollcall_frames_sent_total",
-            "Data frames written to clients (replies, pushes, broadcasts).",
-            metrics.frames_out.get(),
-        ),
-        (
-            "rollcall_frame_bytes_sent_total",
-            "Bytes of data frames written to clients.",
-            metrics.frame_bytes_out.get(),
-        ),
-        (
-            "rollcall_frames_encoded_total",
-            "Frames the tracker encoded for fan-out (one per serializer per dispatch).",
-            gauges.frames_encoded,
-        ),
-        (
-            "rollcall_joins_total",
-            "Channel joins accepted.",
-            metrics.joins.get(),
-        ),
-        (
-            "rollcall_client_events_total",
-            "Client events relayed to a room by clients of this node.",
-            metrics.client_events.get(),
-        ),
-        (
-            "rollcall_relayed_events_received_total",
-            "Client events received from other nodes for subscribers here.",
-            metrics.relayed_events_in.get(),
-        ),
-        (
-            "rollcall_rate_limited_total",
-            "Client messages answered \"rate limited\".",
-            metrics.rate_limited.get(),
-        ),
-    ];
-    for (name, help, value) in counters {
-        out.single(name, "counter", help, value);
-    }
-
-    out.single(
-        "rollcall_pubsub_messages_sent_total",
-        "counter",
-        "Messages handed to the cluster transport (mesh: one per destination node; brokers: one per publish).",
-        pubsub.sent,
-    );
-    out.single(
-        "rollcall_pubsub_messages_received_total",
-        "counter",
-        "Messages received from other nodes.",
-        pubsub.received,
-    );
-    out.family(
-        "rollcall_pubsub_messages_dropped_total",
-        "counter",
-        "Messages the cluster transport dropped: outbound (queue full, peer not connected, broker down) or inbound (subscriber queue full).",
-    );
-    out.sample(
-        "rollcall_pubsub_messages_dropped_total",
-        &[("direction", "outbound")],
-        pubsub.dropped_outbound,
-    );
-    out.sample(
-        "rollcall_pubsub_messages_dropped_total",
-        &[("direction", "inbound")],
-        pubsub.dropped_inbound,
-    );
-    out.single(
-        "rollcall_pubsub_handshakes_refused_total",
-        "counter",
-        "Mesh handshakes refused (wrong secret, duplicate node name, wrong protocol, too slow).",
-        pubsub.refused,
-    );
-    out.family(
-        "rollcall_pubsub_bytes_sent_total",
-        "counter",
-        "Payload bytes this node's tracker handed to the cluster transport (once per publish), by channel.",
-    );
-    for (i, channel) in CHANNELS.iter().enumerate() {
-        let n = metrics.pubsub_bytes_out.get(i).map_or(0, Counter::get);
-        out.sample(
-            "rollcall_pubsub_bytes_sent_total",
-            &[("channel", channel)],
-            n,
-        );
-    }
-    out.family(
-        "rollcall_pubsub_bytes_received_total",
-        "counter",
-        "Payload bytes received from other nodes, by channel.",
-    );
-    for (i, channel) in CHANNELS.iter().enumerate() {
-        let n = metrics.pubsub_bytes_in.get(i).map_or(0, Counter::get);
-        out.sample(
-            "rollcall_pubsub_bytes_received_total",
-            &[("channel", channel)],
-            n,
-        );
-    }
-    out.family(
-        "rollcall_tracker_transfers_total",
-        "counter",
-        "State transfers between replicas (answers to a transfer request), by direction and kind: a cached delta or the full state.",
-    );
-    for (direction, kind, c) in [
-        ("sent", "delta", &metrics.transfers_delta_out),
-        ("sent", "full", &metrics.transfers_full_out),
-        ("received", "delta", &metrics.transfers_delta_in),
-        ("received", "full", &metrics.transfers_full_in),
-    ] {
-        out.sample(
-            "rollcall_tracker_transfers_total",
-            &[("direction", direction), ("kind", kind)],
-            c.get(),
-        );
-    }
-    out.0
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -705,4 +707,172 @@ mod tests {
         }
         assert!(text.contains("rollcall_build_info{version=\""));
     }
+
+    /// Every family, label and value of a scrape, byte for byte: what dashboards and alerts
+    /// are written against.
+    #[test]
+    fn the_exposition_text_is_stable() {
+        let m = Arc::new(Metrics::default());
+        let _ws = m.connection(Transport::WebSocket);
+        let _lp = [
+            m.connection(Transport::LongPoll),
+            m.connection(Transport::LongPoll),
+        ];
+        m.refused(Refusal::Version);
+        m.refused(Refusal::PerAddress);
+        m.refused(Refusal::PerAddress);
+        m.join_refused(JoinRefusal::RoomFull);
+        m.join_refused(JoinRefusal::BadPayload);
+        m.closed(&CloseReason::ClientGone);
+        m.closed(&CloseReason::Closed(
+            CLOSE_POLICY_VIOLATION,
+            TOKEN_EXPIRED.into(),
+        ));
+        m.closed(&CloseReason::Closed(CLOSE_TOO_BIG, "x".into()));
+        m.frame_in(10);
+        m.frame_out(&WireFrame::Text("abc".into()));
+        m.joins.add(3);
+        m.client_events.add(4);
+        m.relayed_events_in.add(5);
+        m.rate_limited.add(6);
+        m.pubsub_out("tracker", 100);
+        m.pubsub_out("relay", 7);
+        m.pubsub_in("tracker", 200);
+        m.pubsub_in("relay", 8);
+        m.transfers_delta_out.add(1);
+        m.transfers_full_out.add(2);
+        m.transfers_delta_in.add(3);
+        m.transfers_full_in.add(4);
+        let gauges = TrackerGauges {
+            channels: 11,
+            rooms_subscribed: 12,
+            presences_local: 13,
+            presences_stored: 14,
+            rooms_with_presences: 15,
+            replicas_up: 16,
+            replicas_down: 17,
+            frames_encoded: 18,
+        };
+        let stats = Stats {
+            sent: 21,
+            received: 22,
+            dropped_outbound: 23,
+            dropped_inbound: 24,
+            refused: 25,
+        };
+        let expected = EXPOSITION.replace("VERSION", env!("CARGO_PKG_VERSION"));
+        assert_eq!(render(&m, &gauges, &stats), expected);
+    }
+
+    const EXPOSITION: &str = r#"# HELP rollcall_build_info Always 1; the version label is the server's version.
+# TYPE rollcall_build_info gauge
+rollcall_build_info{version="VERSION"} 1
+# HELP rollcall_connections Client connections open now, by transport.
+# TYPE rollcall_connections gauge
+rollcall_connections{transport="websocket"} 1
+rollcall_connections{transport="longpoll"} 2
+# HELP rollcall_connections_opened_total Client connections opened, by transport.
+# TYPE rollcall_connections_opened_total counter
+rollcall_connections_opened_total{transport="websocket"} 1
+rollcall_connections_opened_total{transport="longpoll"} 2
+# HELP rollcall_connections_closed_total Client connections ended, by reason and the close code the server sent (empty when none).
+# TYPE rollcall_connections_closed_total counter
+rollcall_connections_closed_total{reason="client_left",code=""} 1
+rollcall_connections_closed_total{reason="write_failed",code=""} 0
+rollcall_connections_closed_total{reason="shutdown",code="1001"} 0
+rollcall_connections_closed_total{reason="idle",code="1001"} 0
+rollcall_connections_closed_total{reason="invalid_data",code="1007"} 0
+rollcall_connections_closed_total{reason="policy_violation",code="1008"} 0
+rollcall_connections_closed_total{reason="too_big",code="1009"} 1
+rollcall_connections_closed_total{reason="too_slow",code="1013"} 0
+rollcall_connections_closed_total{reason="other",code=""} 0
+rollcall_connections_closed_total{reason="token_expired",code="1008"} 1
+# HELP rollcall_connects_refused_total Connect attempts refused before a socket opened: bad vsn, origin not allowed, missing or invalid token, key in the abuse penalty box, too many connections from the address.
+# TYPE rollcall_connects_refused_total counter
+rollcall_connects_refused_total{reason="version"} 1
+rollcall_connects_refused_total{reason="origin"} 0
+rollcall_connects_refused_total{reason="token"} 0
+rollcall_connects_refused_total{reason="penalty"} 0
+rollcall_connects_refused_total{reason="per_address"} 2
+# HELP rollcall_joins_refused_total Channel joins refused: topic not a room, not allowed by the token, room full, too many channels, malformed join payload.
+# TYPE rollcall_joins_refused_total counter
+rollcall_joins_refused_total{reason="unmatched"} 0
+rollcall_joins_refused_total{reason="not_allowed"} 0
+rollcall_joins_refused_total{reason="room_full"} 1
+rollcall_joins_refused_total{reason="too_many_channels"} 0
+rollcall_joins_refused_total{reason="bad_payload"} 1
+# HELP rollcall_channels_joined Channels joined on this node (one per connection per topic).
+# TYPE rollcall_channels_joined gauge
+rollcall_channels_joined 11
+# HELP rollcall_rooms_subscribed Topics with at least one channel joined on this node.
+# TYPE rollcall_rooms_subscribed gauge
+rollcall_rooms_subscribed 12
+# HELP rollcall_rooms_with_presences Topics with at least one presence in this node's replica (cluster-wide).
+# TYPE rollcall_rooms_with_presences gauge
+rollcall_rooms_with_presences 15
+# HELP rollcall_presences_local Presences tracked by connections of this node.
+# TYPE rollcall_presences_local gauge
+rollcall_presences_local 13
+# HELP rollcall_presences_stored Presences in this node's replica of the cluster state, every node's (those of down nodes included).
+# TYPE rollcall_presences_stored gauge
+rollcall_presences_stored 14
+# HELP rollcall_tracker_replicas Peer tracker replicas this node knows, by status.
+# TYPE rollcall_tracker_replicas gauge
+rollcall_tracker_replicas{status="up"} 16
+rollcall_tracker_replicas{status="down"} 17
+# HELP rollcall_frames_received_total Data frames received from clients.
+# TYPE rollcall_frames_received_total counter
+rollcall_frames_received_total 1
+# HELP rollcall_frame_bytes_received_total Bytes of data frames received from clients.
+# TYPE rollcall_frame_bytes_received_total counter
+rollcall_frame_bytes_received_total 10
+# HELP rollcall_frames_sent_total Data frames written to clients (replies, pushes, broadcasts).
+# TYPE rollcall_frames_sent_total counter
+rollcall_frames_sent_total 1
+# HELP rollcall_frame_bytes_sent_total Bytes of data frames written to clients.
+# TYPE rollcall_frame_bytes_sent_total counter
+rollcall_frame_bytes_sent_total 3
+# HELP rollcall_frames_encoded_total Frames the tracker encoded for fan-out (one per serializer per dispatch).
+# TYPE rollcall_frames_encoded_total counter
+rollcall_frames_encoded_total 18
+# HELP rollcall_joins_total Channel joins accepted.
+# TYPE rollcall_joins_total counter
+rollcall_joins_total 3
+# HELP rollcall_client_events_total Client events relayed to a room by clients of this node.
+# TYPE rollcall_client_events_total counter
+rollcall_client_events_total 4
+# HELP rollcall_relayed_events_received_total Client events received from other nodes for subscribers here.
+# TYPE rollcall_relayed_events_received_total counter
+rollcall_relayed_events_received_total 5
+# HELP rollcall_rate_limited_total Client messages answered "rate limited".
+# TYPE rollcall_rate_limited_total counter
+rollcall_rate_limited_total 6
+# HELP rollcall_pubsub_messages_sent_total Messages handed to the cluster transport (mesh: one per destination node; brokers: one per publish).
+# TYPE rollcall_pubsub_messages_sent_total counter
+rollcall_pubsub_messages_sent_total 21
+# HELP rollcall_pubsub_messages_received_total Messages received from other nodes.
+# TYPE rollcall_pubsub_messages_received_total counter
+rollcall_pubsub_messages_received_total 22
+# HELP rollcall_pubsub_messages_dropped_total Messages the cluster transport dropped: outbound (queue full, peer not connected, broker down) or inbound (subscriber queue full).
+# TYPE rollcall_pubsub_messages_dropped_total counter
+rollcall_pubsub_messages_dropped_total{direction="outbound"} 23
+rollcall_pubsub_messages_dropped_total{direction="inbound"} 24
+# HELP rollcall_pubsub_handshakes_refused_total Mesh handshakes refused (wrong secret, duplicate node name, wrong protocol, too slow).
+# TYPE rollcall_pubsub_handshakes_refused_total counter
+rollcall_pubsub_handshakes_refused_total 25
+# HELP rollcall_pubsub_bytes_sent_total Payload bytes this node's tracker handed to the cluster transport (once per publish), by channel.
+# TYPE rollcall_pubsub_bytes_sent_total counter
+rollcall_pubsub_bytes_sent_total{channel="tracker"} 100
+rollcall_pubsub_bytes_sent_total{channel="relay"} 7
+# HELP rollcall_pubsub_bytes_received_total Payload bytes received from other nodes, by channel.
+# TYPE rollcall_pubsub_bytes_received_total counter
+rollcall_pubsub_bytes_received_total{channel="tracker"} 200
+rollcall_pubsub_bytes_received_total{channel="relay"} 8
+# HELP rollcall_tracker_transfers_total State transfers between replicas (answers to a transfer request), by direction and kind: a cached delta or the full state.
+# TYPE rollcall_tracker_transfers_total counter
+rollcall_tracker_transfers_total{direction="sent",kind="delta"} 1
+rollcall_tracker_transfers_total{direction="sent",kind="full"} 2
+rollcall_tracker_transfers_total{direction="received",kind="delta"} 3
+rollcall_tracker_transfers_total{direction="received",kind="full"} 4
+"#;
 }

@@ -21,7 +21,7 @@ pub const WIRE_VERSION: u8 = 1;
 /// A version vector as sent between replicas: `(replica, highest contiguous counter seen)`.
 ///
 /// A shard's advertised clock lists only the replicas it considers up, so a newcomer that never
-/// heard of a dead replica is not forever "behind" on it (pubsub #135).
+/// heard of a dead replica is not forever "behind" on it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Clock {
     /// Entries sorted by replica id, one per replica.

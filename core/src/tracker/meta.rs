@@ -177,24 +177,30 @@ impl Presence {
     /// it to clients. Keys of the same name in the caller's meta are shadowed by ours (JSON
     /// parsers keep the last duplicate).
     pub fn meta_with_refs(&self) -> String {
+        let mut out = String::with_capacity(self.meta_json.as_str().len() + 64);
+        self.push_meta_with_refs(&mut out);
+        out
+    }
+
+    /// Appends [`Presence::meta_with_refs`] to `out` without an intermediate `String`: for
+    /// renderers that write many presences into one buffer.
+    pub fn push_meta_with_refs(&self, out: &mut String) {
         let text = self.meta_json.as_str().trim_end();
         let body = text.strip_suffix('}').unwrap_or(text).trim_end();
         let has_fields = !body.trim_start().ends_with('{');
-        let mut out = String::with_capacity(body.len() + 64);
         out.push_str(body);
         if has_fields {
             out.push(',');
         }
         out.push_str("\"phx_ref\":\"");
-        out.push_str(&self.phx_ref.to_string());
+        self.phx_ref.push_to(out);
         out.push('"');
         if let Some(prev) = self.phx_ref_prev {
             out.push_str(",\"phx_ref_prev\":\"");
-            out.push_str(&prev.to_string());
+            prev.push_to(out);
             out.push('"');
         }
         out.push('}');
-        out
     }
 }
 

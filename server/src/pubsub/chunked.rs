@@ -21,14 +21,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
-use super::adapter::{lock, Envelope, PeerInfo, PubSub, Stats, DEFAULT_INBOX_CAPACITY};
+use super::sync::Tasks;
+use super::{Envelope, PeerInfo, PubSub, Stats, DEFAULT_INBOX_CAPACITY};
 
 /// Part size used for NATS (under its default 1 MiB `max_payload`, with room for headers).
 pub const NATS_CHUNK: usize = 512 * 1024;
@@ -311,7 +312,7 @@ pub struct Chunked {
     refused: Arc<AtomicU64>,
     abandoned: Arc<AtomicU64>,
     too_large: AtomicU64,
-    subscriptions: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    subscriptions: Tasks,
 }
 
 impl Chunked {
@@ -326,7 +327,7 @@ impl Chunked {
             refused: Arc::new(AtomicU64::new(0)),
             abandoned: Arc::new(AtomicU64::new(0)),
             too_large: AtomicU64::new(0),
-            subscriptions: Mutex::new(Vec::new()),
+            subscriptions: Tasks::default(),
         }
     }
 
@@ -345,14 +346,6 @@ impl Chunked {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         split(payload, self.chunk, id)
-    }
-}
-
-impl Drop for Chunked {
-    fn drop(&mut self) {
-        for task in lock(&self.subscriptions).drain(..) {
-            task.abort();
-        }
     }
 }
 
@@ -419,7 +412,7 @@ impl PubSub for Chunked {
                 }
             }
         });
-        lock(&self.subscriptions).push(task);
+        self.subscriptions.push(task);
         rx
     }
 
@@ -443,10 +436,6 @@ impl PubSub for Chunked {
 
     fn cluster_addr(&self) -> Option<std::net::SocketAddr> {
         self.inner.cluster_addr()
-    }
-
-    fn set_partitioned(&self, peer: &str, partitioned: bool) {
-        self.inner.set_partitioned(peer, partitioned);
     }
 }
 

@@ -7,100 +7,87 @@
 //! which retries forever once the first connection has succeeded; messages sent while the
 //! server is away are dropped by our bounded queue or the client's, which the tracker tolerates.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::adapter::{stopped, BrokerCore, Envelope, Error, PeerInfo, PubSub, Stats};
+use super::broker::{Broker, BrokerCore, Next};
+use super::sync::stopped;
+use super::Error;
 
-/// A node connected to a NATS server.
-pub struct Nats {
-    core: Arc<BrokerCore>,
-}
+/// Connects to the NATS server at `url` and subscribes this node's subjects. Fails with
+/// [`Error::BrokerUnreachable`] if the server cannot be reached now.
+pub async fn connect(node: &str, url: &str, cluster: &str) -> Result<Broker, Error> {
+    let (core, mut outbound) = BrokerCore::new(node, url, cluster)?;
+    let unreachable = |reason: String| Error::BrokerUnreachable {
+        url: url.to_owned(),
+        reason,
+    };
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("rollcall {node}"))
+        .connection_timeout(std::time::Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let all = client
+        .subscribe(core.all.clone())
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let mine = client
+        .subscribe(core.node_subject(node))
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    // Make sure the server has processed our subscriptions before we report ready, so
+    // nothing sent to us after `connect` returns can be missed. `flush` only empties our
+    // write buffer; a message to ourselves coming back is a true round trip, and the server
+    // handles one connection's commands in order.
+    round_trip(&client)
+        .await
+        .map_err(|e| unreachable(format!("no answer to a round trip: {e}")))?;
+    info!(node, url, "cluster connected to NATS");
 
-impl Nats {
-    /// Connects to the NATS server at `url` and subscribes this node's subjects. Fails with
-    /// [`Error::BrokerUnreachable`] if the server cannot be reached now.
-    pub async fn connect(node: &str, url: &str, cluster: &str) -> Result<Nats, Error> {
-        let (core, mut outbound) = BrokerCore::new(node, url, cluster)?;
-        let unreachable = |reason: String| Error::BrokerUnreachable {
-            url: url.to_owned(),
-            reason,
-        };
-        let client = async_nats::ConnectOptions::new()
-            .name(format!("rollcall {node}"))
-            .connection_timeout(std::time::Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let all = client
-            .subscribe(core.all.clone())
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let mine = client
-            .subscribe(core.node_subject(node))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        // Make sure the server has processed our subscriptions before we report ready, so
-        // nothing sent to us after `connect` returns can be missed. `flush` only empties our
-        // write buffer; a message to ourselves coming back is a true round trip, and the server
-        // handles one connection's commands in order.
-        round_trip(&client)
-            .await
-            .map_err(|e| unreachable(format!("no answer to a round trip: {e}")))?;
-        info!(node, url, "cluster connected to NATS");
-
-        let publisher = {
-            let client = client.clone();
-            let core = core.clone();
-            let mut stop = core.stop.subscribe();
-            tokio::spawn(async move {
-                loop {
-                    let (subject, message) = tokio::select! {
-                        next = outbound.recv() => match next {
-                            Some(next) => next,
-                            None => break,
-                        },
-                        // Dropped without `shutdown`: stop at once.
-                        _ = stopped(&mut stop) => return,
-                    };
-                    if let Err(e) = client.publish(subject, message).await {
-                        core.inbox.counters.add_dropped_outbound();
-                        debug!(error = %e, "NATS publish failed");
-                    }
-                }
-                if let Err(e) = client.flush().await {
-                    warn!(error = %e, "NATS flush at shutdown failed");
-                }
-            })
-        };
-        core.set_publisher(publisher).await;
-
-        let receiver_core = core.clone();
-        let mut stop = core.stop.subscribe();
+    let publisher = {
+        let client = client.clone();
+        let core = core.clone();
         tokio::spawn(async move {
-            let mut messages = futures_util::stream::select(all, mine);
             loop {
-                tokio::select! {
-                    _ = stopped(&mut stop) => break,
-                    message = messages.next() => match message {
-                        Some(message) => receiver_core.receive(message.payload),
-                        None => {
-                            warn!("NATS subscription ended");
-                            break;
-                        }
-                    },
+                let (subject, message) = match outbound.next().await {
+                    Next::Publish(subject, message) => (subject, message),
+                    Next::Drained => break,
+                    Next::Stopped => return,
+                };
+                if let Err(e) = client.publish(subject, message).await {
+                    core.inbox.counters.add_dropped_outbound();
+                    debug!(error = %e, "NATS publish failed");
                 }
             }
-            // Dropping the subscribers unsubscribes; the client closes with its last handle.
-            drop(client);
-        });
-        Ok(Nats { core })
-    }
+            if let Err(e) = client.flush().await {
+                warn!(error = %e, "NATS flush at shutdown failed");
+            }
+        })
+    };
+    core.set_publisher(publisher).await;
+
+    let receiver_core = core.clone();
+    let mut stop = core.stop.subscribe();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::select(all, mine);
+        loop {
+            tokio::select! {
+                _ = stopped(&mut stop) => break,
+                message = messages.next() => match message {
+                    Some(message) => receiver_core.receive(message.payload),
+                    None => {
+                        warn!("NATS subscription ended");
+                        break;
+                    }
+                },
+            }
+        }
+        // Dropping the subscribers unsubscribes; the client closes with its last handle.
+        drop(client);
+    });
+    Ok(Broker::new(core))
 }
 
 async fn round_trip(client: &async_nats::Client) -> Result<(), String> {
@@ -117,38 +104,5 @@ async fn round_trip(client: &async_nats::Client) -> Result<(), String> {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err("connection closed".into()),
         Err(_) => Err("timed out after 5 s".into()),
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.core.stop.send_replace(true);
-    }
-}
-
-impl PubSub for Nats {
-    fn node(&self) -> &str {
-        &self.core.node
-    }
-    fn broadcast(&self, channel: &str, payload: Bytes) {
-        self.core.broadcast(channel, payload);
-    }
-    fn send_to(&self, node: &str, channel: &str, payload: Bytes) {
-        self.core.send_to(node, channel, payload);
-    }
-    fn subscribe(&self, channel: &str) -> mpsc::Receiver<Envelope> {
-        self.core.inbox.subscribe(channel)
-    }
-    fn peers(&self) -> Vec<PeerInfo> {
-        self.core.peers()
-    }
-    fn stats(&self) -> Stats {
-        self.core.inbox.counters.snapshot()
-    }
-    fn shutdown(&self) -> BoxFuture<'_, ()> {
-        Box::pin(self.core.shutdown())
-    }
-    fn set_partitioned(&self, peer: &str, partitioned: bool) {
-        self.core.set_partitioned(peer, partitioned);
     }
 }

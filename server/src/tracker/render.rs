@@ -1,23 +1,23 @@
-//! A room's presences rendered as clients receive them, written straight to JSON text.
+//! Presences rendered as clients receive them, written straight to JSON text.
 //!
 //! A `presence_state` is `{key: {"metas": [meta, ...]}, ...}` where each meta is the stored meta
-//! object with `phx_ref` (and `phx_ref_prev`) added. It used to be built by parsing every stored
-//! meta into a `serde_json` map, grouping the maps into one `Value` and encoding that: at 10,000
-//! members that was most of the tracker task's time on every join. Here a stored meta whose text
-//! is already exactly what `serde_json` would write for it (the usual case: the server stores
-//! metas with `serde_json::to_string`) is copied as it is; any other meta (floats, whitespace,
-//! other escapes, duplicate keys, its own `phx_ref`, deep nesting) goes through the parse and
-//! encode it always went through. The bytes clients receive are the same either way.
+//! object with `phx_ref` (and `phx_ref_prev`) added; a `presence_diff` is
+//! `{"joins": <the same shape>, "leaves": <the same shape>}`. The join is the one command whose
+//! cost grows with the room, and it runs in the single tracker task, so this is on the path
+//! that sets how fast a big room fills. A stored meta whose text is already exactly what
+//! `serde_json` would write for it (the usual case: the server stores metas with
+//! `serde_json::to_string`) is copied as it is; any other meta (floats, whitespace, other
+//! escapes, duplicate keys, its own `phx_ref`, deep nesting) is parsed and encoded with
+//! `serde_json`. The bytes clients receive are the same either way, and the same as encoding
+//! [`presences_value`].
 
 use std::sync::Arc;
 
-use rollcall_core::protocol::Serializer;
-use rollcall_core::tracker::Presence;
+use rollcall_core::tracker::{Presence, TopicDiff};
 use serde_json::{Map, Value};
 
-use crate::transport::WireFrame;
-
-/// A room's visible presences as the shard lists them: `(key, presence)`, by key then `phx_ref`.
+/// Presences as the shard lists them (and as a diff carries them): `(key, presence)`, by key
+/// then `phx_ref`.
 pub type Listing = Vec<(Arc<str>, Presence)>;
 
 /// Deeper metas are rendered through `serde_json`, which has a nesting limit of its own (128)
@@ -35,9 +35,9 @@ pub(crate) fn meta_map(p: &Presence) -> Map<String, Value> {
     map
 }
 
-/// The `presence_state` value of `listing`: keys in order of first appearance, each with its
-/// metas in listing order.
-pub(crate) fn presence_state_value(listing: &[(Arc<str>, Presence)]) -> Value {
+/// The presences of `listing` grouped by key (`{key: {"metas": [...]}}`): keys in order of first
+/// appearance, each with its metas in listing order.
+pub(crate) fn presences_value(listing: &[(Arc<str>, Presence)]) -> Value {
     let mut out = Map::new();
     for (key, p) in listing {
         let slot = out
@@ -50,9 +50,8 @@ pub(crate) fn presence_state_value(listing: &[(Arc<str>, Presence)]) -> Value {
     Value::Object(out)
 }
 
-/// The `presence_state` of `listing` as JSON text, byte for byte what encoding
-/// [`presence_state_value`] gives.
-pub(crate) fn presence_state_json(listing: &[(Arc<str>, Presence)]) -> String {
+/// [`presences_value`] of `listing` as JSON text, byte for byte what encoding it gives.
+pub(crate) fn presences_json(listing: &[(Arc<str>, Presence)]) -> String {
     // Grouping by streaming needs each key's presences side by side, which the shard's order
     // (by key) gives; anything else takes the general path.
     let sorted = listing.windows(2).all(|w| match (w.first(), w.get(1)) {
@@ -60,7 +59,7 @@ pub(crate) fn presence_state_json(listing: &[(Arc<str>, Presence)]) -> String {
         _ => true,
     });
     if !sorted {
-        return presence_state_value(listing).to_string();
+        return presences_value(listing).to_string();
     }
     let bytes: usize = listing
         .iter()
@@ -90,66 +89,23 @@ pub(crate) fn presence_state_json(listing: &[(Arc<str>, Presence)]) -> String {
     out
 }
 
-/// The `presence_state` push for a joiner, with `payload` (JSON text) as its payload: the frame
-/// `serializer` would encode for that push.
-pub(crate) fn push_frame(
-    serializer: Serializer,
-    join_ref: Option<&str>,
-    topic: &str,
-    event: &str,
-    payload: &str,
-) -> WireFrame {
-    let mut out = String::with_capacity(payload.len() + topic.len() + event.len() + 64);
-    match serializer {
-        // `{"topic", "event", "payload", "ref"}`; pushes carry no join_ref in V1.
-        Serializer::V1Json => {
-            out.push_str("{\"topic\":");
-            push_json_str(&mut out, topic);
-            out.push_str(",\"event\":");
-            push_json_str(&mut out, event);
-            out.push_str(",\"payload\":");
-            out.push_str(payload);
-            out.push_str(",\"ref\":null}");
-        }
-        // `[join_ref, ref, topic, event, payload]`; a push has no ref.
-        Serializer::V2 => {
-            out.push('[');
-            match join_ref {
-                Some(join_ref) => push_json_str(&mut out, join_ref),
-                None => out.push_str("null"),
-            }
-            out.push_str(",null,");
-            push_json_str(&mut out, topic);
-            out.push(',');
-            push_json_str(&mut out, event);
-            out.push(',');
-            out.push_str(payload);
-            out.push(']');
-        }
-    }
-    WireFrame::Text(out.into())
+/// The `presence_diff` payload of one topic's changes as JSON text.
+pub(crate) fn diff_json(diff: &TopicDiff) -> String {
+    format!(
+        "{{\"joins\":{},\"leaves\":{}}}",
+        presences_json(&diff.joins),
+        presences_json(&diff.leaves)
+    )
 }
 
-/// Appends the meta of `p` as clients see it. `keys` is scratch space for the check.
+/// Appends the meta of `p` as clients see it. `keys` is scratch space for the check. A
+/// canonical meta's text with its refs appended ([`Presence::push_meta_with_refs`]) is what
+/// `serde_json` writes for it; any other goes through `serde_json`.
 fn push_meta(out: &mut String, p: &Presence, keys: &mut Vec<(usize, usize)>) {
-    let text = p.meta_json.as_str();
-    match text.strip_suffix('}') {
-        Some(body) if is_canonical(text, keys) => {
-            out.push_str(body);
-            if body.len() > 1 {
-                out.push(',');
-            }
-            out.push_str("\"phx_ref\":\"");
-            p.phx_ref.push_to(out);
-            out.push('"');
-            if let Some(prev) = p.phx_ref_prev {
-                out.push_str(",\"phx_ref_prev\":\"");
-                prev.push_to(out);
-                out.push('"');
-            }
-            out.push('}');
-        }
-        _ => out.push_str(&Value::Object(meta_map(p)).to_string()),
+    if is_canonical(p.meta_json.as_str(), keys) {
+        p.push_meta_with_refs(out);
+    } else {
+        out.push_str(&Value::Object(meta_map(p)).to_string());
     }
 }
 
@@ -386,14 +342,13 @@ impl Scan<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracker::group;
-    use crate::tracker::state::PresenceMeta;
-    use rollcall_core::protocol::{Outbound, Payload};
+    use crate::frame::WireFrame;
+    use rollcall_core::protocol::{Outbound, Payload, Serializer};
     use rollcall_core::tracker::{Meta, ReplicaId, Shard, ShardConfig};
 
-    /// The path every `presence_state` took before: parse each meta, group into one `Value`,
-    /// encode the push with the serializer.
-    fn old_frame(
+    /// The plain path: parse each meta, add its refs, group into one `Value`, encode the push
+    /// with the serializer.
+    fn reference_frame(
         serializer: Serializer,
         join_ref: Option<&str>,
         topic: &str,
@@ -403,35 +358,43 @@ mod tests {
             join_ref: join_ref.map(str::to_string),
             topic: topic.to_string(),
             event: "presence_state".to_string(),
-            payload: Payload::Json(old_value(listing)),
+            payload: Payload::Json(reference_value(listing)),
         };
         WireFrame::encode(serializer, &push).unwrap()
     }
 
-    fn old_value(listing: &Listing) -> Value {
-        let entries: Vec<(String, PresenceMeta)> = listing
-            .iter()
-            .map(|(k, p)| {
-                let meta = PresenceMeta {
-                    meta: p.meta_json.to_map(),
-                    phx_ref: p.phx_ref.to_string(),
-                    phx_ref_prev: p.phx_ref_prev.map(|r| r.to_string()),
-                };
-                (k.to_string(), meta)
-            })
-            .collect();
-        group(&entries)
+    fn reference_value(listing: &Listing) -> Value {
+        let mut grouped = Map::new();
+        for (key, p) in listing {
+            // A meta `serde_json` cannot read back (nested past its limit) renders as `{}`.
+            let mut meta = p.meta_json.to_map();
+            meta.insert("phx_ref".into(), Value::String(p.phx_ref.to_string()));
+            if let Some(prev) = p.phx_ref_prev {
+                meta.insert("phx_ref_prev".into(), Value::String(prev.to_string()));
+            }
+            let slot = grouped
+                .entry(key.to_string())
+                .or_insert_with(|| serde_json::json!({"metas": []}));
+            if let Some(Value::Array(metas)) = slot.get_mut("metas") {
+                metas.push(Value::Object(meta));
+            }
+        }
+        Value::Object(grouped)
     }
 
     fn assert_same_bytes(listing: &Listing) {
-        let payload = presence_state_json(listing);
-        assert_eq!(payload, old_value(listing).to_string());
-        assert_eq!(presence_state_value(listing), old_value(listing));
+        let payload = presences_json(listing);
+        assert_eq!(payload, reference_value(listing).to_string());
+        assert_eq!(presences_value(listing), reference_value(listing));
         for serializer in [Serializer::V1Json, Serializer::V2] {
             for join_ref in [None, Some("3"), Some("a\"b\\c\u{1}é")] {
                 for topic in ["room:lobby", "room:\"quoted\"\n\u{7f}\u{2028}ü"] {
-                    let new = push_frame(serializer, join_ref, topic, "presence_state", &payload);
-                    let old = old_frame(serializer, join_ref, topic, listing);
+                    let new = WireFrame::Text(
+                        serializer
+                            .encode_push_json(join_ref, topic, "presence_state", &payload)
+                            .into(),
+                    );
+                    let old = reference_frame(serializer, join_ref, topic, listing);
                     assert_eq!(new, old, "{serializer:?} {join_ref:?} {topic:?}");
                 }
             }
@@ -454,7 +417,7 @@ mod tests {
 
     #[test]
     fn an_empty_room_renders_as_the_empty_object() {
-        assert_eq!(presence_state_json(&Vec::new()), "{}");
+        assert_eq!(presences_json(&Vec::new()), "{}");
         assert_same_bytes(&Vec::new());
     }
 
@@ -613,6 +576,56 @@ mod tests {
                 s.track(conn, "t", &key, Meta::from_map(&meta)).unwrap();
             }
             assert_same_bytes(&s.list("t"));
+        }
+    }
+
+    /// A `presence_diff` written as text is the frame encoding the grouped joins and leaves
+    /// writes, whatever the metas: tracks, updates (a leave and a join with `phx_ref_prev`)
+    /// and untracks, canonical metas and others.
+    #[test]
+    fn presence_diffs_render_the_same_bytes() {
+        let metas = [
+            r#"{}"#,
+            r#"{"name":"Alice","online_at":1764300000,"node":"a"}"#,
+            r#"{"f":0.5,"phx_ref":"theirs"}"#,
+            r#" { "ws" : 1 } "#,
+            "{\"s\":\"q\\\"\\n\"}",
+        ];
+        let mut s = shard();
+        let mut diffs = Vec::new();
+        for (n, text) in metas.iter().enumerate() {
+            let key = ["u", "v", "u\"w"][n % 3];
+            let (_, diff) = s
+                .track(n as u64, "t", key, Meta::new(text).unwrap())
+                .unwrap();
+            diffs.push(diff);
+        }
+        for (n, text) in metas.iter().enumerate().take(3) {
+            let key = ["u", "v", "u\"w"][n % 3];
+            let (_, diff) = s
+                .update(n as u64, "t", key, Meta::new(text).unwrap())
+                .unwrap();
+            diffs.push(diff);
+        }
+        diffs.push(s.untrack_connection(0));
+        diffs.push(s.untrack(1, "t", "v"));
+        for diff in &diffs {
+            let d = diff.topic("t").expect("a change in t");
+            let old = serde_json::json!({"joins": reference_value(&d.joins), "leaves": reference_value(&d.leaves)});
+            let text = diff_json(d);
+            assert_eq!(text, old.to_string());
+            for serializer in [Serializer::V1Json, Serializer::V2] {
+                let broadcast = Outbound::Broadcast {
+                    topic: "room:t".into(),
+                    event: "presence_diff".into(),
+                    payload: Payload::Json(old.clone()),
+                };
+                let written = serializer.encode_push_json(None, "room:t", "presence_diff", &text);
+                assert_eq!(
+                    WireFrame::Text(written.into()),
+                    WireFrame::encode(serializer, &broadcast).unwrap()
+                );
+            }
         }
     }
 }

@@ -1,0 +1,127 @@
+//! What travels between a transport and the socket machine, and how a connection ends: the
+//! encoded frame ([`WireFrame`], cheap to clone, so one encoding serves every subscriber), what
+//! a transport hands the machine ([`FromClient`]) and what the machine hands back
+//! ([`ToClient`]), the WebSocket close codes the server uses, and [`CloseReason`].
+//!
+//! A leaf: it knows the protocol codec and nothing else of the server.
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use rollcall_core::protocol::{EncodeError, Frame, Outbound, Serializer};
+
+/// An encoded frame ready for the wire. Cloning shares the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireFrame {
+    /// A text frame (JSON).
+    Text(Utf8Bytes),
+    /// A binary frame (V2 binary).
+    Binary(Bytes),
+}
+
+impl WireFrame {
+    /// Encodes `out` with `serializer`.
+    pub fn encode(serializer: Serializer, out: &Outbound) -> Result<Self, EncodeError> {
+        Ok(match serializer.encode(out)? {
+            Frame::Text(text) => WireFrame::Text(text.into()),
+            Frame::Binary(bytes) => WireFrame::Binary(bytes.into()),
+        })
+    }
+
+    /// The frame as the protocol codec sees it (copies).
+    pub fn to_frame(&self) -> Frame {
+        match self {
+            WireFrame::Text(t) => Frame::Text(t.as_str().to_string()),
+            WireFrame::Binary(b) => Frame::Binary(b.to_vec()),
+        }
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            WireFrame::Text(t) => t.len(),
+            WireFrame::Binary(b) => b.len(),
+        }
+    }
+
+    /// True for a frame of no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a transport hands to the socket machine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FromClient {
+    /// A data frame from the client.
+    Frame(Frame),
+    /// A data frame bigger than the configured maximum (its size in bytes, when known).
+    TooLarge(Option<usize>),
+    /// A frame the transport could not even hand over (e.g. a text frame that is not UTF-8);
+    /// the reason is for the client.
+    Invalid(String),
+    /// Proof of life without data (WebSocket ping/pong).
+    Activity,
+    /// The transport failed (the reason, for the log).
+    Error(String),
+}
+
+/// What the socket machine hands to a transport.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToClient {
+    /// A data frame.
+    Frame(WireFrame),
+    /// Close the connection with this WebSocket close code and reason; nothing follows.
+    Close {
+        /// The close code (1000 normal, 1001 going away, 1007 bad data, 1009 too big).
+        code: u16,
+        /// A short reason (at most 123 bytes).
+        reason: String,
+    },
+}
+
+/// Close code: the server is going away (shutdown, idle).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: a frame could not be decoded.
+pub const CLOSE_INVALID_DATA: u16 = 1007;
+/// Close code: the client broke a rule (sustained rate-limit abuse, an expired token).
+pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
+/// Close code: a frame was bigger than allowed.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: the client did not keep up with its frames; reconnect later.
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+
+/// The close reason (code 1008) of a connection whose token expired.
+pub const TOKEN_EXPIRED: &str = "token expired";
+
+/// Why a connection's machine stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed or the transport ended.
+    ClientGone,
+    /// The server closed the connection with this code and reason.
+    Closed(u16, String),
+    /// Writing to the client failed.
+    SinkFailed,
+}
+
+/// Keeps a close reason within the 123 bytes a WebSocket close frame allows.
+pub fn close_reason(reason: &str) -> String {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_are_cut_at_123_bytes_on_a_char_boundary() {
+        let long = "é".repeat(100);
+        let cut = close_reason(&long);
+        assert!(cut.len() <= 123);
+        assert!(long.starts_with(&cut));
+    }
+}
