@@ -76,6 +76,28 @@ pub enum ReplicationMessage {
         /// The replica that is going away.
         from: ReplicaId,
     },
+    /// Sent to the node of `replica` when a heartbeat of `replica` claims fewer of its own dots
+    /// than the sender has observed: either the heartbeat is late, or another process used the
+    /// same replica id before. A shard that is `replica` and made fewer than `counter` dots knows
+    /// it is the second case and takes a new incarnation.
+    Observed {
+        /// The shard that observed the dots.
+        from: ReplicaId,
+        /// The replica whose dots were observed.
+        replica: ReplicaId,
+        /// The highest counter of `replica` the sender has observed.
+        counter: u64,
+    },
+    /// Sent to the node of `replica` when a heartbeat of `replica` reaches a shard that has
+    /// retired it (another incarnation of that node was heard, it shut down gracefully, or it was
+    /// silent for `permdown_period_ms`): the sender ignores it from now on. A shard that is
+    /// `replica` itself takes a new incarnation, so that the sender sees it again.
+    Retired {
+        /// The shard that retired `replica`.
+        from: ReplicaId,
+        /// The retired replica.
+        replica: ReplicaId,
+    },
 }
 
 /// A piece of CRDT state on the wire: a delta (with the causal range it covers) or a full state
@@ -212,7 +234,9 @@ impl ReplicationMessage {
             ReplicationMessage::Heartbeat { from, .. }
             | ReplicationMessage::TransferRequest { from, .. }
             | ReplicationMessage::TransferAck { from, .. }
-            | ReplicationMessage::GracefulPermdown { from } => from,
+            | ReplicationMessage::GracefulPermdown { from }
+            | ReplicationMessage::Observed { from, .. }
+            | ReplicationMessage::Retired { from, .. } => from,
         }
     }
 

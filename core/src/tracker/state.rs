@@ -39,6 +39,17 @@ pub(crate) struct Element {
     pub(crate) prev: Option<u64>,
 }
 
+impl Element {
+    /// True if the wire element `v` (in `topic`) is this element.
+    fn is(&self, v: &WireElement, topic: &str) -> bool {
+        self.conn == v.conn
+            && self.prev == v.prev
+            && *self.topic == *topic
+            && self.key == v.key
+            && self.meta == v.meta
+    }
+}
+
 #[derive(Clone)]
 struct Slot {
     id: ReplicaId,
@@ -390,7 +401,7 @@ impl State {
             }
         }
         if self.visible(dot.r) {
-            diff.record(dot, true, &el.topic, &el.key, self.presence(dot, &el));
+            diff.record(true, &el.topic, &el.key, self.presence(dot, &el));
         }
         self.values.insert(dot, el);
     }
@@ -420,7 +431,7 @@ impl State {
             self.own.remove(&el.conn);
         }
         if self.visible(dot.r) {
-            diff.record(dot, false, &el.topic, &el.key, self.presence(dot, &el));
+            diff.record(false, &el.topic, &el.key, self.presence(dot, &el));
         }
         Some(el)
     }
@@ -768,7 +779,9 @@ impl State {
 
     /// Merges a delta or a full state received from a peer and returns what became visible or
     /// invisible. Data of replicas this state does not know is ignored; own presences are never
-    /// removed because of remote information (this replica is their only authority).
+    /// removed because of remote information (this replica is their only authority). An element
+    /// carried for a dot already observed without it is stale: it is not admitted, and the dot
+    /// goes into the pending delta as removed, so the peer that still has it learns the removal.
     pub fn merge(&mut self, p: &StatePayload) -> Diff {
         let mut diff = DiffBuilder::default();
         self.merge_into(p, &mut diff);
@@ -849,6 +862,7 @@ impl State {
         // Joins: elements whose dot we never observed.
         let topics: Vec<Arc<str>> = p.topics.iter().map(|t| self.intern_topic(t)).collect();
         let mut joins: Vec<(u32, Dot, &WireElement)> = Vec::new();
+        let mut stale: Vec<Dot> = Vec::new();
         for v in &p.values {
             let Some(r) = at(v.replica).filter(|_| (v.topic as usize) < topics.len()) else {
                 continue;
@@ -856,7 +870,22 @@ impl State {
             let dot = Dot { r, c: v.counter };
             if !self.observed(dot) {
                 joins.push((v.topic, dot, v));
+            } else if self
+                .values
+                .get(&dot)
+                .is_none_or(|el| !el.is(v, &topics[v.topic as usize]))
+            {
+                stale.push(dot);
             }
+        }
+        // A value for a dot we observed without it: the sender missed the removal, or two
+        // processes ran as one replica (a reused incarnation). Either way the dot is re-gossiped
+        // as removed: a lagging peer learns the removal, and an owner that still holds the
+        // element learns that its incarnation is in use twice. A stored element that differs
+        // from the value can only come from such a reuse and goes too.
+        for dot in stale {
+            self.remove_value(dot, diff);
+            self.delta_note_removed(dot);
         }
         self.values.reserve(joins.len());
         diff.reserve(joins.len());
@@ -901,7 +930,7 @@ impl State {
                     prev: v.prev,
                 };
                 if self.visible(dot.r) {
-                    diff.record(dot, true, &el.topic, &el.key, self.presence(dot, &el));
+                    diff.record(true, &el.topic, &el.key, self.presence(dot, &el));
                 }
                 self.values.insert(dot, el);
                 // Mark the dot observed, unless the remote context is about to cover it anyway.
@@ -928,6 +957,105 @@ impl State {
             slot.context = Some(slot.context.unwrap_or(0).max(c));
         }
         self.compact();
+    }
+
+    /// The highest counter of `replica` observed (in the context or the cloud), if it is known.
+    pub(crate) fn observed_max(&self, replica: &ReplicaId) -> Option<u64> {
+        let slot = self.slot(self.known(replica)?);
+        let context = slot.context.unwrap_or(0);
+        Some(slot.cloud.last().map_or(context, |c| context.max(*c)))
+    }
+
+    /// How many dots this replica made (its own counter).
+    pub(crate) fn made(&self) -> u64 {
+        self.context_of(ME).unwrap_or(0)
+    }
+
+    /// True if `p` (a peer's delta or state) shows dots of this replica that this process did not
+    /// make as shown: a counter beyond ours, an element that is not ours, or a dot we still hold
+    /// reported as removed (only we remove our elements). Then another process ran under the same
+    /// replica id. A full state leaves our elements out, so only its counters are checked.
+    pub(crate) fn shows_reuse(&self, p: &StatePayload) -> bool {
+        let me = self.replica();
+        let mine: Vec<u32> = (0..p.replicas.len() as u32)
+            .filter(|i| p.replicas.get(*i as usize) == Some(me))
+            .collect();
+        if mine.is_empty() {
+            return false;
+        }
+        let made = self.context_of(ME).unwrap_or(0);
+        let beyond = match &p.kind {
+            PayloadKind::Full { context } => {
+                context.iter().any(|(i, c)| *c > made && mine.contains(i))
+            }
+            PayloadKind::Delta { range } => range
+                .iter()
+                .any(|(i, _, end)| *end > made && mine.contains(i)),
+        };
+        if beyond {
+            return true;
+        }
+        let mut valued: FxHashSet<u64> = FxHashSet::default();
+        for v in p.values.iter().filter(|v| mine.contains(&v.replica)) {
+            if v.counter > made {
+                return true;
+            }
+            let ours = self.values.get(&Dot {
+                r: ME,
+                c: v.counter,
+            });
+            let topic = p.topics.get(v.topic as usize);
+            if let (Some(el), Some(topic)) = (ours, topic) {
+                if !el.is(v, topic) {
+                    return true;
+                }
+            }
+            valued.insert(v.counter);
+        }
+        p.clouds
+            .iter()
+            .filter(|(i, _)| mine.contains(i))
+            .flat_map(|(_, dots)| dots.iter())
+            .any(|c| {
+                *c > made
+                    || (!p.is_full()
+                        && !valued.contains(c)
+                        && self.values.contains_key(&Dot { r: ME, c: *c }))
+            })
+    }
+
+    /// Moves this replica to a new identity `replica` (same node, new incarnation): its own
+    /// presences are taken over by the new identity, numbered from 1 again, each reported as a
+    /// leave of the old `phx_ref` and a join of the new one. Nothing else changes: what this
+    /// replica knows of its peers stays.
+    pub(crate) fn reincarnate_into(&mut self, replica: ReplicaId, diff: &mut DiffBuilder) {
+        diff.begin();
+        let mut own: Vec<(u64, Element)> = self
+            .values
+            .iter()
+            .filter(|(dot, _)| dot.r == ME)
+            .map(|(dot, el)| (dot.c, el.clone()))
+            .collect();
+        own.sort_unstable_by_key(|(c, _)| *c);
+        for (c, _) in &own {
+            self.remove_value(Dot { r: ME, c: *c }, diff);
+        }
+        let previous = self.replica().clone();
+        self.by_id.remove(&previous);
+        self.by_id.insert(replica.clone(), ME);
+        let slot = self.slot_mut(ME);
+        slot.hash = replica_hash(&replica.node, replica.incarnation);
+        slot.id = replica;
+        slot.context = Some(0);
+        slot.cloud.clear();
+        self.pending.start = 0;
+        self.pending.clouds.remove(&ME);
+        for (_, el) in own {
+            let c = self.bump();
+            // The replaced version belongs to the old identity: nothing to point back to.
+            let el = Element { prev: None, ..el };
+            self.insert_value(Dot { r: ME, c }, el, diff);
+        }
     }
 
     /// Marks a replica up (learning it if new) and returns its stored presences as joins.
@@ -972,7 +1100,7 @@ impl State {
     fn report_replica(&self, r: Rx, join: bool, diff: &mut DiffBuilder) {
         for (dot, el) in &self.values {
             if dot.r == r {
-                diff.record(*dot, join, &el.topic, &el.key, self.presence(*dot, el));
+                diff.record(join, &el.topic, &el.key, self.presence(*dot, el));
             }
         }
     }
