@@ -167,11 +167,9 @@ impl Tracker {
         let frames_encoded = Arc::new(AtomicU64::new(0));
         let metrics = Arc::new(Metrics::default());
         let node = pubsub.node().to_string();
-        // Incarnations must grow from one start to the next: start time in microseconds.
-        let incarnation = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
+        // Peers tell incarnations apart, they do not order them: 64 random bits make every start
+        // a replica no peer has seen, whatever the clock did in between.
+        let incarnation: u64 = rand::random();
         let shard = Shard::new(&node, incarnation, shard_config(settings)).unwrap_or_else(|e| {
             tracing::error!("tracker timing refused ({e}); using the defaults");
             Shard::new(&node, incarnation, ShardConfig::default())
