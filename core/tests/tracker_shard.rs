@@ -829,7 +829,7 @@ fn an_incarnation_reused_after_a_crash_is_detected_and_the_node_takes_a_new_one(
 }
 
 #[test]
-fn a_reused_incarnation_that_got_further_is_found_by_the_removals_a_peer_reports() {
+fn a_reused_incarnation_that_got_further_than_its_predecessor_is_found_by_the_digest() {
     let mut c = Cluster::new(&["a", "b"]);
     c.shard("a").track(1, "lobby", "x", meta("{}")).unwrap();
     c.ticks(2);
@@ -841,17 +841,19 @@ fn a_reused_incarnation_that_got_further_is_found_by_the_removals_a_peer_reports
     for (conn, key) in [(1, "y1"), (2, "y2"), (3, "y3")] {
         c.shard("a").track(conn, "lobby", key, meta("{}")).unwrap();
     }
-    c.shard("b").track(9, "lobby", "bea", meta("{}")).unwrap();
     c.take_diffs("a");
-    // b has observed dots 1 and 2 already, so it takes y1 and y2 for stale copies of removed
-    // presences and reports them removed; a still holds them, so its id was used before.
+    // b has observed dots 1 and 2 already and admits only y3; once it has seen dots 1 to 3, as
+    // many as a claims, it holds y3 where a holds y1, y2 and y3.
     c.ticks(4);
+    assert!(c
+        .take_events("b")
+        .contains(&ReplicaEvent::Reused(rid("a", 1))));
     assert_eq!(reincarnations(&c.take_events("a")).len(), 1);
-    assert_eq!(c.keys("b", "lobby"), ["bea", "y1", "y2", "y3"]);
-    assert_eq!(c.keys("a", "lobby"), ["bea", "y1", "y2", "y3"]);
-    // In the call that saw it, a reported bea's join and moved its own presences to new refs.
+    assert_eq!(c.keys("b", "lobby"), ["y1", "y2", "y3"]);
+    assert_eq!(c.keys("a", "lobby"), ["y1", "y2", "y3"]);
+    // a moved its own presences to new refs: a leave and a join each.
     let diffs = c.take_diffs("a");
-    assert_eq!(joined(&diffs, "lobby"), ["bea", "y1", "y2", "y3"]);
+    assert_eq!(joined(&diffs, "lobby"), ["y1", "y2", "y3"]);
     assert_eq!(left(&diffs, "lobby"), ["y1", "y2", "y3"]);
 }
 
@@ -954,4 +956,30 @@ fn a_late_heartbeat_of_a_replica_permdowned_for_silence_is_ignored_and_answered(
         b.receive("a", hello, 1_900).events,
         [ReplicaEvent::Up(rid("a", 2))]
     );
+}
+
+#[test]
+fn a_reused_incarnation_with_as_many_dots_as_its_predecessor_is_found_by_the_digest() {
+    let mut c = Cluster::new(&["a", "b"]);
+    c.shard("a").track(1, "lobby", "ann", meta("{}")).unwrap();
+    c.shard("a").track(2, "lobby", "cat", meta("{}")).unwrap();
+    c.ticks(3);
+    assert_eq!(c.keys("b", "lobby"), ["ann", "cat"]);
+    c.kill("a");
+    c.ticks(6); // a#1 is down at b, its presences hidden
+    assert!(c.keys("b", "lobby").is_empty());
+    c.start("a", 1);
+    c.shard("a").track(1, "lobby", "bob", meta("{}")).unwrap();
+    c.shard("a").track(2, "lobby", "eve", meta("{}")).unwrap();
+    // The delta with bob and eve is lost: b has seen dots 1 and 2 of a#1, a has made dots 1 and
+    // 2, so neither side is behind and no transfer would ever carry bob and eve.
+    c.cut.insert(("a".into(), "b".into()));
+    c.tick();
+    c.cut.clear();
+    c.ticks(5);
+    assert!(c
+        .take_events("b")
+        .contains(&ReplicaEvent::Reused(rid("a", 1))));
+    assert_eq!(reincarnations(&c.take_events("a")).len(), 1);
+    assert_eq!(c.keys("b", "lobby"), ["bob", "eve"]);
 }

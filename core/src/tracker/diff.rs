@@ -277,3 +277,39 @@ impl DiffBuilder {
         Diff { topics }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracker::meta::Meta;
+
+    fn presence(replica_hash: u64, counter: u64) -> Presence {
+        Presence {
+            meta_json: Meta::empty(),
+            phx_ref: PhxRef {
+                replica_hash,
+                counter,
+            },
+            phx_ref_prev: None,
+        }
+    }
+
+    #[test]
+    fn a_join_and_a_leave_cancel_only_for_the_same_presence() {
+        let topic: Arc<str> = Arc::from("t");
+        let key: Arc<str> = Arc::from("k");
+        let mut d = DiffBuilder::default();
+        d.begin();
+        d.record(true, &topic, &key, presence(1, 5));
+        d.begin();
+        // The same counter under another replica (a new incarnation in the same slot).
+        d.record(false, &topic, &key, presence(2, 5));
+        d.begin();
+        d.record(false, &topic, &key, presence(1, 5));
+        let diff = d.finish();
+        let t = diff.topic("t").unwrap();
+        assert!(t.joins.is_empty());
+        assert_eq!(t.leaves.len(), 1);
+        assert_eq!(t.leaves[0].1.phx_ref, presence(2, 5).phx_ref);
+    }
+}

@@ -16,7 +16,7 @@ use super::meta::Meta;
 use super::replica::ReplicaId;
 
 /// The first byte of every encoded [`ReplicationMessage`].
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// A version vector as sent between replicas: `(replica, highest contiguous counter seen)`.
 ///
@@ -50,6 +50,10 @@ pub enum ReplicationMessage {
         clock: Clock,
         /// The changes since the previous delta heartbeat, if any.
         delta: Option<StatePayload>,
+        /// A digest of the sender's own presences as of its clock entry for itself: a peer that
+        /// has observed exactly those dots holds the same presences, unless another process made
+        /// dots under the same replica id.
+        digest: u64,
     },
     /// Sent to one peer whose clock showed something we lack.
     TransferRequest {
@@ -345,6 +349,7 @@ mod tests {
             from: ReplicaId::new("a", 1),
             clock: Clock::default(),
             delta: Some(p),
+            digest: 0,
         };
         assert!(matches!(
             ReplicationMessage::decode(&m.encode().unwrap()),

@@ -23,15 +23,16 @@
 //!   once per broadcast period), because a process still running as it must take a new
 //!   incarnation to be seen again. Retired entries expire `permdown_period_ms` after retirement.
 //! * A replica id used by two processes (an incarnation reused, say a boot counter that went
-//!   back) shows up as dots of our id that this process did not make, and only this process can
-//!   tell, since only it knows which dots it made: a peer's delta or state counting more of them
-//!   than we made, holding another element under one of them, or reporting one we still hold as
-//!   removed (a peer re-gossips as removed every dot a payload carries an element for that it
-//!   observed without it: see [`State`]'s merge); or a peer that observed more of our dots than
-//!   our heartbeat claims answering with [`ReplicationMessage::Observed`]. The shard then takes
-//!   a new incarnation (derived from the old one, the time and its counter), re-tracks its
-//!   presences under it and reports [`ReplicaEvent::Reincarnated`]; peers replace the reused id
-//!   like any restart. So does a [`ReplicationMessage::Retired`] naming our own id.
+//!   back) is found by comparing what a heartbeat claims with what was observed of its sender.
+//!   Each heartbeat carries the sender's counter and a digest of its own presences. A peer that
+//!   has observed exactly the dots up to that counter must hold the same presences: if it holds
+//!   others, it reports [`ReplicaEvent::Reused`], retires the sender and tells it with
+//!   [`ReplicationMessage::Retired`]. A peer that observed more dots than the counter answers
+//!   with [`ReplicationMessage::Observed`]: the heartbeat may just be late, but a shard that made
+//!   fewer dots than a peer observed knows its id was used before.
+//! * A shard told either takes a new incarnation (derived from the old one, the time and its
+//!   counter; at most once per `down_period_ms`), re-tracks its presences under it and reports
+//!   [`ReplicaEvent::Reincarnated`]; peers replace the old id like any restart.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -426,6 +427,7 @@ impl Shard {
                 from: self.replica().clone(),
                 clock: self.state.clock(),
                 delta,
+                digest: self.state.own_digest(),
             },
         });
     }
@@ -614,27 +616,20 @@ impl Shard {
             }
             return out.finish();
         }
-        let reused = match &message {
-            ReplicationMessage::Heartbeat { delta, .. } => {
-                delta.as_ref().is_some_and(|d| self.state.shows_reuse(d))
-            }
-            ReplicationMessage::TransferAck { payload, .. } => self.state.shows_reuse(payload),
-            ReplicationMessage::Observed {
-                replica, counter, ..
-            } => replica == self.replica() && *counter > self.state.made(),
-            _ => false,
-        };
-        if reused {
-            self.reused.get_or_insert(sender.clone());
-        }
         match message {
-            ReplicationMessage::Heartbeat { clock, delta, .. } => {
+            ReplicationMessage::Heartbeat {
+                clock,
+                delta,
+                digest,
+                ..
+            } => {
                 self.heard_from(&sender, now_ms, &mut out);
                 if let Some(delta) = delta {
                     self.merge(&delta, &mut out);
                 }
-                self.check_claim(&sender, &clock, now_ms, &mut out);
-                self.pending_clocks.insert(sender, clock);
+                if self.check_claim(&sender, &clock, digest, now_ms, &mut out) {
+                    self.pending_clocks.insert(sender, clock);
+                }
             }
             ReplicationMessage::TransferRequest {
                 request_id, clock, ..
@@ -665,33 +660,75 @@ impl Shard {
                     _ => self.retire(&sender, now_ms),
                 }
             }
-            ReplicationMessage::Observed { .. } | ReplicationMessage::Retired { .. } => {}
+            ReplicationMessage::Observed {
+                replica, counter, ..
+            } => {
+                if replica == *self.replica() && counter > self.state.made() {
+                    self.reused.get_or_insert(sender);
+                }
+            }
+            ReplicationMessage::Retired { .. } => {}
         }
         self.reincarnate_if_reused(now_ms, &mut out);
         out.finish()
     }
 
-    /// Answers a heartbeat whose sender claims fewer of its own dots than we observed with what
-    /// we observed (at most once per broadcast period per peer): the heartbeat is late, or the
-    /// sender's id was used by another process before, which only the sender can tell.
-    fn check_claim(&mut self, sender: &ReplicaId, clock: &Clock, now_ms: u64, out: &mut Pending) {
+    /// Checks a heartbeat's claim about the sender's own dots against what we observed of them.
+    /// Observed more than it claims: the heartbeat is late, or another process used the sender's
+    /// id before, which only the sender can tell, so it is told with
+    /// [`ReplicationMessage::Observed`] (at most once per broadcast period). Observed exactly
+    /// what it claims but hold other presences for them: another process made dots under that id,
+    /// so it is retired like a dead replica and told so at once with
+    /// [`ReplicationMessage::Retired`] (its process moves to a new incarnation). False if the
+    /// sender was retired.
+    fn check_claim(
+        &mut self,
+        sender: &ReplicaId,
+        clock: &Clock,
+        digest: u64,
+        now_ms: u64,
+        out: &mut Pending,
+    ) -> bool {
         let claimed = clock.get(sender).unwrap_or(0);
+        if self.state.digest_differs(sender, claimed, digest) == Some(true) {
+            out.events.push(ReplicaEvent::Reused(sender.clone()));
+            if self
+                .peers
+                .get(&sender.node)
+                .is_some_and(|p| p.id == *sender && p.status == ReplicaStatus::Up)
+            {
+                self.down(sender, out);
+            }
+            self.permdown(sender, now_ms, out);
+            // It is alive (this is its heartbeat): tell it now rather than at the next one.
+            if let Some(retired) = self.retired.get_mut(sender) {
+                retired.noticed_ms = Some(now_ms);
+            }
+            out.messages.push(Outgoing {
+                to: Destination::Replica(sender.clone()),
+                message: ReplicationMessage::Retired {
+                    from: self.replica().clone(),
+                    replica: sender.clone(),
+                },
+            });
+            return false;
+        }
         let Some(counter) = self
             .state
             .observed_max(sender)
             .filter(|seen| *seen > claimed)
         else {
-            return;
+            return true;
         };
         let period = self.config.broadcast_period_ms;
         let Some(peer) = self.peers.get_mut(&sender.node).filter(|p| p.id == *sender) else {
-            return;
+            return true;
         };
         if peer
             .observed_sent_ms
             .is_some_and(|t| now_ms < t.saturating_add(period))
         {
-            return;
+            return true;
         }
         peer.observed_sent_ms = Some(now_ms);
         out.messages.push(Outgoing {
@@ -702,6 +739,7 @@ impl Shard {
                 counter,
             },
         });
+        true
     }
 
     /// Takes a new incarnation if a peer showed that our replica id is in use by another process

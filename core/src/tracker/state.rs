@@ -9,12 +9,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::hash::Hasher;
 use std::sync::Arc;
 
 use super::diff::{key_prefix, key_tail_cmp, Diff, DiffBuilder};
 use super::message::{Clock, PayloadKind, StatePayload, WireElement};
-use super::meta::{replica_hash, Meta, PhxRef, Presence};
-use super::replica::{FxHashMap, FxHashSet, ReplicaId, ReplicaStatus};
+use super::meta::{mix64, replica_hash, Meta, PhxRef, Presence};
+use super::replica::{FxHashMap, FxHashSet, FxHasher, ReplicaId, ReplicaStatus};
 
 /// Index of a replica in one state's replica table (never sent over the wire).
 pub(crate) type Rx = u32;
@@ -40,13 +41,17 @@ pub(crate) struct Element {
 }
 
 impl Element {
-    /// True if the wire element `v` (in `topic`) is this element.
-    fn is(&self, v: &WireElement, topic: &str) -> bool {
-        self.conn == v.conn
-            && self.prev == v.prev
-            && *self.topic == *topic
-            && self.key == v.key
-            && self.meta == v.meta
+    /// A hash of this element as the one created at `counter`, for the per-replica digests.
+    fn hash(&self, counter: u64) -> u64 {
+        let mut h = FxHasher::default();
+        h.write_u64(counter);
+        h.write_u64(self.conn);
+        h.write_u64(self.prev.map_or(0, |p| p.wrapping_add(1)));
+        for text in [&*self.topic, &*self.key, self.meta.as_str()] {
+            h.write_usize(text.len());
+            h.write(text.as_bytes());
+        }
+        mix64(h.finish())
     }
 }
 
@@ -59,6 +64,9 @@ struct Slot {
     /// Observed dots beyond `context`.
     cloud: BTreeSet<u64>,
     up: bool,
+    /// XOR of [`Element::hash`] over the stored elements of this replica: equal on every replica
+    /// that observed the same dots of it.
+    digest: u64,
 }
 
 /// The dots of one local connection (usually one: no allocation then).
@@ -330,6 +338,7 @@ impl State {
             context: None,
             cloud: BTreeSet::new(),
             up: false,
+            digest: 0,
         });
         self.by_id.insert(id.clone(), r);
         r
@@ -403,11 +412,13 @@ impl State {
         if self.visible(dot.r) {
             diff.record(true, &el.topic, &el.key, self.presence(dot, &el));
         }
+        self.slot_mut(dot.r).digest ^= el.hash(dot.c);
         self.values.insert(dot, el);
     }
 
     fn remove_value(&mut self, dot: Dot, diff: &mut DiffBuilder) -> Option<Element> {
         let el = self.values.remove(&dot)?;
+        self.slot_mut(dot.r).digest ^= el.hash(dot.c);
         let hash = self.slot(dot.r).hash;
         let entry = TopicEntry {
             prefix: key_prefix(&el.key),
@@ -779,9 +790,7 @@ impl State {
 
     /// Merges a delta or a full state received from a peer and returns what became visible or
     /// invisible. Data of replicas this state does not know is ignored; own presences are never
-    /// removed because of remote information (this replica is their only authority). An element
-    /// carried for a dot already observed without it is stale: it is not admitted, and the dot
-    /// goes into the pending delta as removed, so the peer that still has it learns the removal.
+    /// removed because of remote information (this replica is their only authority).
     pub fn merge(&mut self, p: &StatePayload) -> Diff {
         let mut diff = DiffBuilder::default();
         self.merge_into(p, &mut diff);
@@ -862,7 +871,6 @@ impl State {
         // Joins: elements whose dot we never observed.
         let topics: Vec<Arc<str>> = p.topics.iter().map(|t| self.intern_topic(t)).collect();
         let mut joins: Vec<(u32, Dot, &WireElement)> = Vec::new();
-        let mut stale: Vec<Dot> = Vec::new();
         for v in &p.values {
             let Some(r) = at(v.replica).filter(|_| (v.topic as usize) < topics.len()) else {
                 continue;
@@ -870,22 +878,7 @@ impl State {
             let dot = Dot { r, c: v.counter };
             if !self.observed(dot) {
                 joins.push((v.topic, dot, v));
-            } else if self
-                .values
-                .get(&dot)
-                .is_none_or(|el| !el.is(v, &topics[v.topic as usize]))
-            {
-                stale.push(dot);
             }
-        }
-        // A value for a dot we observed without it: the sender missed the removal, or two
-        // processes ran as one replica (a reused incarnation). Either way the dot is re-gossiped
-        // as removed: a lagging peer learns the removal, and an owner that still holds the
-        // element learns that its incarnation is in use twice. A stored element that differs
-        // from the value can only come from such a reuse and goes too.
-        for dot in stale {
-            self.remove_value(dot, diff);
-            self.delta_note_removed(dot);
         }
         self.values.reserve(joins.len());
         diff.reserve(joins.len());
@@ -932,6 +925,7 @@ impl State {
                 if self.visible(dot.r) {
                     diff.record(true, &el.topic, &el.key, self.presence(dot, &el));
                 }
+                self.slots[dot.r as usize].digest ^= el.hash(dot.c);
                 self.values.insert(dot, el);
                 // Mark the dot observed, unless the remote context is about to cover it anyway.
                 if rctx.get(&dot.r).is_none_or(|c| dot.c > *c) {
@@ -971,57 +965,25 @@ impl State {
         self.context_of(ME).unwrap_or(0)
     }
 
-    /// True if `p` (a peer's delta or state) shows dots of this replica that this process did not
-    /// make as shown: a counter beyond ours, an element that is not ours, or a dot we still hold
-    /// reported as removed (only we remove our elements). Then another process ran under the same
-    /// replica id. A full state leaves our elements out, so only its counters are checked.
-    pub(crate) fn shows_reuse(&self, p: &StatePayload) -> bool {
-        let me = self.replica();
-        let mine: Vec<u32> = (0..p.replicas.len() as u32)
-            .filter(|i| p.replicas.get(*i as usize) == Some(me))
-            .collect();
-        if mine.is_empty() {
-            return false;
-        }
-        let made = self.context_of(ME).unwrap_or(0);
-        let beyond = match &p.kind {
-            PayloadKind::Full { context } => {
-                context.iter().any(|(i, c)| *c > made && mine.contains(i))
-            }
-            PayloadKind::Delta { range } => range
-                .iter()
-                .any(|(i, _, end)| *end > made && mine.contains(i)),
-        };
-        if beyond {
-            return true;
-        }
-        let mut valued: FxHashSet<u64> = FxHashSet::default();
-        for v in p.values.iter().filter(|v| mine.contains(&v.replica)) {
-            if v.counter > made {
-                return true;
-            }
-            let ours = self.values.get(&Dot {
-                r: ME,
-                c: v.counter,
-            });
-            let topic = p.topics.get(v.topic as usize);
-            if let (Some(el), Some(topic)) = (ours, topic) {
-                if !el.is(v, topic) {
-                    return true;
-                }
-            }
-            valued.insert(v.counter);
-        }
-        p.clouds
-            .iter()
-            .filter(|(i, _)| mine.contains(i))
-            .flat_map(|(_, dots)| dots.iter())
-            .any(|c| {
-                *c > made
-                    || (!p.is_full()
-                        && !valued.contains(c)
-                        && self.values.contains_key(&Dot { r: ME, c: *c }))
-            })
+    /// The digest of this replica's own presences (see [`digest_differs`](Self::digest_differs)).
+    pub(crate) fn own_digest(&self) -> u64 {
+        self.slot(ME).digest
+    }
+
+    /// Whether what we hold of `replica` differs from what it holds itself, when it reported
+    /// `digest` at counter `counter`. Comparable only when we have observed exactly its dots
+    /// `1..=counter` (context `counter`, nothing beyond): then, for one process, both sides hold
+    /// the same elements, so a difference means that another process made dots under the same
+    /// id. `None` when not comparable.
+    pub(crate) fn digest_differs(
+        &self,
+        replica: &ReplicaId,
+        counter: u64,
+        digest: u64,
+    ) -> Option<bool> {
+        let slot = self.slot(self.known(replica)?);
+        let exact = slot.context == Some(counter) && slot.cloud.is_empty();
+        exact.then_some(slot.digest != digest)
     }
 
     /// Moves this replica to a new identity `replica` (same node, new incarnation): its own
