@@ -16,7 +16,7 @@ use super::meta::Meta;
 use super::replica::ReplicaId;
 
 /// The first byte of every encoded [`ReplicationMessage`].
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// A version vector as sent between replicas: `(replica, highest contiguous counter seen)`.
 ///
@@ -50,6 +50,10 @@ pub enum ReplicationMessage {
         clock: Clock,
         /// The changes since the previous delta heartbeat, if any.
         delta: Option<StatePayload>,
+        /// A digest of the sender's own presences as of its clock entry for itself: a peer that
+        /// has observed exactly those dots holds the same presences, unless another process made
+        /// dots under the same replica id.
+        digest: u64,
     },
     /// Sent to one peer whose clock showed something we lack.
     TransferRequest {
@@ -75,6 +79,28 @@ pub enum ReplicationMessage {
     GracefulPermdown {
         /// The replica that is going away.
         from: ReplicaId,
+    },
+    /// Sent to the node of `replica` when a heartbeat of `replica` claims fewer of its own dots
+    /// than the sender has observed: either the heartbeat is late, or another process used the
+    /// same replica id before. A shard that is `replica` and made fewer than `counter` dots knows
+    /// it is the second case and takes a new incarnation.
+    Observed {
+        /// The shard that observed the dots.
+        from: ReplicaId,
+        /// The replica whose dots were observed.
+        replica: ReplicaId,
+        /// The highest counter of `replica` the sender has observed.
+        counter: u64,
+    },
+    /// Sent to the node of `replica` when a heartbeat of `replica` reaches a shard that has
+    /// retired it (another incarnation of that node was heard, it shut down gracefully, or it was
+    /// silent for `permdown_period_ms`): the sender ignores it from now on. A shard that is
+    /// `replica` itself takes a new incarnation, so that the sender sees it again.
+    Retired {
+        /// The shard that retired `replica`.
+        from: ReplicaId,
+        /// The retired replica.
+        replica: ReplicaId,
     },
 }
 
@@ -212,7 +238,9 @@ impl ReplicationMessage {
             ReplicationMessage::Heartbeat { from, .. }
             | ReplicationMessage::TransferRequest { from, .. }
             | ReplicationMessage::TransferAck { from, .. }
-            | ReplicationMessage::GracefulPermdown { from } => from,
+            | ReplicationMessage::GracefulPermdown { from }
+            | ReplicationMessage::Observed { from, .. }
+            | ReplicationMessage::Retired { from, .. } => from,
         }
     }
 
@@ -321,6 +349,7 @@ mod tests {
             from: ReplicaId::new("a", 1),
             clock: Clock::default(),
             delta: Some(p),
+            digest: 0,
         };
         assert!(matches!(
             ReplicationMessage::decode(&m.encode().unwrap()),

@@ -9,12 +9,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::hash::Hasher;
 use std::sync::Arc;
 
 use super::diff::{key_prefix, key_tail_cmp, Diff, DiffBuilder};
 use super::message::{Clock, PayloadKind, StatePayload, WireElement};
-use super::meta::{replica_hash, Meta, PhxRef, Presence};
-use super::replica::{FxHashMap, FxHashSet, ReplicaId, ReplicaStatus};
+use super::meta::{mix64, replica_hash, Meta, PhxRef, Presence};
+use super::replica::{FxHashMap, FxHashSet, FxHasher, ReplicaId, ReplicaStatus};
 
 /// Index of a replica in one state's replica table (never sent over the wire).
 pub(crate) type Rx = u32;
@@ -39,6 +40,21 @@ pub(crate) struct Element {
     pub(crate) prev: Option<u64>,
 }
 
+impl Element {
+    /// A hash of this element as the one created at `counter`, for the per-replica digests.
+    fn hash(&self, counter: u64) -> u64 {
+        let mut h = FxHasher::default();
+        h.write_u64(counter);
+        h.write_u64(self.conn);
+        h.write_u64(self.prev.map_or(0, |p| p.wrapping_add(1)));
+        for text in [&*self.topic, &*self.key, self.meta.as_str()] {
+            h.write_usize(text.len());
+            h.write(text.as_bytes());
+        }
+        mix64(h.finish())
+    }
+}
+
 #[derive(Clone)]
 struct Slot {
     id: ReplicaId,
@@ -48,6 +64,9 @@ struct Slot {
     /// Observed dots beyond `context`.
     cloud: BTreeSet<u64>,
     up: bool,
+    /// XOR of [`Element::hash`] over the stored elements of this replica: equal on every replica
+    /// that observed the same dots of it.
+    digest: u64,
 }
 
 /// The dots of one local connection (usually one: no allocation then).
@@ -319,6 +338,7 @@ impl State {
             context: None,
             cloud: BTreeSet::new(),
             up: false,
+            digest: 0,
         });
         self.by_id.insert(id.clone(), r);
         r
@@ -390,13 +410,15 @@ impl State {
             }
         }
         if self.visible(dot.r) {
-            diff.record(dot, true, &el.topic, &el.key, self.presence(dot, &el));
+            diff.record(true, &el.topic, &el.key, self.presence(dot, &el));
         }
+        self.slot_mut(dot.r).digest ^= el.hash(dot.c);
         self.values.insert(dot, el);
     }
 
     fn remove_value(&mut self, dot: Dot, diff: &mut DiffBuilder) -> Option<Element> {
         let el = self.values.remove(&dot)?;
+        self.slot_mut(dot.r).digest ^= el.hash(dot.c);
         let hash = self.slot(dot.r).hash;
         let entry = TopicEntry {
             prefix: key_prefix(&el.key),
@@ -420,7 +442,7 @@ impl State {
             self.own.remove(&el.conn);
         }
         if self.visible(dot.r) {
-            diff.record(dot, false, &el.topic, &el.key, self.presence(dot, &el));
+            diff.record(false, &el.topic, &el.key, self.presence(dot, &el));
         }
         Some(el)
     }
@@ -901,8 +923,9 @@ impl State {
                     prev: v.prev,
                 };
                 if self.visible(dot.r) {
-                    diff.record(dot, true, &el.topic, &el.key, self.presence(dot, &el));
+                    diff.record(true, &el.topic, &el.key, self.presence(dot, &el));
                 }
+                self.slots[dot.r as usize].digest ^= el.hash(dot.c);
                 self.values.insert(dot, el);
                 // Mark the dot observed, unless the remote context is about to cover it anyway.
                 if rctx.get(&dot.r).is_none_or(|c| dot.c > *c) {
@@ -928,6 +951,73 @@ impl State {
             slot.context = Some(slot.context.unwrap_or(0).max(c));
         }
         self.compact();
+    }
+
+    /// The highest counter of `replica` observed (in the context or the cloud), if it is known.
+    pub(crate) fn observed_max(&self, replica: &ReplicaId) -> Option<u64> {
+        let slot = self.slot(self.known(replica)?);
+        let context = slot.context.unwrap_or(0);
+        Some(slot.cloud.last().map_or(context, |c| context.max(*c)))
+    }
+
+    /// How many dots this replica made (its own counter).
+    pub(crate) fn made(&self) -> u64 {
+        self.context_of(ME).unwrap_or(0)
+    }
+
+    /// The digest of this replica's own presences (see [`digest_differs`](Self::digest_differs)).
+    pub(crate) fn own_digest(&self) -> u64 {
+        self.slot(ME).digest
+    }
+
+    /// Whether what we hold of `replica` differs from what it holds itself, when it reported
+    /// `digest` at counter `counter`. Comparable only when we have observed exactly its dots
+    /// `1..=counter` (context `counter`, nothing beyond): then, for one process, both sides hold
+    /// the same elements, so a difference means that another process made dots under the same
+    /// id. `None` when not comparable.
+    pub(crate) fn digest_differs(
+        &self,
+        replica: &ReplicaId,
+        counter: u64,
+        digest: u64,
+    ) -> Option<bool> {
+        let slot = self.slot(self.known(replica)?);
+        let exact = slot.context == Some(counter) && slot.cloud.is_empty();
+        exact.then_some(slot.digest != digest)
+    }
+
+    /// Moves this replica to a new identity `replica` (same node, new incarnation): its own
+    /// presences are taken over by the new identity, numbered from 1 again, each reported as a
+    /// leave of the old `phx_ref` and a join of the new one. Nothing else changes: what this
+    /// replica knows of its peers stays.
+    pub(crate) fn reincarnate_into(&mut self, replica: ReplicaId, diff: &mut DiffBuilder) {
+        diff.begin();
+        let mut own: Vec<(u64, Element)> = self
+            .values
+            .iter()
+            .filter(|(dot, _)| dot.r == ME)
+            .map(|(dot, el)| (dot.c, el.clone()))
+            .collect();
+        own.sort_unstable_by_key(|(c, _)| *c);
+        for (c, _) in &own {
+            self.remove_value(Dot { r: ME, c: *c }, diff);
+        }
+        let previous = self.replica().clone();
+        self.by_id.remove(&previous);
+        self.by_id.insert(replica.clone(), ME);
+        let slot = self.slot_mut(ME);
+        slot.hash = replica_hash(&replica.node, replica.incarnation);
+        slot.id = replica;
+        slot.context = Some(0);
+        slot.cloud.clear();
+        self.pending.start = 0;
+        self.pending.clouds.remove(&ME);
+        for (_, el) in own {
+            let c = self.bump();
+            // The replaced version belongs to the old identity: nothing to point back to.
+            let el = Element { prev: None, ..el };
+            self.insert_value(Dot { r: ME, c }, el, diff);
+        }
     }
 
     /// Marks a replica up (learning it if new) and returns its stored presences as joins.
@@ -972,7 +1062,7 @@ impl State {
     fn report_replica(&self, r: Rx, join: bool, diff: &mut DiffBuilder) {
         for (dot, el) in &self.values {
             if dot.r == r {
-                diff.record(*dot, join, &el.topic, &el.key, self.presence(*dot, el));
+                diff.record(join, &el.topic, &el.key, self.presence(*dot, el));
             }
         }
     }
