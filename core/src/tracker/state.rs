@@ -253,7 +253,7 @@ impl std::error::Error for NoPresence {}
 ///
 /// # Two upstream bugs this design avoids
 ///
-/// * **Stale-transfer resurrection (phoenix_pubsub #148).** Phoenix deletes a removed element's dot
+/// * **Stale-transfer resurrection.** Phoenix deletes a removed element's dot
 ///   from the cloud when it observes the removal, so the replica forgets it ever saw that dot, and
 ///   a late full-state transfer from a lagging peer re-admits the old element. Here an observed dot
 ///   is never forgotten while its replica is known: removals leave the dot in the cloud (or in the
@@ -261,7 +261,7 @@ impl std::error::Error for NoPresence {}
 ///   dot is created once and removed at most once, so "observed" is monotone and a stale payload
 ///   can only repeat facts already known. Only a permdown forgets a replica, and then everything of
 ///   that replica is ignored until it is heard from again.
-/// * **Add-add divergence (phoenix_pubsub #214).** Phoenix stores one row per `(topic, pid, key)`,
+/// * **Add-add divergence.** Phoenix stores one row per `(topic, pid, key)`,
 ///   so two elements with different dots for the same row overwrite each other in merge order.
 ///   Here elements are stored *by dot*; the `(topic, connection, key)` index is only for the owner's
 ///   own connections. Two dots for the same row are two elements, each kept or removed by the same
@@ -620,7 +620,7 @@ impl State {
     }
 
     /// The clock advertised to peers: the context of every replica this state knows and
-    /// considers up (down replicas are left out, see pubsub #135).
+    /// considers up (down replicas are left out, as in Phoenix).
     pub fn clock(&self) -> Clock {
         let mut entries: Vec<(ReplicaId, u64)> = self
             .slots
