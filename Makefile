@@ -30,6 +30,7 @@ setup:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	python3 scripts/module_graph.py server/src >/dev/null
 	cd npm && node_modules/.bin/biome check . && node_modules/.bin/tsc -p tsconfig.json
 
 rust-test:
