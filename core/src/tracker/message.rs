@@ -50,10 +50,12 @@ pub enum ReplicationMessage {
         clock: Clock,
         /// The changes since the previous delta heartbeat, if any.
         delta: Option<StatePayload>,
-        /// A digest of the sender's own presences as of its clock entry for itself: a peer that
-        /// has observed exactly those dots holds the same presences, unless another process made
-        /// dots under the same replica id.
-        digest: u64,
+        /// For each entry of `clock`, in order: the highest counter of that replica the sender
+        /// has observed (beyond the clock's counter if it saw later dots out of order) and a
+        /// digest of the sender's stored presences of that replica. A replica that has made
+        /// exactly that many dots holds the same presences, unless another process made dots
+        /// under its id; see [`Shard`](super::Shard).
+        seen: Vec<(u64, u64)>,
     },
     /// Sent to one peer whose clock showed something we lack.
     TransferRequest {
@@ -79,18 +81,6 @@ pub enum ReplicationMessage {
     GracefulPermdown {
         /// The replica that is going away.
         from: ReplicaId,
-    },
-    /// Sent to the node of `replica` when a heartbeat of `replica` claims fewer of its own dots
-    /// than the sender has observed: either the heartbeat is late, or another process used the
-    /// same replica id before. A shard that is `replica` and made fewer than `counter` dots knows
-    /// it is the second case and takes a new incarnation.
-    Observed {
-        /// The shard that observed the dots.
-        from: ReplicaId,
-        /// The replica whose dots were observed.
-        replica: ReplicaId,
-        /// The highest counter of `replica` the sender has observed.
-        counter: u64,
     },
     /// Sent to the node of `replica` when a heartbeat of `replica` reaches a shard that has
     /// retired it (another incarnation of that node was heard, it shut down gracefully, or it was
@@ -239,7 +229,6 @@ impl ReplicationMessage {
             | ReplicationMessage::TransferRequest { from, .. }
             | ReplicationMessage::TransferAck { from, .. }
             | ReplicationMessage::GracefulPermdown { from }
-            | ReplicationMessage::Observed { from, .. }
             | ReplicationMessage::Retired { from, .. } => from,
         }
     }
@@ -266,11 +255,17 @@ impl ReplicationMessage {
 
     pub(crate) fn validate(&self) -> Result<(), &'static str> {
         match self {
-            ReplicationMessage::Heartbeat { delta: Some(p), .. } => {
-                if p.is_full() {
-                    return Err("a heartbeat carries a delta, not a full state");
+            ReplicationMessage::Heartbeat {
+                clock, delta, seen, ..
+            } => {
+                if seen.len() != clock.entries.len() {
+                    return Err("a heartbeat's observations do not match its clock");
                 }
-                p.validate()
+                match delta {
+                    Some(p) if p.is_full() => Err("a heartbeat carries a delta, not a full state"),
+                    Some(p) => p.validate(),
+                    None => Ok(()),
+                }
             }
             ReplicationMessage::TransferAck { payload, .. } => payload.validate(),
             _ => Ok(()),
@@ -349,7 +344,7 @@ mod tests {
             from: ReplicaId::new("a", 1),
             clock: Clock::default(),
             delta: Some(p),
-            digest: 0,
+            seen: Vec::new(),
         };
         assert!(matches!(
             ReplicationMessage::decode(&m.encode().unwrap()),

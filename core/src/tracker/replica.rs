@@ -64,10 +64,6 @@ pub enum ReplicaEvent {
     /// `permdown_period_ms`, replaced by another incarnation of its node, or it announced a
     /// graceful shutdown.
     Permdown(ReplicaId),
-    /// A peer's heartbeat showed other presences under its dots than we hold for the same dots:
-    /// two processes ran under its replica id (an incarnation reused). It is retired here (a
-    /// `Down` and `Permdown` follow); its process is told so and moves to a new incarnation.
-    Reused(ReplicaId),
     /// This shard's own replica id turned out to be in use by another process too (an
     /// incarnation reused), or a peer had retired it: the shard took a new incarnation and
     /// re-tracked its presences under it (new `phx_ref`s, reported in the same output's diff).

@@ -23,16 +23,16 @@
 //!   once per broadcast period), because a process still running as it must take a new
 //!   incarnation to be seen again. Retired entries expire `permdown_period_ms` after retirement.
 //! * A replica id used by two processes (an incarnation reused, say a boot counter that went
-//!   back) is found by comparing what a heartbeat claims with what was observed of its sender.
-//!   Each heartbeat carries the sender's counter and a digest of its own presences. A peer that
-//!   has observed exactly the dots up to that counter must hold the same presences: if it holds
-//!   others, it reports [`ReplicaEvent::Reused`], retires the sender and tells it with
-//!   [`ReplicationMessage::Retired`]. A peer that observed more dots than the counter answers
-//!   with [`ReplicationMessage::Observed`]: the heartbeat may just be late, but a shard that made
-//!   fewer dots than a peer observed knows its id was used before.
-//! * A shard told either takes a new incarnation (derived from the old one, the time and its
-//!   counter; at most once per `down_period_ms`), re-tracks its presences under it and reports
-//!   [`ReplicaEvent::Reincarnated`]; peers replace the old id like any restart.
+//!   back) is found by the process that reuses it, the only one that knows which dots it made.
+//!   Each heartbeat carries, for every replica of its clock, the highest counter the sender has
+//!   observed of it and a digest of the presences it holds of it. A shard that made fewer dots
+//!   than a peer observed of its id, or exactly as many and all of them observed but with another
+//!   digest, knows that another process made dots under its id: a peer that saw every dot one
+//!   process made saw every add and removal it made.
+//! * A shard that finds its id reused, or is told it is retired, takes a new incarnation (derived
+//!   from the old one, the time and its counter; at most once per `down_period_ms`), re-tracks its
+//!   presences under it and reports [`ReplicaEvent::Reincarnated`]; peers replace the old id like
+//!   any restart.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -210,8 +210,6 @@ struct Peer {
     id: ReplicaId,
     last_heard_ms: u64,
     status: ReplicaStatus,
-    /// When a heartbeat of it was last answered with [`ReplicationMessage::Observed`].
-    observed_sent_ms: Option<u64>,
 }
 
 /// A replica given up for good, whose messages are ignored until `until_ms`.
@@ -427,7 +425,7 @@ impl Shard {
                 from: self.replica().clone(),
                 clock: self.state.clock(),
                 delta,
-                digest: self.state.own_digest(),
+                seen: self.state.seen(),
             },
         });
     }
@@ -532,7 +530,6 @@ impl Shard {
                         id: sender.clone(),
                         last_heard_ms: now_ms,
                         status: ReplicaStatus::Up,
-                        observed_sent_ms: None,
                     },
                 );
                 self.up(sender, out);
@@ -559,7 +556,6 @@ impl Shard {
                         id: sender.clone(),
                         last_heard_ms: now_ms,
                         status: ReplicaStatus::Up,
-                        observed_sent_ms: None,
                     },
                 );
                 self.up(sender, out);
@@ -618,18 +614,16 @@ impl Shard {
         }
         match message {
             ReplicationMessage::Heartbeat {
-                clock,
-                delta,
-                digest,
-                ..
+                clock, delta, seen, ..
             } => {
+                if self.state.reused_in(&clock, &seen) {
+                    self.reused.get_or_insert(sender.clone());
+                }
                 self.heard_from(&sender, now_ms, &mut out);
                 if let Some(delta) = delta {
                     self.merge(&delta, &mut out);
                 }
-                if self.check_claim(&sender, &clock, digest, now_ms, &mut out) {
-                    self.pending_clocks.insert(sender, clock);
-                }
+                self.pending_clocks.insert(sender, clock);
             }
             ReplicationMessage::TransferRequest {
                 request_id, clock, ..
@@ -660,86 +654,10 @@ impl Shard {
                     _ => self.retire(&sender, now_ms),
                 }
             }
-            ReplicationMessage::Observed {
-                replica, counter, ..
-            } => {
-                if replica == *self.replica() && counter > self.state.made() {
-                    self.reused.get_or_insert(sender);
-                }
-            }
             ReplicationMessage::Retired { .. } => {}
         }
         self.reincarnate_if_reused(now_ms, &mut out);
         out.finish()
-    }
-
-    /// Checks a heartbeat's claim about the sender's own dots against what we observed of them.
-    /// Observed more than it claims: the heartbeat is late, or another process used the sender's
-    /// id before, which only the sender can tell, so it is told with
-    /// [`ReplicationMessage::Observed`] (at most once per broadcast period). Observed exactly
-    /// what it claims but hold other presences for them: another process made dots under that id,
-    /// so it is retired like a dead replica and told so at once with
-    /// [`ReplicationMessage::Retired`] (its process moves to a new incarnation). False if the
-    /// sender was retired.
-    fn check_claim(
-        &mut self,
-        sender: &ReplicaId,
-        clock: &Clock,
-        digest: u64,
-        now_ms: u64,
-        out: &mut Pending,
-    ) -> bool {
-        let claimed = clock.get(sender).unwrap_or(0);
-        if self.state.digest_differs(sender, claimed, digest) == Some(true) {
-            out.events.push(ReplicaEvent::Reused(sender.clone()));
-            if self
-                .peers
-                .get(&sender.node)
-                .is_some_and(|p| p.id == *sender && p.status == ReplicaStatus::Up)
-            {
-                self.down(sender, out);
-            }
-            self.permdown(sender, now_ms, out);
-            // It is alive (this is its heartbeat): tell it now rather than at the next one.
-            if let Some(retired) = self.retired.get_mut(sender) {
-                retired.noticed_ms = Some(now_ms);
-            }
-            out.messages.push(Outgoing {
-                to: Destination::Replica(sender.clone()),
-                message: ReplicationMessage::Retired {
-                    from: self.replica().clone(),
-                    replica: sender.clone(),
-                },
-            });
-            return false;
-        }
-        let Some(counter) = self
-            .state
-            .observed_max(sender)
-            .filter(|seen| *seen > claimed)
-        else {
-            return true;
-        };
-        let period = self.config.broadcast_period_ms;
-        let Some(peer) = self.peers.get_mut(&sender.node).filter(|p| p.id == *sender) else {
-            return true;
-        };
-        if peer
-            .observed_sent_ms
-            .is_some_and(|t| now_ms < t.saturating_add(period))
-        {
-            return true;
-        }
-        peer.observed_sent_ms = Some(now_ms);
-        out.messages.push(Outgoing {
-            to: Destination::Replica(sender.clone()),
-            message: ReplicationMessage::Observed {
-                from: self.replica().clone(),
-                replica: sender.clone(),
-                counter,
-            },
-        });
-        true
     }
 
     /// Takes a new incarnation if a peer showed that our replica id is in use by another process

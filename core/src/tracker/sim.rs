@@ -243,7 +243,6 @@ fn kind(message: &ReplicationMessage) -> &'static str {
         ReplicationMessage::TransferAck { payload, .. } if payload.is_full() => "full transfer",
         ReplicationMessage::TransferAck { .. } => "delta transfer",
         ReplicationMessage::GracefulPermdown { .. } => "graceful permdown",
-        ReplicationMessage::Observed { .. } => "observed",
         ReplicationMessage::Retired { .. } => "retired",
     }
 }

@@ -64,8 +64,8 @@ struct Slot {
     /// Observed dots beyond `context`.
     cloud: BTreeSet<u64>,
     up: bool,
-    /// XOR of [`Element::hash`] over the stored elements of this replica: equal on every replica
-    /// that observed the same dots of it.
+    /// XOR of [`Element::hash`] over the stored elements of this replica: the same on every
+    /// replica that has observed all the dots it made.
     digest: u64,
 }
 
@@ -953,37 +953,49 @@ impl State {
         self.compact();
     }
 
-    /// The highest counter of `replica` observed (in the context or the cloud), if it is known.
-    pub(crate) fn observed_max(&self, replica: &ReplicaId) -> Option<u64> {
-        let slot = self.slot(self.known(replica)?);
-        let context = slot.context.unwrap_or(0);
-        Some(slot.cloud.last().map_or(context, |c| context.max(*c)))
-    }
-
     /// How many dots this replica made (its own counter).
     pub(crate) fn made(&self) -> u64 {
         self.context_of(ME).unwrap_or(0)
     }
 
-    /// The digest of this replica's own presences (see [`digest_differs`](Self::digest_differs)).
-    pub(crate) fn own_digest(&self) -> u64 {
-        self.slot(ME).digest
+    /// What a heartbeat says of each replica of [`clock`](Self::clock), in the same order: the
+    /// highest counter observed (context or cloud) and the digest of the stored elements.
+    pub(crate) fn seen(&self) -> Vec<(u64, u64)> {
+        let mut seen: Vec<(&ReplicaId, u64, u64)> = self
+            .slots
+            .iter()
+            .filter(|s| s.up)
+            .filter_map(|s| {
+                let context = s.context?;
+                let max = s.cloud.last().map_or(context, |c| context.max(*c));
+                Some((&s.id, max, s.digest))
+            })
+            .collect();
+        seen.sort_by(|a, b| a.0.cmp(b.0));
+        seen.into_iter()
+            .map(|(_, max, digest)| (max, digest))
+            .collect()
     }
 
-    /// Whether what we hold of `replica` differs from what it holds itself, when it reported
-    /// `digest` at counter `counter`. Comparable only when we have observed exactly its dots
-    /// `1..=counter` (context `counter`, nothing beyond): then, for one process, both sides hold
-    /// the same elements, so a difference means that another process made dots under the same
-    /// id. `None` when not comparable.
-    pub(crate) fn digest_differs(
-        &self,
-        replica: &ReplicaId,
-        counter: u64,
-        digest: u64,
-    ) -> Option<bool> {
-        let slot = self.slot(self.known(replica)?);
-        let exact = slot.context == Some(counter) && slot.cloud.is_empty();
-        exact.then_some(slot.digest != digest)
+    /// True if a peer's heartbeat (`clock` and `seen`) shows that another process made dots under
+    /// this replica's id: the peer observed more of our dots than we made, or it observed exactly
+    /// the dots we made (all of them, none missing) and holds other presences for them. For one
+    /// process that cannot be: a peer that saw every dot we made saw every add and every removal.
+    pub(crate) fn reused_in(&self, clock: &Clock, seen: &[(u64, u64)]) -> bool {
+        let me = self.replica();
+        let made = self.made();
+        clock
+            .entries
+            .iter()
+            .zip(seen)
+            .filter(|((id, _), _)| id == me)
+            .any(|((_, context), (max, digest))| {
+                *max > made || (*max == made && *context == made && *digest != self.own_digest())
+            })
+    }
+
+    fn own_digest(&self) -> u64 {
+        self.slot(ME).digest
     }
 
     /// Moves this replica to a new identity `replica` (same node, new incarnation): its own
