@@ -80,8 +80,9 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     }
 }
 
-/// Decides whether the request may read `topic`: origin, then token (when the server has a
-/// secret), then the topic must be a room, then the token's `rooms` claim must allow it.
+/// Decides whether the request may use `topic`: origin, then token (when the server has a
+/// secret), then some channel route must serve the topic, then the token's `rooms` claim must
+/// allow it.
 pub fn authorize(node: &NodeContext, headers: &HeaderMap, topic: &str) -> Result<(), ApiError> {
     let security = &node.config.security;
     check_origin(&security.allowed_origins, headers)
@@ -97,7 +98,7 @@ pub fn authorize(node: &NodeContext, headers: &HeaderMap, topic: &str) -> Result
             Some(identity)
         }
     };
-    if !node.config.rooms.iter().any(|p| p.matches(topic)) {
+    if !node.routes.serves(topic) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("not a room topic: {topic}"),
@@ -123,7 +124,7 @@ async fn listing(
 ) -> Result<(String, Value), ApiError> {
     let Path(topic) = path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     authorize(node, headers, &topic)?;
-    let presences = node.tracker.list(&topic).await;
+    let presences = node.presence.list(&topic).await;
     Ok((topic, presences))
 }
 

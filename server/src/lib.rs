@@ -22,8 +22,10 @@ pub mod api;
 pub mod channel;
 pub mod config;
 pub mod frame;
+pub mod handler;
 pub mod http;
 pub mod metrics;
+pub mod presence;
 pub mod pubsub;
 pub mod security;
 pub mod socket;
@@ -40,6 +42,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 pub use config::Config;
+pub use handler::{Channel, ChannelSocket, Joined, Refusal, Reply};
+pub use presence::Presence;
+pub use rollcall_core::protocol::Payload;
 pub use tracker::{ConnId, Tracker};
 
 use metrics::Metrics;
@@ -50,9 +55,18 @@ use transport::longpoll::{self, LongPoll};
 pub struct ServerBuilder {
     config: Config,
     pubsub: Option<Arc<dyn pubsub::PubSub>>,
+    routes: handler::Routes,
 }
 
 impl ServerBuilder {
+    /// Serves the topics matching `pattern` (an exact topic, or a prefix ending in `*`) with
+    /// `handler`. Routes are tried in the order they were added, then the presence rooms of
+    /// [`Config::rooms`]; the first match wins.
+    pub fn channel(mut self, pattern: &str, handler: impl Channel) -> Self {
+        self.routes.route(pattern, handler);
+        self
+    }
+
     /// Uses `pubsub` to reach other nodes (default: [`pubsub::Local`], one node); see
     /// [`pubsub::connect`]. The node is then known by the adapter's name
     /// ([`pubsub::PubSub::node`]), which replaces `config.node_name`.
@@ -87,8 +101,15 @@ impl ServerBuilder {
             pubsub,
             shutdown_rx.clone(),
         );
+        let mut routes = self.routes;
+        routes.extend(handler::Routes::presence_rooms(
+            &config.rooms,
+            config.max_meta_size,
+        ));
+        let mut node = NodeContext::new(config, tracker, metrics, shutdown_rx);
+        node.routes = Arc::new(routes);
         let state = http::AppState {
-            node: NodeContext::new(config, tracker, metrics, shutdown_rx),
+            node,
             open_sockets: connections,
             longpoll,
             partition,
@@ -130,6 +151,7 @@ impl Server {
         ServerBuilder {
             config,
             pubsub: None,
+            routes: handler::Routes::new(),
         }
     }
 
@@ -144,6 +166,11 @@ impl Server {
     /// The node's tracker.
     pub fn tracker(&self) -> &Tracker {
         &self.state.node.tracker
+    }
+
+    /// The node's presence: track anything, list, get by key, subscribe to changes.
+    pub fn presence(&self) -> &Presence {
+        &self.state.node.presence
     }
 
     /// The configuration in use.

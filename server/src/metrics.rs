@@ -122,15 +122,24 @@ pub enum JoinRefusal {
     TooManyChannels,
     /// The join payload is malformed (meta not an object, too large, binary, ...).
     BadPayload,
+    /// The topic's channel handler refused the join.
+    Handler,
+    /// The topic's channel handler panicked in its join.
+    Crashed,
+    /// The join hook refused the join (or failed, with `--join-hook-on-error deny`).
+    Hook,
 }
 
 impl JoinRefusal {
-    const ALL: [JoinRefusal; 5] = [
+    const ALL: [JoinRefusal; 8] = [
         JoinRefusal::Unmatched,
         JoinRefusal::NotAllowed,
         JoinRefusal::RoomFull,
         JoinRefusal::TooManyChannels,
         JoinRefusal::BadPayload,
+        JoinRefusal::Handler,
+        JoinRefusal::Crashed,
+        JoinRefusal::Hook,
     ];
 
     /// The label value.
@@ -141,6 +150,9 @@ impl JoinRefusal {
             JoinRefusal::RoomFull => "room_full",
             JoinRefusal::TooManyChannels => "too_many_channels",
             JoinRefusal::BadPayload => "bad_payload",
+            JoinRefusal::Handler => "handler",
+            JoinRefusal::Crashed => "crashed",
+            JoinRefusal::Hook => "join_hook",
         }
     }
 }
@@ -801,6 +813,9 @@ rollcall_joins_refused_total{reason="not_allowed"} 0
 rollcall_joins_refused_total{reason="room_full"} 1
 rollcall_joins_refused_total{reason="too_many_channels"} 0
 rollcall_joins_refused_total{reason="bad_payload"} 1
+rollcall_joins_refused_total{reason="handler"} 0
+rollcall_joins_refused_total{reason="crashed"} 0
+rollcall_joins_refused_total{reason="join_hook"} 0
 # HELP rollcall_channels_joined Channels joined on this node (one per connection per topic).
 # TYPE rollcall_channels_joined gauge
 rollcall_channels_joined 11

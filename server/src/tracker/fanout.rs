@@ -31,6 +31,11 @@ impl Outbox {
         Outbox { frames, overflow }
     }
 
+    /// True once the connection's machine has ended.
+    pub fn is_closed(&self) -> bool {
+        self.frames.is_closed()
+    }
+
     /// Queues `frame`; on a full queue, drops it and signals the overflow.
     pub fn deliver(&self, frame: WireFrame) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.frames.try_send(frame) {
@@ -56,8 +61,8 @@ pub struct Subscriber {
 #[derive(Debug)]
 pub(super) struct Member {
     pub(super) subscriber: Subscriber,
-    /// `online_at` of the current track; `None` while not listed.
-    pub(super) online_at: Option<u64>,
+    /// Whether it is tracked (listed) now.
+    pub(super) listed: bool,
 }
 
 /// Every local subscription, by topic and by connection.
@@ -92,7 +97,7 @@ impl Subscriptions {
         let conn = subscriber.conn;
         let member = Member {
             subscriber,
-            online_at: None,
+            listed: false,
         };
         self.topics
             .entry(topic.to_string())
@@ -135,7 +140,7 @@ impl Subscriptions {
     pub(super) fn channels(&self) -> (u64, u64) {
         let members = self.topics.values().flat_map(|m| m.values());
         members.fold((0, 0), |(channels, listed), m| {
-            (channels + 1, listed + u64::from(m.online_at.is_some()))
+            (channels + 1, listed + u64::from(m.listed))
         })
     }
 

@@ -82,6 +82,7 @@ enum Command {
         topic: String,
         join_ref: Option<String>,
         subscriber: Subscriber,
+        push_state: bool,
         meta: Option<Map<String, Value>>,
     },
     Leave {
@@ -258,19 +259,22 @@ impl Tracker {
     }
 
     /// Subscribes `subscriber` to `topic` (replacing its previous channel there), pushes it
-    /// `presence_state` with `join_ref`, then tracks it with `meta` unless `meta` is `None`
-    /// (an observer) and broadcasts the join.
+    /// `presence_state` with `join_ref` if `push_state`, then tracks it with `meta` unless
+    /// `meta` is `None` (an observer) and broadcasts the join. The server adds `node` to the
+    /// meta.
     pub fn join(
         &self,
         topic: &str,
         join_ref: Option<String>,
         subscriber: Subscriber,
+        push_state: bool,
         meta: Option<Map<String, Value>>,
     ) {
         self.send(Command::Join {
             topic: topic.to_string(),
             join_ref,
             subscriber,
+            push_state,
             meta,
         });
     }
@@ -283,7 +287,8 @@ impl Tracker {
         });
     }
 
-    /// Tracks `conn` in `topic` with `meta`, or updates its meta if it is tracked.
+    /// Tracks `conn`'s channel in `topic` with `meta` (plus `node`), or replaces its meta if it
+    /// is tracked.
     pub fn track(&self, conn: ConnId, topic: &str, meta: Map<String, Value>) {
         self.send(Command::Track {
             conn,

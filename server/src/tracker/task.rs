@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rollcall_core::protocol::{Outbound, Payload};
@@ -48,13 +48,6 @@ pub(super) struct TrackerTask {
     pub(super) last_flush: Option<Instant>,
     /// Peers the transport reached at the last check.
     pub(super) transport_up: HashSet<String>,
-}
-
-fn unix_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// `Some(true)` for a full-state transfer answer, `Some(false)` for a delta one, `None` for any
@@ -256,15 +249,16 @@ impl TrackerTask {
                 topic,
                 join_ref,
                 subscriber,
+                push_state,
                 meta,
-            } => self.join(topic, join_ref, subscriber, meta),
+            } => self.join(topic, join_ref, subscriber, push_state, meta),
             Command::Leave { conn, topic } => self.leave(conn, &topic),
             Command::Track { conn, topic, meta } => self.track(conn, &topic, meta),
             Command::Untrack { conn, topic } => {
                 let Some(member) = self.subscriptions.member_mut(&topic, conn) else {
                     return;
                 };
-                member.online_at = None;
+                member.listed = false;
                 let key = member.subscriber.key.clone();
                 let diff = self.shard.untrack(conn.0, &topic, &key);
                 self.local_change(diff);
@@ -346,6 +340,7 @@ impl TrackerTask {
         topic: String,
         join_ref: Option<String>,
         subscriber: Subscriber,
+        push_state: bool,
         meta: Option<Map<String, Value>>,
     ) {
         let conn = subscriber.conn;
@@ -353,9 +348,11 @@ impl TrackerTask {
         if self.subscriptions.member(&topic, conn).is_some() {
             self.leave(conn, &topic);
         }
-        let listing = self.shard.list(&topic);
-        self.subscriptions
-            .push_state(&subscriber, join_ref.as_deref(), &topic, &listing);
+        if push_state {
+            let listing = self.shard.list(&topic);
+            self.subscriptions
+                .push_state(&subscriber, join_ref.as_deref(), &topic, &listing);
+        }
         let key = subscriber.key.clone();
         self.subscriptions.subscribe(&topic, subscriber);
         if let Some(meta) = meta {
@@ -364,12 +361,10 @@ impl TrackerTask {
     }
 
     fn track_new(&mut self, conn: ConnId, topic: &str, key: &str, mut meta: Map<String, Value>) {
-        let online_at = unix_seconds();
-        meta.insert("online_at".into(), Value::from(online_at));
         meta.insert(META_NODE.into(), Value::String(self.node.clone()));
         if let Ok((_, diff)) = self.shard.track(conn.0, topic, key, Meta::from_map(&meta)) {
             if let Some(member) = self.subscriptions.member_mut(topic, conn) {
-                member.online_at = Some(online_at);
+                member.listed = true;
             }
             self.local_change(diff);
         }
@@ -380,19 +375,15 @@ impl TrackerTask {
             return;
         };
         let key = member.subscriber.key.clone();
-        match member.online_at {
-            // Still online since the first track: an update keeps `online_at`.
-            Some(online_at) => {
-                meta.insert("online_at".into(), Value::from(online_at));
-                meta.insert(META_NODE.into(), Value::String(self.node.clone()));
-                if let Ok((_, diff)) = self
-                    .shard
-                    .update(conn.0, topic, &key, Meta::from_map(&meta))
-                {
-                    self.local_change(diff);
-                }
-            }
-            None => self.track_new(conn, topic, &key, meta),
+        if !member.listed {
+            return self.track_new(conn, topic, &key, meta);
+        }
+        meta.insert(META_NODE.into(), Value::String(self.node.clone()));
+        if let Ok((_, diff)) = self
+            .shard
+            .update(conn.0, topic, &key, Meta::from_map(&meta))
+        {
+            self.local_change(diff);
         }
     }
 

@@ -11,6 +11,7 @@ mod cluster_brokers;
 mod cluster_longpoll;
 mod cluster_mesh;
 mod fuzz_server;
+mod handlers;
 mod longpoll;
 mod metrics;
 mod pubsub_brokers;
