@@ -56,6 +56,7 @@ pub struct ServerBuilder {
     config: Config,
     pubsub: Option<Arc<dyn pubsub::PubSub>>,
     routes: handler::Routes,
+    fetch: Option<tracker::fetch::FetchHook>,
 }
 
 impl ServerBuilder {
@@ -64,6 +65,14 @@ impl ServerBuilder {
     /// [`Config::rooms`]; the first match wins.
     pub fn channel(mut self, pattern: &str, handler: impl Channel) -> Self {
         self.routes.route(pattern, handler);
+        self
+    }
+
+    /// Passes every presence payload (`presence_state`, `presence_diff`, [`Presence::list`],
+    /// the presence API) through `hook`, which adds the app's fields to each key's entry; see
+    /// [`presence::Fetch`].
+    pub fn fetch(mut self, hook: impl presence::Fetch) -> Self {
+        self.fetch = Some(Arc::new(hook));
         self
     }
 
@@ -92,7 +101,12 @@ impl ServerBuilder {
             partition
         });
         let metrics = Arc::new(Metrics::default());
-        let tracker = Tracker::spawn_with(pubsub.clone(), &self.config.cluster, metrics.clone());
+        let tracker = Tracker::spawn_with_fetch(
+            pubsub.clone(),
+            &self.config.cluster,
+            metrics.clone(),
+            self.fetch.clone(),
+        );
         let config = Arc::new(self.config);
         let longpoll = Arc::new(LongPoll::default());
         longpoll::spawn_relay(
@@ -108,6 +122,9 @@ impl ServerBuilder {
         ));
         let mut node = NodeContext::new(config, tracker, metrics, shutdown_rx);
         node.routes = Arc::new(routes);
+        if let Some(hook) = self.fetch {
+            node.presence = Presence::with_fetch(node.tracker.clone(), hook);
+        }
         let state = http::AppState {
             node,
             open_sockets: connections,
@@ -152,6 +169,7 @@ impl Server {
             config,
             pubsub: None,
             routes: handler::Routes::new(),
+            fetch: None,
         }
     }
 

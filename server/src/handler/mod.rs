@@ -54,9 +54,10 @@ use serde_json::{json, Map, Value};
 
 use crate::metrics::JoinRefusal;
 
+pub use crate::presence::NotAnObject;
 pub use room::PresenceRoom;
 pub use routes::Routes;
-pub use socket::{BroadcastError, ChannelSocket, DeferredReply, NotAnObject, Pusher, SocketParts};
+pub use socket::{BroadcastError, ChannelSocket, DeferredReply, Pusher, SocketParts};
 
 /// The application's handler for the topics of a route.
 ///

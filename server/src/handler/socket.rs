@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use super::meta_object;
 use crate::frame::WireFrame;
 use crate::metrics::Metrics;
-use crate::presence::Presence;
+use crate::presence::{NotAnObject, Presence};
 use crate::security::auth::Identity;
 use crate::tracker::{ConnId, Outbox, Tracker};
 
@@ -80,18 +80,6 @@ impl std::fmt::Display for BroadcastError {
 }
 
 impl std::error::Error for BroadcastError {}
-
-/// A meta that is not a JSON object.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NotAnObject;
-
-impl std::fmt::Display for NotAnObject {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("meta must be an object")
-    }
-}
-
-impl std::error::Error for NotAnObject {}
 
 impl ChannelSocket {
     /// The socket of a channel being joined on `topic` with `join_ref`; `trusted_meta` is merged

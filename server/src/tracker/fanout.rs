@@ -11,6 +11,7 @@ use rollcall_core::protocol::{Outbound, Serializer};
 use rollcall_core::tracker::{Diff, Presence};
 use tokio::sync::{mpsc, Notify};
 
+use super::fetch::{Frame, Recipient, Stage};
 use super::render::{diff_json, presences_json};
 use super::ConnId;
 use crate::channel::{EVENT_PRESENCE_DIFF, EVENT_PRESENCE_STATE};
@@ -29,6 +30,11 @@ impl Outbox {
     /// An outbox over `frames`; `overflow` is notified when a frame did not fit.
     pub fn new(frames: mpsc::Sender<WireFrame>, overflow: Arc<Notify>) -> Self {
         Outbox { frames, overflow }
+    }
+
+    /// Tells the connection it missed a frame (it closes with 1013, as when its queue is full).
+    pub(crate) fn overflowed(&self) {
+        self.overflow.notify_one();
     }
 
     /// True once the connection's machine has ended.
@@ -72,15 +78,19 @@ pub(super) struct Subscriptions {
     by_conn: HashMap<ConnId, HashSet<String>>,
     /// Frames encoded so far (one per serializer per dispatch).
     frames_encoded: Arc<AtomicU64>,
+    /// With the app's fetch hook: where presence frames go to be fetched, in order.
+    stage: Option<Stage>,
 }
 
 impl Subscriptions {
-    /// No subscriber yet; encodings are counted in `frames_encoded`.
-    pub(super) fn new(frames_encoded: Arc<AtomicU64>) -> Self {
+    /// No subscriber yet; encodings are counted in `frames_encoded`. With a `stage`, presence
+    /// frames go through the app's fetch hook.
+    pub(super) fn new(frames_encoded: Arc<AtomicU64>, stage: Option<Stage>) -> Self {
         Subscriptions {
             topics: HashMap::new(),
             by_conn: HashMap::new(),
             frames_encoded,
+            stage,
         }
     }
 
@@ -157,6 +167,18 @@ impl Subscriptions {
         topic: &str,
         listing: &[(Arc<str>, Presence)],
     ) {
+        if let Some(stage) = &self.stage {
+            let frame = Frame::State {
+                join_ref: join_ref.map(str::to_string),
+                listing: listing.to_vec(),
+            };
+            let recipient = Recipient {
+                serializer: subscriber.serializer,
+                outbox: subscriber.outbox.clone(),
+            };
+            stage.send(topic.into(), frame, vec![recipient]);
+            return;
+        }
         let payload = presences_json(listing);
         self.frames_encoded.fetch_add(1, Ordering::Relaxed);
         let frame =
@@ -169,7 +191,18 @@ impl Subscriptions {
     /// Broadcasts each topic's joins and leaves in `diff` to its local subscribers.
     pub(super) fn dispatch_diff(&self, diff: &Diff) {
         for (topic, changes) in diff.iter() {
-            if !self.topics.contains_key(&**topic) {
+            let Some(members) = self.topics.get(&**topic) else {
+                continue;
+            };
+            if let Some(stage) = &self.stage {
+                let recipients = members
+                    .values()
+                    .map(|m| Recipient {
+                        serializer: m.subscriber.serializer,
+                        outbox: m.subscriber.outbox.clone(),
+                    })
+                    .collect();
+                stage.send(topic.clone(), Frame::Diff(changes.clone()), recipients);
                 continue;
             }
             let payload = diff_json(changes);

@@ -14,9 +14,11 @@
 //! as JSON text (`render`).
 
 mod fanout;
+pub mod fetch;
 pub mod relay;
 mod render;
 mod task;
+mod watch;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,10 +32,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 pub use fanout::{Outbox, Subscriber};
+pub use watch::{Watch, WatchEvent, WatchOptions};
 
 use crate::config::ClusterSettings;
 use crate::metrics::{Metrics, TrackerGauges};
 use crate::pubsub::PubSub;
+pub(crate) use render::meta_map;
 use render::Listing;
 use task::{Inputs, TrackerTask};
 
@@ -98,6 +102,26 @@ enum Command {
         conn: ConnId,
         topic: String,
     },
+    TrackKey {
+        conn: ConnId,
+        topic: String,
+        key: String,
+        meta: Map<String, Value>,
+    },
+    UpdateKey {
+        conn: ConnId,
+        topic: String,
+        key: String,
+        meta: Map<String, Value>,
+    },
+    UntrackKey {
+        conn: ConnId,
+        topic: String,
+        key: String,
+    },
+    Watch {
+        watcher: watch::Watcher,
+    },
     Broadcast {
         topic: String,
         event: String,
@@ -150,6 +174,17 @@ impl Tracker {
         settings: &ClusterSettings,
         metrics: Arc<Metrics>,
     ) -> Tracker {
+        Tracker::spawn_with_fetch(pubsub, settings, metrics, None)
+    }
+
+    /// [`Tracker::spawn_with`], passing every presence frame through the app's fetch hook
+    /// (see [`fetch`]).
+    pub fn spawn_with_fetch(
+        pubsub: Arc<dyn PubSub>,
+        settings: &ClusterSettings,
+        metrics: Arc<Metrics>,
+        fetch: Option<fetch::FetchHook>,
+    ) -> Tracker {
         let (tx, rx) = mpsc::unbounded_channel();
         let frames_encoded = Arc::new(AtomicU64::new(0));
         let node = pubsub.node().to_string();
@@ -172,7 +207,11 @@ impl Tracker {
         let task = TrackerTask {
             node,
             shard,
-            subscriptions: fanout::Subscriptions::new(frames_encoded.clone()),
+            subscriptions: fanout::Subscriptions::new(
+                frames_encoded.clone(),
+                fetch.map(|hook| fetch::Stage::spawn(hook, frames_encoded.clone())),
+            ),
+            watchers: watch::Watchers::default(),
             pubsub: pubsub.clone(),
             frames_encoded: frames_encoded.clone(),
             metrics,
@@ -303,6 +342,44 @@ impl Tracker {
             conn,
             topic: topic.to_string(),
         });
+    }
+
+    /// Tracks `key` in `topic` with `meta` (plus `node`) for `conn`, an id that is not a
+    /// socket's (a server-side presence: a bot, a job, a device behind a gateway). It is
+    /// replicated and listed like a socket's presence.
+    pub fn track_key(&self, conn: ConnId, topic: &str, key: &str, meta: Map<String, Value>) {
+        self.send(Command::TrackKey {
+            conn,
+            topic: topic.to_string(),
+            key: key.to_string(),
+            meta,
+        });
+    }
+
+    /// Replaces the meta of a presence tracked with [`Tracker::track_key`].
+    pub fn update_key(&self, conn: ConnId, topic: &str, key: &str, meta: Map<String, Value>) {
+        self.send(Command::UpdateKey {
+            conn,
+            topic: topic.to_string(),
+            key: key.to_string(),
+            meta,
+        });
+    }
+
+    /// Removes a presence tracked with [`Tracker::track_key`].
+    pub fn untrack_key(&self, conn: ConnId, topic: &str, key: &str) {
+        self.send(Command::UntrackKey {
+            conn,
+            topic: topic.to_string(),
+            key: key.to_string(),
+        });
+    }
+
+    /// Hears every presence change from now on, in the tracker's order (see [`Watch`]).
+    pub fn watch(&self, options: WatchOptions) -> Watch {
+        let (watcher, watch) = watch::watch(options);
+        self.send(Command::Watch { watcher });
+        watch
     }
 
     /// Sends an event to every subscriber of `topic` (on every node) except `except`.

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::fanout::{Subscriber, Subscriptions};
+use super::watch::Watchers;
 use super::{relay, Command, ConnId, CHANNEL_RELAY, CHANNEL_TRACKER, META_NODE};
 use crate::metrics::{Metrics, TrackerGauges};
 use crate::pubsub::{Envelope, PubSub};
@@ -36,6 +37,8 @@ pub(super) struct TrackerTask {
     pub(super) node: String,
     pub(super) shard: Shard,
     pub(super) subscriptions: Subscriptions,
+    /// Code on this node that hears every change.
+    pub(super) watchers: Watchers,
     pub(super) pubsub: Arc<dyn PubSub>,
     pub(super) frames_encoded: Arc<AtomicU64>,
     pub(super) metrics: Arc<Metrics>,
@@ -189,6 +192,7 @@ impl TrackerTask {
             tracing::info!("cluster: {event:?}");
             met_a_peer |= matches!(event, ReplicaEvent::Up(_));
         }
+        self.watchers.notify(&output.events, &output.diff);
         self.subscriptions.dispatch_diff(&output.diff);
         if met_a_peer {
             // Answer first contact (or a return after a split) at once, so the peer learns of
@@ -237,9 +241,11 @@ impl TrackerTask {
 
     /// Dispatches a local change's diff and schedules sending it to other nodes.
     fn local_change(&mut self, diff: Diff) {
-        if !diff.is_empty() {
-            self.schedule_flush();
+        if diff.is_empty() {
+            return;
         }
+        self.schedule_flush();
+        self.watchers.notify(&[], &diff);
         self.subscriptions.dispatch_diff(&diff);
     }
 
@@ -263,6 +269,40 @@ impl TrackerTask {
                 let diff = self.shard.untrack(conn.0, &topic, &key);
                 self.local_change(diff);
             }
+            Command::TrackKey {
+                conn,
+                topic,
+                key,
+                mut meta,
+            } => {
+                meta.insert(META_NODE.into(), Value::String(self.node.clone()));
+                match self
+                    .shard
+                    .track(conn.0, &topic, &key, Meta::from_map(&meta))
+                {
+                    Ok((_, diff)) => self.local_change(diff),
+                    Err(_) => tracing::warn!(topic, key, "already tracked by this handle"),
+                }
+            }
+            Command::UpdateKey {
+                conn,
+                topic,
+                key,
+                mut meta,
+            } => {
+                meta.insert(META_NODE.into(), Value::String(self.node.clone()));
+                if let Ok((_, diff)) =
+                    self.shard
+                        .update(conn.0, &topic, &key, Meta::from_map(&meta))
+                {
+                    self.local_change(diff);
+                }
+            }
+            Command::UntrackKey { conn, topic, key } => {
+                let diff = self.shard.untrack(conn.0, &topic, &key);
+                self.local_change(diff);
+            }
+            Command::Watch { watcher } => self.watchers.add(watcher),
             Command::Broadcast {
                 topic,
                 event,
