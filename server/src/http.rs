@@ -113,7 +113,8 @@ async fn fault_partition(
 }
 
 /// The router: `/socket/websocket`, `/socket/longpoll`, `/healthz`, `/metrics` (unless turned
-/// off), `/api/presence/{topic}[/count]`, and the static directory.
+/// off), `/api/presence/{topic}[/count]`, `POST /api/broadcast/{topic}`, and the static
+/// directory.
 pub fn router(state: AppState) -> Router {
     let config = &state.node.config;
     let static_dir = config.static_dir.clone();
@@ -130,6 +131,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/presence/{topic}/count",
             get(crate::api::presence_count),
+        )
+        .route(
+            "/api/broadcast/{topic}",
+            axum::routing::post(crate::api::broadcast),
         )
         // Every method: the handler answers non-upgrades with 400, as Phoenix does.
         .route("/socket/websocket", any(websocket::handler))

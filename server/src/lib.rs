@@ -9,7 +9,9 @@ pub mod config;
 pub mod frame;
 pub mod handler;
 pub mod http;
+pub mod joinhook;
 pub mod metrics;
+pub mod outbound;
 pub mod presence;
 pub mod pubsub;
 pub mod security;
@@ -105,7 +107,15 @@ impl ServerBuilder {
             &config.rooms,
             config.max_meta_size,
         ));
+        let join_hook = config.join_hook.clone().map(|settings| {
+            Arc::new(joinhook::JoinHook::new(
+                settings,
+                &config.node_name,
+                metrics.clone(),
+            ))
+        });
         let mut node = NodeContext::new(config, tracker, metrics, shutdown_rx);
+        node.join_hook = join_hook;
         node.routes = Arc::new(routes);
         if let Some(hook) = self.fetch {
             node.presence = Presence::with_fetch(node.tracker.clone(), hook);

@@ -30,6 +30,7 @@ use crate::frame::{
     TOKEN_EXPIRED,
 };
 use crate::handler::{meta_object, ChannelSocket, DynChannel, Exit, Routes, SocketParts};
+use crate::joinhook::{Decision, JoinHook};
 use crate::metrics::{JoinRefusal, Metrics};
 use crate::presence::Presence;
 use crate::security::auth::{time_until_unix, AuthError, Identity};
@@ -49,6 +50,8 @@ pub struct NodeContext {
     pub presence: Presence,
     /// Which channel handler serves which topics.
     pub routes: Arc<Routes>,
+    /// Asked before every join, when configured.
+    pub join_hook: Option<Arc<JoinHook>>,
     /// The node's counters.
     pub metrics: Arc<Metrics>,
     /// Presence keys refused for now, after an abuse close (1008).
@@ -72,6 +75,7 @@ impl NodeContext {
         NodeContext {
             routes: Arc::new(Routes::presence_rooms(&config.rooms, config.max_meta_size)),
             presence: Presence::new(tracker.clone()),
+            join_hook: None,
             config,
             tracker,
             metrics,
@@ -752,12 +756,30 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
                     .await;
             }
         };
-        let trusted = self
+        let mut trusted = self
             .ctx
             .identity
             .as_ref()
             .map(|id| id.meta.clone())
             .unwrap_or_default();
+        if let Some(hook) = self.ctx.node.join_hook.clone() {
+            // The joiner waits at most the hook's timeout; its queue keeps flowing meanwhile.
+            let (key, identity) = (self.ctx.key.clone(), self.ctx.identity.clone());
+            let ask = hook.ask(&msg.topic, &key, &params, identity.as_ref());
+            match self.drive(ask).await? {
+                // The hook's fields are trusted like the token's, and win over them.
+                Decision::Allow(meta) => trusted.extend(meta),
+                Decision::Deny(reason) => {
+                    tracing::debug!(
+                        conn = self.ctx.conn.0,
+                        topic = msg.topic,
+                        "join refused by the join hook"
+                    );
+                    let response = json!({"reason": reason});
+                    return self.refuse(&msg, JoinRefusal::Hook, response, old).await;
+                }
+            }
+        }
         let mut socket =
             ChannelSocket::new(self.socket_parts(), &msg.topic, join_ref.clone(), trusted);
         let call = AssertUnwindSafe(handler.join(&msg.topic, &params, &mut socket));

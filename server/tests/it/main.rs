@@ -6,6 +6,7 @@
 mod support;
 
 mod api;
+mod broadcast;
 mod cli;
 mod cluster_brokers;
 mod cluster_longpoll;
@@ -13,6 +14,7 @@ mod cluster_mesh;
 mod fetch;
 mod fuzz_server;
 mod handlers;
+mod join_hook;
 mod longpoll;
 mod metrics;
 mod presence;

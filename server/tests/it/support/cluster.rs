@@ -242,6 +242,8 @@ pub struct View {
     pub left: BTreeSet<String>,
     /// Relayed events: (event, payload).
     pub events: Vec<(String, Value)>,
+    /// Every `phx_reply` frame, whole.
+    pub replies: Vec<Value>,
     /// The close code, once the server closed the socket.
     pub closed: Option<u16>,
 }
@@ -390,7 +392,8 @@ impl User {
                         match v[3].as_str().unwrap_or("") {
                             "presence_state" => view.apply_state(&v[4]),
                             "presence_diff" => view.apply_diff(&v[4]),
-                            "phx_reply" | "phx_close" | "phx_error" => {}
+                            "phx_reply" => view.replies.push(v.clone()),
+                            "phx_close" | "phx_error" => {}
                             event => view.events.push((event.to_string(), v[4].clone())),
                         }
                     }

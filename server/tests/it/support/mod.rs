@@ -5,4 +5,5 @@
 pub mod broker;
 pub mod cluster;
 pub mod pubsub;
+pub mod receiver;
 pub mod server;
