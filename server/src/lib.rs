@@ -18,6 +18,7 @@ pub mod security;
 pub mod socket;
 pub mod tracker;
 pub mod transport;
+pub mod webhook;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -94,6 +95,15 @@ impl ServerBuilder {
             metrics.clone(),
             self.fetch.clone(),
         );
+        let webhooks = self.config.webhook.clone().map(|settings| {
+            webhook::spawn(
+                settings,
+                &self.config.cluster,
+                &tracker,
+                pubsub.clone(),
+                metrics.clone(),
+            )
+        });
         let config = Arc::new(self.config);
         let longpoll = Arc::new(LongPoll::default());
         longpoll::spawn_relay(
@@ -125,6 +135,7 @@ impl ServerBuilder {
             open_sockets: connections,
             longpoll,
             partition,
+            webhooks,
         };
         Server {
             state,
@@ -216,12 +227,18 @@ impl Server {
         let router = http::router(state.clone());
         let mut shutdown_seen = state.node.shutdown.clone();
         let tracker = state.node.tracker.clone();
+        let webhooks = state.webhooks.clone();
         drop(state);
         let trigger = shutdown_tx.clone();
         let stop = async move {
             tokio::select! {
                 _ = signal => {}
                 _ = shutdown_seen.wait_for(|s| *s) => {}
+            }
+            // This node sends no more webhooks: its members leaving as it stops are the next
+            // sender's to report (or not, if they reconnect elsewhere within the grace period).
+            if let Some(webhooks) = &webhooks {
+                webhooks.stop();
             }
             // Members leave other nodes before their sockets close here. The transport's own
             // flush is bounded; this bound only guards against a wedged tracker task.

@@ -261,8 +261,9 @@ pub struct Metrics {
     pub webhook_events_delivered: Counter,
     /// Webhook events given up after retrying for `--webhook-retry-ms`.
     pub webhook_events_dropped: Counter,
-    /// Webhook events held back because the queue was full (sent, netted, once it drains).
-    pub webhook_events_held_back: Counter,
+    /// Times a room's webhook events were held back because the queue was full (they go
+    /// out, netted, once it drains).
+    pub webhook_held_back: Counter,
     /// Webhook requests answered 2xx.
     pub webhook_requests_ok: Counter,
     /// Webhook requests that failed (no connection, a timeout, a non-2xx status).
@@ -674,7 +675,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "rollcall_webhook_events_total",
         kind: COUNTER,
-        help: "Webhook events by outcome: queued (by this node as the sender), delivered (2xx), dropped (retries exhausted), held_back (queue full; sent netted once it drains).",
+        help: "Webhook events by outcome: queued (by this node as the sender), delivered (2xx), dropped (retries exhausted).",
         samples: |s| {
             let m = s.metrics;
             by(
@@ -683,10 +684,15 @@ const FAMILIES: &[Family] = &[
                     ("queued", m.webhook_events_queued.get()),
                     ("delivered", m.webhook_events_delivered.get()),
                     ("dropped", m.webhook_events_dropped.get()),
-                    ("held_back", m.webhook_events_held_back.get()),
                 ],
             )
         },
+    },
+    Family {
+        name: "rollcall_webhook_held_back_total",
+        kind: COUNTER,
+        help: "Times a room's webhook events were held back because the queue was full (they go out, netted, once it drains).",
+        samples: |s| one(s.metrics.webhook_held_back.get()),
     },
     Family {
         name: "rollcall_webhook_requests_total",
@@ -866,7 +872,7 @@ mod tests {
         m.webhook_events_queued.add(35);
         m.webhook_events_delivered.add(36);
         m.webhook_events_dropped.add(37);
-        m.webhook_events_held_back.add(38);
+        m.webhook_held_back.add(38);
         m.webhook_requests_ok.add(39);
         m.webhook_requests_failed.add(40);
         m.webhook_queue.set(41);
@@ -1013,12 +1019,14 @@ rollcall_join_hook_total{outcome="failed"} 33
 # HELP rollcall_api_broadcasts_total Events sent to rooms through POST /api/broadcast/{topic}.
 # TYPE rollcall_api_broadcasts_total counter
 rollcall_api_broadcasts_total 34
-# HELP rollcall_webhook_events_total Webhook events by outcome: queued (by this node as the sender), delivered (2xx), dropped (retries exhausted), held_back (queue full; sent netted once it drains).
+# HELP rollcall_webhook_events_total Webhook events by outcome: queued (by this node as the sender), delivered (2xx), dropped (retries exhausted).
 # TYPE rollcall_webhook_events_total counter
 rollcall_webhook_events_total{outcome="queued"} 35
 rollcall_webhook_events_total{outcome="delivered"} 36
 rollcall_webhook_events_total{outcome="dropped"} 37
-rollcall_webhook_events_total{outcome="held_back"} 38
+# HELP rollcall_webhook_held_back_total Times a room's webhook events were held back because the queue was full (they go out, netted, once it drains).
+# TYPE rollcall_webhook_held_back_total counter
+rollcall_webhook_held_back_total 38
 # HELP rollcall_webhook_requests_total Webhook requests by result: ok (2xx) or failed (no connection, timeout, other status).
 # TYPE rollcall_webhook_requests_total counter
 rollcall_webhook_requests_total{result="ok"} 39

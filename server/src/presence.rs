@@ -136,6 +136,7 @@ impl Presence {
             pattern: Some(TopicPattern::parse(pattern)),
             capacity: Some(capacity),
             replicas: false,
+            initial: false,
         });
         Subscription { watch }
     }

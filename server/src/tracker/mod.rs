@@ -121,6 +121,7 @@ enum Command {
     },
     Watch {
         watcher: watch::Watcher,
+        initial: bool,
     },
     Broadcast {
         topic: String,
@@ -150,6 +151,7 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct Tracker {
     commands: mpsc::UnboundedSender<Command>,
+    incarnation: u64,
     frames_encoded: Arc<AtomicU64>,
     pubsub: Arc<dyn PubSub>,
 }
@@ -223,6 +225,7 @@ impl Tracker {
         tokio::spawn(task.run(inputs));
         Tracker {
             commands: tx,
+            incarnation,
             frames_encoded,
             pubsub,
         }
@@ -243,6 +246,13 @@ impl Tracker {
     /// This node's name.
     pub fn node(&self) -> &str {
         self.pubsub.node()
+    }
+
+    /// The incarnation this node's replica started with, new (random) on every start. Peers'
+    /// [`ReplicaEvent`](rollcall_core::tracker::ReplicaEvent)s name it; a
+    /// `Reincarnated` event (to watchers that hear replica events) tells of a new one.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// The node's view of its cluster, for `/healthz`: every peer the transport or the tracker
@@ -375,8 +385,8 @@ impl Tracker {
 
     /// Hears every presence change from now on, in the tracker's order (see [`Watch`]).
     pub fn watch(&self, options: WatchOptions) -> Watch {
-        let (watcher, watch) = watch::watch(options);
-        self.send(Command::Watch { watcher });
+        let (watcher, watch, initial) = watch::watch(options);
+        self.send(Command::Watch { watcher, initial });
         watch
     }
 

@@ -14,14 +14,14 @@ use bytes::Bytes;
 use rollcall_core::protocol::{Outbound, Payload};
 use rollcall_core::tracker::{
     Destination, Diff, Meta, Outgoing, Output, ReplicaEvent, ReplicaStatus, ReplicationMessage,
-    Shard,
+    Shard, TopicDiff,
 };
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::fanout::{Subscriber, Subscriptions};
-use super::watch::Watchers;
+use super::watch::{WatchEvent, Watcher, Watchers};
 use super::{relay, Command, ConnId, CHANNEL_RELAY, CHANNEL_TRACKER, META_NODE};
 use crate::metrics::{Metrics, TrackerGauges};
 use crate::pubsub::{Envelope, PubSub};
@@ -302,7 +302,12 @@ impl TrackerTask {
                 let diff = self.shard.untrack(conn.0, &topic, &key);
                 self.local_change(diff);
             }
-            Command::Watch { watcher } => self.watchers.add(watcher),
+            Command::Watch { watcher, initial } => {
+                if initial && !self.send_state(&watcher) {
+                    return;
+                }
+                self.watchers.add(watcher);
+            }
             Command::Broadcast {
                 topic,
                 event,
@@ -352,6 +357,34 @@ impl TrackerTask {
             }
             None => tracing::debug!(topic = out.topic(), "relay too large for other nodes"),
         }
+    }
+
+    /// Tells a new watcher the state as it is: the peers up (if it wants them), then every
+    /// topic's presences as joins. False if the watcher is already gone.
+    fn send_state(&self, watcher: &Watcher) -> bool {
+        if watcher.wants_replicas() {
+            for (id, status) in self.shard.replicas() {
+                if status == ReplicaStatus::Up
+                    && !watcher.send(WatchEvent::Replica(ReplicaEvent::Up(id)))
+                {
+                    return false;
+                }
+            }
+        }
+        for topic in self.shard.state().topics() {
+            let joins = self.shard.list(&topic);
+            if joins.is_empty() {
+                continue;
+            }
+            let diff = TopicDiff {
+                joins,
+                leaves: Vec::new(),
+            };
+            if !watcher.send(WatchEvent::Changed(topic, diff)) {
+                return false;
+            }
+        }
+        true
     }
 
     fn gauges(&self) -> TrackerGauges {

@@ -63,10 +63,14 @@ pub struct WatchOptions {
     pub capacity: Option<usize>,
     /// Also hear [`WatchEvent::Replica`].
     pub replicas: bool,
+    /// Start with the state as it is: every listed presence as a join (one
+    /// [`WatchEvent::Changed`] per topic) and, with `replicas`, every peer up as
+    /// [`ReplicaEvent::Up`].
+    pub initial: bool,
 }
 
-/// A watcher and its watch.
-pub(super) fn watch(options: WatchOptions) -> (Watcher, Watch) {
+/// A watcher and its watch (and whether it wants the initial state).
+pub(super) fn watch(options: WatchOptions) -> (Watcher, Watch, bool) {
     let lagged = Arc::new(AtomicBool::new(false));
     let (sender, receiver) = match options.capacity {
         Some(n) => {
@@ -84,7 +88,7 @@ pub(super) fn watch(options: WatchOptions) -> (Watcher, Watch) {
         sender,
         lagged: lagged.clone(),
     };
-    (watcher, Watch { receiver, lagged })
+    (watcher, Watch { receiver, lagged }, options.initial)
 }
 
 impl Watch {
@@ -116,8 +120,13 @@ impl Watch {
 }
 
 impl Watcher {
+    /// Whether it hears replica events.
+    pub(super) fn wants_replicas(&self) -> bool {
+        self.replicas
+    }
+
     /// Hands `event` over; false once this watcher is gone (closed, or dropped for lagging).
-    fn send(&self, event: WatchEvent) -> bool {
+    pub(super) fn send(&self, event: WatchEvent) -> bool {
         match &self.sender {
             Sender::Unbounded(tx) => tx.send(event).is_ok(),
             Sender::Bounded(tx) => match tx.try_send(event) {

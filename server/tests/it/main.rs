@@ -26,4 +26,5 @@ mod security_conns;
 mod security_frames;
 mod security_limits;
 mod security_tokens;
+mod webhooks;
 mod websocket;

@@ -170,6 +170,11 @@ impl Node {
         wait_peers_up(&self.name, &self.addr, peers).await;
     }
 
+    /// Waits until the tracker replica of every peer in `peers` is up.
+    pub async fn wait_replicas_up(&self, peers: &[&str]) {
+        wait_replicas_up(&self.name, &self.addr, peers).await;
+    }
+
     /// `GET /healthz` as JSON.
     pub async fn healthz(&self) -> Value {
         healthz(&self.addr).await
@@ -183,8 +188,19 @@ pub async fn healthz(addr: &str) -> Value {
     serde_json::from_str(&body).expect("healthz is JSON")
 }
 
-/// Waits until `/healthz` of node `name` (at `addr`) shows every peer in `peers` up.
+/// Waits until `/healthz` of node `name` (at `addr`) shows the transport to every peer in
+/// `peers` up.
 pub async fn wait_peers_up(name: &str, addr: &str, peers: &[&str]) {
+    wait_health(name, addr, peers, "transport").await;
+}
+
+/// Waits until `/healthz` of node `name` (at `addr`) shows the tracker replica of every peer
+/// in `peers` up (they have exchanged heartbeats, so changes replicate from now on).
+pub async fn wait_replicas_up(name: &str, addr: &str, peers: &[&str]) {
+    wait_health(name, addr, peers, "replica").await;
+}
+
+async fn wait_health(name: &str, addr: &str, peers: &[&str], field: &str) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let health = healthz(addr).await;
@@ -193,7 +209,7 @@ pub async fn wait_peers_up(name: &str, addr: &str, peers: &[&str]) {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .any(|p| p["name"] == json!(peer) && p["up"] == json!(true))
+                .any(|p| p["name"] == json!(peer) && p[field] == json!("up"))
         };
         if peers.iter().all(|p| up(p)) {
             return;
@@ -539,9 +555,9 @@ impl Embedded {
 }
 
 impl Embedded {
-    /// Waits until `/healthz` shows every peer in `peers` up.
-    pub async fn wait_peers_up(&self, peers: &[&str]) {
-        wait_peers_up(&self.name, &self.addr, peers).await;
+    /// Waits until the tracker replica of every peer in `peers` is up.
+    pub async fn wait_replicas_up(&self, peers: &[&str]) {
+        wait_replicas_up(&self.name, &self.addr, peers).await;
     }
 }
 
