@@ -26,7 +26,7 @@ use rollcall_core::tracker::TopicDiff;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use super::fanout::Outbox;
+use super::outbox::Outbox;
 use super::render::{presences_value, Listing};
 use crate::channel::{EVENT_PRESENCE_DIFF, EVENT_PRESENCE_STATE};
 use crate::frame::WireFrame;

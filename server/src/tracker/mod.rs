@@ -15,6 +15,7 @@
 
 mod fanout;
 pub mod fetch;
+mod outbox;
 pub mod relay;
 mod render;
 mod task;
@@ -31,7 +32,8 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-pub use fanout::{Outbox, Subscriber};
+pub use fanout::Subscriber;
+pub use outbox::Outbox;
 pub use watch::{Watch, WatchEvent, WatchOptions};
 
 use crate::config::ClusterSettings;
