@@ -261,3 +261,8 @@ impl Server {
         Ok(())
     }
 }
+
+/// The code of `docs/embedding.md`, compiled by `cargo test` so the guide stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/embedding.md")]
+pub struct EmbeddingGuide;
