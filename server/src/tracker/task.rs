@@ -189,7 +189,11 @@ impl TrackerTask {
         }
         let mut met_a_peer = false;
         for event in &output.events {
-            tracing::info!("cluster: {event:?}");
+            match event {
+                // this node's incarnation was in use elsewhere too, or retired by a peer
+                ReplicaEvent::Reincarnated { .. } => tracing::warn!("cluster: {event:?}"),
+                _ => tracing::info!("cluster: {event:?}"),
+            }
             met_a_peer |= matches!(event, ReplicaEvent::Up(_));
         }
         self.watchers.notify(&output.events, &output.diff);
