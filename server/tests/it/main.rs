@@ -12,6 +12,7 @@ mod cluster_brokers;
 mod cluster_longpoll;
 mod cluster_mesh;
 mod fetch;
+mod flags;
 mod fuzz_server;
 mod handlers;
 mod join_hook;
