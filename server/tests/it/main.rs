@@ -22,6 +22,7 @@ mod presence;
 mod pubsub_brokers;
 mod pubsub_mesh;
 mod rooms;
+mod rules;
 mod security_cli;
 mod security_conns;
 mod security_frames;
