@@ -8,6 +8,7 @@ pub mod channel;
 pub mod config;
 pub mod frame;
 pub mod http;
+pub mod log_summary;
 pub mod metrics;
 pub mod pubsub;
 pub mod security;

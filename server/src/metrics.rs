@@ -205,6 +205,8 @@ pub struct Metrics {
     pub client_events: Counter,
     /// Client events received from other nodes, for local subscribers.
     pub relayed_events_in: Counter,
+    /// Events from other nodes refused: a reserved or invalid name, or not decodable.
+    pub relayed_events_refused: Counter,
     /// Messages answered `rate limited`.
     pub rate_limited: Counter,
     /// Replication payload bytes handed to the pubsub, per [`CHANNELS`] entry.
@@ -533,6 +535,12 @@ const FAMILIES: &[Family] = &[
         samples: |s| one(s.metrics.relayed_events_in.get()),
     },
     Family {
+        name: "rollcall_relayed_events_refused_total",
+        kind: COUNTER,
+        help: "Events from other nodes refused, never delivered: a reserved name (phx_*, presence*, chan_reply_*), an invalid one, or undecodable.",
+        samples: |s| one(s.metrics.relayed_events_refused.get()),
+    },
+    Family {
         name: "rollcall_rate_limited_total",
         kind: COUNTER,
         help: "Client messages answered \"rate limited\".",
@@ -734,6 +742,7 @@ mod tests {
         m.joins.add(3);
         m.client_events.add(4);
         m.relayed_events_in.add(5);
+        m.relayed_events_refused.add(9);
         m.rate_limited.add(6);
         m.pubsub_out("tracker", 100);
         m.pubsub_out("relay", 7);
@@ -844,6 +853,9 @@ rollcall_client_events_total 4
 # HELP rollcall_relayed_events_received_total Client events received from other nodes for subscribers here.
 # TYPE rollcall_relayed_events_received_total counter
 rollcall_relayed_events_received_total 5
+# HELP rollcall_relayed_events_refused_total Events from other nodes refused, never delivered: a reserved name (phx_*, presence*, chan_reply_*), an invalid one, or undecodable.
+# TYPE rollcall_relayed_events_refused_total counter
+rollcall_relayed_events_refused_total 9
 # HELP rollcall_rate_limited_total Client messages answered "rate limited".
 # TYPE rollcall_rate_limited_total counter
 rollcall_rate_limited_total 6

@@ -21,7 +21,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::fanout::{Subscriber, Subscriptions};
-use super::{relay, Command, ConnId, CHANNEL_RELAY, CHANNEL_TRACKER, META_NODE};
+use super::{relay, Command, ConnId, CHANNEL_RELAY, CHANNEL_TRACKER, META_NODE, RENDERED_FIELDS};
+use crate::channel::check_relay_event;
+use crate::log_summary::LogSummary;
 use crate::metrics::{Metrics, TrackerGauges};
 use crate::pubsub::{Envelope, PubSub};
 
@@ -48,6 +50,8 @@ pub(super) struct TrackerTask {
     pub(super) last_flush: Option<Instant>,
     /// Peers the transport reached at the last check.
     pub(super) transport_up: HashSet<String>,
+    /// Relayed events refused from peers, for the log.
+    pub(super) refusals: LogSummary,
 }
 
 fn unix_seconds() -> u64 {
@@ -104,6 +108,9 @@ impl TrackerTask {
                 _ = ticks.tick() => {
                     let output = self.shard.tick(self.now_ms());
                     self.apply(output);
+                    if let Some(line) = self.refusals.flush(Instant::now()) {
+                        tracing::warn!("{line}");
+                    }
                 }
                 _ = greetings.tick() => self.greet_new_connections(),
                 _ = sleep_until(flush_at), if flush_at.is_some() => self.flush(),
@@ -229,6 +236,19 @@ impl TrackerTask {
         self.metrics
             .pubsub_in(CHANNEL_RELAY, envelope.payload.len());
         match relay::decode(&envelope.payload) {
+            Ok(relay::Relay { event, .. }) if check_relay_event(&event).is_err() => {
+                // A peer relays only what its clients may send; a reserved name (a forged
+                // `presence_diff`, `phx_reply` or `chan_reply_<ref>`) is refused here too, so
+                // one node cannot make another deliver what only a server sends.
+                self.metrics.relayed_events_refused.inc();
+                let detail = format!("{event:?} from {}", envelope.from);
+                if let Some(line) =
+                    self.refusals
+                        .note(Instant::now(), "reserved event name", &detail)
+                {
+                    tracing::warn!("{line}");
+                }
+            }
             Ok(relay::Relay {
                 topic,
                 event,
@@ -242,7 +262,13 @@ impl TrackerTask {
                 };
                 self.subscriptions.dispatch(&out, None);
             }
-            Err(e) => tracing::warn!(from = envelope.from, "relay dropped: {e}"),
+            Err(e) => {
+                self.metrics.relayed_events_refused.inc();
+                let detail = format!("{e}, from {}", envelope.from);
+                if let Some(line) = self.refusals.note(Instant::now(), "malformed", &detail) {
+                    tracing::warn!("{line}");
+                }
+            }
         }
     }
 
@@ -307,7 +333,13 @@ impl TrackerTask {
     }
 
     /// Delivers a client event to this node's subscribers and relays it to the other nodes.
+    /// The socket checks the name before it gets here; a reserved one is refused again, as from
+    /// a peer, whoever asks.
     fn broadcast(&self, topic: String, event: String, payload: Payload, except: Option<ConnId>) {
+        if check_relay_event(&event).is_err() {
+            tracing::debug!(event, "not relaying a reserved event name");
+            return;
+        }
         let bytes = relay::encode(&topic, &event, &payload);
         let out = Outbound::Broadcast {
             topic,
@@ -369,8 +401,7 @@ impl TrackerTask {
 
     fn track_new(&mut self, conn: ConnId, topic: &str, key: &str, mut meta: Map<String, Value>) {
         let online_at = unix_seconds();
-        meta.insert("online_at".into(), Value::from(online_at));
-        meta.insert(META_NODE.into(), Value::String(self.node.clone()));
+        self.set_server_fields(&mut meta, online_at);
         if let Ok((_, diff)) = self.shard.track(conn.0, topic, key, Meta::from_map(&meta)) {
             if let Some(member) = self.subscriptions.member_mut(topic, conn) {
                 member.online_at = Some(online_at);
@@ -387,8 +418,7 @@ impl TrackerTask {
         match member.online_at {
             // Still online since the first track: an update keeps `online_at`.
             Some(online_at) => {
-                meta.insert("online_at".into(), Value::from(online_at));
-                meta.insert(META_NODE.into(), Value::String(self.node.clone()));
+                self.set_server_fields(&mut meta, online_at);
                 if let Ok((_, diff)) = self
                     .shard
                     .update(conn.0, topic, &key, Meta::from_map(&meta))
@@ -398,6 +428,17 @@ impl TrackerTask {
             }
             None => self.track_new(conn, topic, &key, meta),
         }
+    }
+
+    /// The fields of a meta the server owns, whatever the client sent: `online_at` and `node`
+    /// are set here; `phx_ref` and `phx_ref_prev` are the tracker's, added when the presence is
+    /// rendered, so a client's own are removed (phoenix.js matches metas by them).
+    fn set_server_fields(&self, meta: &mut Map<String, Value>, online_at: u64) {
+        for field in RENDERED_FIELDS {
+            meta.shift_remove(field);
+        }
+        meta.insert("online_at".into(), Value::from(online_at));
+        meta.insert(META_NODE.into(), Value::String(self.node.clone()));
     }
 
     fn leave(&mut self, conn: ConnId, topic: &str) {
