@@ -4,5 +4,6 @@
 
 pub mod broker;
 pub mod cluster;
+pub mod mesh;
 pub mod pubsub;
 pub mod server;
