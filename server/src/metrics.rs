@@ -576,6 +576,23 @@ const FAMILIES: &[Family] = &[
         samples: |s| one(s.pubsub.refused),
     },
     Family {
+        name: "rollcall_pubsub_messages_rejected_total",
+        kind: COUNTER,
+        help: "Messages from the cluster transport refused by signature checks, never delivered: unsigned, a bad signature (another secret, forged or altered), replayed (or addressed to another node, or out of the replay window), or from a sender not yet proven live (normal for a moment when a node starts).",
+        samples: |s| {
+            let r = &s.pubsub.rejected;
+            by(
+                "reason",
+                [
+                    ("unsigned", r.unsigned),
+                    ("bad_signature", r.bad_signature),
+                    ("replayed", r.replayed),
+                    ("unproven", r.unproven),
+                ],
+            )
+        },
+    },
+    Family {
         name: "rollcall_pubsub_bytes_sent_total",
         kind: COUNTER,
         help: "Payload bytes this node's tracker handed to the cluster transport (once per publish), by channel.",
@@ -768,6 +785,12 @@ mod tests {
             dropped_outbound: 23,
             dropped_inbound: 24,
             refused: 25,
+            rejected: crate::pubsub::Rejected {
+                unsigned: 26,
+                bad_signature: 27,
+                replayed: 28,
+                unproven: 29,
+            },
         };
         let expected = EXPOSITION.replace("VERSION", env!("CARGO_PKG_VERSION"));
         assert_eq!(render(&m, &gauges, &stats), expected);
@@ -872,6 +895,12 @@ rollcall_pubsub_messages_dropped_total{direction="inbound"} 24
 # HELP rollcall_pubsub_handshakes_refused_total Mesh handshakes refused (wrong secret, duplicate node name, wrong protocol, too slow).
 # TYPE rollcall_pubsub_handshakes_refused_total counter
 rollcall_pubsub_handshakes_refused_total 25
+# HELP rollcall_pubsub_messages_rejected_total Messages from the cluster transport refused by signature checks, never delivered: unsigned, a bad signature (another secret, forged or altered), replayed (or addressed to another node, or out of the replay window), or from a sender not yet proven live (normal for a moment when a node starts).
+# TYPE rollcall_pubsub_messages_rejected_total counter
+rollcall_pubsub_messages_rejected_total{reason="unsigned"} 26
+rollcall_pubsub_messages_rejected_total{reason="bad_signature"} 27
+rollcall_pubsub_messages_rejected_total{reason="replayed"} 28
+rollcall_pubsub_messages_rejected_total{reason="unproven"} 29
 # HELP rollcall_pubsub_bytes_sent_total Payload bytes this node's tracker handed to the cluster transport (once per publish), by channel.
 # TYPE rollcall_pubsub_bytes_sent_total counter
 rollcall_pubsub_bytes_sent_total{channel="tracker"} 100

@@ -12,13 +12,13 @@ use crate::support::pubsub::{
 };
 use bytes::Bytes;
 use rollcall_server::pubsub::{
-    connect, ClusterConfig, Error, Mesh, MeshConfig, Partitioned, PubSub,
+    connect, ClusterConfig, Error, Mesh, MeshConfig, Partitioned, PubSub, Signed,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-const SECRET: &str = "test-secret";
+use crate::support::broker::SECRET;
 
 /// Production settings with short timers so failures are noticed quickly in tests.
 fn config(listen: &str, peers: &[String], secret: &str) -> MeshConfig {
@@ -585,24 +585,31 @@ async fn the_rest_of_the_mesh_survives_the_death_of_the_seed() {
 }
 
 #[tokio::test]
-async fn a_malformed_part_counts_as_dropped_inbound_not_as_a_refused_handshake() {
-    // `a` speaks the raw mesh (no chunk header): to `b`, which goes through `connect`, its
-    // payloads are malformed cluster messages.
-    let a = node("a", &[]).await;
+async fn a_malformed_part_counts_as_dropped_inbound_and_an_unsigned_message_as_rejected() {
+    // `a` signs (so `b`, which goes through `connect`, takes its messages) but does not chunk:
+    // to `b`, its payloads are malformed cluster messages.
+    let raw_a = Arc::new(node("a", &[]).await);
+    let a = Signed::over_authenticated_peers(raw_a.clone(), SECRET.as_bytes(), "");
     let b = connect(
         "b",
-        ClusterConfig::Mesh(config("127.0.0.1:0", &[addr(&a)], SECRET)),
+        ClusterConfig::Mesh(config("127.0.0.1:0", &[addr(&raw_a)], SECRET)),
     )
     .await
     .expect("b");
-    wait_until("a and b connect", || {
-        up_peers(&a) == ["b"] && b.peers().iter().any(|p| p.up)
+    let mut at_b = b.subscribe("t");
+    wait_until("a and b prove themselves to each other", || {
+        up_peers(&a) == ["b"] && up_peers(b.as_ref()) == ["a"]
     })
     .await;
-    let mut at_b = b.subscribe("t");
     a.broadcast("t", msg("\u{7}not a chunk"));
     wait_until("b drops the malformed part", || {
         b.stats().dropped_inbound >= 1
+    })
+    .await;
+    // Straight through the mesh, unsigned: refused before the reassembler sees it.
+    raw_a.broadcast("t", msg("\u{0}unsigned"));
+    wait_until("b refuses the unsigned message", || {
+        b.stats().rejected.unsigned >= 1
     })
     .await;
     assert_eq!(b.stats().refused, 0, "no handshake was refused");

@@ -131,7 +131,7 @@ impl Node {
             "--cluster-listen",
             "127.0.0.1:0",
             "--cluster-secret",
-            "test-secret",
+            super::broker::SECRET,
         ]
         .iter()
         .map(|s| s.to_string())
