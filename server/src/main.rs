@@ -305,7 +305,7 @@ Cluster flags (see docs/cluster.md):
   --cluster-secret SECRET          ROLLCALL_CLUSTER_SECRET      shared secret signing every cluster message (required but for none)
   --nats-url URL                   ROLLCALL_NATS_URL            nats: server URL [nats://127.0.0.1:4222]
   --redis-url URL                  ROLLCALL_REDIS_URL           redis: server URL [redis://127.0.0.1:6379]
-  --cluster-name NAME              ROLLCALL_CLUSTER_NAME        nats/redis: namespace on a shared broker [rollcall]
+  --cluster-name NAME              ROLLCALL_CLUSTER_NAME        nats/redis: channel namespace (clusters sharing a broker also need distinct secrets) [rollcall]
   --broadcast-period-ms MS         ROLLCALL_BROADCAST_PERIOD_MS tracker heartbeat period [1500]
   --down-period-ms MS              ROLLCALL_DOWN_PERIOD_MS      a silent node's members leave after [30000]
   --permdown-period-ms MS          ROLLCALL_PERMDOWN_PERIOD_MS  a silent node is forgotten after [1200000]
@@ -360,7 +360,9 @@ struct ClusterArgs {
         default_value = "redis://127.0.0.1:6379"
     )]
     redis_url: String,
-    /// NATS / Redis: namespace of this cluster's subjects or channels on a shared broker.
+    /// NATS / Redis: namespace of this cluster's subjects or channels. Clusters sharing a
+    /// broker need distinct names and distinct secrets: only the secret keeps one from writing
+    /// into the other.
     #[arg(long, env = "ROLLCALL_CLUSTER_NAME", default_value = "rollcall")]
     cluster_name: String,
     /// Tracker heartbeat period in milliseconds (Phoenix: 1500).

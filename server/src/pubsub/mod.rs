@@ -184,7 +184,7 @@ pub enum ClusterConfig {
     Nats {
         /// e.g. `nats://127.0.0.1:4222`.
         url: String,
-        /// Namespace shared by the nodes of one cluster on a shared broker.
+        /// Namespace of the cluster's channels on the broker; covered by every signature.
         cluster_name: String,
         /// Shared secret every message is signed with (`--cluster-secret`).
         secret: String,
@@ -193,7 +193,7 @@ pub enum ClusterConfig {
     Redis {
         /// e.g. `redis://127.0.0.1:6379`.
         url: String,
-        /// Namespace shared by the nodes of one cluster on a shared broker.
+        /// Namespace of the cluster's channels on the broker; covered by every signature.
         cluster_name: String,
         /// Shared secret every message is signed with (`--cluster-secret`).
         secret: String,
