@@ -6,13 +6,18 @@
 mod support;
 
 mod api;
+mod broadcast;
 mod cli;
 mod cluster_brokers;
 mod cluster_longpoll;
 mod cluster_mesh;
+mod fetch;
 mod fuzz_server;
+mod handlers;
+mod join_hook;
 mod longpoll;
 mod metrics;
+mod presence;
 mod pubsub_brokers;
 mod pubsub_mesh;
 mod rooms;
@@ -22,4 +27,5 @@ mod security_conns;
 mod security_frames;
 mod security_limits;
 mod security_tokens;
+mod webhooks;
 mod websocket;

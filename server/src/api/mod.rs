@@ -1,16 +1,19 @@
-//! The presence HTTP API for backends: `GET /api/presence/{topic}` answers who is in a room,
-//! cluster-wide as this node's tracker sees it, in the shape a `presence_state` push carries;
-//! `GET /api/presence/{topic}/count` answers only how many keys are listed.
+//! The HTTP API for backends: who is in a room ([`presence`]: `GET /api/presence/{topic}` and
+//! `/count`) and server-to-room messages ([`broadcast`]: `POST /api/broadcast/{topic}`).
 //!
-//! Access follows the socket rules, so the API never shows more than a client could see by
+//! Access follows the socket rules, so the API never reaches further than a client could by
 //! joining: with a token secret configured, the request needs `Authorization: Bearer <token>`
 //! (a token the server would accept on a socket) whose `rooms` claim allows the topic; in open
-//! mode anyone may ask, as anyone may join. Either way only topics matching `--rooms` exist.
-//! The topic is one path segment: percent-encode it (`room%3Alobby` or `room:lobby` both work,
-//! a `/` in a topic must be `%2F`).
+//! mode anyone may ask, as anyone may join. Either way only topics some channel route serves
+//! exist. The topic is one path segment: percent-encode it (`room%3Alobby` or `room:lobby` both
+//! work, a `/` in a topic must be `%2F`).
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+pub mod broadcast;
+pub mod presence;
+
+pub use broadcast::broadcast;
+pub use presence::{presence, presence_count};
+
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
@@ -29,7 +32,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, reason: impl Into<String>) -> Self {
         ApiError {
             status,
             reason: reason.into(),
@@ -50,7 +53,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn json_response(status: StatusCode, body: Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: Value) -> Response {
     let mut resp = (status, body.to_string()).into_response();
     let h = resp.headers_mut();
     h.insert(
@@ -80,8 +83,9 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     }
 }
 
-/// Decides whether the request may read `topic`: origin, then token (when the server has a
-/// secret), then the topic must be a room, then the token's `rooms` claim must allow it.
+/// Decides whether the request may use `topic`: origin, then token (when the server has a
+/// secret), then some channel route must serve the topic, then the token's `rooms` claim must
+/// allow it.
 pub fn authorize(node: &NodeContext, headers: &HeaderMap, topic: &str) -> Result<(), ApiError> {
     let security = &node.config.security;
     check_origin(&security.allowed_origins, headers)
@@ -97,7 +101,7 @@ pub fn authorize(node: &NodeContext, headers: &HeaderMap, topic: &str) -> Result
             Some(identity)
         }
     };
-    if !node.config.rooms.iter().any(|p| p.matches(topic)) {
+    if !node.routes.serves(topic) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("not a room topic: {topic}"),
@@ -112,49 +116,4 @@ pub fn authorize(node: &NodeContext, headers: &HeaderMap, topic: &str) -> Result
         }
     }
     Ok(())
-}
-
-/// The topic from the path (or a JSON 400 saying why it could not be read, e.g. its
-/// percent-encoding is not UTF-8) once the request may read it, and who is in it.
-async fn listing(
-    node: &NodeContext,
-    path: Result<Path<String>, PathRejection>,
-    headers: &HeaderMap,
-) -> Result<(String, Value), ApiError> {
-    let Path(topic) = path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    authorize(node, headers, &topic)?;
-    let presences = node.tracker.list(&topic).await;
-    Ok((topic, presences))
-}
-
-/// Number of keys in a presence map.
-fn key_count(presences: &Value) -> usize {
-    presences.as_object().map_or(0, |m| m.len())
-}
-
-/// `GET /api/presence/{topic}`: `{"topic", "presences": {key: {"metas": [...]}}, "count"}`.
-pub async fn presence(
-    State(node): State<NodeContext>,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let (topic, presences) = listing(&node, path, &headers).await?;
-    let count = key_count(&presences);
-    Ok(json_response(
-        StatusCode::OK,
-        json!({"topic": topic, "presences": presences, "count": count}),
-    ))
-}
-
-/// `GET /api/presence/{topic}/count`: `{"topic", "count"}`, the number of keys listed.
-pub async fn presence_count(
-    State(node): State<NodeContext>,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let (topic, presences) = listing(&node, path, &headers).await?;
-    Ok(json_response(
-        StatusCode::OK,
-        json!({"topic": topic, "count": key_count(&presences)}),
-    ))
 }
