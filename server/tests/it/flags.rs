@@ -70,8 +70,8 @@ const PROVEN_ELSEWHERE: &[(&str, &str)] = &[
     ("--join-hook-on-error", "join_hook"),
 ];
 
-/// The secret the mesh rows share with the fixture's peer.
-const MESH_SECRET: &str = "flags-mesh-secret";
+/// The cluster secret the rows share with the fixture's peers.
+const CLUSTER_SECRET: &str = "flags-mesh-secret";
 /// The cluster name the fixture's NATS peer uses.
 const NATS_CLUSTER: &str = "flags-cluster";
 
@@ -456,7 +456,7 @@ fn rows() -> Vec<Row> {
                 "--cluster-listen",
                 "127.0.0.1:0",
                 "--cluster-secret",
-                MESH_SECRET,
+                CLUSTER_SECRET,
             ],
             check: |run| {
                 Box::pin(async move {
@@ -467,7 +467,7 @@ fn rows() -> Vec<Row> {
         Row {
             flag: "--cluster-listen",
             value: Some("127.0.0.1:{port}"),
-            with: &["--cluster", "mesh", "--cluster-secret", MESH_SECRET],
+            with: &["--cluster", "mesh", "--cluster-secret", CLUSTER_SECRET],
             check: |run| {
                 Box::pin(async move {
                     assert_eq!(
@@ -486,13 +486,13 @@ fn rows() -> Vec<Row> {
                 "--cluster-listen",
                 "127.0.0.1:0",
                 "--cluster-secret",
-                MESH_SECRET,
+                CLUSTER_SECRET,
             ],
             check: |run| Box::pin(async move { run.node.wait_peers_up(&["flags-peer"]).await }),
         },
         Row {
             flag: "--cluster-secret",
-            value: Some(MESH_SECRET),
+            value: Some(CLUSTER_SECRET),
             with: &[
                 "--cluster",
                 "mesh",
@@ -506,7 +506,14 @@ fn rows() -> Vec<Row> {
         Row {
             flag: "--nats-url",
             value: Some("{nats}"),
-            with: &["--cluster", "nats", "--cluster-name", NATS_CLUSTER],
+            with: &[
+                "--cluster",
+                "nats",
+                "--cluster-secret",
+                CLUSTER_SECRET,
+                "--cluster-name",
+                NATS_CLUSTER,
+            ],
             check: |run| {
                 Box::pin(async move { run.node.wait_replicas_up(&["flags-nats-peer"]).await })
             },
@@ -514,7 +521,14 @@ fn rows() -> Vec<Row> {
         Row {
             flag: "--cluster-name",
             value: Some(NATS_CLUSTER),
-            with: &["--cluster", "nats", "--nats-url", "{nats}"],
+            with: &[
+                "--cluster",
+                "nats",
+                "--cluster-secret",
+                CLUSTER_SECRET,
+                "--nats-url",
+                "{nats}",
+            ],
             check: |run| {
                 Box::pin(async move { run.node.wait_replicas_up(&["flags-nats-peer"]).await })
             },
@@ -522,7 +536,7 @@ fn rows() -> Vec<Row> {
         Row {
             flag: "--redis-url",
             value: Some("{redis}"),
-            with: &["--cluster", "redis"],
+            with: &["--cluster", "redis", "--cluster-secret", CLUSTER_SECRET],
             check: |run| {
                 Box::pin(async move {
                     assert_eq!(run.node.healthz().await["status"], "ok");
@@ -560,7 +574,7 @@ impl Fixture {
                 "--cluster-listen",
                 "127.0.0.1:0",
                 "--cluster-secret",
-                MESH_SECRET,
+                CLUSTER_SECRET,
             ]),
         )
         .await;
@@ -570,6 +584,8 @@ impl Fixture {
             &strings(&[
                 "--cluster",
                 "nats",
+                "--cluster-secret",
+                CLUSTER_SECRET,
                 "--nats-url",
                 &nats_url,
                 "--cluster-name",

@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod cluster;
+pub mod mesh;
 pub mod ports;
 pub mod pubsub;
 pub mod receiver;
