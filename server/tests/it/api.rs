@@ -36,6 +36,7 @@ fn metas(presences: &Value, key: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn lists_both_members_with_their_metas_then_one_after_a_leave() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut a = Client::user(&server, "alice").await;
     let mut b = Client::user(&server, "bob").await;
@@ -76,6 +77,7 @@ async fn lists_both_members_with_their_metas_then_one_after_a_leave() {
 
 #[tokio::test]
 async fn count_answers_the_number_of_keys_not_of_metas() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut a1 = Client::user(&server, "alice").await;
     let mut a2 = Client::user(&server, "alice").await;
@@ -93,6 +95,7 @@ async fn count_answers_the_number_of_keys_not_of_metas() {
 
 #[tokio::test]
 async fn an_empty_room_lists_no_one() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let (status, _, body) = get(&server, "/api/presence/room:nobody", &[]).await;
     assert_eq!(status, 200);
@@ -104,6 +107,7 @@ async fn an_empty_room_lists_no_one() {
 
 #[tokio::test]
 async fn a_topic_outside_the_room_patterns_is_404_with_a_json_error() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     for path in ["/api/presence/chat:x", "/api/presence/chat:x/count"] {
         let (status, _, body) = get(&server, path, &[]).await;
@@ -114,6 +118,7 @@ async fn a_topic_outside_the_room_patterns_is_404_with_a_json_error() {
 
 #[tokio::test]
 async fn a_percent_encoded_topic_is_decoded() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(Config {
         rooms: rollcall_server::config::parse_rooms("team/*"),
         ..Config::default()
@@ -130,6 +135,7 @@ async fn a_percent_encoded_topic_is_decoded() {
 
 #[tokio::test]
 async fn a_topic_that_is_not_utf8_is_400_with_a_json_error() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let (status, _, body) = get(&server, "/api/presence/room%3A%FF", &[]).await;
     assert_eq!(status, 400);
@@ -161,6 +167,7 @@ fn token(sub: &str, rooms: Option<&[&str]>, exp: u64) -> String {
 
 #[tokio::test]
 async fn with_a_secret_no_token_is_401_with_a_bearer_challenge() {
+    let _watchdog = crate::support::watchdog::start();
     let server = secured().await;
     for headers in [
         &[][..],
@@ -176,6 +183,7 @@ async fn with_a_secret_no_token_is_401_with_a_bearer_challenge() {
 
 #[tokio::test]
 async fn with_a_secret_a_bad_or_expired_token_is_401_with_the_reason() {
+    let _watchdog = crate::support::watchdog::start();
     let server = secured().await;
     let forged = mint(
         "another-secret",
@@ -208,6 +216,7 @@ async fn with_a_secret_a_bad_or_expired_token_is_401_with_the_reason() {
 
 #[tokio::test]
 async fn with_a_secret_a_token_whose_rooms_exclude_the_topic_is_403() {
+    let _watchdog = crate::support::watchdog::start();
     let server = secured().await;
     let auth = format!(
         "Bearer {}",
@@ -232,6 +241,7 @@ async fn with_a_secret_a_token_whose_rooms_exclude_the_topic_is_403() {
 
 #[tokio::test]
 async fn with_a_secret_a_valid_token_reads_the_room() {
+    let _watchdog = crate::support::watchdog::start();
     let server = secured().await;
     let member = token("alice", None, unix_now() + 60);
     let mut a = Client::connect(&server, &format!("vsn=2.0.0&token={member}")).await;
@@ -255,6 +265,7 @@ async fn with_a_secret_a_valid_token_reads_the_room() {
 
 #[tokio::test]
 async fn a_disallowed_origin_is_refused() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(Config {
         security: Security {
             allowed_origins: rollcall_server::config::parse_origins("https://app.example.com"),
@@ -283,6 +294,7 @@ async fn a_disallowed_origin_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_node_lists_a_member_connected_elsewhere() {
+    let _watchdog = crate::support::watchdog::start();
     use crate::support::cluster::{serial, Node, User, DEADLINE, FAST_TIMING};
     let _serial = serial().await;
     let a = Node::mesh("api-a", &[], &FAST_TIMING).await;

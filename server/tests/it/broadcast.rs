@@ -22,6 +22,7 @@ fn token(rooms: Option<Vec<&str>>) -> String {
 
 #[tokio::test]
 async fn a_broadcast_follows_the_presence_apis_access_rules_and_refuses_protocol_events() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(Config {
         security: Security {
             verifier: Verifier::new(&[SECRET]),
@@ -80,6 +81,7 @@ async fn a_broadcast_follows_the_presence_apis_access_rules_and_refuses_protocol
 
 #[tokio::test]
 async fn an_http_broadcast_reaches_members_on_two_nodes() {
+    let _watchdog = crate::support::watchdog::start();
     let _serial = serial().await;
     let a = Node::mesh("bc-a", &[], &FAST_TIMING).await;
     let b = Node::mesh("bc-b", &[&a], &FAST_TIMING).await;

@@ -20,6 +20,7 @@ async fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Node {
 
 #[tokio::test]
 async fn sigterm_closes_sockets_with_1001_and_the_process_exits() {
+    let _watchdog = crate::support::watchdog::start();
     let mut node = spawn("cli-sigterm", &["--port", "0"], &[]).await;
     let mut client = Client::connect_to(&node.addr, "vsn=2.0.0").await;
     node.sigterm();
@@ -36,6 +37,7 @@ async fn sigterm_closes_sockets_with_1001_and_the_process_exits() {
 
 #[tokio::test]
 async fn environment_variables_configure_the_server() {
+    let _watchdog = crate::support::watchdog::start();
     let node = spawn(
         "cli-env",
         &[],

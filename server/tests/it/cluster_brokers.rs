@@ -73,11 +73,13 @@ async fn replication_over(kind: BrokerKind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_over_nats_share_members_updates_relays_and_heal() {
+    let _watchdog = crate::support::watchdog::start();
     replication_over(BrokerKind::Nats).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_over_redis_share_members_updates_relays_and_heal() {
+    let _watchdog = crate::support::watchdog::start();
     replication_over(BrokerKind::Redis).await;
 }
 
@@ -85,6 +87,7 @@ async fn three_nodes_over_redis_share_members_updates_relays_and_heal() {
 /// nats-server accepts in one message. The transfer reaches it in parts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_node_receives_a_state_larger_than_a_nats_message() {
+    let _watchdog = crate::support::watchdog::start();
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 

@@ -148,6 +148,7 @@ impl<'a> Session<'a> {
 
 #[tokio::test]
 async fn a_session_opened_on_one_node_is_served_by_any_node() {
+    let _watchdog = crate::support::watchdog::start();
     let (a, b) = pair(Duration::from_millis(500)).await;
     let url = format!("ws://{}/socket/websocket?vsn=2.0.0&user_id=watcher", a.addr);
     let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
@@ -190,6 +191,7 @@ async fn a_session_opened_on_one_node_is_served_by_any_node() {
 
 #[tokio::test]
 async fn a_relayed_poll_with_nothing_to_say_answers_204_after_the_window() {
+    let _watchdog = crate::support::watchdog::start();
     let (a, b) = pair(Duration::from_millis(300)).await;
     let token = open(&b, "dave").await;
     let answer = get(&a, &format!("vsn=2.0.0&token={token}")).await;
@@ -199,6 +201,7 @@ async fn a_relayed_poll_with_nothing_to_say_answers_204_after_the_window() {
 
 #[tokio::test]
 async fn a_token_of_a_node_not_in_the_cluster_opens_a_new_session_here() {
+    let _watchdog = crate::support::watchdog::start();
     let (a, _b) = pair(Duration::from_millis(300)).await;
     let ghost = format!("{:032x}.{}", 7u128, URL_SAFE_NO_PAD.encode("ghost"));
     let answer = get(&a, &format!("vsn=2.0.0&user_id=erin&token={ghost}")).await;
@@ -214,6 +217,7 @@ async fn a_token_of_a_node_not_in_the_cluster_opens_a_new_session_here() {
 
 #[tokio::test]
 async fn a_session_the_owner_no_longer_has_is_replaced_on_the_next_poll() {
+    let _watchdog = crate::support::watchdog::start();
     let (a, b) = pair(Duration::from_millis(300)).await;
     // A token naming node b, for a session b never had (or already closed).
     let stale = format!("{:032x}.{}", 9u128, URL_SAFE_NO_PAD.encode("b"));

@@ -29,6 +29,7 @@ async fn three_nodes_with_members() -> ((Node, Node, Node), (User, User, User)) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_mesh_nodes_share_members_meta_updates_and_relays() {
+    let _watchdog = crate::support::watchdog::start();
     let _serial = serial().await;
     let (a, b, c) = three_nodes(&FAST_TIMING).await;
     let mut ua = User::join(&a, "ua", ROOM, json!({"status": "here"})).await;
@@ -84,6 +85,7 @@ async fn three_mesh_nodes_share_members_meta_updates_and_relays() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_leaves_everywhere_and_its_restart_brings_only_new_members() {
+    let _watchdog = crate::support::watchdog::start();
     let _serial = serial().await;
     let ((a, _b, c), (ua, ub, _uc)) = three_nodes_with_members().await;
 
@@ -113,6 +115,7 @@ async fn a_killed_node_leaves_everywhere_and_its_restart_brings_only_new_members
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_node_and_the_rest_see_each_other_leave_then_converge_after_healing() {
+    let _watchdog = crate::support::watchdog::start();
     let _serial = serial().await;
     let ((a, _b, c), (ua, ub, uc)) = three_nodes_with_members().await;
 
@@ -143,6 +146,7 @@ async fn a_partitioned_node_and_the_rest_see_each_other_leave_then_converge_afte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_makes_a_nodes_members_leave_elsewhere_at_once_and_closes_with_1001() {
+    let _watchdog = crate::support::watchdog::start();
     let _serial = serial().await;
     // A long down period: only the graceful permdown can explain a prompt leave.
     let timing = [
@@ -171,6 +175,7 @@ async fn sigterm_makes_a_nodes_members_leave_elsewhere_at_once_and_closes_with_1
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_started_later_sees_existing_members_with_phoenix_timing() {
+    let _watchdog = crate::support::watchdog::start();
     let _serial = serial().await;
     // Phoenix's timing: a quiet node heartbeats only every 16.5 s, beyond the deadline.
     let a = Node::mesh("a", &[], &[]).await;
@@ -184,6 +189,7 @@ async fn a_node_started_later_sees_existing_members_with_phoenix_timing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_change_crosses_at_once_and_a_burst_travels_as_one_delta() {
+    let _watchdog = crate::support::watchdog::start();
     let _serial = serial().await;
     // Heartbeats a minute apart: anything seen sooner was sent on the change itself.
     let timing = [
@@ -243,6 +249,7 @@ fn refused_start(args: &[&str]) -> String {
 
 #[test]
 fn a_cluster_without_a_secret_bad_timing_or_a_bad_node_name_stop_the_start_with_the_reason() {
+    let _watchdog = crate::support::watchdog::start();
     let err = refused_start(&["--cluster", "mesh", "--cluster-listen", "127.0.0.1:0"]);
     assert!(err.contains("--cluster-secret"), "{err}");
     // Brokers too: every message is signed with it (refused before any broker is dialed).

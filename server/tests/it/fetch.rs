@@ -48,6 +48,7 @@ fn users(calls: &Calls, first_delay: Duration) -> Users {
 
 #[tokio::test]
 async fn the_hooks_fields_are_on_state_diffs_list_and_get_by_key_with_one_call_per_frame() {
+    let _watchdog = crate::support::watchdog::start();
     let calls = Calls::default();
     let server = with_hook(users(&calls, Duration::ZERO)).await;
     let mut members = Vec::new();
@@ -98,6 +99,7 @@ async fn the_hooks_fields_are_on_state_diffs_list_and_get_by_key_with_one_call_p
 
 #[tokio::test]
 async fn a_slow_fetch_keeps_each_topics_frames_in_order() {
+    let _watchdog = crate::support::watchdog::start();
     let calls = Calls::default();
     let server = with_hook(users(&calls, Duration::from_millis(300))).await;
     // Someone is there, so the joiner's state has a key to fetch for.
@@ -121,6 +123,7 @@ async fn a_slow_fetch_keeps_each_topics_frames_in_order() {
 
 #[tokio::test]
 async fn a_hook_cannot_drop_metas_or_invent_keys() {
+    let _watchdog = crate::support::watchdog::start();
     struct Vandal;
     impl Fetch for Vandal {
         async fn fetch(&self, _topic: &str, presences: &mut Map<String, Value>) {
@@ -142,6 +145,7 @@ async fn a_hook_cannot_drop_metas_or_invent_keys() {
 
 #[tokio::test]
 async fn a_panicking_hook_leaves_frames_as_they_were() {
+    let _watchdog = crate::support::watchdog::start();
     struct Panics;
     impl Fetch for Panics {
         async fn fetch(&self, _topic: &str, _presences: &mut Map<String, Value>) {

@@ -651,6 +651,7 @@ fn documented_flags() -> BTreeMap<String, String> {
 
 #[test]
 fn help_shows_every_flag_with_its_environment_variable_and_each_is_tested() {
+    let _watchdog = crate::support::watchdog::start();
     let documented = documented_flags();
     // Parsing still works: a few flags every version has.
     for flag in ["--port", "--secret", "--cluster", "--webhook-url"] {
@@ -696,6 +697,7 @@ enum Via {
 
 #[tokio::test]
 async fn every_flag_and_its_environment_variable_changes_what_the_server_does() {
+    let _watchdog = crate::support::watchdog::start();
     let _serial = crate::support::cluster::serial().await;
     let documented = documented_flags();
     let fixture = Arc::new(Fixture::start().await);

@@ -82,6 +82,7 @@ proptest! {
         ndjson in any::<bool>(),
         body in prop::collection::vec(any::<u8>(), 0..2000),
     ) {
+        let _watchdog = crate::support::watchdog::start();
         let frames = parse_body(ndjson, &body);
         prop_assert!(frames.len() <= MAX_NDJSON_LINES.max(1));
         if !ndjson {
@@ -96,6 +97,7 @@ proptest! {
 
     #[test]
     fn longpoll_ndjson_of_many_lines_is_capped(lines in prop::collection::vec("[\\[a-zA-Z0-9+/=]{0,20}", 0..300)) {
+        let _watchdog = crate::support::watchdog::start();
         let body = lines.join("\n");
         let frames = parse_body(true, body.as_bytes());
         let nonempty = lines.iter().filter(|l| !l.is_empty()).count();
@@ -140,11 +142,13 @@ proptest! {
 
     #[test]
     fn verify_survives_any_text(text in "(?s).{0,300}") {
+        let _watchdog = crate::support::watchdog::start();
         let _ = verifier().verify(&text, NOW);
     }
 
     #[test]
     fn verify_survives_three_base64url_parts(parts in prop::collection::vec("[A-Za-z0-9_=-]{0,60}", 3)) {
+        let _watchdog = crate::support::watchdog::start();
         let _ = verifier().verify(&parts.join("."), NOW);
     }
 
@@ -154,6 +158,7 @@ proptest! {
         token in prop::sample::select(valid_tokens()),
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<char>()), 1..4),
     ) {
+        let _watchdog = crate::support::watchdog::start();
         let original = verifier().verify(&token, NOW).expect("seed verifies");
         let mut chars: Vec<char> = token.chars().collect();
         for (i, c) in edits {
@@ -169,6 +174,7 @@ proptest! {
     /// Any JSON body, correctly signed: verify never panics, and accepts only a real `sub`.
     #[test]
     fn signed_claims_of_any_shape_verify_or_are_refused_with_a_reason(body in any_json()) {
+        let _watchdog = crate::support::watchdog::start();
         let token = encode(
             &Header::new(Algorithm::HS256),
             &body,
@@ -187,6 +193,7 @@ proptest! {
 
     #[test]
     fn auth_token_subprotocol_header_survives_any_value(value in "[ -~]{0,200}") {
+        let _watchdog = crate::support::watchdog::start();
         let mut h = HeaderMap::new();
         if let Ok(v) = HeaderValue::from_str(&value) {
             h.insert("sec-websocket-protocol", v);
@@ -202,6 +209,7 @@ proptest! {
         host in "[a-z0-9-]{1,10}(\\.[a-z0-9-]{1,10}){0,3}",
         port in prop::option::of(1u16..),
     ) {
+        let _watchdog = crate::support::watchdog::start();
         let _ = OriginPattern::parse(&pattern).matches(&origin);
         let own = match port {
             Some(p) => format!("{scheme}://{host}:{p}"),
@@ -280,6 +288,7 @@ async fn run_machine(
 
 #[test]
 fn the_socket_machine_survives_hostile_frame_sequences() {
+    let _watchdog = crate::support::watchdog::start();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

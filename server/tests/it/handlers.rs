@@ -154,6 +154,7 @@ async fn until_log(log: &Log, entry: &str) {
 
 #[tokio::test]
 async fn a_handler_refuses_a_join_with_its_reason_and_keeps_nothing() {
+    let _watchdog = crate::support::watchdog::start();
     let (server, _log) = server().await;
     let mut c = Client::connect(&server, "vsn=2.0.0&user_id=u").await;
     let reply = join_reply(&mut c, "app:1", json!({"refuse": "not today"})).await;
@@ -169,6 +170,7 @@ async fn a_handler_refuses_a_join_with_its_reason_and_keeps_nothing() {
 
 #[tokio::test]
 async fn a_join_answers_with_the_handlers_reply_and_tracks_under_the_key_it_chose() {
+    let _watchdog = crate::support::watchdog::start();
     let (server, _log) = server().await;
     let mut c = Client::connect(&server, "vsn=2.0.0&user_id=u&app=x").await;
     let reply = join_reply(
@@ -201,6 +203,7 @@ async fn a_join_answers_with_the_handlers_reply_and_tracks_under_the_key_it_chos
 
 #[tokio::test]
 async fn a_join_without_track_subscribes_without_listing_or_state() {
+    let _watchdog = crate::support::watchdog::start();
     let (server, _log) = server().await;
     let mut watcher = Client::user(&server, "w").await;
     join_reply(&mut watcher, "app:1", json!({})).await;
@@ -219,6 +222,7 @@ async fn a_join_without_track_subscribes_without_listing_or_state() {
 
 #[tokio::test]
 async fn replies_pushes_and_broadcasts_reach_whom_they_should() {
+    let _watchdog = crate::support::watchdog::start();
     let (server, _log) = server().await;
     let mut a = Client::user(&server, "a").await;
     let mut b = Client::user(&server, "b").await;
@@ -271,6 +275,7 @@ async fn replies_pushes_and_broadcasts_reach_whom_they_should() {
 
 #[tokio::test]
 async fn a_deferred_reply_and_a_pusher_answer_from_another_task() {
+    let _watchdog = crate::support::watchdog::start();
     let (server, _log) = server().await;
     let mut c = Client::user(&server, "u").await;
     join_reply(&mut c, "app:1", json!({})).await;
@@ -286,6 +291,7 @@ async fn a_deferred_reply_and_a_pusher_answer_from_another_task() {
 
 #[tokio::test]
 async fn assigns_live_as_long_as_the_channel() {
+    let _watchdog = crate::support::watchdog::start();
     let (server, _log) = server().await;
     let mut c = Client::user(&server, "u").await;
     join_reply(&mut c, "app:1", json!({})).await;
@@ -298,6 +304,7 @@ async fn assigns_live_as_long_as_the_channel() {
 
 #[tokio::test]
 async fn a_panic_in_handle_in_closes_that_channel_with_phx_error_and_nothing_else() {
+    let _watchdog = crate::support::watchdog::start();
     let (server, log) = server().await;
     let mut watcher = Client::user(&server, "w").await;
     join_reply(&mut watcher, "app:1", json!({})).await;
@@ -337,6 +344,7 @@ async fn a_panic_in_handle_in_closes_that_channel_with_phx_error_and_nothing_els
 
 #[tokio::test]
 async fn a_panic_in_join_answers_join_crashed() {
+    let _watchdog = crate::support::watchdog::start();
     let (server, _log) = server().await;
     let mut c = Client::user(&server, "u").await;
     let reply = join_reply(&mut c, "app:1", json!({"panic": true})).await;
@@ -350,6 +358,7 @@ async fn a_panic_in_join_answers_join_crashed() {
 
 #[tokio::test]
 async fn terminate_hears_leave_stop_replace_and_close() {
+    let _watchdog = crate::support::watchdog::start();
     let (server, log) = server().await;
     let mut c = Client::user(&server, "u").await;
     join_reply(&mut c, "app:left", json!({})).await;
@@ -379,6 +388,7 @@ async fn terminate_hears_leave_stop_replace_and_close() {
 
 #[tokio::test]
 async fn handler_tracks_get_the_tokens_trusted_meta_and_claims_are_visible() {
+    let _watchdog = crate::support::watchdog::start();
     let secret = "s3cret";
     let config = Config {
         security: rollcall_server::config::Security {
@@ -423,6 +433,7 @@ async fn handler_tracks_get_the_tokens_trusted_meta_and_claims_are_visible() {
 
 #[tokio::test]
 async fn routes_are_tried_in_order_and_the_presence_rooms_come_last() {
+    let _watchdog = crate::support::watchdog::start();
     struct Refuse;
     impl Channel for Refuse {
         async fn join(&self, _: &str, _: &Value, _: &mut ChannelSocket) -> Result<Joined, Refusal> {
@@ -445,6 +456,7 @@ async fn routes_are_tried_in_order_and_the_presence_rooms_come_last() {
 
 #[tokio::test]
 async fn a_binary_push_reaches_the_handler_as_bytes() {
+    let _watchdog = crate::support::watchdog::start();
     struct Bytes;
     impl Channel for Bytes {
         async fn join(&self, _: &str, _: &Value, _: &mut ChannelSocket) -> Result<Joined, Refusal> {
@@ -479,6 +491,7 @@ async fn a_binary_push_reaches_the_handler_as_bytes() {
 
 #[tokio::test]
 async fn frames_keep_flowing_to_a_client_while_its_handler_is_busy() {
+    let _watchdog = crate::support::watchdog::start();
     struct Slow {
         release: Arc<tokio::sync::Notify>,
     }

@@ -61,6 +61,7 @@ async fn join_reply(user: &User) -> (String, Value) {
 
 #[tokio::test]
 async fn an_allowed_join_carries_the_hooks_meta_as_trusted_and_the_request_is_signed() {
+    let _watchdog = crate::support::watchdog::start();
     let receiver = Receiver::start(backend).await;
     let node = node("hook-allow", &receiver, &[]).await;
     let user = User::open(&node, "alice", "room:ok").await;
@@ -93,6 +94,7 @@ async fn an_allowed_join_carries_the_hooks_meta_as_trusted_and_the_request_is_si
 
 #[tokio::test]
 async fn a_refused_join_gets_the_hooks_reason_and_is_not_listed() {
+    let _watchdog = crate::support::watchdog::start();
     let receiver = Receiver::start(backend).await;
     let node = node("hook-refuse", &receiver, &[]).await;
     let user = User::open(&node, "mallory", "room:banned").await;
@@ -117,6 +119,7 @@ async fn a_refused_join_gets_the_hooks_reason_and_is_not_listed() {
 
 #[tokio::test]
 async fn a_hanging_hook_costs_only_its_joiner_the_timeout_and_then_denies() {
+    let _watchdog = crate::support::watchdog::start();
     let receiver = Receiver::start(backend).await;
     let node = node("hook-hang", &receiver, &[]).await;
     let slow = User::open(&node, "slow", "room:slow").await;
@@ -155,6 +158,7 @@ async fn a_hanging_hook_costs_only_its_joiner_the_timeout_and_then_denies() {
 
 #[tokio::test]
 async fn with_on_error_allow_a_hanging_hook_lets_the_join_through_after_the_timeout() {
+    let _watchdog = crate::support::watchdog::start();
     let receiver = Receiver::start(backend).await;
     let node = node("hook-open", &receiver, &["--join-hook-on-error", "allow"]).await;
     let started = tokio::time::Instant::now();

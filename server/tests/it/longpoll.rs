@@ -32,6 +32,7 @@ async fn poll_messages(addr: SocketAddr, token: &str, n: usize) -> Vec<Value> {
 
 #[tokio::test]
 async fn a_get_without_session_opens_one_with_410_and_a_token() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(config(10_000)).await;
     let token = longpoll_open(server.addr, "vsn=2.0.0").await;
     assert!(!token.is_empty());
@@ -39,6 +40,7 @@ async fn a_get_without_session_opens_one_with_410_and_a_token() {
 
 #[tokio::test]
 async fn an_unsupported_vsn_gets_status_403() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(config(10_000)).await;
     assert_eq!(
         longpoll_get(server.addr, "vsn=9.0.0").await,
@@ -48,6 +50,7 @@ async fn an_unsupported_vsn_gets_status_403() {
 
 #[tokio::test]
 async fn a_posted_join_is_answered_in_the_next_polls_as_strings() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(config(10_000)).await;
     let token = longpoll_open(server.addr, "vsn=2.0.0&user_id=poller").await;
     let resp = longpoll_post(
@@ -70,6 +73,7 @@ async fn a_posted_join_is_answered_in_the_next_polls_as_strings() {
 
 #[tokio::test]
 async fn a_plain_body_is_one_frame_and_the_token_param_works() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(config(10_000)).await;
     let token = longpoll_open(server.addr, "vsn=2.0.0").await;
     let (_, _, body) = http(
@@ -90,6 +94,7 @@ async fn a_plain_body_is_one_frame_and_the_token_param_works() {
 
 #[tokio::test]
 async fn a_poll_with_nothing_to_say_answers_204_after_the_window() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(config(200)).await;
     let token = longpoll_open(server.addr, "vsn=2.0.0").await;
     let resp = longpoll_get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
@@ -100,6 +105,7 @@ async fn a_poll_with_nothing_to_say_answers_204_after_the_window() {
 
 #[tokio::test]
 async fn a_post_without_a_session_gets_410() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(config(10_000)).await;
     let resp = longpoll_post(server.addr, "no-such-token", "application/x-ndjson", "[]").await;
     assert_eq!(resp, json!({"status": 410}));
@@ -107,6 +113,7 @@ async fn a_post_without_a_session_gets_410() {
 
 #[tokio::test]
 async fn only_the_first_100_ndjson_lines_are_processed() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(config(300)).await;
     let token = longpoll_open(server.addr, "vsn=2.0.0").await;
     let lines: Vec<String> = (1..=101)
@@ -140,6 +147,7 @@ async fn only_the_first_100_ndjson_lines_are_processed() {
 
 #[tokio::test]
 async fn base64_ndjson_lines_are_binary_frames() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(config(10_000)).await;
     let mut ws = Client::user(&server, "ws").await;
     ws.join("room:b64", json!({})).await;
@@ -172,6 +180,7 @@ async fn base64_ndjson_lines_are_binary_frames() {
 
 #[tokio::test]
 async fn an_unpolled_session_expires_and_its_presence_leaves() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(config(200)).await;
     let mut ws = Client::user(&server, "ws").await;
     ws.join("room:exp", json!({})).await;
@@ -208,6 +217,7 @@ async fn an_unpolled_session_expires_and_its_presence_leaves() {
 
 #[tokio::test]
 async fn options_answers_the_cors_preflight() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(config(10_000)).await;
     let (status, headers, _) = http(
         server.addr,
@@ -236,6 +246,7 @@ async fn options_answers_the_cors_preflight() {
 
 #[tokio::test]
 async fn a_client_that_abandons_its_poll_still_expires_and_leaves() {
+    let _watchdog = crate::support::watchdog::start();
     use tokio::io::AsyncWriteExt;
     let server = start(config(500)).await;
     let mut ws = Client::user(&server, "ws").await;
@@ -279,6 +290,7 @@ async fn a_client_that_abandons_its_poll_still_expires_and_leaves() {
 
 #[tokio::test]
 async fn a_session_that_falls_too_far_behind_is_closed_like_a_slow_websocket() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(Config {
         max_queued_frames: 8,
         ..config(10_000)

@@ -182,6 +182,7 @@ const WS_OPEN: &str = "rollcall_connections{transport=\"websocket\"}";
 
 #[tokio::test]
 async fn gauges_count_two_members_and_drop_when_one_leaves_then_closes() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut a = Client::user(&server, "alice").await;
     let mut b = Client::user(&server, "bob").await;
@@ -249,6 +250,7 @@ async fn gauges_count_two_members_and_drop_when_one_leaves_then_closes() {
 
 #[tokio::test]
 async fn the_output_is_valid_exposition_format_with_help_type_and_total_suffixes() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut a = Client::user(&server, "alice").await;
     a.join("room:lobby", json!({})).await;
@@ -304,6 +306,7 @@ async fn the_output_is_valid_exposition_format_with_help_type_and_total_suffixes
 
 #[tokio::test]
 async fn no_topic_or_key_appears_in_the_output() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut a = Client::user(&server, "secret-user-name").await;
     a.join("room:secret-room-name", json!({})).await;
@@ -316,6 +319,7 @@ async fn no_topic_or_key_appears_in_the_output() {
 
 #[tokio::test]
 async fn frames_relayed_events_and_rate_limited_replies_are_counted() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(Config {
         security: Security {
             event_rate: RateLimit {
@@ -354,6 +358,7 @@ async fn frames_relayed_events_and_rate_limited_replies_are_counted() {
 
 #[tokio::test]
 async fn a_long_poll_session_counts_as_a_longpoll_connection() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     longpoll_open(server.addr, "vsn=2.0.0&user_id=lp").await;
     wait_for(
@@ -368,6 +373,7 @@ async fn a_long_poll_session_counts_as_a_longpoll_connection() {
 
 #[tokio::test]
 async fn metrics_off_serves_no_metrics() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(Config {
         metrics: false,
         ..Config::default()
@@ -409,6 +415,7 @@ async fn binary(
 
 #[tokio::test]
 async fn the_binary_serves_metrics_by_default_and_not_with_metrics_false() {
+    let _watchdog = crate::support::watchdog::start();
     let (_on, addr) = binary(&[], &[]).await;
     let (status, _, body) = http(addr, "GET", "/metrics", &[], b"").await;
     assert_eq!(status, 200);
@@ -421,6 +428,7 @@ async fn the_binary_serves_metrics_by_default_and_not_with_metrics_false() {
 
 #[tokio::test]
 async fn refused_connects_are_counted_by_reason() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(Config {
         security: Security {
             verifier: rollcall_server::security::auth::Verifier::new(&["s"]),
@@ -447,6 +455,7 @@ async fn refused_connects_are_counted_by_reason() {
 
 #[tokio::test]
 async fn every_metric_family_is_documented_in_docs_operations() {
+    let _watchdog = crate::support::watchdog::start();
     let page = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../docs/operations.md"
@@ -464,6 +473,7 @@ async fn every_metric_family_is_documented_in_docs_operations() {
 
 #[tokio::test]
 async fn connects_over_the_per_address_limit_are_counted() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(Config {
         security: Security {
             max_conns_per_ip: 1,
@@ -490,6 +500,7 @@ async fn connects_over_the_per_address_limit_are_counted() {
 
 #[tokio::test]
 async fn refused_joins_are_counted_by_reason() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(Config {
         max_channels: 2,
         security: Security {

@@ -35,6 +35,7 @@ fn summary(change: &PresenceChange) -> Vec<String> {
 
 #[tokio::test]
 async fn a_server_side_presence_is_listed_diffed_updated_and_gone_when_its_handle_drops() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut c = Client::user(&server, "watcher").await;
     c.join("room:lobby", json!({"track": false})).await;
@@ -77,6 +78,7 @@ async fn a_server_side_presence_is_listed_diffed_updated_and_gone_when_its_handl
 
 #[tokio::test]
 async fn a_presence_held_by_a_task_leaves_when_the_task_ends() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let presence = server.presence.clone();
     let job = tokio::spawn(async move {
@@ -93,6 +95,7 @@ async fn a_presence_held_by_a_task_leaves_when_the_task_ends() {
 
 #[tokio::test]
 async fn a_meta_that_is_not_an_object_is_refused() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     assert!(server.presence.track("room:x", "k", json!([1])).is_err());
     let handle = server.presence.track("room:x", "k", json!({})).unwrap();
@@ -101,6 +104,7 @@ async fn a_meta_that_is_not_an_object_is_refused() {
 
 #[tokio::test]
 async fn subscribe_hears_joins_and_leaves_of_matching_topics_in_order() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut rooms = server.presence.subscribe("room:*");
     let mut lobby = server.presence.subscribe("room:lobby");
@@ -139,6 +143,7 @@ async fn subscribe_hears_joins_and_leaves_of_matching_topics_in_order() {
 
 #[tokio::test]
 async fn a_subscription_that_falls_behind_is_ended_and_says_so() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut sub = server.presence.subscribe_with_capacity("room:*", 2);
     let handles: Vec<_> = (0..10)
@@ -191,6 +196,7 @@ async fn until_listed(embedded: &Embedded, topic: &str, keys: &[&str]) {
 
 #[tokio::test]
 async fn a_server_side_presence_is_seen_on_another_node_and_leaves_when_its_handle_drops() {
+    let _watchdog = crate::support::watchdog::start();
     let _serial = serial().await;
     let (process, embedded) = process_and_embedded().await;
     let watcher = User::observe(&process, "watcher", "room:lobby").await;
@@ -208,6 +214,7 @@ async fn a_server_side_presence_is_seen_on_another_node_and_leaves_when_its_hand
 
 #[tokio::test]
 async fn subscribe_hears_another_nodes_joins_and_leaves_in_order() {
+    let _watchdog = crate::support::watchdog::start();
     let _serial = serial().await;
     let (process, embedded) = process_and_embedded().await;
     let mut sub = embedded.presence.subscribe("room:*");

@@ -201,6 +201,7 @@ macro_rules! on_both_brokers {
             $(
                 #[tokio::test]
                 async fn $test() {
+                    let _watchdog = crate::support::watchdog::start();
                     super::$test(super::Kind::Nats).await;
                 }
             )*
@@ -209,6 +210,7 @@ macro_rules! on_both_brokers {
             $(
                 #[tokio::test]
                 async fn $test() {
+                    let _watchdog = crate::support::watchdog::start();
                     super::$test(super::Kind::Redis).await;
                 }
             )*
@@ -232,6 +234,7 @@ on_both_brokers!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement, not a test"]
 async fn measure_broker_latency() {
+    let _watchdog = crate::support::watchdog::start();
     for kind in [Kind::Nats, Kind::Redis] {
         let broker = Broker::start(kind).await;
         let a = node(kind, "a", &broker.url()).await;

@@ -67,6 +67,7 @@ async fn wait_connected(nodes: &[&dyn PubSub]) {
 
 #[tokio::test]
 async fn a_node_that_knows_one_seed_learns_the_rest_by_gossip() {
+    let _watchdog = crate::support::watchdog::start();
     let a = node("a", &[]).await;
     let b = node("b", &[addr(&a)]).await;
     let c = node("c", &[addr(&a)]).await;
@@ -78,6 +79,7 @@ async fn a_node_that_knows_one_seed_learns_the_rest_by_gossip() {
 
 #[tokio::test]
 async fn broadcast_reaches_every_other_node_exactly_once_and_never_the_sender() {
+    let _watchdog = crate::support::watchdog::start();
     let a = node("a", &[]).await;
     let b = node("b", &[addr(&a)]).await;
     let c = node("c", &[addr(&a)]).await;
@@ -87,6 +89,7 @@ async fn broadcast_reaches_every_other_node_exactly_once_and_never_the_sender() 
 
 #[tokio::test]
 async fn subscribers_get_only_their_channel() {
+    let _watchdog = crate::support::watchdog::start();
     let a = node("a", &[]).await;
     let b = node("b", &[addr(&a)]).await;
     wait_connected(&[&a, &b]).await;
@@ -101,6 +104,7 @@ async fn subscribers_get_only_their_channel() {
 
 #[tokio::test]
 async fn a_directed_message_reaches_only_its_target() {
+    let _watchdog = crate::support::watchdog::start();
     let a = node("a", &[]).await;
     let b = node("b", &[addr(&a)]).await;
     let c = node("c", &[addr(&a)]).await;
@@ -110,6 +114,7 @@ async fn a_directed_message_reaches_only_its_target() {
 
 #[tokio::test]
 async fn nodes_that_dial_each_other_keep_a_single_connection() {
+    let _watchdog = crate::support::watchdog::start();
     // Both know each other, so both dial at once; the tie-break must leave one connection.
     let a = node("a", &[]).await;
     let b = node("b", &[addr(&a)]).await;
@@ -133,6 +138,7 @@ async fn nodes_that_dial_each_other_keep_a_single_connection() {
 
 #[tokio::test]
 async fn a_node_with_the_wrong_secret_is_refused() {
+    let _watchdog = crate::support::watchdog::start();
     let a = node("a", &[]).await;
     let intruder = Mesh::start("x", config("127.0.0.1:0", &[addr(&a)], "not-the-secret"))
         .await
@@ -154,6 +160,7 @@ async fn a_node_with_the_wrong_secret_is_refused() {
 /// the node before or after: not its name, address or incarnation, nor a proof of its own.
 #[tokio::test]
 async fn a_wrong_proof_gets_an_authentication_refusal_and_nothing_else() {
+    let _watchdog = crate::support::watchdog::start();
     let a = node("a", &[]).await;
     let mut s = TcpStream::connect(a.local_addr()).await.expect("connect");
     raw::write_frame(&mut s, &raw::hello(&[42u8; 32])).await;
@@ -187,6 +194,7 @@ async fn a_wrong_proof_gets_an_authentication_refusal_and_nothing_else() {
 /// With the secret, the same raw client gets the node's proof and then its identity.
 #[tokio::test]
 async fn the_right_proof_gets_the_nodes_proof_and_identity() {
+    let _watchdog = crate::support::watchdog::start();
     let a = node("a", &[]).await;
     let mut s = TcpStream::connect(a.local_addr()).await.expect("connect");
     assert_eq!(raw::handshake(&mut s, "raw", SECRET, b'D').await, "a");
@@ -194,6 +202,7 @@ async fn the_right_proof_gets_the_nodes_proof_and_identity() {
 
 #[tokio::test]
 async fn a_killed_peer_is_reported_down_and_reconnects_when_it_comes_back() {
+    let _watchdog = crate::support::watchdog::start();
     let a = node("a", &[]).await;
     let b = node("b", &[addr(&a)]).await;
     wait_connected(&[&a, &b]).await;
@@ -218,6 +227,7 @@ async fn a_killed_peer_is_reported_down_and_reconnects_when_it_comes_back() {
 
 #[tokio::test]
 async fn a_partition_drops_traffic_both_ways_and_healing_restores_it() {
+    let _watchdog = crate::support::watchdog::start();
     let a = node("a", &[]).await;
     let b = node("b", &[addr(&a)]).await;
     wait_connected(&[&a, &b]).await;
@@ -249,6 +259,7 @@ async fn a_partition_drops_traffic_both_ways_and_healing_restores_it() {
 
 #[tokio::test]
 async fn garbage_on_the_listen_port_is_cut_off_without_disturbing_the_cluster() {
+    let _watchdog = crate::support::watchdog::start();
     let a = node("a", &[]).await;
     let b = node("b", &[addr(&a)]).await;
     wait_connected(&[&a, &b]).await;
@@ -287,6 +298,7 @@ async fn garbage_on_the_listen_port_is_cut_off_without_disturbing_the_cluster() 
 
 #[tokio::test]
 async fn an_address_that_is_ourselves_is_skipped() {
+    let _watchdog = crate::support::watchdog::start();
     // A headless service lists every pod, this one included.
     let held = HeldPort::new();
     let own = held.addr.to_string();
@@ -303,6 +315,7 @@ async fn an_address_that_is_ourselves_is_skipped() {
 
 #[tokio::test]
 async fn bad_configuration_is_a_clear_error() {
+    let _watchdog = crate::support::watchdog::start();
     let bad_addr = connect(
         "a",
         ClusterConfig::Mesh(MeshConfig::new("127.0.0.1", vec![], SECRET)),
@@ -329,6 +342,7 @@ async fn bad_configuration_is_a_clear_error() {
 
 #[tokio::test]
 async fn the_local_adapter_sends_nowhere() {
+    let _watchdog = crate::support::watchdog::start();
     let local = connect("solo", ClusterConfig::None).await.expect("local");
     let mut rx = local.subscribe("t");
     local.broadcast("t", msg("x"));
@@ -349,6 +363,7 @@ async fn raw_authenticated_peer(target: &Mesh, name: &str, secret: &str) -> TcpS
 
 #[tokio::test]
 async fn a_restarted_peer_replaces_its_hung_old_connection_at_once() {
+    let _watchdog = crate::support::watchdog::start();
     // "b" before the restart: a fake node that A dials (A's name is smaller, so that
     // connection wins the tie-break), which completes the handshake and then hangs.
     let old_b = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -377,6 +392,7 @@ async fn a_restarted_peer_replaces_its_hung_old_connection_at_once() {
 
 #[tokio::test]
 async fn an_authenticated_peer_sending_a_bad_frame_is_cut_off_alone() {
+    let _watchdog = crate::support::watchdog::start();
     let a = node("a", &[]).await;
     let b = node("b", &[addr(&a)]).await;
     wait_connected(&[&a, &b]).await;
@@ -421,6 +437,7 @@ async fn an_authenticated_peer_sending_a_bad_frame_is_cut_off_alone() {
 
 #[tokio::test]
 async fn a_silent_peer_is_declared_dead_by_the_ping_timeout() {
+    let _watchdog = crate::support::watchdog::start();
     let mut c = config("127.0.0.1:0", &[], SECRET);
     c.ping_timeout = Duration::from_millis(500);
     let a = Mesh::start("a", c).await.expect("a starts");
@@ -441,6 +458,7 @@ async fn a_silent_peer_is_declared_dead_by_the_ping_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement, not a test"]
 async fn measure_mesh_latency() {
+    let _watchdog = crate::support::watchdog::start();
     let a = node("a", &[]).await;
     let b = node("b", &[addr(&a)]).await;
     wait_connected(&[&a, &b]).await;
@@ -450,6 +468,7 @@ async fn measure_mesh_latency() {
 
 #[tokio::test]
 async fn a_message_over_the_frame_limit_is_dropped_at_the_sender() {
+    let _watchdog = crate::support::watchdog::start();
     let a = node("a", &[]).await;
     let b = node("b", &[addr(&a)]).await;
     wait_connected(&[&a, &b]).await;
@@ -468,6 +487,7 @@ async fn a_message_over_the_frame_limit_is_dropped_at_the_sender() {
 
 #[tokio::test]
 async fn shutdown_flushes_what_is_queued() {
+    let _watchdog = crate::support::watchdog::start();
     let a = node("a", &[]).await;
     let b = node("b", &[addr(&a)]).await;
     wait_connected(&[&a, &b]).await;
@@ -506,6 +526,7 @@ async fn connected_pair() -> (std::sync::Arc<dyn PubSub>, std::sync::Arc<dyn Pub
 
 #[tokio::test]
 async fn connect_gives_a_working_mesh_behind_the_trait() {
+    let _watchdog = crate::support::watchdog::start();
     let (a, b) = connected_pair().await;
     let mut at_b = b.subscribe("t");
     a.broadcast("t", msg("via dyn"));
@@ -514,6 +535,7 @@ async fn connect_gives_a_working_mesh_behind_the_trait() {
 
 #[tokio::test]
 async fn connect_carries_a_message_larger_than_a_mesh_frame() {
+    let _watchdog = crate::support::watchdog::start();
     // Built before the nodes start: a debug build takes a while over 16 MiB, and this blocks
     // the runtime the nodes' connections run on (their ping timeout is 2 s).
     let big: Vec<u8> = (0..(rollcall_server::pubsub::mesh::MAX_FRAME as u32 + 4096))
@@ -532,6 +554,7 @@ async fn connect_carries_a_message_larger_than_a_mesh_frame() {
 
 #[tokio::test]
 async fn a_gossiped_peer_gone_for_good_is_forgotten() {
+    let _watchdog = crate::support::watchdog::start();
     let mut c = config("127.0.0.1:0", &[], SECRET);
     c.forget_after = Duration::from_millis(300);
     let a = Mesh::start("a", c).await.expect("a starts");
@@ -548,6 +571,7 @@ async fn a_gossiped_peer_gone_for_good_is_forgotten() {
 
 #[tokio::test]
 async fn a_seed_that_starts_later_is_connected_when_it_comes_up() {
+    let _watchdog = crate::support::watchdog::start();
     let held = HeldPort::new();
     let seed = held.addr.to_string();
     let a = node("a", std::slice::from_ref(&seed)).await;
@@ -565,6 +589,7 @@ async fn a_seed_that_starts_later_is_connected_when_it_comes_up() {
 
 #[tokio::test]
 async fn the_rest_of_the_mesh_survives_the_death_of_the_seed() {
+    let _watchdog = crate::support::watchdog::start();
     let a = node("a", &[]).await;
     let b = node("b", &[addr(&a)]).await;
     let c = node("c", &[addr(&a)]).await;
@@ -581,6 +606,7 @@ async fn the_rest_of_the_mesh_survives_the_death_of_the_seed() {
 
 #[tokio::test]
 async fn a_malformed_part_counts_as_dropped_inbound_and_an_unsigned_message_as_rejected() {
+    let _watchdog = crate::support::watchdog::start();
     // `a` signs (so `b`, which goes through `connect`, takes its messages) but does not chunk:
     // to `b`, its payloads are malformed cluster messages.
     let raw_a = Arc::new(node("a", &[]).await);

@@ -15,6 +15,7 @@ fn metas<'a>(map: &'a Value, key: &str) -> &'a Vec<Value> {
 
 #[tokio::test]
 async fn join_sends_reply_then_state_without_the_joiner_then_a_diff_with_it() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut a = Client::user(&server, "alice").await;
     a.join("room:lobby", json!({"meta": {"status": "here"}}))
@@ -51,6 +52,7 @@ async fn join_sends_reply_then_state_without_the_joiner_then_a_diff_with_it() {
 
 #[tokio::test]
 async fn every_track_gets_a_unique_phx_ref() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut a = Client::user(&server, "same").await;
     let mut b = Client::user(&server, "same").await;
@@ -66,6 +68,7 @@ async fn every_track_gets_a_unique_phx_ref() {
 
 #[tokio::test]
 async fn one_user_in_two_tabs_is_one_key_with_two_metas() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut tab1 = Client::user(&server, "u").await;
     let mut tab2 = Client::user(&server, "u").await;
@@ -81,6 +84,7 @@ async fn one_user_in_two_tabs_is_one_key_with_two_metas() {
 
 #[tokio::test]
 async fn an_observer_receives_presence_but_is_not_listed() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut watcher = Client::user(&server, "watcher").await;
     watcher.join("room:o", json!({"track": false})).await;
@@ -101,6 +105,7 @@ async fn an_observer_receives_presence_but_is_not_listed() {
 
 #[tokio::test]
 async fn track_event_updates_the_meta_with_one_leave_and_join_diff() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut a = Client::user(&server, "a").await;
     let jr = a.join("room:u", json!({"meta": {"status": "away"}})).await;
@@ -126,6 +131,7 @@ async fn track_event_updates_the_meta_with_one_leave_and_join_diff() {
 
 #[tokio::test]
 async fn untrack_stops_listing_but_keeps_the_subscription_and_track_lists_again() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut a = Client::user(&server, "a").await;
     let mut b = Client::user(&server, "b").await;
@@ -154,6 +160,7 @@ async fn untrack_stops_listing_but_keeps_the_subscription_and_track_lists_again(
 
 #[tokio::test]
 async fn client_events_are_relayed_to_the_others_and_the_sender_gets_ok() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut a = Client::user(&server, "a").await;
     let mut b = Client::user(&server, "b").await;
@@ -178,6 +185,7 @@ async fn client_events_are_relayed_to_the_others_and_the_sender_gets_ok() {
 
 #[tokio::test]
 async fn reserved_and_malformed_event_names_get_an_error_reply() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut a = Client::user(&server, "a").await;
     let ja = a.join("room:e", json!({})).await;
@@ -208,6 +216,7 @@ async fn reserved_and_malformed_event_names_get_an_error_reply() {
 /// that could relay one would answer another member's push in its place.
 #[tokio::test]
 async fn a_member_cannot_relay_a_reply_into_another_members_push() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut mallory = Client::user(&server, "mallory").await;
     let mut alice = Client::user(&server, "alice").await;
@@ -245,6 +254,7 @@ async fn a_member_cannot_relay_a_reply_into_another_members_push() {
 /// client puts in those fields of its meta, on join or on track, is never what others see.
 #[tokio::test]
 async fn a_clients_own_server_fields_in_a_meta_are_replaced_on_join_and_on_track() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut watcher = Client::user(&server, "watcher").await;
     watcher.join("room:f", json!({})).await;
@@ -299,6 +309,7 @@ async fn a_clients_own_server_fields_in_a_meta_are_replaced_on_join_and_on_track
 
 #[tokio::test]
 async fn leaving_the_channel_is_seen_by_the_others() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut a = Client::user(&server, "a").await;
     let mut b = Client::user(&server, "b").await;
@@ -314,6 +325,7 @@ async fn leaving_the_channel_is_seen_by_the_others() {
 
 #[tokio::test]
 async fn closing_the_socket_is_seen_by_the_others() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut a = Client::user(&server, "a").await;
     let mut b = Client::user(&server, "b").await;
@@ -328,6 +340,7 @@ async fn closing_the_socket_is_seen_by_the_others() {
 
 #[tokio::test]
 async fn a_dead_connection_is_seen_leaving_after_the_idle_timeout() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(Config {
         idle_timeout: std::time::Duration::from_millis(300),
         ..Config::default()
@@ -355,6 +368,7 @@ async fn a_dead_connection_is_seen_leaving_after_the_idle_timeout() {
 
 #[tokio::test]
 async fn an_oversized_meta_is_refused_with_meta_too_large() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(Config {
         max_meta_size: 64,
         ..Config::default()
@@ -379,6 +393,7 @@ async fn an_oversized_meta_is_refused_with_meta_too_large() {
 
 #[tokio::test]
 async fn the_presence_key_is_anonymous_without_user_id() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut a = Client::connect(&server, "vsn=2.0.0").await;
     a.join("room:anon", json!({})).await;
@@ -389,6 +404,7 @@ async fn the_presence_key_is_anonymous_without_user_id() {
 
 #[tokio::test]
 async fn a_broadcast_is_encoded_once_per_serializer_and_shared() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut sender = Client::user(&server, "s").await;
     let mut v2a = Client::user(&server, "a").await;
@@ -421,6 +437,7 @@ async fn a_broadcast_is_encoded_once_per_serializer_and_shared() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_and_seen_leaving() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(Config {
         max_queued_frames: 4,
         ..Config::default()

@@ -23,6 +23,7 @@ async fn join_reply(c: &mut Client, topic: &str, payload: Value) -> Value {
 
 #[tokio::test]
 async fn a_token_with_an_empty_rooms_list_may_join_no_room() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(Config {
         security: Security {
             verifier: Verifier::new(&[SECRET]),
@@ -53,6 +54,7 @@ async fn a_token_with_an_empty_rooms_list_may_join_no_room() {
 
 #[tokio::test]
 async fn only_rate_limited_messages_in_a_row_close_the_connection() {
+    let _watchdog = crate::support::watchdog::start();
     // One event token that never refills; joins within the channel limit have their own
     // allowance, so each join is an accepted message between the refused ones.
     let server = start(Config {
@@ -94,6 +96,7 @@ async fn only_rate_limited_messages_in_a_row_close_the_connection() {
 
 #[tokio::test]
 async fn the_server_writes_node_and_online_at_whatever_the_client_sends() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(Config::default()).await;
     let mut c = Client::user(&server, "liar").await;
     let forged = json!({"node": "elsewhere", "online_at": 1, "status": "here"});
@@ -123,6 +126,7 @@ async fn the_server_writes_node_and_online_at_whatever_the_client_sends() {
 
 #[tokio::test]
 async fn a_long_poll_post_from_a_disallowed_origin_is_refused_and_delivers_nothing() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(Config {
         security: Security {
             allowed_origins: parse_origins("https://app.example.com"),

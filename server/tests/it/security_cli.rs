@@ -31,6 +31,7 @@ async fn connect(url: String) -> tokio_tungstenite::tungstenite::Result<Connecte
 
 #[test]
 fn rollcall_token_prints_a_token_the_server_secret_verifies() {
+    let _watchdog = crate::support::watchdog::start();
     let out = Command::new(BIN)
         .args(["token", "--secret", "dev-secret", "--sub", "alice"])
         .args([
@@ -66,6 +67,7 @@ fn rollcall_token_prints_a_token_the_server_secret_verifies() {
 
 #[test]
 fn rollcall_token_refuses_meta_that_is_not_an_object() {
+    let _watchdog = crate::support::watchdog::start();
     let out = Command::new(BIN)
         .args(["token", "--secret", "s", "--sub", "a", "--meta", "[1]"])
         .output()
@@ -76,6 +78,7 @@ fn rollcall_token_refuses_meta_that_is_not_an_object() {
 
 #[tokio::test]
 async fn serve_with_rollcall_secret_refuses_connections_without_a_token() {
+    let _watchdog = crate::support::watchdog::start();
     let node = serve(
         "secret-env",
         &[
@@ -115,6 +118,7 @@ async fn serve_with_rollcall_secret_refuses_connections_without_a_token() {
 
 #[tokio::test]
 async fn serve_with_rollcall_max_conns_per_ip_refuses_the_connection_beyond_with_429() {
+    let _watchdog = crate::support::watchdog::start();
     let node = serve(
         "conns-env",
         &[("ROLLCALL_MAX_CONNS_PER_IP", "1"), ("RUST_LOG", "error")],

@@ -320,11 +320,13 @@ async fn forged_and_replayed_messages_never_reach_a_client(kind: BrokerKind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_nats_forged_and_replayed_messages_never_reach_a_client() {
+    let _watchdog = crate::support::watchdog::start();
     forged_and_replayed_messages_never_reach_a_client(BrokerKind::Nats).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_redis_forged_and_replayed_messages_never_reach_a_client() {
+    let _watchdog = crate::support::watchdog::start();
     forged_and_replayed_messages_never_reach_a_client(BrokerKind::Redis).await;
 }
 
@@ -356,6 +358,7 @@ fn frames(mut bytes: &[u8]) -> Vec<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_on_the_mesh_port_learns_nothing_and_a_connect_loop_logs_a_line_or_two() {
+    let _watchdog = crate::support::watchdog::start();
     let _serial = serial().await;
     let node = Node::mesh("zebra-node", &[], &FAST_TIMING).await;
     let addr = node.cluster_addr.clone().expect("mesh address");
@@ -447,6 +450,7 @@ async fn a_stranger_on_the_mesh_port_learns_nothing_and_a_connect_loop_logs_a_li
 /// names: the node delivers none of them, and counts them.
 #[tokio::test]
 async fn reserved_event_names_relayed_by_a_peer_are_refused() {
+    let _watchdog = crate::support::watchdog::start();
     use crate::support::server::Client;
     use rollcall_server::pubsub::{connect, ClusterConfig, MeshConfig};
     use rollcall_server::{Config, Server};

@@ -76,6 +76,7 @@ async fn longpoll_open(server: &TestServer) -> Value {
 
 #[tokio::test]
 async fn the_connection_beyond_the_per_ip_limit_is_refused_with_429_and_a_reason() {
+    let _watchdog = crate::support::watchdog::start();
     let server = limited(2).await;
     let mut first = try_connect(&server, "a").await.expect("first accepted");
     let mut second = try_connect(&server, "b").await.expect("second accepted");
@@ -92,6 +93,7 @@ async fn the_connection_beyond_the_per_ip_limit_is_refused_with_429_and_a_reason
 
 #[tokio::test]
 async fn closing_a_connection_frees_its_slot() {
+    let _watchdog = crate::support::watchdog::start();
     let server = limited(1).await;
     let mut first = try_connect(&server, "a").await.expect("accepted");
     first.sync().await;
@@ -106,6 +108,7 @@ async fn closing_a_connection_frees_its_slot() {
 
 #[tokio::test]
 async fn longpoll_sessions_count_against_the_limit_until_they_end() {
+    let _watchdog = crate::support::watchdog::start();
     let server = limited(1).await;
     let opened = longpoll_open(&server).await;
     assert_eq!(opened["status"], 410, "{opened}");
@@ -122,6 +125,7 @@ async fn longpoll_sessions_count_against_the_limit_until_they_end() {
 
 #[tokio::test]
 async fn without_a_limit_connections_are_not_counted() {
+    let _watchdog = crate::support::watchdog::start();
     let server = limited(0).await;
     let mut clients = Vec::new();
     for i in 0..20 {
@@ -138,6 +142,7 @@ async fn without_a_limit_connections_are_not_counted() {
 
 #[tokio::test]
 async fn behind_a_trusted_proxy_each_forwarded_address_has_its_own_limit() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(Config {
         security: Security {
             max_conns_per_ip: 1,
@@ -162,6 +167,7 @@ async fn behind_a_trusted_proxy_each_forwarded_address_has_its_own_limit() {
 
 #[tokio::test]
 async fn an_untrusted_forwarded_for_header_is_ignored() {
+    let _watchdog = crate::support::watchdog::start();
     let server = limited(1).await;
     let mut first = try_connect_via(&server, "a", Some("198.51.100.1"))
         .await

@@ -117,6 +117,7 @@ fn text(t: &str) -> Message {
 
 #[tokio::test]
 async fn invalid_json_closes_with_1007_and_the_parse_error() {
+    let _watchdog = crate::support::watchdog::start();
     hostile(
         V2,
         text(r#"["1","2","room:r""#),
@@ -127,6 +128,7 @@ async fn invalid_json_closes_with_1007_and_the_parse_error() {
 
 #[tokio::test]
 async fn a_json_object_on_a_v2_socket_closes_with_1007_malformed_message() {
+    let _watchdog = crate::support::watchdog::start();
     hostile(
         V2,
         text(r#"{"topic":"room:r","event":"x"}"#),
@@ -137,6 +139,7 @@ async fn a_json_object_on_a_v2_socket_closes_with_1007_malformed_message() {
 
 #[tokio::test]
 async fn a_short_array_closes_with_1007_naming_the_expected_shape() {
+    let _watchdog = crate::support::watchdog::start();
     hostile(
         V2,
         text(r#"[null,"1","room:r"]"#),
@@ -147,6 +150,7 @@ async fn a_short_array_closes_with_1007_naming_the_expected_shape() {
 
 #[tokio::test]
 async fn fields_of_the_wrong_type_close_with_1007() {
+    let _watchdog = crate::support::watchdog::start();
     hostile(
         V2,
         text(r#"[null,"1",42,"ev",{}]"#),
@@ -157,6 +161,7 @@ async fn fields_of_the_wrong_type_close_with_1007() {
 
 #[tokio::test]
 async fn a_v1_message_missing_its_topic_closes_with_1007() {
+    let _watchdog = crate::support::watchdog::start();
     hostile(
         "vsn=1.0.0&user_id=mallory",
         text(r#"{"event":"x","payload":{},"ref":"1"}"#),
@@ -167,6 +172,7 @@ async fn a_v1_message_missing_its_topic_closes_with_1007() {
 
 #[tokio::test]
 async fn an_unknown_binary_kind_closes_with_1007() {
+    let _watchdog = crate::support::watchdog::start();
     hostile(
         V2,
         Message::binary(vec![9u8, 0, 0, 0, 0]),
@@ -177,6 +183,7 @@ async fn an_unknown_binary_kind_closes_with_1007() {
 
 #[tokio::test]
 async fn a_truncated_binary_frame_closes_with_1007() {
+    let _watchdog = crate::support::watchdog::start();
     // A push announcing a 5-byte join_ref, 3-byte ref, 6-byte topic and 4-byte event, then 2 bytes.
     hostile(
         V2,
@@ -188,6 +195,7 @@ async fn a_truncated_binary_frame_closes_with_1007() {
 
 #[tokio::test]
 async fn an_empty_binary_frame_closes_with_1007() {
+    let _watchdog = crate::support::watchdog::start();
     hostile(
         V2,
         Message::binary(Vec::<u8>::new()),
@@ -198,6 +206,7 @@ async fn an_empty_binary_frame_closes_with_1007() {
 
 #[tokio::test]
 async fn a_binary_frame_on_a_v1_socket_closes_with_1007() {
+    let _watchdog = crate::support::watchdog::start();
     hostile(
         "vsn=1.0.0&user_id=mallory",
         Message::binary(vec![
@@ -210,6 +219,7 @@ async fn a_binary_frame_on_a_v1_socket_closes_with_1007() {
 
 #[tokio::test]
 async fn an_oversize_frame_closes_with_1009() {
+    let _watchdog = crate::support::watchdog::start();
     let big = format!(
         r#"[null,"1","room:r","ev",{{"x":"{}"}}]"#,
         "x".repeat(MAX_FRAME)
@@ -219,6 +229,7 @@ async fn an_oversize_frame_closes_with_1009() {
 
 #[tokio::test]
 async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
+    let _watchdog = crate::support::watchdog::start();
     let raw = Frame::message(vec![b'[', 0xff, 0xfe, b']'], OpCode::Data(Data::Text), true);
     hostile(
         V2,
@@ -230,6 +241,7 @@ async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
 
 #[tokio::test]
 async fn a_join_payload_that_is_not_an_object_gets_an_error_reply() {
+    let _watchdog = crate::support::watchdog::start();
     hostile(
         V2,
         text(r#"["9","9","room:x","phx_join","hello"]"#),
@@ -240,6 +252,7 @@ async fn a_join_payload_that_is_not_an_object_gets_an_error_reply() {
 
 #[tokio::test]
 async fn a_meta_that_is_not_an_object_gets_an_error_reply() {
+    let _watchdog = crate::support::watchdog::start();
     hostile(
         V2,
         text(r#"["1","9","room:r","track",[1,2]]"#),
@@ -250,12 +263,14 @@ async fn a_meta_that_is_not_an_object_gets_an_error_reply() {
 
 #[tokio::test]
 async fn an_oversize_meta_gets_an_error_reply() {
+    let _watchdog = crate::support::watchdog::start();
     let meta = json!(["1", "9", "room:r", "track", {"blob": "y".repeat(3000)}]);
     hostile(V2, text(&meta.to_string()), Expect::Reply("meta too large")).await;
 }
 
 #[tokio::test]
 async fn a_reserved_or_invalid_event_name_gets_an_error_reply() {
+    let _watchdog = crate::support::watchdog::start();
     hostile(
         V2,
         text(r#"["1","9","room:r","presence_diff",{}]"#),
@@ -272,6 +287,7 @@ async fn a_reserved_or_invalid_event_name_gets_an_error_reply() {
 
 #[tokio::test]
 async fn a_binary_join_payload_gets_an_error_reply() {
+    let _watchdog = crate::support::watchdog::start();
     // kind 0 push: join_ref "9", ref "9", topic "room:b", event "phx_join", payload bytes.
     let mut frame = vec![0u8, 1, 1, 6, 8];
     frame.extend_from_slice(b"99room:bphx_join\x01\x02");
@@ -285,6 +301,7 @@ async fn a_binary_join_payload_gets_an_error_reply() {
 
 #[tokio::test]
 async fn a_burst_of_garbage_from_many_connections_leaves_the_bystander_listed() {
+    let _watchdog = crate::support::watchdog::start();
     let (server, mut alice) = room_with_bystander().await;
     let garbage: Vec<Message> = vec![
         text("not json"),
@@ -313,6 +330,7 @@ async fn a_burst_of_garbage_from_many_connections_leaves_the_bystander_listed() 
 
 #[tokio::test]
 async fn garbage_in_a_longpoll_body_ends_only_that_session() {
+    let _watchdog = crate::support::watchdog::start();
     let (server, mut alice) = room_with_bystander().await;
     let session = longpoll_open(server.addr, "vsn=2.0.0&user_id=lp").await;
     let post = |payload: &'static [u8]| longpoll_post(server.addr, &session, NDJSON, payload);

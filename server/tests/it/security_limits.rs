@@ -40,6 +40,7 @@ fn origins() -> Security {
 
 #[tokio::test]
 async fn a_websocket_from_a_disallowed_origin_is_refused_with_403() {
+    let _watchdog = crate::support::watchdog::start();
     let server = with_security(origins()).await;
     assert_eq!(
         ws_status_with_origin(&server, Some("https://evil.com")).await,
@@ -53,6 +54,7 @@ async fn a_websocket_from_a_disallowed_origin_is_refused_with_403() {
 
 #[tokio::test]
 async fn a_websocket_from_an_allowed_origin_or_without_origin_connects() {
+    let _watchdog = crate::support::watchdog::start();
     let server = with_security(origins()).await;
     assert_eq!(
         ws_status_with_origin(&server, Some("https://app.example.com")).await,
@@ -67,6 +69,7 @@ async fn a_websocket_from_an_allowed_origin_or_without_origin_connects() {
 
 #[tokio::test]
 async fn a_longpoll_from_a_disallowed_origin_gets_status_403() {
+    let _watchdog = crate::support::watchdog::start();
     let server = with_security(origins()).await;
     let (status, _, body) = http(
         server.addr,
@@ -105,6 +108,7 @@ fn no_refill(burst: u32) -> RateLimit {
 
 #[tokio::test]
 async fn events_past_the_burst_get_a_rate_limited_error_reply() {
+    let _watchdog = crate::support::watchdog::start();
     let server = with_security(Security {
         event_rate: no_refill(3),
         ..Security::default()
@@ -130,6 +134,7 @@ async fn events_past_the_burst_get_a_rate_limited_error_reply() {
 
 #[tokio::test]
 async fn meta_updates_past_their_burst_get_a_rate_limited_error_reply() {
+    let _watchdog = crate::support::watchdog::start();
     let server = with_security(Security {
         meta_rate: no_refill(2),
         ..Security::default()
@@ -161,6 +166,7 @@ async fn meta_updates_past_their_burst_get_a_rate_limited_error_reply() {
 
 #[tokio::test]
 async fn sustained_abuse_closes_the_connection_with_1008_and_a_reason() {
+    let _watchdog = crate::support::watchdog::start();
     let server = with_security(Security {
         event_rate: no_refill(1),
         max_limited_in_a_row: 5,
@@ -187,6 +193,7 @@ async fn sustained_abuse_closes_the_connection_with_1008_and_a_reason() {
 
 #[tokio::test]
 async fn a_join_of_a_full_room_is_refused_but_a_member_may_open_another_tab() {
+    let _watchdog = crate::support::watchdog::start();
     let server = with_security(Security {
         max_room_members: Some(2),
         ..Security::default()
@@ -244,6 +251,7 @@ async fn abuse_until_closed(server: &TestServer, user: &str) {
 
 #[tokio::test]
 async fn a_key_closed_for_abuse_is_refused_with_429_until_its_penalty_ends() {
+    let _watchdog = crate::support::watchdog::start();
     let server = with_security(Security {
         event_rate: no_refill(1),
         max_limited_in_a_row: 5,
@@ -273,6 +281,7 @@ async fn a_key_closed_for_abuse_is_refused_with_429_until_its_penalty_ends() {
 
 #[tokio::test]
 async fn with_no_abuse_penalty_a_closed_key_may_reconnect_at_once() {
+    let _watchdog = crate::support::watchdog::start();
     let server = with_security(Security {
         event_rate: no_refill(1),
         max_limited_in_a_row: 5,
@@ -286,6 +295,7 @@ async fn with_no_abuse_penalty_a_closed_key_may_reconnect_at_once() {
 
 #[tokio::test]
 async fn joins_up_to_the_channel_limit_are_not_rate_limited_and_the_one_beyond_is_told_why() {
+    let _watchdog = crate::support::watchdog::start();
     // The default shapes (a burst of 100 events, 100 channels) without refill: a client that
     // reconnects and rejoins its 100 channels at once must keep its whole event burst.
     let server = start(Config {

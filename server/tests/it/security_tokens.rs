@@ -64,6 +64,7 @@ async fn with_token(server: &TestServer, token: &str, user_id: &str) -> Client {
 
 #[tokio::test]
 async fn without_a_token_a_secured_server_refuses_with_403_token_required() {
+    let _watchdog = crate::support::watchdog::start();
     let server = secured().await;
     assert_eq!(
         refused(&server, "vsn=2.0.0&user_id=alice").await,
@@ -73,6 +74,7 @@ async fn without_a_token_a_secured_server_refuses_with_403_token_required() {
 
 #[tokio::test]
 async fn a_token_signed_with_another_secret_is_refused_with_403() {
+    let _watchdog = crate::support::watchdog::start();
     let server = secured().await;
     let t = mint("not-the-secret", &claims("alice")).expect("mint");
     assert_eq!(
@@ -83,6 +85,7 @@ async fn a_token_signed_with_another_secret_is_refused_with_403() {
 
 #[tokio::test]
 async fn a_forged_payload_under_a_real_signature_is_refused_with_403() {
+    let _watchdog = crate::support::watchdog::start();
     let server = secured().await;
     let real = token(&claims("mallory"));
     let mut parts: Vec<&str> = real.split('.').collect();
@@ -98,6 +101,7 @@ async fn a_forged_payload_under_a_real_signature_is_refused_with_403() {
 
 #[tokio::test]
 async fn an_expired_token_is_refused_with_403() {
+    let _watchdog = crate::support::watchdog::start();
     let server = secured().await;
     let mut c = claims("alice");
     c.exp = Some(unix_now() - 3600);
@@ -110,6 +114,7 @@ async fn an_expired_token_is_refused_with_403() {
 
 #[tokio::test]
 async fn garbage_in_place_of_a_token_is_refused_as_malformed() {
+    let _watchdog = crate::support::watchdog::start();
     let server = secured().await;
     let (status, reason) = refused(&server, "vsn=2.0.0&token=not.a.jwt").await;
     assert_eq!(status, 403);
@@ -118,6 +123,7 @@ async fn garbage_in_place_of_a_token_is_refused_as_malformed() {
 
 #[tokio::test]
 async fn a_token_signed_with_a_previous_secret_still_works_during_rotation() {
+    let _watchdog = crate::support::watchdog::start();
     let server = secured().await;
     let t = mint("previous-secret", &claims("alice")).expect("mint");
     let mut c = with_token(&server, &t, "").await;
@@ -127,6 +133,7 @@ async fn a_token_signed_with_a_previous_secret_still_works_during_rotation() {
 
 #[tokio::test]
 async fn the_token_sub_is_the_key_whatever_user_id_says() {
+    let _watchdog = crate::support::watchdog::start();
     let server = secured().await;
     let mut c = with_token(&server, &token(&claims("alice")), "bob").await;
     c.join("room:r", json!({})).await;
@@ -137,6 +144,7 @@ async fn the_token_sub_is_the_key_whatever_user_id_says() {
 
 #[tokio::test]
 async fn the_phoenix_js_auth_token_subprotocol_carries_the_token() {
+    let _watchdog = crate::support::watchdog::start();
     let server = secured().await;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let url = format!("ws://{}/socket/websocket?vsn=2.0.0", server.addr);
@@ -157,6 +165,7 @@ async fn the_phoenix_js_auth_token_subprotocol_carries_the_token() {
 
 #[tokio::test]
 async fn a_join_outside_the_token_rooms_gets_an_error_reply_with_the_reason() {
+    let _watchdog = crate::support::watchdog::start();
     let server = secured().await;
     let mut c = claims("alice");
     c.rooms = Some(vec!["room:team-*".into()]);
@@ -179,6 +188,7 @@ async fn a_join_outside_the_token_rooms_gets_an_error_reply_with_the_reason() {
 
 #[tokio::test]
 async fn trusted_meta_from_the_token_cannot_be_overridden_by_join_or_track() {
+    let _watchdog = crate::support::watchdog::start();
     let server = secured().await;
     let mut c = claims("alice");
     c.meta = Some(object(json!({"name": "Alice", "avatar": "a.png"})));
@@ -216,6 +226,7 @@ async fn trusted_meta_from_the_token_cannot_be_overridden_by_join_or_track() {
 
 #[tokio::test]
 async fn longpoll_without_a_valid_token_gets_status_403() {
+    let _watchdog = crate::support::watchdog::start();
     let server = secured().await;
     for headers in [vec![], vec![("x-phoenix-authtoken", "not.a.jwt")]] {
         let (status, _, body) = http(
@@ -234,6 +245,7 @@ async fn longpoll_without_a_valid_token_gets_status_403() {
 
 #[tokio::test]
 async fn longpoll_with_the_authtoken_header_tracks_as_the_token_sub() {
+    let _watchdog = crate::support::watchdog::start();
     let server = secured().await;
     let t = token(&claims("dave"));
     let (_, _, body) = http(
@@ -284,6 +296,7 @@ fn expiring_soon(sub: &str) -> Claims {
 
 #[tokio::test]
 async fn socket_is_closed_when_its_token_expires() {
+    let _watchdog = crate::support::watchdog::start();
     let server = secured().await;
     let mut watcher = with_token(&server, &token(&claims("watcher")), "").await;
     watcher.join("room:exp", json!({})).await;
@@ -305,6 +318,7 @@ async fn socket_is_closed_when_its_token_expires() {
 
 #[tokio::test]
 async fn a_socket_whose_token_has_no_exp_is_not_closed_for_expiry() {
+    let _watchdog = crate::support::watchdog::start();
     let server = secured().await;
     let mut c = claims("forever");
     c.exp = None;
@@ -332,6 +346,7 @@ async fn longpoll(server: &TestServer, headers: &[(&str, &str)], body: &str) -> 
 
 #[tokio::test]
 async fn a_longpoll_session_ends_when_its_token_expires_and_its_next_poll_gets_410() {
+    let _watchdog = crate::support::watchdog::start();
     let server = secured().await;
     let mut watcher = with_token(&server, &token(&claims("watcher")), "").await;
     watcher.join("room:lpexp", json!({})).await;
@@ -368,6 +383,7 @@ async fn a_longpoll_session_ends_when_its_token_expires_and_its_next_poll_gets_4
 
 #[tokio::test]
 async fn after_its_token_expires_a_client_reconnecting_with_a_fresh_one_is_listed_again() {
+    let _watchdog = crate::support::watchdog::start();
     let server = secured().await;
     let mut watcher = with_token(&server, &token(&claims("watcher")), "").await;
     watcher.join("room:renew", json!({})).await;

@@ -106,6 +106,7 @@ async fn metric(node: &Node, sample: &str) -> f64 {
 
 #[tokio::test]
 async fn each_event_is_received_once_across_a_three_node_cluster() {
+    let _watchdog = crate::support::watchdog::start();
     let _serial = serial().await;
     let receiver = Receiver::start(|_| ok()).await;
     let grace = ["--webhook-grace-ms", "300"];
@@ -172,6 +173,7 @@ async fn each_event_is_received_once_across_a_three_node_cluster() {
 
 #[tokio::test]
 async fn through_a_kill_9_of_the_sender_every_event_arrives_and_repeats_keep_their_id() {
+    let _watchdog = crate::support::watchdog::start();
     let _serial = serial().await;
     // Down at first: the sender keeps its events queued (and retried) when it is killed.
     let receiver = Receiver::start(|_| unavailable()).await;
@@ -256,6 +258,7 @@ async fn through_a_kill_9_of_the_sender_every_event_arrives_and_repeats_keep_the
 
 #[tokio::test]
 async fn a_reload_within_the_grace_period_sends_nothing() {
+    let _watchdog = crate::support::watchdog::start();
     let _serial = serial().await;
     let receiver = Receiver::start(|_| ok()).await;
     let n = node("gr-a", &[], &receiver, &["--webhook-grace-ms", "1500"]).await;
@@ -285,6 +288,7 @@ async fn a_reload_within_the_grace_period_sends_nothing() {
 
 #[tokio::test]
 async fn a_dead_receiver_never_slows_joins_and_the_bounded_queue_catches_up() {
+    let _watchdog = crate::support::watchdog::start();
     let _serial = serial().await;
     let receiver = Receiver::start(|_| Answer::Hang).await;
     let flags = [
@@ -328,6 +332,7 @@ async fn a_dead_receiver_never_slows_joins_and_the_bounded_queue_catches_up() {
 
 #[tokio::test]
 async fn a_sender_shutting_down_hands_over_and_its_members_leave_once() {
+    let _watchdog = crate::support::watchdog::start();
     let _serial = serial().await;
     let receiver = Receiver::start(|_| ok()).await;
     let grace = ["--webhook-grace-ms", "300"];

@@ -11,6 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn heartbeat_gets_an_ok_reply_with_null_join_ref() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut c = Client::connect(&server, "vsn=2.0.0").await;
     c.send_json(json!([null, "7", "phoenix", "heartbeat", {}]))
@@ -23,6 +24,7 @@ async fn heartbeat_gets_an_ok_reply_with_null_join_ref() {
 
 #[tokio::test]
 async fn unsupported_vsn_is_refused_with_403() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let url = format!("ws://{}/socket/websocket?vsn=3.0.0", server.addr);
     let err = tokio_tungstenite::connect_async(url).await.unwrap_err();
@@ -34,6 +36,7 @@ async fn unsupported_vsn_is_refused_with_403() {
 
 #[tokio::test]
 async fn v1_json_clients_get_objects_without_join_ref() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut c = Client::connect(&server, "vsn=1.0.0&user_id=u1").await;
     c.send_json(json!({"topic": "room:v1", "event": "phx_join", "payload": {}, "ref": "1"}))
@@ -52,6 +55,7 @@ async fn v1_json_clients_get_objects_without_join_ref() {
 
 #[tokio::test]
 async fn joining_an_unmatched_topic_replies_error_with_null_join_ref() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut c = Client::connect(&server, "vsn=2.0.0").await;
     c.send_json(json!(["3", "3", "nope:1", "phx_join", {}]))
@@ -64,6 +68,7 @@ async fn joining_an_unmatched_topic_replies_error_with_null_join_ref() {
 
 #[tokio::test]
 async fn events_on_a_topic_not_joined_reply_unmatched_topic() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut c = Client::connect(&server, "vsn=2.0.0").await;
     c.send_json(json!(["1", "5", "room:x", "new_msg", {}]))
@@ -76,6 +81,7 @@ async fn events_on_a_topic_not_joined_reply_unmatched_topic() {
 
 #[tokio::test]
 async fn leaving_a_topic_not_joined_replies_ok() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut c = Client::connect(&server, "vsn=2.0.0").await;
     c.send_json(json!(["4", "4", "room:x", "phx_leave", {}]))
@@ -88,6 +94,7 @@ async fn leaving_a_topic_not_joined_replies_ok() {
 
 #[tokio::test]
 async fn leave_replies_ok_then_closes_the_channel() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut c = Client::user(&server, "a").await;
     let jr = c.join("room:l", json!({})).await;
@@ -109,6 +116,7 @@ async fn leave_replies_ok_then_closes_the_channel() {
 
 #[tokio::test]
 async fn duplicate_join_closes_the_old_channel_after_the_new_reply() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut c = Client::user(&server, "a").await;
     let old = c.join("room:d", json!({})).await;
@@ -137,6 +145,7 @@ async fn duplicate_join_closes_the_old_channel_after_the_new_reply() {
 
 #[tokio::test]
 async fn messages_with_a_stale_join_ref_are_dropped_and_null_join_ref_is_accepted() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut c = Client::user(&server, "a").await;
     let jr = c.join("room:s", json!({})).await;
@@ -156,6 +165,7 @@ async fn messages_with_a_stale_join_ref_are_dropped_and_null_join_ref_is_accepte
 
 #[tokio::test]
 async fn joins_beyond_the_channel_limit_are_refused() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(Config {
         max_channels: 2,
         ..Config::default()
@@ -175,6 +185,7 @@ async fn joins_beyond_the_channel_limit_are_refused() {
 
 #[tokio::test]
 async fn a_silent_connection_is_closed_after_the_idle_timeout() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(Config {
         idle_timeout: Duration::from_millis(200),
         ..Config::default()
@@ -188,6 +199,7 @@ async fn a_silent_connection_is_closed_after_the_idle_timeout() {
 
 #[tokio::test]
 async fn auth_token_subprotocol_is_accepted_and_phoenix_is_echoed() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut req = format!("ws://{}/socket/websocket?vsn=2.0.0", server.addr)
         .into_client_request()
@@ -212,6 +224,7 @@ async fn auth_token_subprotocol_is_accepted_and_phoenix_is_echoed() {
 
 #[tokio::test]
 async fn binary_pushes_are_relayed_as_binary_broadcasts() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut a = Client::user(&server, "a").await;
     let mut b = Client::user(&server, "b").await;
@@ -242,6 +255,7 @@ async fn binary_pushes_are_relayed_as_binary_broadcasts() {
 
 #[tokio::test]
 async fn a_malformed_frame_closes_only_that_connection_with_a_reason() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut bad = Client::connect(&server, "vsn=2.0.0").await;
     let mut good = Client::connect(&server, "vsn=2.0.0").await;
@@ -254,6 +268,7 @@ async fn a_malformed_frame_closes_only_that_connection_with_a_reason() {
 
 #[tokio::test]
 async fn a_frame_over_the_size_limit_closes_with_1009() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(Config {
         max_frame_size: 1000,
         ..Config::default()
@@ -270,6 +285,7 @@ async fn a_frame_over_the_size_limit_closes_with_1009() {
 
 #[tokio::test]
 async fn shutdown_closes_every_socket_with_1001() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut a = Client::user(&server, "a").await;
     let mut b = Client::connect(&server, "vsn=1.0.0").await;
@@ -287,6 +303,7 @@ async fn shutdown_closes_every_socket_with_1001() {
 
 #[tokio::test]
 async fn healthz_reports_status_and_node_name() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(Config {
         node_name: "node-a".into(),
         ..Config::default()
@@ -304,6 +321,7 @@ async fn healthz_reports_status_and_node_name() {
 
 #[tokio::test]
 async fn the_demo_page_is_served_at_root() {
+    let _watchdog = crate::support::watchdog::start();
     let dir = std::env::temp_dir().join(format!("rollcall-static-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("index.html"), "<h1>demo</h1>").unwrap();
@@ -319,6 +337,7 @@ async fn the_demo_page_is_served_at_root() {
 
 #[tokio::test]
 async fn a_frame_far_over_the_size_limit_also_closes_with_1009() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(Config {
         max_frame_size: 1000,
         ..Config::default()
@@ -336,6 +355,7 @@ async fn a_frame_far_over_the_size_limit_also_closes_with_1009() {
 
 #[tokio::test]
 async fn a_non_get_request_to_the_websocket_path_gets_400() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     for method in ["POST", "PUT", "DELETE"] {
         let (status, _, body) =
@@ -347,6 +367,7 @@ async fn a_non_get_request_to_the_websocket_path_gets_400() {
 
 #[tokio::test]
 async fn a_get_without_upgrade_headers_gets_400_with_a_reason() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let (status, _, body) = http(server.addr, "GET", "/socket/websocket?vsn=2.0.0", &[], b"").await;
     assert_eq!(status, 400);
@@ -355,6 +376,7 @@ async fn a_get_without_upgrade_headers_gets_400_with_a_reason() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_still_closed_when_idle() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start(Config {
         idle_timeout: Duration::from_secs(1),
         ..Config::default()
@@ -427,6 +449,7 @@ async fn a_client_that_stops_reading_is_still_closed_when_idle() {
 
 #[tokio::test]
 async fn a_frame_far_larger_than_the_read_buffer_arrives_whole() {
+    let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
     let mut a = Client::user(&server, "a").await;
     let mut b = Client::user(&server, "b").await;

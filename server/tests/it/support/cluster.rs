@@ -23,10 +23,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_rollcall");
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
 /// Cluster tests start several processes; running them one at a time keeps a 2-core machine
-/// from starving heartbeats (which would make nodes flap down and up).
+/// from starving heartbeats (which would make nodes flap down and up). The time limit of the
+/// calling test starts again once it has its turn.
 pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
+    let turn = LOCK.lock().await;
+    super::watchdog::restart();
+    turn
 }
 
 /// Short tracker timing so failures are detected in about a second.

@@ -1,6 +1,7 @@
 //! What the tests share: an in-process server with a raw Phoenix WebSocket client
 //! ([`server`]), real brokers ([`broker`]), clusters of real `rollcall` processes
-//! ([`cluster`]) and reserved ports ([`ports`]). Every wait has a deadline.
+//! ([`cluster`]) and reserved ports ([`ports`]). Every wait has a deadline, and every test runs
+//! under a time limit ([`watchdog`]).
 
 pub mod broker;
 pub mod cluster;
@@ -9,3 +10,4 @@ pub mod ports;
 pub mod pubsub;
 pub mod receiver;
 pub mod server;
+pub mod watchdog;

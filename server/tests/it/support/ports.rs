@@ -45,6 +45,7 @@ impl HeldPort {
 
 #[tokio::test]
 async fn a_held_port_refuses_connects_and_a_server_can_still_listen_on_it() {
+    let _watchdog = crate::support::watchdog::start();
     let held = HeldPort::new();
     assert!(tokio::net::TcpStream::connect(held.addr).await.is_err());
     let listener = tokio::net::TcpListener::bind(held.addr)
