@@ -1,10 +1,13 @@
 //! Long-poll behind a load balancer without sticky sessions: two in-process nodes joined by the
 //! mesh on 127.0.0.1; a session's requests may reach either node and are relayed to the node
-//! that owns it.
+//! that owns it. When the owner is a `rollcall` process that dies or hangs, the other node
+//! answers as documented instead of waiting for it.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::cluster::{self, FAST_TIMING};
 use crate::support::server::{http, Client, DEADLINE};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -57,23 +60,25 @@ fn up(mesh: &Mesh, peer: &str) -> bool {
 }
 
 async fn get(node: &Node, query: &str) -> Value {
-    let (status, _, body) = http(
-        node.addr,
-        "GET",
-        &format!("/socket/longpoll?{query}"),
-        &[],
-        b"",
-    )
-    .await;
+    get_at(node.addr, query).await
+}
+
+async fn get_at(addr: SocketAddr, query: &str) -> Value {
+    let path = format!("/socket/longpoll?{query}");
+    let (status, _, body) = http(addr, "GET", &path, &[], b"").await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).expect("a JSON answer")
 }
 
 async fn post(node: &Node, token: &str, lines: &[Value]) -> Value {
+    post_at(node.addr, token, lines).await
+}
+
+async fn post_at(addr: SocketAddr, token: &str, lines: &[Value]) -> Value {
     let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
     let path = format!("/socket/longpoll?vsn=2.0.0&token={token}");
     let headers = [("content-type", "application/x-ndjson")];
-    let (status, _, body) = http(node.addr, "POST", &path, &headers, body.as_bytes()).await;
+    let (status, _, body) = http(addr, "POST", &path, &headers, body.as_bytes()).await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).expect("a JSON answer")
 }
@@ -229,4 +234,95 @@ async fn a_session_the_owner_no_longer_has_is_replaced_on_the_next_poll() {
         "a new session, opened on a"
     );
     assert_eq!(post(&b, &stale, &[]).await["status"], 410);
+}
+
+/// How the owner of a session is lost.
+enum Loss {
+    /// `kill -9`: its connections close at once.
+    Killed,
+    /// SIGSTOP: it hangs with its connections open, so the relay waits for an answer that
+    /// never comes.
+    Frozen,
+}
+
+/// What a client whose session lives on a node that is gone or hangs gets from the other
+/// node: a GET opens a new session there (`410` with a new token, which phoenix.js takes as
+/// "session gone": it reconnects and rejoins), a POST answers `410`, each within the relay's
+/// bound (the window plus 5 s), and the new session works.
+async fn a_session_whose_owner_is_lost_is_replaced(loss: Loss) {
+    let _turn = cluster::serial().await;
+    let timing = [&FAST_TIMING[..], &["--longpoll-window-ms", "1000"]].concat();
+    let a = cluster::Node::mesh("a", &[], &timing).await;
+    let b = cluster::Node::mesh("b", &[&a], &timing).await;
+    a.wait_peers_up(&["b"]).await;
+    let a_addr: SocketAddr = a.addr.parse().expect("a's address");
+    let b_addr: SocketAddr = b.addr.parse().expect("b's address");
+
+    let opened = get_at(b_addr, "vsn=2.0.0&user_id=gina").await;
+    assert_eq!(opened["status"], 410, "{opened}");
+    let token = opened["token"].as_str().expect("a token").to_string();
+    let join = json!(["1", "1", "room:lobby", "phx_join", {}]);
+    assert_eq!(
+        post_at(b_addr, &token, &[join.clone()]).await["status"],
+        200
+    );
+    // Through a, the session on b answers while b is alive.
+    let relayed = get_at(a_addr, &format!("vsn=2.0.0&token={token}")).await;
+    assert_eq!(
+        relayed["status"], 200,
+        "the join reply, relayed from b: {relayed}"
+    );
+
+    let _frozen = match loss {
+        Loss::Killed => {
+            b.kill9().await;
+            None
+        }
+        Loss::Frozen => {
+            b.freeze();
+            Some(b)
+        }
+    };
+    // The relay's bound plus room for a loaded machine: a hang fails here, naming what hung.
+    let bound = Duration::from_secs(1 + 5) + DEADLINE;
+    let query = format!("vsn=2.0.0&user_id=gina&token={token}");
+    let answer = tokio::time::timeout(bound, get_at(a_addr, &query))
+        .await
+        .expect("a poll for the lost owner's session is answered");
+    assert_eq!(answer["status"], 410, "{answer}");
+    let fresh = answer["token"].as_str().expect("a new token");
+    assert_ne!(fresh, token, "a new session, opened on a");
+    let refused = tokio::time::timeout(bound, post_at(a_addr, &token, &[join.clone()]))
+        .await
+        .expect("a POST for the lost owner's session is answered");
+    assert_eq!(refused["status"], 410, "{refused}");
+
+    // phoenix.js rejoins on the new session, which lives on a.
+    assert_eq!(post_at(a_addr, fresh, &[join]).await["status"], 200);
+    let reply = get_at(a_addr, &format!("vsn=2.0.0&token={fresh}")).await;
+    assert_eq!(reply["status"], 200, "{reply}");
+    let frames: Vec<Value> = reply["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| serde_json::from_str(m.as_str().unwrap_or("null")).expect("a JSON frame"))
+        .collect();
+    assert!(
+        frames
+            .iter()
+            .any(|f| f[3] == "phx_reply" && f[4]["status"] == "ok"),
+        "the rejoin is accepted: {frames:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_session_whose_owner_was_killed_is_replaced_on_the_next_poll() {
+    let _watchdog = crate::support::watchdog::start();
+    a_session_whose_owner_is_lost_is_replaced(Loss::Killed).await;
+}
+
+#[tokio::test]
+async fn a_session_whose_owner_hangs_is_replaced_once_the_relay_gives_up() {
+    let _watchdog = crate::support::watchdog::start();
+    a_session_whose_owner_is_lost_is_replaced(Loss::Frozen).await;
 }

@@ -191,6 +191,12 @@ impl Node {
         let _ = self.child.wait().await;
     }
 
+    /// Sends SIGSTOP: the process stops answering but keeps its sockets open, as a node that
+    /// hangs would. A frozen node is still killed when its [`Node`] drops.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
     /// Sends SIGTERM (the process then shuts down gracefully).
     pub fn sigterm(&self) {
         self.signal("-TERM");
