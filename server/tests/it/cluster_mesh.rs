@@ -2,7 +2,8 @@
 //! restart, partition and heal, graceful shutdown. Tracker timing is shortened (broadcast 100 ms,
 //! down 1 s, permdown 3 s) so failures show within seconds; tests wait on what users see.
 
-use crate::support::cluster::{serial, Node, User, FAST_TIMING};
+use crate::support::cluster::{self, serial, Node, User, FAST_TIMING};
+use crate::support::ports::HeldPort;
 use serde_json::json;
 
 const ROOM: &str = "room:lobby";
@@ -264,4 +265,71 @@ fn a_cluster_without_a_secret_bad_timing_or_a_bad_node_name_stop_the_start_with_
     assert!(err.contains("down_period must be at least twice"), "{err}");
     let err = refused_start(&["--node", "no spaces please"]);
     assert!(err.contains("bad node name"), "{err}");
+}
+
+/// A port free on both 127.0.0.2 and 127.0.0.3, held on both, for two nodes behind one name.
+fn one_port_on_two_addresses() -> (HeldPort, HeldPort) {
+    for _ in 0..50 {
+        let first = HeldPort::on("127.0.0.2");
+        let other = ([127, 0, 0, 3], first.port()).into();
+        if let Ok(second) = HeldPort::at(other) {
+            return (first, second);
+        }
+    }
+    panic!("no port free on both 127.0.0.2 and 127.0.0.3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_given_as_one_name_with_several_addresses_are_each_dialed() {
+    let _watchdog = crate::support::watchdog::start();
+    if let Err(why) = cluster::mount_namespaces() {
+        assert!(
+            !cluster::required(),
+            "the --peers name test needs a mount namespace (run as root): {why}"
+        );
+        eprintln!("skipped: the --peers name test needs a mount namespace (run as root): {why}");
+        return;
+    }
+    let _turn = serial().await;
+    // Two nodes on one port at two addresses, as a headless service's pods would be.
+    let (b_port, c_port) = one_port_on_two_addresses();
+    let port = b_port.port();
+    let mut nodes = Vec::new();
+    for (name, listen) in [("b", b_port.addr), ("c", c_port.addr)] {
+        let args: Vec<String> = [
+            "--cluster",
+            "mesh",
+            "--cluster-listen",
+            &listen.to_string(),
+            "--cluster-secret",
+            crate::support::broker::SECRET,
+        ]
+        .iter()
+        .chain(&FAST_TIMING)
+        .map(|s| s.to_string())
+        .collect();
+        nodes.push(Node::start(name, &args).await);
+    }
+    // Node a knows only the name, which its own /etc/hosts maps to both addresses.
+    let hosts = std::env::temp_dir().join(format!("rollcall-test-hosts-{}", std::process::id()));
+    let name = "peers.rollcall.test";
+    std::fs::write(
+        &hosts,
+        format!("127.0.0.1 localhost\n127.0.0.2 {name}\n127.0.0.3 {name}\n"),
+    )
+    .expect("the hosts file is written");
+    let mut command = Node::command_with_hosts(&hosts);
+    command
+        .args(["--port", "0", "--node", "a", "--fault-injection"])
+        .args(["--cluster", "mesh", "--cluster-listen", "127.0.0.1:0"])
+        .args(["--cluster-secret", crate::support::broker::SECRET])
+        .args(["--peers", &format!("{name}:{port}")])
+        .args(FAST_TIMING)
+        .env("RUST_LOG", "info");
+    let a = Node::spawn("a", command, true).await;
+    // Neither b nor c knows a or the other: a is up with both only if it dialed both addresses
+    // the name resolves to.
+    a.wait_peers_up(&["b", "c"]).await;
+    a.wait_replicas_up(&["b", "c"]).await;
+    let _ = std::fs::remove_file(&hosts);
 }

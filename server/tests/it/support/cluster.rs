@@ -32,6 +32,31 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     turn
 }
 
+/// Whether this machine lets the tests run a node in a mount namespace of its own (root, and
+/// `unshare` from util-linux); `Err` says why not.
+pub fn mount_namespaces() -> Result<(), String> {
+    match std::process::Command::new("unshare")
+        .args(["--mount", "true"])
+        .stderr(Stdio::piped())
+        .output()
+    {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "`unshare --mount` failed (it needs root): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!("`unshare` (util-linux) cannot run: {e}")),
+    }
+}
+
+/// Whether a test whose environment is missing must fail instead of skipping: under
+/// `make test` (`ROLLCALL_REQUIRE_ALL`) and whenever `CI` is set.
+pub fn required() -> bool {
+    ["CI", "ROLLCALL_REQUIRE_ALL"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()))
+}
+
 /// Short tracker timing so failures are detected in about a second.
 pub const FAST_TIMING: [&str; 6] = [
     "--broadcast-period-ms",
@@ -75,6 +100,28 @@ impl Node {
             if key.to_string_lossy().starts_with("ROLLCALL_") {
                 command.env_remove(key);
             }
+        }
+        command
+    }
+
+    /// [`Node::command`] run in a mount namespace of its own, where `hosts` is bind-mounted over
+    /// `/etc/hosts`: the node resolves the names the test wrote there. Needs what
+    /// [`mount_namespaces`] checks.
+    pub fn command_with_hosts(hosts: &std::path::Path) -> Command {
+        let plain = Node::command();
+        let mut command = Command::new("unshare");
+        command.args([
+            "--mount",
+            "sh",
+            "-c",
+            r#"mount --bind "$0" /etc/hosts && exec "$@""#,
+        ]);
+        command.arg(hosts).arg(BIN).arg("serve");
+        for (key, value) in plain.as_std().get_envs() {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
         }
         command
     }

@@ -37,6 +37,17 @@ impl HeldPort {
         }
     }
 
+    /// Reserves `addr` itself, if it is free.
+    pub fn at(addr: SocketAddr) -> std::io::Result<HeldPort> {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        Ok(HeldPort {
+            addr,
+            _socket: socket,
+        })
+    }
+
     /// The port number.
     pub fn port(&self) -> u16 {
         self.addr.port()
