@@ -77,6 +77,48 @@ async fn a_server_side_presence_is_listed_diffed_updated_and_gone_when_its_handl
 }
 
 #[tokio::test]
+async fn a_server_side_presence_cannot_set_the_fields_the_server_owns() {
+    let _watchdog = crate::support::watchdog::start();
+    let server = start_default().await;
+    let node = server.tracker.node().to_string();
+    let mut c = Client::user(&server, "watcher").await;
+    c.join("room:lobby", json!({"track": false})).await;
+    c.sync().await;
+
+    // `node` says where the member is connected; `phx_ref` and `phx_ref_prev` are how
+    // phoenix.js matches metas. Whatever the app sends for them, the server's win.
+    let forged =
+        json!({"kind": "bot", "node": "elsewhere", "phx_ref": "mine", "phx_ref_prev": "old"});
+    let bot = server.presence.track("room:lobby", "bot", forged).unwrap();
+    let diff = c.recv_until(is_diff).await;
+    let meta = &diff[4]["joins"]["bot"]["metas"][0];
+    assert_eq!(meta["kind"], "bot", "{meta}");
+    assert_eq!(meta["node"], node.as_str(), "{meta}");
+    assert_ne!(meta["phx_ref"], "mine", "{meta}");
+    assert_eq!(meta.get("phx_ref_prev"), None, "{meta}");
+    let first_ref = meta["phx_ref"].clone();
+    let listed = server
+        .presence
+        .get_by_key("room:lobby", "bot")
+        .await
+        .unwrap();
+    assert_eq!(listed["metas"][0]["node"], node.as_str(), "{listed}");
+
+    bot.update(json!({"kind": "bot", "node": "elsewhere", "phx_ref_prev": "old"}))
+        .unwrap();
+    let diff = c.recv_until(is_diff).await;
+    let meta = &diff[4]["joins"]["bot"]["metas"][0];
+    assert_eq!(meta["node"], node.as_str(), "{meta}");
+    assert_eq!(meta["phx_ref_prev"], first_ref, "{meta}");
+    let listed = server
+        .presence
+        .get_by_key("room:lobby", "bot")
+        .await
+        .unwrap();
+    assert_eq!(listed["metas"][0]["node"], node.as_str(), "{listed}");
+}
+
+#[tokio::test]
 async fn a_presence_held_by_a_task_leaves_when_the_task_ends() {
     let _watchdog = crate::support::watchdog::start();
     let server = start_default().await;
