@@ -5,7 +5,6 @@
 import {execFileSync, spawn} from "node:child_process"
 import fs from "node:fs"
 import http from "node:http"
-import net from "node:net"
 import os from "node:os"
 import path from "node:path"
 import {fileURLToPath} from "node:url"
@@ -162,18 +161,6 @@ export function startProcess(cmd, args, cwd, {ready, env = {}, timeout = 60000})
     child.stdout.on("data", watch)
     child.stderr.on("data", watch)
     child.once("exit", (code, signal) => fail(`exited (${signal || code})`))
-  })
-}
-
-/** A TCP port on 127.0.0.1 that was free a moment ago (for tools that want a port number). */
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const {port} = server.address()
-      server.close(() => resolve(port))
-    })
   })
 }
 
