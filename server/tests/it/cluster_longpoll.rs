@@ -263,7 +263,7 @@ async fn a_session_whose_owner_is_lost_is_replaced(loss: Loss) {
     let token = opened["token"].as_str().expect("a token").to_string();
     let join = json!(["1", "1", "room:lobby", "phx_join", {}]);
     assert_eq!(
-        post_at(b_addr, &token, &[join.clone()]).await["status"],
+        post_at(b_addr, &token, std::slice::from_ref(&join)).await["status"],
         200
     );
     // Through a, the session on b answers while b is alive.
@@ -292,7 +292,7 @@ async fn a_session_whose_owner_is_lost_is_replaced(loss: Loss) {
     assert_eq!(answer["status"], 410, "{answer}");
     let fresh = answer["token"].as_str().expect("a new token");
     assert_ne!(fresh, token, "a new session, opened on a");
-    let refused = tokio::time::timeout(bound, post_at(a_addr, &token, &[join.clone()]))
+    let refused = tokio::time::timeout(bound, post_at(a_addr, &token, std::slice::from_ref(&join)))
         .await
         .expect("a POST for the lost owner's session is answered");
     assert_eq!(refused["status"], 410, "{refused}");

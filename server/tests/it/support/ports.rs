@@ -27,23 +27,16 @@ impl HeldPort {
     /// Reserves a free port on `ip` (any loopback address, e.g. `127.0.0.2`).
     pub fn on(ip: &str) -> HeldPort {
         let addr: SocketAddr = format!("{ip}:0").parse().expect("an IPv4 address");
-        let socket = TcpSocket::new_v4().expect("a TCP socket");
-        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
-        socket.bind(addr).expect("bind a free port");
-        let addr = socket.local_addr().expect("the bound address");
-        HeldPort {
-            addr,
-            _socket: socket,
-        }
+        HeldPort::at(addr).expect("bind a free port")
     }
 
-    /// Reserves `addr` itself, if it is free.
+    /// Reserves `addr` (port 0: a free port), if it is free.
     pub fn at(addr: SocketAddr) -> std::io::Result<HeldPort> {
         let socket = TcpSocket::new_v4()?;
         socket.set_reuseaddr(true)?;
         socket.bind(addr)?;
         Ok(HeldPort {
-            addr,
+            addr: socket.local_addr()?,
             _socket: socket,
         })
     }

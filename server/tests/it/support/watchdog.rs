@@ -151,10 +151,11 @@ fn kill_children() {
 #[ignore = "hangs on purpose, to show the watchdog failing it"]
 fn a_test_that_hangs_is_stopped_by_the_watchdog() {
     let _watchdog = crate::support::watchdog::start();
-    let _child = std::process::Command::new("sleep")
+    let mut child = std::process::Command::new("sleep")
         .arg("3600")
         .spawn()
         .expect("sleep starts");
+    let _ = child.wait();
     loop {
         std::thread::park();
     }
