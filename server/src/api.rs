@@ -6,16 +6,23 @@
 //! joining: with a token secret configured, the request needs `Authorization: Bearer <token>`
 //! (a token the server would accept on a socket) whose `rooms` claim allows the topic; in open
 //! mode anyone may ask, as anyone may join. Either way only topics matching `--rooms` exist.
-//! The topic is one path segment: percent-encode it (`room%3Alobby` or `room:lobby` both work,
+//! Each client address may make `--api-rate` requests per second (429 beyond). The topic is one
+//! path segment: percent-encode it (`room%3Alobby` or `room:lobby` both work,
 //! a `/` in a topic must be `%2F`).
 
+use std::net::SocketAddr;
+
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde_json::{json, Value};
+use tokio::time::Instant;
 
+use crate::channel;
 use crate::security::auth::{self, AuthError};
+use crate::security::limits::client_ip;
 use crate::security::origin::check_origin;
 use crate::socket::NodeContext;
 
@@ -119,12 +126,29 @@ pub fn authorize(node: &NodeContext, headers: &HeaderMap, topic: &str) -> Result
 async fn listing(
     node: &NodeContext,
     path: Result<Path<String>, PathRejection>,
+    peer: Option<SocketAddr>,
     headers: &HeaderMap,
 ) -> Result<(String, Value), ApiError> {
+    let security = &node.config.security;
+    let ip = client_ip(peer, headers, security.trust_forwarded_for);
+    // Before anything else: a listing of a big room is the most expensive read the node
+    // serves, and an answer is work whoever asks.
+    if !node.api_requests.take(ip, Instant::now()) {
+        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, RATE_LIMITED));
+    }
     let Path(topic) = path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    channel::check_topic(&topic)
+        .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, why.reason()))?;
     authorize(node, headers, &topic)?;
     let presences = node.tracker.list(&topic).await;
     Ok((topic, presences))
+}
+
+/// The error of a request over the per-address presence API rate (HTTP 429).
+pub const RATE_LIMITED: &str = "rate limited: too many presence API requests from this address";
+
+fn peer(info: Option<Extension<ConnectInfo<SocketAddr>>>) -> Option<SocketAddr> {
+    info.map(|Extension(ConnectInfo(addr))| addr)
 }
 
 /// Number of keys in a presence map.
@@ -136,9 +160,10 @@ fn key_count(presences: &Value) -> usize {
 pub async fn presence(
     State(node): State<NodeContext>,
     path: Result<Path<String>, PathRejection>,
+    info: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (topic, presences) = listing(&node, path, &headers).await?;
+    let (topic, presences) = listing(&node, path, peer(info), &headers).await?;
     let count = key_count(&presences);
     Ok(json_response(
         StatusCode::OK,
@@ -150,9 +175,10 @@ pub async fn presence(
 pub async fn presence_count(
     State(node): State<NodeContext>,
     path: Result<Path<String>, PathRejection>,
+    info: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (topic, presences) = listing(&node, path, &headers).await?;
+    let (topic, presences) = listing(&node, path, peer(info), &headers).await?;
     Ok(json_response(
         StatusCode::OK,
         json!({"topic": topic, "count": key_count(&presences)}),

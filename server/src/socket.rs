@@ -17,7 +17,7 @@ use rollcall_core::protocol::{
     Message, Outbound, Payload, Serializer, HEARTBEAT_EVENT, HEARTBEAT_TOPIC, PHX_JOIN, PHX_LEAVE,
 };
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::channel::{self, PolicyError, EVENT_TRACK, EVENT_UNTRACK};
@@ -28,9 +28,12 @@ use crate::frame::{
     TOKEN_EXPIRED,
 };
 use crate::metrics::{JoinRefusal, Metrics};
+use crate::outbox::{outbox, Outbox, OutboxReceiver};
 use crate::security::auth::{time_until_unix, AuthError, Identity};
-use crate::security::limits::{ConnCounts, PenaltyBox, TokenBucket};
-use crate::tracker::{ConnId, Outbox, Subscriber, Tracker};
+use crate::security::limits::{
+    default_max_conns, AddressLimiter, ConnCounts, PenaltyBox, TokenBucket,
+};
+use crate::tracker::{ConnId, Subscriber, Tracker};
 
 /// What every connection of one node shares: the configuration, the tracker, the counters,
 /// the abuse penalty box and live connections per address (state of the running server, shared
@@ -45,27 +48,36 @@ pub struct NodeContext {
     pub metrics: Arc<Metrics>,
     /// Presence keys refused for now, after an abuse close (1008).
     pub penalty_box: PenaltyBox,
-    /// Live connections per client address (`--max-conns-per-ip`).
+    /// Open connections in total and per client address (`--max-conns`,
+    /// `--max-conns-per-ip`).
     pub conn_counts: ConnCounts,
+    /// Long-poll sessions opened per client address (`--longpoll-open-rate`).
+    pub longpoll_opens: AddressLimiter,
+    /// Presence API requests per client address (`--api-rate`).
+    pub api_requests: AddressLimiter,
     /// Turns `true` when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
 }
 
 impl NodeContext {
     /// The context of a node serving `config` with `tracker`, counting into `metrics`, with an
-    /// empty penalty box and no connection counted yet.
+    /// empty penalty box, no connection counted yet, and the node's connection limit (`None` in
+    /// the config: from the open-file limit).
     pub fn new(
         config: Arc<Config>,
         tracker: Tracker,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let max_conns = config.security.max_conns.unwrap_or_else(default_max_conns);
         NodeContext {
+            longpoll_opens: AddressLimiter::new(config.security.longpoll_open_rate),
+            api_requests: AddressLimiter::new(config.security.api_rate),
             config,
             tracker,
             metrics,
             penalty_box: PenaltyBox::default(),
-            conn_counts: ConnCounts::default(),
+            conn_counts: ConnCounts::new(max_conns),
             shutdown,
         }
     }
@@ -169,6 +181,8 @@ struct Machine<S> {
     sink: S,
     channels: HashMap<String, JoinedChannel>,
     outbox: Outbox,
+    /// The outbox's other end: told when the tracker's frames overflowed it.
+    queued: Arc<OutboxReceiver>,
     events: TokenBucket,
     metas: TokenBucket,
     /// Rate-limited messages since the last accepted one.
@@ -182,9 +196,8 @@ where
     S: Sink<ToClient> + Unpin,
     R: Stream<Item = FromClient> + Unpin,
 {
-    let (frames, mut queued) = mpsc::channel(ctx.node.config.max_queued_frames.max(1));
-    let overflow = Arc::new(Notify::new());
-    let outbox = Outbox::new(frames, overflow.clone());
+    let (outbox, queued) = outbox(ctx.node.config.max_queued_bytes);
+    let queued = Arc::new(queued);
     let mut shutdown = ctx.node.shutdown.clone();
     let conn = ctx.conn;
     let tracker = ctx.node.tracker.clone();
@@ -199,6 +212,7 @@ where
         sink,
         channels: HashMap::new(),
         outbox,
+        queued: queued.clone(),
         events,
         metas,
         limited_in_a_row: 0,
@@ -218,36 +232,24 @@ where
             _ = shutdown.changed() => {
                 break machine.close(CLOSE_GOING_AWAY, "server shutting down").await;
             }
-            _ = overflow.notified() => {
-                tracing::info!(conn = conn.0, "closing: client too slow, outgoing queue full");
-                break machine.close(CLOSE_TRY_AGAIN_LATER, "client too slow: outgoing queue full").await;
+            _ = queued.overflowed() => {
+                break machine.too_slow().await;
             }
-            Some(frame) = queued.recv() => {
+            _ = queued.ready() => {
                 // Whatever else is already queued goes out in the same write (one flush, so
                 // one syscall for a backlog instead of one per frame).
-                let mut batch = Vec::with_capacity(1);
-                batch.push(frame);
-                while batch.len() < MAX_WRITE_BATCH {
-                    match queued.try_recv() {
-                        Ok(frame) => batch.push(frame),
-                        Err(_) => break,
-                    }
-                }
+                let mut batch = Vec::new();
+                let taken = queued.take(MAX_WRITE_BATCH, &mut batch);
                 for frame in &batch {
                     machine.ctx.node.metrics.frame_out(frame);
                 }
-                // A client that stops reading blocks this write; the overflow signal still
-                // ends the connection.
-                tokio::select! {
-                    sent = machine.write_all(batch) => {
-                        if let Err(reason) = sent {
-                            break reason;
-                        }
-                    }
-                    _ = overflow.notified() => {
-                        tracing::info!(conn = conn.0, "closing: client too slow, outgoing queue full");
-                        break machine.close(CLOSE_TRY_AGAIN_LATER, "client too slow: outgoing queue full").await;
-                    }
+                // The batch's bytes stay counted until written: a client that stops reading
+                // holds at most `max_queued_bytes`, in flight or queued. A write it blocks
+                // still ends when the queue overflows.
+                let sent = machine.write_all(batch).await;
+                queued.release(taken);
+                if let Err(reason) = sent {
+                    break reason;
                 }
             }
             inbound = stream.next() => {
@@ -255,7 +257,9 @@ where
                 match inbound {
                     None => break CloseReason::ClientGone,
                     Some(inbound) => {
-                        if let Some(reason) = machine.handle_inbound(inbound).await {
+                        // Boxed: handling a message is the deepest future of the machine, and
+                        // inline it would make every idle connection's task as big as it.
+                        if let Some(reason) = Box::pin(machine.handle_inbound(inbound)).await {
                             break reason;
                         }
                     }
@@ -266,7 +270,7 @@ where
                 break machine.close(CLOSE_GOING_AWAY, "idle timeout").await;
             }
             _ = tokio::time::sleep_until(token_expiry.unwrap_or(now + far_future)), if token_expiry.is_some() => {
-                tracing::info!(conn = conn.0, key = machine.ctx.key, "closing: token expired");
+                tracing::info!(conn = conn.0, key = ?machine.ctx.key, "closing: token expired");
                 // Leave before the close: the client reconnects at once with a fresh token
                 // (phoenix.js retries on any code but 1000), and in the tracker's order its
                 // rejoin must follow this leave.
@@ -283,27 +287,44 @@ where
     reason
 }
 
-/// Runs a write, ending the connection (1013, no close frame: it could not be written either)
-/// if the client takes nothing within `limit`.
+/// Runs a write, ending the connection with 1013 if the client takes nothing within `limit`
+/// (no close frame: it could not be written either), or when its outgoing queue overflows
+/// meanwhile (a close frame is attempted, bounded).
 async fn bounded_write<E>(
     limit: Option<Duration>,
     conn: ConnId,
+    queued: &OutboxReceiver,
     write: impl std::future::Future<Output = Result<(), E>>,
-) -> Result<(), CloseReason> {
-    let sent = match limit {
-        Some(limit) => match tokio::time::timeout(limit, write).await {
-            Ok(sent) => sent,
-            Err(_) => {
-                tracing::info!(conn = conn.0, "closing: client not reading");
-                return Err(CloseReason::Closed(
-                    CLOSE_TRY_AGAIN_LATER,
-                    "client too slow: not reading".into(),
-                ));
-            }
-        },
-        None => write.await,
+) -> Result<(), WriteStop> {
+    let write = async {
+        match limit {
+            Some(limit) => match tokio::time::timeout(limit, write).await {
+                Ok(sent) => sent.map_err(|_| WriteStop::Ended(CloseReason::SinkFailed)),
+                Err(_) => {
+                    tracing::info!(conn = conn.0, "closing: client not reading");
+                    Err(WriteStop::Ended(CloseReason::Closed(
+                        CLOSE_TRY_AGAIN_LATER,
+                        "client too slow: not reading".into(),
+                    )))
+                }
+            },
+            None => write
+                .await
+                .map_err(|_| WriteStop::Ended(CloseReason::SinkFailed)),
+        }
     };
-    sent.map_err(|_| CloseReason::SinkFailed)
+    tokio::select! {
+        sent = write => sent,
+        _ = queued.overflowed() => Err(WriteStop::Overflow),
+    }
+}
+
+/// Why a write did not finish.
+enum WriteStop {
+    /// The connection is over, for this reason.
+    Ended(CloseReason),
+    /// The outgoing queue overflowed while the write waited: close with 1013.
+    Overflow,
 }
 
 impl<S: Sink<ToClient> + Unpin> Machine<S> {
@@ -319,18 +340,34 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
         CloseReason::Closed(code, reason)
     }
 
-    /// Writes `item`, giving up once the client has taken nothing for as long as it may stay
-    /// silent (the idle timeout): a client that stops reading would otherwise hold the machine
-    /// in this write for ever, past its idle timeout, its token's expiry and the shutdown, and
-    /// keep its presences listed.
-    async fn write(&mut self, item: ToClient) -> Result<(), CloseReason> {
-        let (limit, conn) = (self.ctx.idle_timeout, self.ctx.conn);
-        bounded_write(limit, conn, self.sink.send(item)).await
+    /// Closes a client that does not keep up with its frames (1013).
+    async fn too_slow(&mut self) -> CloseReason {
+        tracing::info!(
+            conn = self.ctx.conn.0,
+            "closing: client too slow, outgoing queue full"
+        );
+        self.close(
+            CLOSE_TRY_AGAIN_LATER,
+            "client too slow: outgoing queue full",
+        )
+        .await
     }
 
-    /// Writes `frames` with one flush at the end, under the same bound as [`Machine::write`].
+    /// Writes `item`, giving up once the client has taken nothing for as long as it may stay
+    /// silent (the idle timeout), or when the outgoing queue overflows meanwhile: a client that
+    /// stops reading would otherwise hold the machine in this write for ever, past its idle
+    /// timeout, its token's expiry and the shutdown, and keep its presences listed.
+    async fn write(&mut self, item: ToClient) -> Result<(), CloseReason> {
+        let (limit, conn) = (self.ctx.idle_timeout, self.ctx.conn);
+        let queued = self.queued.clone();
+        let sent = bounded_write(limit, conn, &queued, self.sink.send(item)).await;
+        self.settle(sent).await
+    }
+
+    /// Writes `frames` with one flush at the end, under the same bounds as [`Machine::write`].
     async fn write_all(&mut self, frames: Vec<WireFrame>) -> Result<(), CloseReason> {
         let (limit, conn) = (self.ctx.idle_timeout, self.ctx.conn);
+        let queued = self.queued.clone();
         let sink = &mut self.sink;
         let all = async move {
             for frame in frames {
@@ -338,7 +375,16 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
             }
             sink.flush().await
         };
-        bounded_write(limit, conn, all).await
+        let sent = bounded_write(limit, conn, &queued, all).await;
+        self.settle(sent).await
+    }
+
+    async fn settle(&mut self, sent: Result<(), WriteStop>) -> Result<(), CloseReason> {
+        match sent {
+            Ok(()) => Ok(()),
+            Err(WriteStop::Ended(reason)) => Err(reason),
+            Err(WriteStop::Overflow) => Err(self.too_slow().await),
+        }
     }
 
     async fn send(&mut self, out: Outbound) -> Result<(), CloseReason> {
@@ -357,6 +403,7 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
     async fn handle_inbound(&mut self, inbound: FromClient) -> Option<CloseReason> {
         match inbound {
             FromClient::Activity => None,
+            FromClient::Ping(bytes) => self.write(ToClient::Pong(bytes)).await.err(),
             FromClient::Error(e) => {
                 tracing::debug!(conn = self.ctx.conn.0, "transport ended: {e}");
                 Some(CloseReason::ClientGone)
@@ -403,7 +450,11 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
                             self.events.take(Instant::now())
                         };
                         if bucket {
-                            self.limited_in_a_row = 0;
+                            // A heartbeat proves nothing about the flood: only a message the
+                            // limits let through ends a run of refusals.
+                            if !heartbeat {
+                                self.limited_in_a_row = 0;
+                            }
                             self.handle_message(msg).await.err()
                         } else {
                             self.rate_limited(&msg).await.err()
@@ -426,7 +477,7 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
         if max > 0 && self.limited_in_a_row >= max {
             tracing::info!(
                 conn = self.ctx.conn.0,
-                key = self.ctx.key,
+                key = ?self.ctx.key,
                 "closing: {max} rate-limited messages in a row"
             );
             let penalty = self.ctx.node.config.security.abuse_penalty;
@@ -525,6 +576,13 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
     }
 
     async fn join(&mut self, msg: Message) -> Result<(), CloseReason> {
+        if let Err(why) = channel::check_topic(&msg.topic) {
+            tracing::debug!(conn = self.ctx.conn.0, topic = ?msg.topic, "join refused: {why}");
+            self.refuse_join(JoinRefusal::BadTopic);
+            return self
+                .reply(&msg, "error", json!({"reason": why.reason()}))
+                .await;
+        }
         if !self
             .ctx
             .node
@@ -535,7 +593,7 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
         {
             tracing::debug!(
                 conn = self.ctx.conn.0,
-                topic = msg.topic,
+                topic = ?msg.topic,
                 "join of unmatched topic"
             );
             self.refuse_join(JoinRefusal::Unmatched);
@@ -546,8 +604,9 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
                 let reason = AuthError::TopicNotAllowed(msg.topic.clone()).to_string();
                 tracing::info!(
                     conn = self.ctx.conn.0,
-                    key = id.key,
-                    "join refused: {reason}"
+                    key = ?id.key,
+                    topic = ?msg.topic,
+                    "join refused: the token may not join the topic"
                 );
                 self.refuse_join(JoinRefusal::NotAllowed);
                 return self.reply(&msg, "error", json!({"reason": reason})).await;
@@ -690,6 +749,7 @@ mod tests {
     use super::*;
     use crate::pubsub::Local;
     use rollcall_core::protocol::Frame;
+    use tokio::sync::mpsc;
 
     /// A node context for tests, and the sender that keeps its shutdown signal from firing.
     fn node(config: Config) -> (NodeContext, watch::Sender<bool>) {

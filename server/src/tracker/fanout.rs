@@ -9,35 +9,12 @@ use std::sync::Arc;
 
 use rollcall_core::protocol::{Outbound, Serializer};
 use rollcall_core::tracker::{Diff, Presence};
-use tokio::sync::{mpsc, Notify};
 
 use super::render::{diff_json, presences_json};
 use super::ConnId;
 use crate::channel::{EVENT_PRESENCE_DIFF, EVENT_PRESENCE_STATE};
 use crate::frame::WireFrame;
-
-/// Where frames for one connection are queued. The queue is bounded: a connection that does not
-/// keep up is told to close (through `overflow`) instead of growing without limit or silently
-/// missing a presence diff.
-#[derive(Debug, Clone)]
-pub struct Outbox {
-    frames: mpsc::Sender<WireFrame>,
-    overflow: Arc<Notify>,
-}
-
-impl Outbox {
-    /// An outbox over `frames`; `overflow` is notified when a frame did not fit.
-    pub fn new(frames: mpsc::Sender<WireFrame>, overflow: Arc<Notify>) -> Self {
-        Outbox { frames, overflow }
-    }
-
-    /// Queues `frame`; on a full queue, drops it and signals the overflow.
-    pub fn deliver(&self, frame: WireFrame) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.frames.try_send(frame) {
-            self.overflow.notify_one();
-        }
-    }
-}
+use crate::outbox::Outbox;
 
 /// One connection's channel on a topic, as the tracker needs to know it.
 #[derive(Debug, Clone)]
@@ -46,7 +23,7 @@ pub struct Subscriber {
     pub conn: ConnId,
     /// How that connection encodes frames.
     pub serializer: Serializer,
-    /// Its outgoing queue.
+    /// Its outgoing queue (bounded in bytes; never waits).
     pub outbox: Outbox,
     /// Its presence key in this topic.
     pub key: String,
@@ -181,7 +158,7 @@ impl Subscriptions {
             WireFrame::encode(serializer, out)
                 .inspect_err(|e| {
                     tracing::debug!(
-                        topic = out.topic(),
+                        topic = ?out.topic(),
                         "not delivered to {serializer:?} subscribers: {e}"
                     )
                 })

@@ -29,7 +29,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-pub use fanout::{Outbox, Subscriber};
+pub use fanout::Subscriber;
 
 use crate::config::ClusterSettings;
 use crate::metrics::{Metrics, TrackerGauges};

@@ -45,7 +45,14 @@ fn help_documents_every_flag_and_its_environment_variable() {
         ("--max-frame-size", "ROLLCALL_MAX_FRAME_SIZE"),
         ("--max-meta-size", "ROLLCALL_MAX_META_SIZE"),
         ("--max-channels", "ROLLCALL_MAX_CHANNELS"),
-        ("--max-queued-frames", "ROLLCALL_MAX_QUEUED_FRAMES"),
+        ("--max-queued-bytes", "ROLLCALL_MAX_QUEUED_BYTES"),
+        (
+            "--header-read-timeout-ms",
+            "ROLLCALL_HEADER_READ_TIMEOUT_MS",
+        ),
+        ("--max-conns", "ROLLCALL_MAX_CONNS"),
+        ("--longpoll-open-rate", "ROLLCALL_LONGPOLL_OPEN_RATE"),
+        ("--api-rate", "ROLLCALL_API_RATE"),
         ("--longpoll-window-ms", "ROLLCALL_LONGPOLL_WINDOW_MS"),
         ("--node-name", "ROLLCALL_NODE_NAME"),
     ] {

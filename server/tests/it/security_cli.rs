@@ -113,7 +113,7 @@ async fn serve_with_rollcall_secret_refuses_connections_without_a_token() {
 }
 
 #[tokio::test]
-async fn serve_with_rollcall_max_conns_per_ip_refuses_the_connection_beyond_with_429() {
+async fn serve_with_rollcall_max_conns_per_ip_refuses_the_connection_beyond() {
     // The open-mode warning comes after the line read here, into a closed pipe.
     let (mut child, addr) = serve(
         &[("ROLLCALL_MAX_CONNS_PER_IP", "1"), ("RUST_LOG", "error")],
@@ -125,10 +125,12 @@ async fn serve_with_rollcall_max_conns_per_ip_refuses_the_connection_beyond_with
     let _ = child.kill();
     let _ = child.wait();
     assert!(first.is_ok(), "{first:?}");
+    // Counted at accept: 429 if the request had arrived by then, else closed unanswered.
     match second {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             assert_eq!(resp.status().as_u16(), 429)
         }
-        other => panic!("expected 429, got {other:?}"),
+        Err(_) => {}
+        Ok(_) => panic!("the second connection was accepted"),
     }
 }

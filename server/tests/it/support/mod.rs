@@ -2,6 +2,7 @@
 //! ([`server`]), real brokers ([`broker`]), and clusters of real `rollcall` processes
 //! ([`cluster`]). Every wait has a deadline.
 
+pub mod alloc;
 pub mod broker;
 pub mod cluster;
 pub mod pubsub;
