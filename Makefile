@@ -30,7 +30,8 @@ setup:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cd npm && node_modules/.bin/biome check . && node_modules/.bin/tsc -p tsconfig.json
+	python3 scripts/module_graph.py server/src >/dev/null
+	cd npm && node_modules/.bin/biome check .
 
 rust-test:
 	cargo test --workspace
@@ -45,7 +46,7 @@ npm-build: setup
 
 npm-test: npm-build
 	cargo build -p rollcall-server
-	cd npm && npm test
+	cd npm && npm run typecheck && npm test
 
 ## The demo page uses the npm package as a browser would: its browser build (three ES modules:
 ## the client, Presence, and Presence's WebAssembly chunk), copied next to it (git-ignored).

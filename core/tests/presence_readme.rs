@@ -1,4 +1,4 @@
-//! The README's Rust example of `core::presence`, kept compiling and checked.
+//! core/README.md's example of `core::presence`, also checked with assertions here.
 
 use rollcall_core::presence::{Diff, PresenceError, PresenceEvent, PresenceState};
 use serde_json::json;

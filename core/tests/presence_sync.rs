@@ -1,4 +1,4 @@
-//! core::presence against the rules of phoenix.js `Presence` (phoenix-js.md §7): one test per
+//! core::presence against the rules of phoenix.js 1.8.12's `Presence`: one test per
 //! rule and per listed consequence.
 
 use rollcall_core::presence::{

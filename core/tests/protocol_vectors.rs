@@ -1,5 +1,5 @@
 //! Byte-exact wire vectors for every frame kind of the three codecs, in both directions
-//! (phoenix-server.md §1.6–1.8, §1.15; phoenix-js.md §3).
+//! (the Phoenix 1.8 server's and phoenix.js 1.8.12's serializers).
 
 use rollcall_core::protocol::{
     EncodeError, Frame, Message, Outbound, Payload, Serializer, KIND_BROADCAST, KIND_PUSH,
@@ -652,7 +652,7 @@ fn long_fields_are_fine_in_json_frames() {
     assert_eq!(V2.decode(&frame), Ok(m));
 }
 
-// ---- the canonical V2 exchange (phoenix-server.md §1.15) ----
+// ---- the canonical V2 exchange ----
 
 #[test]
 fn canonical_v2_exchange_is_reproduced_byte_for_byte() {

@@ -44,6 +44,7 @@ fn kind(m: &ReplicationMessage) -> &'static str {
         ReplicationMessage::TransferAck { payload, .. } if payload.is_full() => "transfer_ack",
         ReplicationMessage::TransferAck { .. } => "transfer_ack_delta",
         ReplicationMessage::GracefulPermdown { .. } => "graceful_permdown",
+        ReplicationMessage::Retired { .. } => "retired",
     }
 }
 
@@ -476,20 +477,46 @@ fn a_late_heartbeat_from_a_gracefully_stopped_replica_is_ignored() {
 }
 
 #[test]
-fn messages_from_an_older_incarnation_are_ignored() {
+fn late_messages_of_a_replaced_incarnation_are_ignored() {
     let mut old = Shard::new(rid("a", 1), config(), 0).unwrap();
     let mut new = Shard::new(rid("a", 2), config(), 0).unwrap();
     let mut b = Shard::new(rid("b", 1), config(), 0).unwrap();
-    old.track(1, "lobby", "ghost", meta("{}")).unwrap();
-    let late = old.tick(100).messages;
-    for o in new.tick(100).messages {
+    for o in old.tick(100).messages {
         b.receive("a", o.message, 100);
     }
+    old.track(1, "lobby", "ghost", meta("{}")).unwrap();
+    let late = old.tick(200).messages;
+    for o in new.tick(300).messages {
+        b.receive("a", o.message, 300);
+    }
     for o in late {
-        assert!(b.receive("a", o.message, 120).events.is_empty());
+        assert!(b.receive("a", o.message, 320).events.is_empty());
     }
     assert!(b.list("lobby").is_empty());
     assert_eq!(b.replicas(), [(rid("a", 2), ReplicaStatus::Up)]);
+}
+
+#[test]
+fn a_late_heartbeat_of_an_incarnation_never_seen_passes_for_a_restart_until_the_node_answers() {
+    // Without an order between incarnations, a peer cannot tell a late message of an earlier
+    // start it never saw from a restart: it takes it for one. The live node is then retired
+    // there, is told so at its next heartbeat, takes a new incarnation and replaces the stray one.
+    let mut old = Shard::new(rid("a", 1), config(), 0).unwrap();
+    old.track(1, "lobby", "ghost", meta("{}")).unwrap();
+    let late: Vec<Outgoing> = old.tick(0).messages;
+    let mut c = Cluster::new(&["b"]);
+    c.start("a", 2);
+    c.shard("a").track(1, "lobby", "alice", meta("{}")).unwrap();
+    c.ticks(3);
+    assert_eq!(c.keys("b", "lobby"), ["alice"]);
+    c.send("a", late);
+    assert_eq!(c.keys("b", "lobby"), ["ghost"]);
+    c.ticks(4);
+    assert_eq!(c.keys("b", "lobby"), ["alice"]);
+    assert_eq!(c.count_sent("b", "a", "retired"), 1);
+    let current = c.shard("a").replica().clone();
+    assert_ne!(current, rid("a", 2));
+    assert_eq!(c.shard("b").replicas(), [(current, ReplicaStatus::Up)]);
 }
 
 #[test]
@@ -685,12 +712,16 @@ fn a_partition_longer_than_permdown_heals_to_the_same_members_on_both_sides() {
     for (x, y) in [("a", "b"), ("b", "a")] {
         c.cut.insert((x.to_string(), y.to_string()));
     }
-    // Both sides give the other up for good, though both are alive and keep their members.
-    c.ticks(30);
+    // Both sides give the other up for good (and retire it), though both are alive and keep
+    // their members.
+    c.ticks(17);
     assert_eq!(c.keys("a", "lobby"), ["alice"]);
     assert_eq!(c.keys("b", "lobby"), ["bob"]);
+    assert_eq!(c.shard("a").retired(), [rid("b", 1)]);
     c.cut.clear();
-    c.ticks(10);
+    // Each tells the other it is retired; both take new incarnations and meet again, long
+    // before the retirements expire.
+    c.ticks(5);
     assert_eq!(
         c.keys("a", "lobby"),
         ["alice", "bob"],
@@ -701,4 +732,288 @@ fn a_partition_longer_than_permdown_heals_to_the_same_members_on_both_sides() {
         ["alice", "bob"],
         "b sees a's member again"
     );
+    assert_ne!(c.shard("a").replica(), &rid("a", 1));
+    assert_ne!(c.shard("b").replica(), &rid("b", 1));
+}
+
+fn refs(c: &mut Cluster, node: &str, topic: &str) -> Vec<String> {
+    c.shard(node)
+        .list(topic)
+        .into_iter()
+        .map(|(_, p)| p.phx_ref.to_string())
+        .collect()
+}
+
+fn reincarnations(events: &[ReplicaEvent]) -> Vec<(ReplicaId, ReplicaId)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ReplicaEvent::Reincarnated {
+                previous, current, ..
+            } => Some((previous.clone(), current.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_restart_with_a_smaller_incarnation_replaces_the_old_one() {
+    let mut c = Cluster::new(&["b"]);
+    c.start("a", 5);
+    c.shard("a").track(1, "lobby", "alice", meta("{}")).unwrap();
+    c.ticks(3);
+    assert_eq!(c.keys("b", "lobby"), ["alice"]);
+    c.take_events("b");
+    c.kill("a");
+    c.start("a", 3);
+    c.shard("a").track(1, "lobby", "bob", meta("{}")).unwrap();
+    c.ticks(3);
+    assert_eq!(c.keys("b", "lobby"), ["bob"]);
+    assert_eq!(
+        c.take_events("b"),
+        [
+            ReplicaEvent::Down(rid("a", 5)),
+            ReplicaEvent::Permdown(rid("a", 5)),
+            ReplicaEvent::Up(rid("a", 3))
+        ]
+    );
+    assert_eq!(c.keys("a", "lobby"), ["bob"]);
+}
+
+#[test]
+fn a_node_back_from_a_graceful_shutdown_is_seen_whatever_its_new_incarnation() {
+    let mut c = Cluster::new(&["b"]);
+    c.start("a", 5);
+    c.shard("a").track(1, "lobby", "alice", meta("{}")).unwrap();
+    c.ticks(3);
+    let out = c.shard("a").graceful_permdown();
+    c.send("a", out);
+    c.kill("a");
+    assert!(c.keys("b", "lobby").is_empty());
+    c.start("a", 3);
+    c.shard("a").track(1, "lobby", "bob", meta("{}")).unwrap();
+    c.ticks(3);
+    assert_eq!(c.keys("b", "lobby"), ["bob"]);
+    assert_eq!(c.shard("b").replicas(), [(rid("a", 3), ReplicaStatus::Up)]);
+}
+
+#[test]
+fn an_incarnation_reused_after_a_crash_is_detected_and_the_node_takes_a_new_one() {
+    let mut c = Cluster::new(&["a", "b"]);
+    for (conn, key) in [(1, "alice"), (2, "bob"), (3, "carol")] {
+        c.shard("a").track(conn, "lobby", key, meta("{}")).unwrap();
+    }
+    c.ticks(3);
+    assert_eq!(c.keys("b", "lobby"), ["alice", "bob", "carol"]);
+    let old_refs = refs(&mut c, "b", "lobby");
+    c.kill("a");
+    // The same incarnation again: its first dot collides with alice's.
+    c.start("a", 1);
+    c.shard("a").track(1, "lobby", "dave", meta("{}")).unwrap();
+    c.take_diffs("a");
+    c.ticks(4);
+    let events = c.take_events("a");
+    let moved = reincarnations(&events);
+    assert_eq!(moved.len(), 1, "{events:?}");
+    assert_eq!(moved[0].0, rid("a", 1));
+    let current = c.shard("a").replica().clone();
+    assert_eq!(moved[0].1, current);
+    // The node's own presence moved to the new identity: a leave and a join with a new ref.
+    let diffs = c.take_diffs("a");
+    assert_eq!(left(&diffs, "lobby"), ["dave"]);
+    assert_eq!(joined(&diffs, "lobby"), ["dave"]);
+    assert_eq!(c.keys("b", "lobby"), ["dave"]);
+    assert!(!old_refs.contains(&refs(&mut c, "b", "lobby")[0]));
+    assert_eq!(c.shard("b").replicas(), [(current, ReplicaStatus::Up)]);
+}
+
+#[test]
+fn a_reused_incarnation_that_got_further_than_its_predecessor_is_found_by_the_digest() {
+    let mut c = Cluster::new(&["a", "b"]);
+    c.shard("a").track(1, "lobby", "x", meta("{}")).unwrap();
+    c.ticks(2);
+    c.shard("a").untrack(1, "lobby", "x");
+    c.ticks(2);
+    // b saw dots 1 (x) and 2 (x's removal) of a#1.
+    c.kill("a");
+    c.start("a", 1);
+    for (conn, key) in [(1, "y1"), (2, "y2"), (3, "y3")] {
+        c.shard("a").track(conn, "lobby", key, meta("{}")).unwrap();
+    }
+    c.take_diffs("a");
+    // b has observed dots 1 and 2 already and admits only y3. Once b has seen dots 1 to 3, all
+    // that a made, its heartbeat shows a digest of y3 alone where a holds y1, y2 and y3.
+    c.ticks(4);
+    assert_eq!(reincarnations(&c.take_events("a")).len(), 1);
+    assert_eq!(c.keys("b", "lobby"), ["y1", "y2", "y3"]);
+    assert_eq!(c.keys("a", "lobby"), ["y1", "y2", "y3"]);
+    // a moved its own presences to new refs: a leave and a join each.
+    let diffs = c.take_diffs("a");
+    assert_eq!(joined(&diffs, "lobby"), ["y1", "y2", "y3"]);
+    assert_eq!(left(&diffs, "lobby"), ["y1", "y2", "y3"]);
+}
+
+#[test]
+fn a_reused_incarnation_is_found_when_a_peer_observed_more_of_its_dots_than_it_made() {
+    let mut c = Cluster::new(&["b"]);
+    c.start("a", 1);
+    c.shard("a").track(1, "lobby", "x1", meta("{}")).unwrap();
+    let out = c.shard("a").flush_delta(0).messages;
+    c.send("a", out);
+    for (conn, key) in [(2, "x2"), (3, "x3")] {
+        c.shard("a").track(conn, "lobby", key, meta("{}")).unwrap();
+    }
+    c.shard("a").flush_delta(0); // lost
+    c.shard("a").track(4, "lobby", "x4", meta("{}")).unwrap();
+    let out = c.shard("a").flush_delta(0).messages;
+    c.send("a", out);
+    // b: dot 1, a gap, dot 4.
+    assert_eq!(c.keys("b", "lobby"), ["x1", "x4"]);
+    c.kill("a");
+    c.start("a", 1);
+    // Two dots, neither an element: b drops x1 but cannot tell that x4 is stale. Its heartbeat
+    // shows dot 4 of a#1 observed, and a made only two.
+    c.shard("a").track(1, "lobby", "y", meta("{}")).unwrap();
+    c.shard("a").untrack(1, "lobby", "y");
+    c.ticks(4);
+    assert_eq!(reincarnations(&c.take_events("a")).len(), 1);
+    assert!(c.keys("b", "lobby").is_empty());
+}
+
+#[test]
+fn a_node_reusing_a_retired_incarnation_is_told_and_takes_a_new_one() {
+    let mut c = Cluster::new(&["a", "b"]);
+    c.shard("a").track(1, "lobby", "alice", meta("{}")).unwrap();
+    c.ticks(3);
+    let out = c.shard("a").graceful_permdown();
+    c.send("a", out);
+    c.start("a", 1);
+    c.shard("a").track(1, "lobby", "bob", meta("{}")).unwrap();
+    // Well within the permdown period (15 ticks), when the retirement would expire.
+    c.ticks(3);
+    assert_eq!(c.count_sent("b", "a", "retired"), 1);
+    assert_eq!(reincarnations(&c.take_events("a")).len(), 1);
+    assert_eq!(c.keys("b", "lobby"), ["bob"]);
+}
+
+#[test]
+fn retired_replicas_are_forgotten_after_the_permdown_period() {
+    let mut c = Cluster::new(&["a", "b"]);
+    c.ticks(2);
+    c.kill("a");
+    c.start("a", 2);
+    c.ticks(1);
+    assert_eq!(c.shard("b").retired(), [rid("a", 1)]);
+    c.ticks(14);
+    assert_eq!(c.shard("b").retired(), [rid("a", 1)]);
+    c.ticks(2);
+    assert!(c.shard("b").retired().is_empty());
+}
+
+#[test]
+fn a_late_heartbeat_of_a_replica_permdowned_for_silence_is_ignored_and_answered() {
+    let mut a = Shard::new(rid("a", 1), config(), 0).unwrap();
+    let mut b = Shard::new(rid("b", 1), config(), 0).unwrap();
+    a.track(1, "lobby", "alice", meta("{}")).unwrap();
+    let heartbeat = a.tick(100).messages.remove(0).message;
+    b.receive("a", heartbeat.clone(), 100);
+    assert_eq!(b.list("lobby").len(), 1);
+    // a falls silent: down after 400 ms, permdown after 1 500 ms.
+    let mut events = Vec::new();
+    for t in (200..=1_700).step_by(100) {
+        events.extend(b.tick(t).events);
+    }
+    assert_eq!(
+        events,
+        [
+            ReplicaEvent::Down(rid("a", 1)),
+            ReplicaEvent::Permdown(rid("a", 1))
+        ]
+    );
+    // A copy of a's heartbeat, delayed in the network, arrives now.
+    let out = b.receive("a", heartbeat, 1_800);
+    assert!(out.events.is_empty() && out.diff.is_empty());
+    assert!(b.list("lobby").is_empty());
+    assert!(b.replicas().is_empty());
+    assert_eq!(
+        out.messages,
+        [Outgoing {
+            to: Destination::Replica(rid("a", 1)),
+            message: ReplicationMessage::Retired {
+                from: rid("b", 1),
+                replica: rid("a", 1)
+            },
+        }]
+    );
+    // A new incarnation of the node is a new replica.
+    let mut restarted = Shard::new(rid("a", 2), config(), 0).unwrap();
+    let hello = restarted.tick(1_900).messages.remove(0).message;
+    assert_eq!(
+        b.receive("a", hello, 1_900).events,
+        [ReplicaEvent::Up(rid("a", 2))]
+    );
+}
+
+#[test]
+fn a_reused_incarnation_with_as_many_dots_as_its_predecessor_is_found_by_the_digest() {
+    let mut c = Cluster::new(&["a", "b"]);
+    c.shard("a").track(1, "lobby", "ann", meta("{}")).unwrap();
+    c.shard("a").track(2, "lobby", "cat", meta("{}")).unwrap();
+    c.ticks(3);
+    assert_eq!(c.keys("b", "lobby"), ["ann", "cat"]);
+    c.kill("a");
+    c.ticks(6); // a#1 is down at b, its presences hidden
+    assert!(c.keys("b", "lobby").is_empty());
+    c.start("a", 1);
+    c.shard("a").track(1, "lobby", "bob", meta("{}")).unwrap();
+    c.shard("a").track(2, "lobby", "eve", meta("{}")).unwrap();
+    // The delta with bob and eve is lost: b has seen dots 1 and 2 of a#1, a has made dots 1 and
+    // 2, so neither side is behind and no transfer would ever carry bob and eve.
+    c.cut.insert(("a".into(), "b".into()));
+    c.tick();
+    c.cut.clear();
+    c.ticks(5);
+    assert_eq!(reincarnations(&c.take_events("a")).len(), 1);
+    assert_eq!(c.keys("b", "lobby"), ["bob", "eve"]);
+}
+
+#[test]
+fn a_late_heartbeat_after_a_removal_relayed_by_a_third_node_is_no_sign_of_reuse() {
+    let deliver = |to: &mut Shard, from: &str, out: &[Outgoing], now: u64| -> Vec<ReplicaEvent> {
+        let mut events = Vec::new();
+        for o in out {
+            events.extend(to.receive(from, o.message.clone(), now).events);
+        }
+        events
+    };
+    let mut a = Shard::new(rid("a", 1), config(), 0).unwrap();
+    let mut b = Shard::new(rid("b", 1), config(), 0).unwrap();
+    let mut c = Shard::new(rid("c", 1), config(), 0).unwrap();
+    a.track(1, "lobby", "x", meta("{}")).unwrap();
+    a.track(2, "lobby", "y", meta("{}")).unwrap();
+    let both = a.flush_delta(10).messages;
+    deliver(&mut b, "a", &both, 10);
+    deliver(&mut c, "a", &both, 10);
+    // A heartbeat of a (dots 1 and 2, x and y) that reaches b late.
+    let late = a.heartbeat_now(20).messages;
+    // x leaves; only c hears it from a, and relays the removal to b.
+    a.untrack(1, "lobby", "x");
+    let removal = a.flush_delta(30).messages;
+    deliver(&mut c, "a", &removal, 30);
+    let relay = c.flush_delta(40).messages;
+    deliver(&mut b, "c", &relay, 40);
+    assert_eq!(
+        b.list("lobby")
+            .iter()
+            .map(|(k, _)| k.to_string())
+            .collect::<Vec<_>>(),
+        ["y"]
+    );
+    // b has seen dots 1 and 2 of a and holds only y, while the late heartbeat says a held x and
+    // y at dot 2: that is a removal b heard of early, not another process.
+    assert!(deliver(&mut b, "a", &late, 50).is_empty());
+    let hello = b.heartbeat_now(60).messages;
+    assert!(reincarnations(&deliver(&mut a, "b", &hello, 60)).is_empty());
+    assert_eq!(a.replica(), &rid("a", 1));
+    assert_eq!(b.replicas()[0], (rid("a", 1), ReplicaStatus::Up));
 }

@@ -360,7 +360,7 @@ fn same_connection_id_on_two_nodes_never_collides() {
     assert_eq!(left[0].meta_json.as_str(), r#"{"from":"b"}"#);
 }
 
-/// pubsub #148: in Phoenix, observing a removal deletes the removed dot from the cloud, so a
+/// Stale-transfer resurrection: in Phoenix, observing a removal deletes the removed dot from the cloud, so a
 /// late full state from a lagging peer re-admits the removed presence. Here the dot stays observed.
 #[test]
 fn stale_full_transfer_does_not_resurrect_a_removed_presence() {
@@ -391,7 +391,7 @@ fn stale_full_transfer_does_not_resurrect_a_removed_presence() {
     assert_eq!(c.snapshot(), b.snapshot());
 }
 
-/// pubsub #214: with one row per (topic, pid, key), two versions of a row meeting in different
+/// Add-add divergence: with one row per (topic, pid, key), two versions of a row meeting in different
 /// orders keep whichever merged last. Elements here are stored by dot, so order does not matter.
 #[test]
 fn two_versions_of_one_presence_converge_whatever_the_merge_order() {

@@ -5,7 +5,7 @@
 //   BENCH_ONLY=syncDiff node bench/presence-bench.mjs                       # rows whose name has it
 //
 // Fixtures and operations are those of the project's shared baseline benchmark
-// (../shared/bench): every presence has one meta {phx_ref, online_at, device}, keys are
+// of phoenix.js: every presence has one meta {phx_ref, online_at, device}, keys are
 // "user:<i>", the client state is what syncState returns. Each (operation, N, implementation)
 // sample runs in a fresh Node process started with --expose-gc; the two implementations
 // alternate, round after round, so that load from other processes on a shared machine hits

@@ -1,4 +1,4 @@
-// Presence rules of phoenix-js.md §7, one test per rule. The same suite runs against the
+// Presence rules of phoenix.js 1.8.12, one test per rule. The same suite runs against the
 // official `phoenix` package (the reference) and against rollcall's Presence (ESM and CommonJS
 // entries), so the tests encode phoenix.js's behaviour, not our reading of it.
 

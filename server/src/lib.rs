@@ -1,21 +1,4 @@
-//! # rollcall-server
-//!
-//! The rollcall presence server: Phoenix Channels over WebSocket and long-poll, with presence
-//! rooms, as a library. Build a [`Server`] (or a [`ServerBuilder`] to plug in a cluster
-//! adapter), mount [`Server::router`] in an axum app or call [`Server::serve`]; the `rollcall`
-//! binary does the latter.
-//!
-//! Modules, bottom to top (each uses only modules below it):
-//!
-//! - leaves: [`frame`] (wire frames, close codes), [`outbox`] (a connection's outgoing queue,
-//!   bounded in bytes), [`security`] (tokens, origins, limits),
-//!   [`channel`] (topic routes and room rules), [`config`] (plain data);
-//! - [`pubsub`] (how nodes reach each other), [`metrics`] (counters and `/metrics`), then
-//!   [`tracker`] (presence state and fan-out);
-//! - [`socket`] (the per-connection machine) and [`admission`] (the connect checks);
-//! - [`transport`] (websocket, long-poll) and [`api`] (the presence API);
-//! - [`http`] (routes and the state they share), [`listener`] (the accept loop: connection
-//!   limits before a byte is read, HTTP/1.1 with a header deadline) and this root ([`Server`]).
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -24,7 +24,7 @@ const SERVE_FLAGS: &str = "\
   --node NAME (--node-name)   ROLLCALL_NODE_NAME           node name, unique in the cluster [host name + random suffix]
   --metrics true|false        ROLLCALL_METRICS             serve GET /metrics (Prometheus text) [true]
 
-security (see README \"Security\"):
+security (see docs/security.md):
   --secret SECRET[,SECRET]    ROLLCALL_SECRET              HS256 token secret(s), several for rotation [none: open mode]
   --allowed-origins LIST      ROLLCALL_ALLOWED_ORIGINS     browser origins allowed, e.g. https://*.example.com [any]
   --event-rate PER_S          ROLLCALL_EVENT_RATE          messages per second per connection, 0 = unlimited [50]
@@ -336,7 +336,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Shown by `rollcall --help` after [`SERVE_FLAGS`].
 const CLUSTER_FLAGS: &str = "\
-Cluster flags (see README, \"Running a cluster\"):
+Cluster flags (see docs/cluster.md):
   --cluster none|mesh|nats|redis   ROLLCALL_CLUSTER             how nodes reach each other [none]
   --cluster-listen HOST:PORT       ROLLCALL_CLUSTER_LISTEN      mesh: where peers connect [127.0.0.1:7000]
   --peers HOST:PORT,...            ROLLCALL_PEERS               mesh: seed nodes to dial

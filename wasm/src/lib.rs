@@ -10,10 +10,10 @@
 //! boundary, only handles.
 //!
 //! The module is built small: `no_std` on wasm32 (the core's presence algorithm needs only
-//! `alloc`), no JSON or formatting code, a panic is a trap. JavaScript exceptions (a throwing
-//! callback, a malformed state) come back through `catch` imports as values, so no call leaves
-//! the module half-way through Rust code, and there is no module state to poison: every call
-//! starts afresh.
+//! `alloc`), no JSON, formatting or string code, no `js-sys`, a panic is a trap. JavaScript
+//! exceptions (a throwing callback, a getter, JSON on a cycle) are caught inside the imported
+//! helpers and come back as values (see `js.rs`), so no call leaves the module half-way through
+//! Rust code, and there is no module state to poison: every call starts afresh.
 #![cfg_attr(target_arch = "wasm32", no_std)]
 #![warn(missing_docs)]
 

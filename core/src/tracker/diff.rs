@@ -3,9 +3,8 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-use super::meta::Presence;
+use super::meta::{PhxRef, Presence};
 use super::replica::FxHashMap;
-use super::state::Dot;
 
 /// The presence changes of one operation, grouped by topic.
 ///
@@ -126,7 +125,6 @@ fn merge_topics(mut topics: Vec<(Arc<str>, TopicDiff)>) -> Vec<(Arc<str>, TopicD
 }
 
 pub(crate) struct Change {
-    dot: Dot,
     join: bool,
     prefix: u128,
     topic: Arc<str>,
@@ -134,9 +132,12 @@ pub(crate) struct Change {
     presence: Presence,
 }
 
-/// Collects changes in order; at the end a join and a leave of the same dot cancel out.
+/// Collects changes in order; at the end a join and a leave of the same presence (the same
+/// `phx_ref`) cancel out.
 ///
-/// Each state operation calls [`begin`](Self::begin) first. One operation never records a dot
+/// Changes are matched by `phx_ref`, not by local slot and counter: a replica that takes a new
+/// incarnation numbers its presences from 1 again in the same slot, and those are other presences.
+/// Each state operation calls [`begin`](Self::begin) first. One operation never records a presence
 /// twice, so cancelling is only needed once changes of several operations are collected.
 #[derive(Default)]
 pub(crate) struct DiffBuilder {
@@ -154,14 +155,12 @@ impl DiffBuilder {
 
     pub(crate) fn record(
         &mut self,
-        dot: Dot,
         join: bool,
         topic: &Arc<str>,
         key: &Arc<str>,
         presence: Presence,
     ) {
         self.changes.push(Change {
-            dot,
             join,
             prefix: key_prefix(key),
             topic: topic.clone(),
@@ -179,20 +178,20 @@ impl DiffBuilder {
         if !self.several_operations {
             return self.changes;
         }
-        // Changes of one dot alternate (shown, hidden, shown…): an even run cancels out, an odd
-        // run nets to its last change. Sort small (dot, position) pairs, not the changes.
-        let mut order: Vec<(Dot, u32)> = self
+        // Changes of one presence alternate (shown, hidden, shown…): an even run cancels out, an
+        // odd run nets to its last change. Sort small (ref, position) pairs, not the changes.
+        let mut order: Vec<(PhxRef, u32)> = self
             .changes
             .iter()
             .enumerate()
-            .map(|(i, c)| (c.dot, i as u32))
+            .map(|(i, c)| (c.presence.phx_ref, i as u32))
             .collect();
         order.sort_unstable();
         let mut keep = vec![false; self.changes.len()];
         let mut run_len = 0usize;
-        for (n, (dot, i)) in order.iter().enumerate() {
+        for (n, (phx_ref, i)) in order.iter().enumerate() {
             run_len += 1;
-            if order.get(n + 1).is_some_and(|(next, _)| next == dot) {
+            if order.get(n + 1).is_some_and(|(next, _)| next == phx_ref) {
                 continue;
             }
             if run_len % 2 == 1 {
@@ -276,5 +275,41 @@ impl DiffBuilder {
             })
             .collect();
         Diff { topics }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracker::meta::Meta;
+
+    fn presence(replica_hash: u64, counter: u64) -> Presence {
+        Presence {
+            meta_json: Meta::empty(),
+            phx_ref: PhxRef {
+                replica_hash,
+                counter,
+            },
+            phx_ref_prev: None,
+        }
+    }
+
+    #[test]
+    fn a_join_and_a_leave_cancel_only_for_the_same_presence() {
+        let topic: Arc<str> = Arc::from("t");
+        let key: Arc<str> = Arc::from("k");
+        let mut d = DiffBuilder::default();
+        d.begin();
+        d.record(true, &topic, &key, presence(1, 5));
+        d.begin();
+        // The same counter under another replica (a new incarnation in the same slot).
+        d.record(false, &topic, &key, presence(2, 5));
+        d.begin();
+        d.record(false, &topic, &key, presence(1, 5));
+        let diff = d.finish();
+        let t = diff.topic("t").unwrap();
+        assert!(t.joins.is_empty());
+        assert_eq!(t.leaves.len(), 1);
+        assert_eq!(t.leaves[0].1.phx_ref, presence(2, 5).phx_ref);
     }
 }

@@ -16,7 +16,7 @@ use super::meta::Meta;
 use super::replica::ReplicaId;
 
 /// The first byte of every encoded [`ReplicationMessage`].
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// A version vector as sent between replicas: `(replica, highest contiguous counter seen)`.
 ///
@@ -50,6 +50,12 @@ pub enum ReplicationMessage {
         clock: Clock,
         /// The changes since the previous delta heartbeat, if any.
         delta: Option<StatePayload>,
+        /// For each entry of `clock`, in order: the highest counter of that replica the sender
+        /// has observed (beyond the clock's counter if it saw later dots out of order) and a
+        /// digest of the sender's stored presences of that replica. A replica that has made
+        /// exactly that many dots holds the same presences, unless another process made dots
+        /// under its id; see [`Shard`](super::Shard).
+        seen: Vec<(u64, u64)>,
     },
     /// Sent to one peer whose clock showed something we lack.
     TransferRequest {
@@ -75,6 +81,16 @@ pub enum ReplicationMessage {
     GracefulPermdown {
         /// The replica that is going away.
         from: ReplicaId,
+    },
+    /// Sent to the node of `replica` when a heartbeat of `replica` reaches a shard that has
+    /// retired it (another incarnation of that node was heard, it shut down gracefully, or it was
+    /// silent for `permdown_period_ms`): the sender ignores it from now on. A shard that is
+    /// `replica` itself takes a new incarnation, so that the sender sees it again.
+    Retired {
+        /// The shard that retired `replica`.
+        from: ReplicaId,
+        /// The retired replica.
+        replica: ReplicaId,
     },
 }
 
@@ -212,7 +228,8 @@ impl ReplicationMessage {
             ReplicationMessage::Heartbeat { from, .. }
             | ReplicationMessage::TransferRequest { from, .. }
             | ReplicationMessage::TransferAck { from, .. }
-            | ReplicationMessage::GracefulPermdown { from } => from,
+            | ReplicationMessage::GracefulPermdown { from }
+            | ReplicationMessage::Retired { from, .. } => from,
         }
     }
 
@@ -238,11 +255,17 @@ impl ReplicationMessage {
 
     pub(crate) fn validate(&self) -> Result<(), &'static str> {
         match self {
-            ReplicationMessage::Heartbeat { delta: Some(p), .. } => {
-                if p.is_full() {
-                    return Err("a heartbeat carries a delta, not a full state");
+            ReplicationMessage::Heartbeat {
+                clock, delta, seen, ..
+            } => {
+                if seen.len() != clock.entries.len() {
+                    return Err("a heartbeat's observations do not match its clock");
                 }
-                p.validate()
+                match delta {
+                    Some(p) if p.is_full() => Err("a heartbeat carries a delta, not a full state"),
+                    Some(p) => p.validate(),
+                    None => Ok(()),
+                }
             }
             ReplicationMessage::TransferAck { payload, .. } => payload.validate(),
             _ => Ok(()),
@@ -321,6 +344,7 @@ mod tests {
             from: ReplicaId::new("a", 1),
             clock: Clock::default(),
             delta: Some(p),
+            seen: Vec::new(),
         };
         assert!(matches!(
             ReplicationMessage::decode(&m.encode().unwrap()),

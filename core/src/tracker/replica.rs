@@ -7,15 +7,17 @@ use serde::{Deserialize, Serialize};
 
 /// The identity of one tracker replica: the node it runs on and the incarnation of that node.
 ///
-/// A node gets a new incarnation every time it starts, so a restarted node is a *new* replica and
-/// its predecessor's presences can be dropped. Incarnations of one node must grow from one start
-/// to the next (a boot counter, or start time in microseconds): a message from an older incarnation
-/// than the one already seen is treated as a late message from a dead replica and ignored.
+/// A node gets a fresh incarnation every time it starts (64 random bits are best), so a restarted
+/// node is a *new* replica and its predecessor's presences can be dropped. Incarnations are
+/// compared for identity only, never for order: any incarnation a peer has not seen yet is a new
+/// start, whether its number is larger or smaller. One that was used before is detected when a
+/// peer shows dots of it that the new process did not make, and the shard moves to a new one
+/// ([`ReplicaEvent::Reincarnated`]).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ReplicaId {
     /// The node name, unique in the cluster (the pubsub identity of the node).
     pub node: String,
-    /// Changes on every start of the node; larger is newer.
+    /// Fresh on every start of the node (and after a [`ReplicaEvent::Reincarnated`]).
     pub incarnation: u64,
 }
 
@@ -56,11 +58,25 @@ pub enum ReplicaStatus {
 pub enum ReplicaEvent {
     /// First heard from, or heard from again after being down.
     Up(ReplicaId),
-    /// Silent for `down_period_ms`, or replaced by a newer incarnation.
+    /// Silent for `down_period_ms`, or replaced by another incarnation of its node.
     Down(ReplicaId),
-    /// Forgotten for good: silent for `permdown_period_ms`, replaced by a newer incarnation, or
-    /// it announced a graceful shutdown.
+    /// Forgotten for good and retired (its messages ignored from now on): silent for
+    /// `permdown_period_ms`, replaced by another incarnation of its node, or it announced a
+    /// graceful shutdown.
     Permdown(ReplicaId),
+    /// This shard's own replica id turned out to be in use by another process too (an
+    /// incarnation reused), or a peer had retired it: the shard took a new incarnation and
+    /// re-tracked its presences under it (new `phx_ref`s, reported in the same output's diff).
+    /// Worth a warning in the log: a reused incarnation means the node's incarnations are not
+    /// fresh on every start.
+    Reincarnated {
+        /// The id given up.
+        previous: ReplicaId,
+        /// The id from now on.
+        current: ReplicaId,
+        /// The peer whose message showed it.
+        shown_by: ReplicaId,
+    },
 }
 
 /// A small, fast, deterministic hasher for integer keys (the multiply-rotate scheme of rustc's

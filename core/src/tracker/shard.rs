@@ -10,6 +10,29 @@
 //! the peers whose heartbeat clocks showed something we lack (only the dominant one when one peer
 //! is ahead of the others); mark peers silent for `down_period_ms` down and those silent for
 //! `permdown_period_ms` permdown.
+//!
+//! Peers are told apart by [`ReplicaId`], node name *and* incarnation, never by the order of
+//! incarnations:
+//!
+//! * A heartbeat from an incarnation of a node that is neither held nor retired is a new replica
+//!   (the node restarted): the held incarnation goes down, is permdowned and retired, the new one
+//!   comes up — whether its number is larger or smaller.
+//! * A replica is *retired* when it is permdowned (for silence, for being replaced, or by its own
+//!   graceful permdown). Every message of a retired replica is ignored, so a late message cannot
+//!   bring it back; a heartbeat of it is answered with [`ReplicationMessage::Retired`] (at most
+//!   once per broadcast period), because a process still running as it must take a new
+//!   incarnation to be seen again. Retired entries expire `permdown_period_ms` after retirement.
+//! * A replica id used by two processes (an incarnation reused, say a boot counter that went
+//!   back) is found by the process that reuses it, the only one that knows which dots it made.
+//!   Each heartbeat carries, for every replica of its clock, the highest counter the sender has
+//!   observed of it and a digest of the presences it holds of it. A shard that made fewer dots
+//!   than a peer observed of its id, or exactly as many and all of them observed but with another
+//!   digest, knows that another process made dots under its id: a peer that saw every dot one
+//!   process made saw every add and removal it made.
+//! * A shard that finds its id reused, or is told it is retired, takes a new incarnation (derived
+//!   from the old one, the time and its counter; at most once per `down_period_ms`), re-tracks its
+//!   presences under it and reports [`ReplicaEvent::Reincarnated`]; peers replace the old id like
+//!   any restart.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,7 +41,7 @@ use std::sync::Arc;
 use super::delta::{Answer, Generations};
 use super::diff::{Diff, DiffBuilder};
 use super::message::{Clock, ReplicationMessage, StatePayload};
-use super::meta::{Meta, PhxRef, Presence};
+use super::meta::{mix64, Meta, PhxRef, Presence};
 use super::replica::{ReplicaEvent, ReplicaId, ReplicaStatus};
 use super::state::{AlreadyTracked, Delta, NoPresence, Rx, State, ME};
 
@@ -138,8 +161,8 @@ impl ShardConfig {
 pub enum Destination {
     /// To the same-named shard on every other node.
     Broadcast,
-    /// To the shard of this one replica (by node name; drop it if that node now runs a newer
-    /// incarnation — the shard would ignore it anyway).
+    /// To the shard of this one replica, addressed by its node name: whichever incarnation runs
+    /// on that node now receives it.
     Replica(ReplicaId),
 }
 
@@ -189,6 +212,14 @@ struct Peer {
     status: ReplicaStatus,
 }
 
+/// A replica given up for good, whose messages are ignored until `until_ms`.
+#[derive(Clone, Debug)]
+struct Retired {
+    until_ms: u64,
+    /// When a heartbeat of it was last answered with [`ReplicationMessage::Retired`].
+    noticed_ms: Option<u64>,
+}
+
 /// One tracker shard: a [`State`] plus replication with the same-named shard on other nodes.
 ///
 /// A shard holds any number of topics; running one per topic hash only spreads work.
@@ -197,9 +228,13 @@ pub struct Shard {
     state: State,
     /// Peers by node name (one incarnation per node).
     peers: BTreeMap<String, Peer>,
-    /// Per node, the highest incarnation known dead (replaced or gracefully gone): late messages
-    /// from it or older are ignored, so a delayed heartbeat cannot resurrect a dead replica.
-    retired: BTreeMap<String, u64>,
+    /// Permdowned replicas: their late messages are ignored, so a delayed heartbeat cannot
+    /// resurrect a dead replica.
+    retired: BTreeMap<ReplicaId, Retired>,
+    /// A peer showed that our replica id is used by another process too (the peer's id).
+    reused: Option<ReplicaId>,
+    /// When this shard last took a new incarnation.
+    reincarnated_ms: Option<u64>,
     silent_periods: u32,
     sample_countdown: u32,
     /// Latest clock heard in a heartbeat since the last sample, per sender.
@@ -227,13 +262,16 @@ impl Shard {
             state: State::new(replica),
             peers: BTreeMap::new(),
             retired: BTreeMap::new(),
+            reused: None,
+            reincarnated_ms: None,
             pending_clocks: BTreeMap::new(),
             next_request_id: 1,
             stopped: false,
         })
     }
 
-    /// This shard's replica id.
+    /// This shard's replica id. It changes only if the shard takes a new incarnation
+    /// ([`ReplicaEvent::Reincarnated`]).
     pub fn replica(&self) -> &ReplicaId {
         self.state.replica()
     }
@@ -310,6 +348,11 @@ impl Shard {
             .collect()
     }
 
+    /// Retired replicas whose messages are still ignored, by replica id.
+    pub fn retired(&self) -> Vec<ReplicaId> {
+        self.retired.keys().cloned().collect()
+    }
+
     /// Announces a final shutdown: peers drop this replica's presences at once instead of after
     /// `down_period_ms`. The shard is inert afterwards.
     pub fn graceful_permdown(&mut self) -> Vec<Outgoing> {
@@ -357,6 +400,8 @@ impl Shard {
         self.broadcast_heartbeat(&mut out);
         self.sample_clocks(&mut out);
         self.detect_downs(now_ms, &mut out);
+        self.retired.retain(|_, r| r.until_ms > now_ms);
+        self.reincarnate_if_reused(now_ms, &mut out);
         out.finish()
     }
 
@@ -380,6 +425,7 @@ impl Shard {
                 from: self.replica().clone(),
                 clock: self.state.clock(),
                 delta,
+                seen: self.state.seen(),
             },
         });
     }
@@ -439,7 +485,7 @@ impl Shard {
                 if peer.status == ReplicaStatus::Up {
                     self.down(&peer.id, out);
                 }
-                self.permdown(&peer.id, out);
+                self.permdown(&peer.id, now_ms, out);
             } else if silence > self.config.down_period_ms && peer.status == ReplicaStatus::Up {
                 self.down(&peer.id, out);
             }
@@ -459,7 +505,8 @@ impl Shard {
         self.state.replica_down_into(id, &mut out.diff);
     }
 
-    fn permdown(&mut self, id: &ReplicaId, out: &mut Pending) {
+    /// Forgets a replica for good and retires it.
+    fn permdown(&mut self, id: &ReplicaId, now_ms: u64, out: &mut Pending) {
         out.events.push(ReplicaEvent::Permdown(id.clone()));
         if let Some(r) = self.state.known(id) {
             self.generations.forget_replica(r);
@@ -469,25 +516,10 @@ impl Shard {
             self.peers.remove(&id.node);
         }
         self.pending_clocks.remove(id);
+        self.retire(id, now_ms);
     }
 
-    /// False for messages from ourselves or from a replica known to be dead or superseded.
-    fn admissible(&self, sender: &ReplicaId) -> bool {
-        if sender.node == self.replica().node {
-            return false;
-        }
-        if self
-            .retired
-            .get(&sender.node)
-            .is_some_and(|dead| *dead >= sender.incarnation)
-        {
-            return false;
-        }
-        self.peers
-            .get(&sender.node)
-            .is_none_or(|p| p.id.incarnation <= sender.incarnation)
-    }
-
+    /// A heartbeat from `sender` (not retired) arrived.
     fn heard_from(&mut self, sender: &ReplicaId, now_ms: u64, out: &mut Pending) {
         let previous = self.peers.get(&sender.node).cloned();
         match previous {
@@ -512,12 +544,12 @@ impl Shard {
                 }
             }
             Some(p) => {
-                // The node restarted: its previous incarnation is dead for good.
+                // An incarnation never seen: the node restarted, and the one we held is dead for
+                // good, whichever number is larger.
                 if p.status == ReplicaStatus::Up {
                     self.down(&p.id, out);
                 }
-                self.permdown(&p.id, out);
-                self.retire(&p.id);
+                self.permdown(&p.id, now_ms, out);
                 self.peers.insert(
                     sender.node.clone(),
                     Peer {
@@ -531,29 +563,62 @@ impl Shard {
         }
     }
 
-    fn retire(&mut self, id: &ReplicaId) {
-        let dead = self
-            .retired
-            .entry(id.node.clone())
-            .or_insert(id.incarnation);
-        *dead = (*dead).max(id.incarnation);
+    /// Ignores `id`'s messages for the next `permdown_period_ms`.
+    fn retire(&mut self, id: &ReplicaId, now_ms: u64) {
+        let until_ms = now_ms.saturating_add(self.config.permdown_period_ms);
+        let entry = self.retired.entry(id.clone()).or_insert(Retired {
+            until_ms,
+            noticed_ms: None,
+        });
+        entry.until_ms = entry.until_ms.max(until_ms);
     }
 
     /// Handles one message from the peer on node `from` (the transport's idea of the sender).
-    /// Messages whose sender is not on `from`, from ourselves, or from a dead or superseded
-    /// replica are ignored.
+    /// Messages whose sender is not on `from`, from our own node, or from a retired replica are
+    /// ignored (a heartbeat of a retired replica is answered with
+    /// [`ReplicationMessage::Retired`]).
     pub fn receive(&mut self, from: &str, message: ReplicationMessage, now_ms: u64) -> Output {
         let mut out = Pending::default();
         let sender = message.sender().clone();
         if self.stopped
             || sender.node != from
-            || !self.admissible(&sender)
+            || sender.node == self.replica().node
             || message.validate().is_err()
         {
             return out.finish();
         }
+        if let ReplicationMessage::Retired { replica, .. } = &message {
+            // Honoured whatever the sender's status here: two sides that gave each other up
+            // after a long partition must both hear it.
+            if replica == self.replica() {
+                self.reused.get_or_insert(sender);
+                self.reincarnate_if_reused(now_ms, &mut out);
+            }
+            return out.finish();
+        }
+        if let Some(retired) = self.retired.get_mut(&sender) {
+            let quiet = retired
+                .noticed_ms
+                .is_none_or(|t| now_ms >= t.saturating_add(self.config.broadcast_period_ms));
+            if matches!(message, ReplicationMessage::Heartbeat { .. }) && quiet {
+                retired.noticed_ms = Some(now_ms);
+                out.messages.push(Outgoing {
+                    to: Destination::Replica(sender.clone()),
+                    message: ReplicationMessage::Retired {
+                        from: self.replica().clone(),
+                        replica: sender,
+                    },
+                });
+            }
+            return out.finish();
+        }
         match message {
-            ReplicationMessage::Heartbeat { clock, delta, .. } => {
+            ReplicationMessage::Heartbeat {
+                clock, delta, seen, ..
+            } => {
+                if self.state.reused_in(&clock, &seen) {
+                    self.reused.get_or_insert(sender.clone());
+                }
                 self.heard_from(&sender, now_ms, &mut out);
                 if let Some(delta) = delta {
                     self.merge(&delta, &mut out);
@@ -577,18 +642,59 @@ impl Shard {
                 self.merge(&payload, &mut out);
             }
             ReplicationMessage::GracefulPermdown { .. } => {
-                if let Some(p) = self.peers.get(&sender.node).cloned() {
-                    if p.id.incarnation <= sender.incarnation {
+                match self.peers.get(&sender.node).cloned() {
+                    Some(p) if p.id == sender => {
                         if p.status == ReplicaStatus::Up {
                             self.down(&p.id, &mut out);
                         }
-                        self.permdown(&p.id, &mut out);
+                        self.permdown(&p.id, now_ms, &mut out);
                     }
+                    // Another incarnation than the one held (an old one, late): only make sure
+                    // nothing of it is accepted later.
+                    _ => self.retire(&sender, now_ms),
                 }
-                self.retire(&sender);
             }
+            ReplicationMessage::Retired { .. } => {}
         }
+        self.reincarnate_if_reused(now_ms, &mut out);
         out.finish()
+    }
+
+    /// Takes a new incarnation if a peer showed that our replica id is in use by another process
+    /// too, at most once per `down_period_ms` (two live processes with one node name would
+    /// otherwise keep replacing each other at message rate; a later detection waits for a tick).
+    fn reincarnate_if_reused(&mut self, now_ms: u64, out: &mut Pending) {
+        let ready = self
+            .reincarnated_ms
+            .is_none_or(|t| now_ms >= t.saturating_add(self.config.down_period_ms));
+        if !ready || self.stopped {
+            return;
+        }
+        let Some(shown_by) = self.reused.take() else {
+            return;
+        };
+        let previous = self.replica().clone();
+        let made = self.state.made();
+        // No randomness in here: the new number is derived from the old one, the time and the
+        // counter, which differ between the processes that shared the old one.
+        let salt = mix64(now_ms ^ made.rotate_left(32) ^ 0x5851_f42d_4c95_7f2d);
+        let mut incarnation = mix64(previous.incarnation ^ salt);
+        while incarnation == previous.incarnation {
+            incarnation = mix64(incarnation ^ salt);
+        }
+        let current = ReplicaId::new(previous.node.clone(), incarnation);
+        self.state.reincarnate_into(current.clone(), &mut out.diff);
+        // The windows describe the old identity's counters.
+        self.generations.clear();
+        self.reincarnated_ms = Some(now_ms);
+        out.events.push(ReplicaEvent::Reincarnated {
+            previous,
+            current,
+            shown_by,
+        });
+        // Announce the new identity and its presences at once.
+        self.silent_periods = self.silent_periods.max(self.config.max_silent_periods);
+        self.broadcast_heartbeat(out);
     }
 
     fn merge(&mut self, payload: &StatePayload, out: &mut Pending) {

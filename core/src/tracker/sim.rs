@@ -1,26 +1,42 @@
 //! A seeded simulation of a tracker cluster, for finding convergence bugs.
 //!
 //! 3–7 shards run over a virtual network that delays, reorders, duplicates and drops messages
-//! (every message goes through the binary codec), splits into partitions and heals, while nodes
-//! crash, shut down gracefully and restart with a new incarnation, under random
-//! track / update / untrack traffic. Then the faults stop and virtual time runs on. At the end:
+//! (every message goes through the binary codec), delivers a few of them up to twice the permdown
+//! period late, splits into partitions (some one-way) and heals, while nodes crash, shut down
+//! gracefully and restart — with a fresh incarnation, a smaller one than before, or one the node
+//! used before — under random track / update / untrack traffic over up to 6 topics × 12 keys.
+//! Shards are driven as the server drives them: `tick` every period and, in most runs,
+//! `flush_delta` after local changes (coalesced over a window), `heartbeat_now` when a peer comes
+//! up and when the network reaches a peer it did not reach. Then the faults stop and virtual time
+//! runs on until every late message has arrived and every dead replica is permdowned.
+//!
+//! After every call, on the node that made it:
+//!
+//! * the diff applies cleanly to the diffs reported before: no second join of a presence, no
+//!   leave of an absent one;
+//! * a presence that left for good (not hidden because its owner went down) never joins again,
+//!   unless its owner was permdowned in between — only forgetting a replica forgets its dots;
+//! * a replica permdowned here does not come up again before its retirement expires
+//!   (`permdown_period_ms` later), however late its messages arrive.
+//!
+//! At the end:
 //!
 //! * every live node lists exactly the presences tracked on live nodes — no ghost (nothing of a
 //!   dead connection, a crashed or gracefully stopped node), no loss;
-//! * the diffs each live node reported, replayed from empty, give that same set, and replaying
-//!   never joins a presence twice nor leaves one that is absent;
+//! * the diffs each live node reported, replayed from empty, give that same set;
 //! * every live node sees every other live node up, and no dead one.
 //!
 //! Everything is a function of the seed ([`run`]); a failure names the seed and the command that
 //! replays it. Compiled for `cargo test` and with the `sim` feature.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fmt::Write as _;
 
-use super::meta::{mix64, Meta, PhxRef};
-use super::replica::{ReplicaId, ReplicaStatus};
-use super::shard::{Destination, Outgoing, Shard, ShardConfig};
-use super::Diff;
+use super::meta::{mix64, replica_hash, Meta, PhxRef};
+use super::replica::{ReplicaEvent, ReplicaId, ReplicaStatus};
+use super::shard::{Destination, Outgoing, Output, Shard, ShardConfig};
+use super::{Diff, ReplicationMessage};
 
 /// splitmix64: a tiny, good-enough, seedable generator (no global randomness in core).
 #[derive(Clone, Debug)]
@@ -62,10 +78,22 @@ pub struct Stats {
     pub operations: usize,
     /// Messages delivered.
     pub delivered: usize,
+    /// Messages sent with a delay of up to twice the permdown period.
+    pub late_messages: usize,
     /// Crashes plus graceful shutdowns.
     pub stops: usize,
-    /// Restarts with a new incarnation.
+    /// Restarts.
     pub restarts: usize,
+    /// Restarts with a smaller incarnation than the node's previous one.
+    pub backward_restarts: usize,
+    /// Restarts with an incarnation the node had used before.
+    pub reused_restarts: usize,
+    /// New incarnations taken by shards that found theirs in use or retired.
+    pub reincarnations: usize,
+    /// `flush_delta` calls that sent a delta.
+    pub flushes: usize,
+    /// `heartbeat_now` calls.
+    pub heartbeats_now: usize,
     /// Presences listed at the end.
     pub final_presences: usize,
     /// Transfer answers carrying a cached delta generation.
@@ -74,17 +102,40 @@ pub struct Stats {
     pub full_transfers: usize,
 }
 
+impl Stats {
+    /// Adds the counts of another run.
+    pub fn add(&mut self, o: &Stats) {
+        self.nodes += o.nodes;
+        self.operations += o.operations;
+        self.delivered += o.delivered;
+        self.late_messages += o.late_messages;
+        self.stops += o.stops;
+        self.restarts += o.restarts;
+        self.backward_restarts += o.backward_restarts;
+        self.reused_restarts += o.reused_restarts;
+        self.reincarnations += o.reincarnations;
+        self.flushes += o.flushes;
+        self.heartbeats_now += o.heartbeats_now;
+        self.final_presences += o.final_presences;
+        self.delta_transfers += o.delta_transfers;
+        self.full_transfers += o.full_transfers;
+    }
+}
+
 const STEP_MS: u64 = 10;
-const TOPICS: [&str; 3] = ["room:a", "room:b", "room:c"];
-const KEYS: [&str; 5] = ["ann", "bob", "cat", "dan", "eve"];
+const TOPICS: [&str; 6] = ["room:a", "room:b", "room:c", "room:d", "room:e", "room:f"];
+const KEYS: [&str; 12] = [
+    "ann", "bob", "cat", "dan", "eve", "fay", "gus", "hal", "ivy", "jon", "kim", "lou",
+];
+const CONNS: u64 = 4;
 
 /// The shard configuration of one run, varied by seed.
 fn config(rng: &mut Rng) -> ShardConfig {
     ShardConfig {
         broadcast_period_ms: 100,
         max_silent_periods: [0, 3][rng.below(2) as usize],
-        // Longer than the idle heartbeat interval (at most 400 ms) plus the worst network delay
-        // (350 ms), so a healthy peer is never marked down once faults stop.
+        // Longer than the idle heartbeat interval (at most 400 ms) plus the worst ordinary network
+        // delay (350 ms), so a healthy peer is never marked down once faults stop.
         down_period_ms: 1_000,
         permdown_period_ms: 2_500,
         clock_sample_periods: 1 + rng.below(3) as u32,
@@ -102,12 +153,23 @@ type Element = (String, String, String, String); // topic, key, phx_ref, meta
 struct Node {
     shard: Shard,
     next_tick_ms: u64,
+    /// When pending local changes go out (server paths only).
+    flush_at: Option<u64>,
+    last_flush_ms: Option<u64>,
+    /// The network reached a peer it did not reach: heartbeat at the next step (server paths).
+    greet: bool,
     /// The model: what this node's connections track, `(conn, topic, key) -> (ref, meta)`.
     tracked: BTreeMap<(u64, String, String), (PhxRef, Meta)>,
     /// Every reported diff replayed: `(topic, key, ref) -> meta`.
     replay: BTreeMap<(String, String, String), String>,
+    /// Presences that left for good (not hidden by their owner going down), and when.
+    gone: BTreeMap<PhxRef, u64>,
+    /// When each replica (by the hash in its `phx_ref`s) was last permdowned here.
+    permdowned: BTreeMap<u64, u64>,
 }
 
+/// A message on the wire, ordered by delivery time, then by a random tie-breaker (so messages
+/// due at the same time arrive in random order).
 struct InFlight {
     deliver_at: u64,
     order: u64,
@@ -116,18 +178,47 @@ struct InFlight {
     bytes: Vec<u8>,
 }
 
+impl PartialEq for InFlight {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for InFlight {}
+
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for InFlight {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.deliver_at, self.order).cmp(&(other.deliver_at, other.order))
+    }
+}
+
 struct World {
     rng: Rng,
     config: ShardConfig,
     now: u64,
     nodes: Vec<Option<Node>>,
-    incarnations: Vec<u64>,
-    network: Vec<InFlight>,
+    /// The incarnations each node started with, in order.
+    incarnations: Vec<Vec<u64>>,
+    /// When a crashed node is restarted by its supervisor.
+    restart_at: Vec<Option<u64>>,
+    network: BinaryHeap<Reverse<InFlight>>,
     /// Blocked directed links `(from, to)` by node index.
     blocked: BTreeSet<(usize, usize)>,
     drop_per_mille: u64,
     dup_per_mille: u64,
+    late_per_mille: u64,
     max_delay_ms: u64,
+    topics: usize,
+    keys: usize,
+    /// Drive `flush_delta` and `heartbeat_now` as the server does, or only `tick` (as Phoenix).
+    server_paths: bool,
+    coalesce_ms: u64,
     stats: Stats,
     trace: Option<String>,
 }
@@ -140,6 +231,22 @@ fn index(node: &str) -> Option<usize> {
     node.strip_prefix('n')?.parse().ok()
 }
 
+fn hash_of(id: &ReplicaId) -> u64 {
+    replica_hash(&id.node, id.incarnation)
+}
+
+fn kind(message: &ReplicationMessage) -> &'static str {
+    match message {
+        ReplicationMessage::Heartbeat { delta: Some(_), .. } => "heartbeat",
+        ReplicationMessage::Heartbeat { delta: None, .. } => "empty heartbeat",
+        ReplicationMessage::TransferRequest { .. } => "transfer request",
+        ReplicationMessage::TransferAck { payload, .. } if payload.is_full() => "full transfer",
+        ReplicationMessage::TransferAck { .. } => "delta transfer",
+        ReplicationMessage::GracefulPermdown { .. } => "graceful permdown",
+        ReplicationMessage::Retired { .. } => "retired",
+    }
+}
+
 impl World {
     fn log(&mut self, line: impl FnOnce() -> String) {
         if let Some(t) = self.trace.as_mut() {
@@ -147,9 +254,9 @@ impl World {
         }
     }
 
-    fn start(&mut self, i: usize) {
-        self.incarnations[i] += 1;
-        let id = ReplicaId::new(name(i), self.incarnations[i]);
+    fn start(&mut self, i: usize, incarnation: u64) {
+        self.incarnations[i].push(incarnation);
+        let id = ReplicaId::new(name(i), incarnation);
         let phase = self.rng.below(10) * STEP_MS;
         // The run's config is valid by construction.
         let Ok(shard) = Shard::new(id, self.config.clone(), self.now) else {
@@ -158,26 +265,137 @@ impl World {
         self.nodes[i] = Some(Node {
             shard,
             next_tick_ms: self.now + phase,
+            flush_at: None,
+            last_flush_ms: None,
+            greet: false,
             tracked: BTreeMap::new(),
             replay: BTreeMap::new(),
+            gone: BTreeMap::new(),
+            permdowned: BTreeMap::new(),
         });
-        let inc = self.incarnations[i];
-        self.log(|| format!("start n{i}#{inc}"));
+        self.log(|| format!("start n{i}#{incarnation}"));
+        self.greet_all();
     }
 
-    fn apply_diff(&mut self, i: usize, diff: &Diff, what: &str) -> Result<(), String> {
+    /// The incarnation of a restart: usually fresh, sometimes smaller than the last one, sometimes
+    /// one the node used before.
+    fn restart_incarnation(&mut self, i: usize) -> u64 {
+        let used = self.incarnations[i].clone();
+        let last = used.last().copied().unwrap_or(0);
+        match self.rng.below(10) {
+            6..=7 if last > 0 => {
+                self.stats.backward_restarts += 1;
+                self.rng.below(last)
+            }
+            8..=9 if !used.is_empty() => {
+                self.stats.reused_restarts += 1;
+                used[self.rng.below(used.len() as u64) as usize]
+            }
+            _ => self.rng.next_u64(),
+        }
+    }
+
+    /// The transports of live nodes reach a peer they did not reach: the server greets it.
+    fn greet_all(&mut self) {
+        if self.server_paths {
+            for node in self.nodes.iter_mut().flatten() {
+                node.greet = true;
+            }
+        }
+    }
+
+    /// Checks and records what one call on node `i` produced, sends its messages, and answers a
+    /// peer coming up with `heartbeat_now` as the server does.
+    fn apply(&mut self, i: usize, output: Output, what: &str, faults: bool) -> Result<(), String> {
+        if !output.events.is_empty() {
+            let events = output.events.clone();
+            self.log(|| format!("n{i} events {events:?} ({what})"));
+        }
+        self.check_diff(i, &output.diff, &output.events, what)?;
+        let reincarnated = output
+            .events
+            .iter()
+            .filter(|e| matches!(e, ReplicaEvent::Reincarnated { .. }))
+            .count();
+        if reincarnated > 0 {
+            self.stats.reincarnations += reincarnated;
+            self.refresh_model(i)?;
+        }
+        self.send(i, output.messages, faults);
+        let met_a_peer = output
+            .events
+            .iter()
+            .any(|e| matches!(e, ReplicaEvent::Up(_)));
+        if met_a_peer && self.server_paths {
+            if let Some(node) = self.nodes[i].as_mut() {
+                let hello = node.shard.heartbeat_now(self.now);
+                self.stats.heartbeats_now += 1;
+                self.apply(i, hello, "heartbeat_now", faults)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replays a diff on node `i`'s view and checks that nothing removed comes back.
+    fn check_diff(
+        &mut self,
+        i: usize,
+        diff: &Diff,
+        events: &[ReplicaEvent],
+        what: &str,
+    ) -> Result<(), String> {
+        let now = self.now;
         let Some(node) = self.nodes[i].as_mut() else {
             return Ok(());
         };
+        // Leaves of a replica that went down in this call are hidden, not gone.
+        let mut hidden: BTreeSet<u64> = BTreeSet::new();
+        let retirement = self.config.permdown_period_ms;
+        for e in events {
+            match e {
+                ReplicaEvent::Up(id) => {
+                    // A permdowned replica is retired: nothing of it is accepted until that
+                    // expires, however late its messages arrive.
+                    if let Some(t) = node.permdowned.get(&hash_of(id)) {
+                        if now < t + retirement {
+                            return Err(format!(
+                                "n{i} has {id} up again ({what}) {} ms after permdowning it",
+                                now - t
+                            ));
+                        }
+                    }
+                }
+                ReplicaEvent::Down(id) => {
+                    hidden.insert(hash_of(id));
+                }
+                ReplicaEvent::Permdown(id) => {
+                    hidden.insert(hash_of(id));
+                    node.permdowned.insert(hash_of(id), now);
+                }
+                _ => {}
+            }
+        }
         for (topic, t) in diff.iter() {
             for (key, p) in &t.leaves {
                 let k = (topic.to_string(), key.to_string(), p.phx_ref.to_string());
                 if node.replay.remove(&k).is_none() {
                     return Err(format!("n{i} reported a leave of absent {k:?} ({what})"));
                 }
+                if !hidden.contains(&p.phx_ref.replica_hash) {
+                    node.gone.insert(p.phx_ref, now);
+                }
             }
             for (key, p) in &t.joins {
                 let k = (topic.to_string(), key.to_string(), p.phx_ref.to_string());
+                if let Some(left) = node.gone.remove(&p.phx_ref) {
+                    let owner = p.phx_ref.replica_hash;
+                    if node.permdowned.get(&owner).is_none_or(|t| *t < left) {
+                        return Err(format!(
+                            "n{i} shows {k:?} again ({what}): it left for good at {left} ms and \
+                             its owner was not permdowned since"
+                        ));
+                    }
+                }
                 let meta = p.meta_json.as_str().to_string();
                 if node.replay.insert(k.clone(), meta).is_some() {
                     return Err(format!("n{i} reported a second join of {k:?} ({what})"));
@@ -204,6 +422,26 @@ impl World {
         Ok(())
     }
 
+    /// After a new incarnation the node's presences carry new refs: read them back.
+    fn refresh_model(&mut self, i: usize) -> Result<(), String> {
+        let Some(node) = self.nodes[i].as_mut() else {
+            return Ok(());
+        };
+        let slots: Vec<(u64, String, String)> = node.tracked.keys().cloned().collect();
+        for slot in slots {
+            let found = node
+                .shard
+                .get_by_conn(slot.0)
+                .into_iter()
+                .find(|(t, k, _)| **t == *slot.1 && **k == *slot.2);
+            match (found, node.tracked.get_mut(&slot)) {
+                (Some((_, _, p)), Some(entry)) => entry.0 = p.phx_ref,
+                _ => return Err(format!("n{i} lost {slot:?} when it took a new incarnation")),
+            }
+        }
+        Ok(())
+    }
+
     fn send(&mut self, from: usize, out: Vec<Outgoing>, faults: bool) {
         for o in out {
             let Ok(bytes) = o.message.encode() else {
@@ -225,15 +463,20 @@ impl World {
                     1
                 };
                 for _ in 0..copies {
-                    let delay = self.rng.below(self.max_delay_ms + 1);
+                    let delay = if faults && self.rng.chance(self.late_per_mille) {
+                        self.stats.late_messages += 1;
+                        self.rng.below(2 * self.config.permdown_period_ms + 1)
+                    } else {
+                        self.rng.below(self.max_delay_ms + 1)
+                    };
                     let order = self.rng.next_u64();
-                    self.network.push(InFlight {
+                    self.network.push(Reverse(InFlight {
                         deliver_at: self.now + delay,
                         order,
                         from: name(from),
                         to: name(to),
                         bytes: bytes.clone(),
-                    });
+                    }));
                 }
             }
         }
@@ -241,12 +484,12 @@ impl World {
 
     fn deliver_due(&mut self, faults: bool) -> Result<(), String> {
         let now = self.now;
-        let (mut due, rest): (Vec<InFlight>, Vec<InFlight>) = std::mem::take(&mut self.network)
-            .into_iter()
-            .partition(|m| m.deliver_at <= now);
-        self.network = rest;
-        // Random order among messages due at the same time: reordering.
-        due.sort_by_key(|m| (m.deliver_at, m.order));
+        let mut due = Vec::new();
+        while self.network.peek().is_some_and(|m| m.0.deliver_at <= now) {
+            if let Some(Reverse(m)) = self.network.pop() {
+                due.push(m);
+            }
+        }
         for m in due {
             let (Some(from), Some(to)) = (index(&m.from), index(&m.to)) else {
                 continue;
@@ -254,33 +497,25 @@ impl World {
             if faults && self.blocked.contains(&(from, to)) {
                 continue;
             }
-            let message = super::ReplicationMessage::decode(&m.bytes)
+            let message = ReplicationMessage::decode(&m.bytes)
                 .map_err(|e| format!("a message we encoded did not decode: {e}"))?;
             let Some(node) = self.nodes[to].as_mut() else {
                 continue;
             };
-            let kind = match &message {
-                super::ReplicationMessage::Heartbeat { .. } => "heartbeat",
-                super::ReplicationMessage::TransferRequest { .. } => "transfer request",
-                super::ReplicationMessage::TransferAck { payload, .. } => {
-                    if payload.is_full() {
-                        self.stats.full_transfers += 1;
-                        "full transfer"
-                    } else {
-                        self.stats.delta_transfers += 1;
-                        "delta transfer"
-                    }
-                }
-                super::ReplicationMessage::GracefulPermdown { .. } => "graceful permdown",
-            };
+            let what = kind(&message);
+            match what {
+                "full transfer" => self.stats.full_transfers += 1,
+                "delta transfer" => self.stats.delta_transfers += 1,
+                _ => {}
+            }
             let output = node.shard.receive(&m.from, message, now);
             self.stats.delivered += 1;
-            if !output.events.is_empty() {
-                let events = output.events.clone();
-                self.log(|| format!("n{to} events {events:?} (from {})", m.from));
-            }
-            self.apply_diff(to, &output.diff, &format!("receive {kind} from {}", m.from))?;
-            self.send(to, output.messages, faults);
+            self.apply(
+                to,
+                output,
+                &format!("receive {what} from {}", m.from),
+                faults,
+            )?;
         }
         Ok(())
     }
@@ -295,14 +530,54 @@ impl World {
             }
             node.next_tick_ms += self.config.broadcast_period_ms;
             let output = node.shard.tick(self.now);
-            if !output.events.is_empty() {
-                let events = output.events.clone();
-                self.log(|| format!("n{i} events {events:?} (tick)"));
-            }
-            self.apply_diff(i, &output.diff, "tick")?;
-            self.send(i, output.messages, faults);
+            self.apply(i, output, "tick", faults)?;
         }
         Ok(())
+    }
+
+    /// The server's other two paths: pending local changes flushed at once (or at the end of the
+    /// coalescing window), and a heartbeat when the network reaches a new peer.
+    fn server_due(&mut self, faults: bool) -> Result<(), String> {
+        for i in 0..self.nodes.len() {
+            let now = self.now;
+            let Some(node) = self.nodes[i].as_mut() else {
+                continue;
+            };
+            if node.greet {
+                node.greet = false;
+                let hello = node.shard.heartbeat_now(now);
+                self.stats.heartbeats_now += 1;
+                self.apply(i, hello, "heartbeat_now", faults)?;
+            }
+            let Some(node) = self.nodes[i].as_mut() else {
+                continue;
+            };
+            if node.flush_at.is_some_and(|at| at <= now) {
+                node.flush_at = None;
+                node.last_flush_ms = Some(now);
+                let output = node.shard.flush_delta(now);
+                if !output.messages.is_empty() {
+                    self.stats.flushes += 1;
+                }
+                self.apply(i, output, "flush_delta", faults)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn schedule_flush(&mut self, i: usize) {
+        let (now, coalesce) = (self.now, self.coalesce_ms);
+        if !self.server_paths {
+            return;
+        }
+        if let Some(node) = self.nodes[i].as_mut() {
+            if node.flush_at.is_none() {
+                node.flush_at = Some(match node.last_flush_ms {
+                    Some(last) if last + coalesce > now => last + coalesce,
+                    _ => now,
+                });
+            }
+        }
     }
 
     fn random_operation(&mut self) -> Result<(), String> {
@@ -313,35 +588,48 @@ impl World {
             return Ok(());
         }
         let i = live[self.rng.below(live.len() as u64) as usize];
-        let conn = self.rng.below(4);
-        let topic = TOPICS[self.rng.below(TOPICS.len() as u64) as usize];
-        let key = KEYS[self.rng.below(KEYS.len() as u64) as usize];
+        let choice = self.rng.below(20);
+        let random_slot = (
+            self.rng.below(CONNS),
+            TOPICS[self.rng.below(self.topics as u64) as usize].to_string(),
+            KEYS[self.rng.below(self.keys as u64) as usize].to_string(),
+        );
         let value = self.rng.below(100);
-        let choice = self.rng.below(10);
+        let pick = self.rng.next_u64();
+        let reuse_slot = self.rng.chance(700);
         let Some(node) = self.nodes[i].as_mut() else {
             return Ok(());
         };
-        let slot = (conn, topic.to_string(), key.to_string());
+        // Updates and untracks mostly hit something tracked, so removals are frequent.
+        let slot = match node
+            .tracked
+            .keys()
+            .nth(pick as usize % node.tracked.len().max(1))
+        {
+            Some(existing) if choice >= 9 && reuse_slot => existing.clone(),
+            _ => random_slot,
+        };
+        let (conn, topic, key) = (slot.0, slot.1.as_str(), slot.2.as_str());
         let tracked = node.tracked.contains_key(&slot);
         let meta = Meta::new(&format!("{{\"v\":{value}}}")).map_err(|e| e.to_string())?;
         let (diff, what) = match choice {
-            0..=4 => match node.shard.track(conn, topic, key, meta.clone()) {
+            0..=8 => match node.shard.track(conn, topic, key, meta.clone()) {
                 Ok((r, diff)) if !tracked => {
-                    node.tracked.insert(slot, (r, meta));
+                    node.tracked.insert(slot.clone(), (r, meta));
                     (diff, "track")
                 }
                 Err(_) if tracked => return Ok(()),
                 _ => return Err(format!("n{i}: track of {slot:?} disagrees with the model")),
             },
-            5..=6 => match node.shard.update(conn, topic, key, meta.clone()) {
+            9..=12 => match node.shard.update(conn, topic, key, meta.clone()) {
                 Ok((r, diff)) if tracked => {
-                    node.tracked.insert(slot, (r, meta));
+                    node.tracked.insert(slot.clone(), (r, meta));
                     (diff, "update")
                 }
                 Err(_) if !tracked => return Ok(()),
                 _ => return Err(format!("n{i}: update of {slot:?} disagrees with the model")),
             },
-            7..=8 => {
+            13..=17 => {
                 node.tracked.remove(&slot);
                 (node.shard.untrack(conn, topic, key), "untrack")
             }
@@ -351,18 +639,42 @@ impl World {
             }
         };
         self.stats.operations += 1;
-        self.log(|| format!("n{i} {what} c{conn} {topic}/{key}"));
-        self.apply_diff(i, &diff, what)
+        self.log(|| format!("n{i} {what} c{conn} {}/{}", slot.1, slot.2));
+        self.check_diff(i, &diff, &[], what)?;
+        self.schedule_flush(i);
+        Ok(())
     }
 
     fn random_fault(&mut self) {
         let n = self.nodes.len();
-        // Crash: the node and its model vanish; messages already sent stay in flight.
+        // Crash: the node and its model vanish; messages already sent stay in flight. Some
+        // nodes are restarted at once by a supervisor, often with the same incarnation (a
+        // counter that was not saved): its peers still hold the dead process's replica.
         if self.rng.chance(4) {
             let i = self.rng.below(n as u64) as usize;
             if self.nodes[i].take().is_some() {
                 self.stats.stops += 1;
                 self.log(|| format!("crash n{i}"));
+                if self.rng.chance(400) {
+                    self.restart_at[i] = Some(self.now + self.rng.below(30) * STEP_MS);
+                }
+            }
+        }
+        for i in 0..n {
+            if self.restart_at[i].is_some_and(|at| at <= self.now) {
+                self.restart_at[i] = None;
+                if self.nodes[i].is_none() {
+                    self.stats.restarts += 1;
+                    let last = self.incarnations[i].last().copied();
+                    let incarnation = match last {
+                        Some(last) if self.rng.chance(500) => {
+                            self.stats.reused_restarts += 1;
+                            last
+                        }
+                        _ => self.restart_incarnation(i),
+                    };
+                    self.start(i, incarnation);
+                }
             }
         }
         // Graceful shutdown.
@@ -375,12 +687,13 @@ impl World {
                 self.send(i, out, true);
             }
         }
-        // Restart a stopped node with a new incarnation.
+        // Restart a stopped node.
         if self.rng.chance(15) {
             let i = self.rng.below(n as u64) as usize;
             if self.nodes[i].is_none() {
                 self.stats.restarts += 1;
-                self.start(i);
+                let incarnation = self.restart_incarnation(i);
+                self.start(i, incarnation);
             }
         }
         // Split the cluster in two (some links one-way only), or heal.
@@ -402,6 +715,7 @@ impl World {
         if self.rng.chance(10) {
             self.blocked.clear();
             self.log(|| "heal".to_string());
+            self.greet_all();
         }
     }
 
@@ -415,6 +729,7 @@ impl World {
             }
             self.random_fault();
         }
+        self.server_due(faults)?;
         Ok(())
     }
 
@@ -496,37 +811,62 @@ pub fn run(seed: u64, trace: bool) -> Result<Stats, String> {
     let n = 3 + rng.below(5) as usize;
     let drop_per_mille = [0, 50, 200][rng.below(3) as usize];
     let max_delay_ms = [0, 60, 350][rng.below(3) as usize];
+    let late_per_mille = [0, 5, 20][rng.below(3) as usize];
     let fault_ms = 3_000 + rng.below(4) * 1_000;
+    let topics = 2 + rng.below(TOPICS.len() as u64 - 1) as usize;
+    let keys = 3 + rng.below(KEYS.len() as u64 - 2) as usize;
+    let server_paths = rng.below(3) != 0;
+    let coalesce_ms = [0, 10, 50][rng.below(3) as usize];
     let config = config(&mut rng);
     let mut world = World {
         rng,
         config,
         now: 0,
         nodes: (0..n).map(|_| None).collect(),
-        incarnations: vec![0; n],
-        network: Vec::new(),
+        incarnations: vec![Vec::new(); n],
+        restart_at: vec![None; n],
+        network: BinaryHeap::new(),
         blocked: BTreeSet::new(),
         drop_per_mille,
         dup_per_mille: 50,
+        late_per_mille,
         max_delay_ms,
+        topics,
+        keys,
+        server_paths,
+        coalesce_ms,
         stats: Stats {
             nodes: n,
             ..Stats::default()
         },
         trace: trace.then(String::new),
     };
+    let shown = world.config.clone();
+    world.log(|| {
+        format!(
+            "seed {seed}: {n} nodes, drop {drop_per_mille}‰, delay ≤ {max_delay_ms} ms, \
+             late {late_per_mille}‰, {topics} topics × {keys} keys, server paths {server_paths} \
+             (coalesce {coalesce_ms} ms), {shown:?}"
+        )
+    });
     for i in 0..n {
-        world.start(i);
+        let incarnation = world.rng.next_u64();
+        world.start(i, incarnation);
     }
     let result = (|| {
         while world.now < fault_ms {
             world.step(true)?;
         }
-        // Faults stop: links heal, nothing is dropped; delays (and so reordering) remain.
+        // Faults stop: links heal, nothing is dropped or sent late; ordinary delays (and so
+        // reordering) remain.
         world.blocked.clear();
+        world.greet_all();
         world.log(|| "faults stop".to_string());
         let c = world.config.clone();
-        let settle = max_delay_ms + c.permdown_period_ms + 2 * c.down_period_ms + 2_000;
+        // The last late message arrives within twice the permdown period; a dead replica it
+        // refreshed is permdowned one permdown period after that, and a live node it displaced
+        // has taken a new incarnation (at most once per down period) long before.
+        let settle = max_delay_ms + 3 * c.permdown_period_ms + c.down_period_ms + 500;
         let end = world.now + settle;
         while world.now < end {
             world.step(false)?;
@@ -568,16 +908,7 @@ mod tests {
         let mut total = Stats::default();
         for seed in &seeds {
             match run(*seed, false) {
-                Ok(stats) => {
-                    total.nodes += stats.nodes;
-                    total.operations += stats.operations;
-                    total.delivered += stats.delivered;
-                    total.stops += stats.stops;
-                    total.restarts += stats.restarts;
-                    total.final_presences += stats.final_presences;
-                    total.delta_transfers += stats.delta_transfers;
-                    total.full_transfers += stats.full_transfers;
-                }
+                Ok(stats) => total.add(&stats),
                 Err(_) => {
                     let detail = run(*seed, true).err().unwrap_or_default();
                     panic!(

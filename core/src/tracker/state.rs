@@ -9,12 +9,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::hash::Hasher;
 use std::sync::Arc;
 
 use super::diff::{key_prefix, key_tail_cmp, Diff, DiffBuilder};
 use super::message::{Clock, PayloadKind, StatePayload, WireElement};
-use super::meta::{replica_hash, Meta, PhxRef, Presence};
-use super::replica::{FxHashMap, FxHashSet, ReplicaId, ReplicaStatus};
+use super::meta::{mix64, replica_hash, Meta, PhxRef, Presence};
+use super::replica::{FxHashMap, FxHashSet, FxHasher, ReplicaId, ReplicaStatus};
 
 /// Index of a replica in one state's replica table (never sent over the wire).
 pub(crate) type Rx = u32;
@@ -39,6 +40,21 @@ pub(crate) struct Element {
     pub(crate) prev: Option<u64>,
 }
 
+impl Element {
+    /// A hash of this element as the one created at `counter`, for the per-replica digests.
+    fn hash(&self, counter: u64) -> u64 {
+        let mut h = FxHasher::default();
+        h.write_u64(counter);
+        h.write_u64(self.conn);
+        h.write_u64(self.prev.map_or(0, |p| p.wrapping_add(1)));
+        for text in [&*self.topic, &*self.key, self.meta.as_str()] {
+            h.write_usize(text.len());
+            h.write(text.as_bytes());
+        }
+        mix64(h.finish())
+    }
+}
+
 #[derive(Clone)]
 struct Slot {
     id: ReplicaId,
@@ -48,6 +64,9 @@ struct Slot {
     /// Observed dots beyond `context`.
     cloud: BTreeSet<u64>,
     up: bool,
+    /// XOR of [`Element::hash`] over the stored elements of this replica: the same on every
+    /// replica that has observed all the dots it made.
+    digest: u64,
 }
 
 /// The dots of one local connection (usually one: no allocation then).
@@ -234,7 +253,7 @@ impl std::error::Error for NoPresence {}
 ///
 /// # Two upstream bugs this design avoids
 ///
-/// * **Stale-transfer resurrection (phoenix_pubsub #148).** Phoenix deletes a removed element's dot
+/// * **Stale-transfer resurrection.** Phoenix deletes a removed element's dot
 ///   from the cloud when it observes the removal, so the replica forgets it ever saw that dot, and
 ///   a late full-state transfer from a lagging peer re-admits the old element. Here an observed dot
 ///   is never forgotten while its replica is known: removals leave the dot in the cloud (or in the
@@ -242,7 +261,7 @@ impl std::error::Error for NoPresence {}
 ///   dot is created once and removed at most once, so "observed" is monotone and a stale payload
 ///   can only repeat facts already known. Only a permdown forgets a replica, and then everything of
 ///   that replica is ignored until it is heard from again.
-/// * **Add-add divergence (phoenix_pubsub #214).** Phoenix stores one row per `(topic, pid, key)`,
+/// * **Add-add divergence.** Phoenix stores one row per `(topic, pid, key)`,
 ///   so two elements with different dots for the same row overwrite each other in merge order.
 ///   Here elements are stored *by dot*; the `(topic, connection, key)` index is only for the owner's
 ///   own connections. Two dots for the same row are two elements, each kept or removed by the same
@@ -319,6 +338,7 @@ impl State {
             context: None,
             cloud: BTreeSet::new(),
             up: false,
+            digest: 0,
         });
         self.by_id.insert(id.clone(), r);
         r
@@ -390,13 +410,15 @@ impl State {
             }
         }
         if self.visible(dot.r) {
-            diff.record(dot, true, &el.topic, &el.key, self.presence(dot, &el));
+            diff.record(true, &el.topic, &el.key, self.presence(dot, &el));
         }
+        self.slot_mut(dot.r).digest ^= el.hash(dot.c);
         self.values.insert(dot, el);
     }
 
     fn remove_value(&mut self, dot: Dot, diff: &mut DiffBuilder) -> Option<Element> {
         let el = self.values.remove(&dot)?;
+        self.slot_mut(dot.r).digest ^= el.hash(dot.c);
         let hash = self.slot(dot.r).hash;
         let entry = TopicEntry {
             prefix: key_prefix(&el.key),
@@ -420,7 +442,7 @@ impl State {
             self.own.remove(&el.conn);
         }
         if self.visible(dot.r) {
-            diff.record(dot, false, &el.topic, &el.key, self.presence(dot, &el));
+            diff.record(false, &el.topic, &el.key, self.presence(dot, &el));
         }
         Some(el)
     }
@@ -598,7 +620,7 @@ impl State {
     }
 
     /// The clock advertised to peers: the context of every replica this state knows and
-    /// considers up (down replicas are left out, see pubsub #135).
+    /// considers up (down replicas are left out, as in Phoenix).
     pub fn clock(&self) -> Clock {
         let mut entries: Vec<(ReplicaId, u64)> = self
             .slots
@@ -901,8 +923,9 @@ impl State {
                     prev: v.prev,
                 };
                 if self.visible(dot.r) {
-                    diff.record(dot, true, &el.topic, &el.key, self.presence(dot, &el));
+                    diff.record(true, &el.topic, &el.key, self.presence(dot, &el));
                 }
+                self.slots[dot.r as usize].digest ^= el.hash(dot.c);
                 self.values.insert(dot, el);
                 // Mark the dot observed, unless the remote context is about to cover it anyway.
                 if rctx.get(&dot.r).is_none_or(|c| dot.c > *c) {
@@ -928,6 +951,85 @@ impl State {
             slot.context = Some(slot.context.unwrap_or(0).max(c));
         }
         self.compact();
+    }
+
+    /// How many dots this replica made (its own counter).
+    pub(crate) fn made(&self) -> u64 {
+        self.context_of(ME).unwrap_or(0)
+    }
+
+    /// What a heartbeat says of each replica of [`clock`](Self::clock), in the same order: the
+    /// highest counter observed (context or cloud) and the digest of the stored elements.
+    pub(crate) fn seen(&self) -> Vec<(u64, u64)> {
+        let mut seen: Vec<(&ReplicaId, u64, u64)> = self
+            .slots
+            .iter()
+            .filter(|s| s.up)
+            .filter_map(|s| {
+                let context = s.context?;
+                let max = s.cloud.last().map_or(context, |c| context.max(*c));
+                Some((&s.id, max, s.digest))
+            })
+            .collect();
+        seen.sort_by(|a, b| a.0.cmp(b.0));
+        seen.into_iter()
+            .map(|(_, max, digest)| (max, digest))
+            .collect()
+    }
+
+    /// True if a peer's heartbeat (`clock` and `seen`) shows that another process made dots under
+    /// this replica's id: the peer observed more of our dots than we made, or it observed exactly
+    /// the dots we made (all of them, none missing) and holds other presences for them. For one
+    /// process that cannot be: a peer that saw every dot we made saw every add and every removal.
+    pub(crate) fn reused_in(&self, clock: &Clock, seen: &[(u64, u64)]) -> bool {
+        let me = self.replica();
+        let made = self.made();
+        clock
+            .entries
+            .iter()
+            .zip(seen)
+            .filter(|((id, _), _)| id == me)
+            .any(|((_, context), (max, digest))| {
+                *max > made || (*max == made && *context == made && *digest != self.own_digest())
+            })
+    }
+
+    fn own_digest(&self) -> u64 {
+        self.slot(ME).digest
+    }
+
+    /// Moves this replica to a new identity `replica` (same node, new incarnation): its own
+    /// presences are taken over by the new identity, numbered from 1 again, each reported as a
+    /// leave of the old `phx_ref` and a join of the new one. Nothing else changes: what this
+    /// replica knows of its peers stays.
+    pub(crate) fn reincarnate_into(&mut self, replica: ReplicaId, diff: &mut DiffBuilder) {
+        diff.begin();
+        let mut own: Vec<(u64, Element)> = self
+            .values
+            .iter()
+            .filter(|(dot, _)| dot.r == ME)
+            .map(|(dot, el)| (dot.c, el.clone()))
+            .collect();
+        own.sort_unstable_by_key(|(c, _)| *c);
+        for (c, _) in &own {
+            self.remove_value(Dot { r: ME, c: *c }, diff);
+        }
+        let previous = self.replica().clone();
+        self.by_id.remove(&previous);
+        self.by_id.insert(replica.clone(), ME);
+        let slot = self.slot_mut(ME);
+        slot.hash = replica_hash(&replica.node, replica.incarnation);
+        slot.id = replica;
+        slot.context = Some(0);
+        slot.cloud.clear();
+        self.pending.start = 0;
+        self.pending.clouds.remove(&ME);
+        for (_, el) in own {
+            let c = self.bump();
+            // The replaced version belongs to the old identity: nothing to point back to.
+            let el = Element { prev: None, ..el };
+            self.insert_value(Dot { r: ME, c }, el, diff);
+        }
     }
 
     /// Marks a replica up (learning it if new) and returns its stored presences as joins.
@@ -972,7 +1074,7 @@ impl State {
     fn report_replica(&self, r: Rx, join: bool, diff: &mut DiffBuilder) {
         for (dot, el) in &self.values {
             if dot.r == r {
-                diff.record(*dot, join, &el.topic, &el.key, self.presence(*dot, el));
+                diff.record(join, &el.topic, &el.key, self.presence(*dot, el));
             }
         }
     }

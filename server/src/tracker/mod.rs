@@ -21,7 +21,7 @@ mod task;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rollcall_core::protocol::Payload;
 use rollcall_core::tracker::{ReplicaId, Shard, ShardConfig};
@@ -152,11 +152,9 @@ impl Tracker {
         let (tx, rx) = mpsc::unbounded_channel();
         let frames_encoded = Arc::new(AtomicU64::new(0));
         let node = pubsub.node().to_string();
-        // Incarnations must grow from one start to the next: start time in microseconds.
-        let incarnation = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
+        // Peers tell incarnations apart, they do not order them: 64 random bits make every start
+        // a replica no peer has seen, whatever the clock did in between.
+        let incarnation: u64 = rand::random();
         let replica = ReplicaId::new(&node, incarnation);
         let shard = Shard::new(replica.clone(), shard_config(settings), 0).unwrap_or_else(|e| {
             tracing::error!("tracker timing refused ({e}); using the defaults");
