@@ -189,102 +189,115 @@ struct Machine<S> {
     limited_in_a_row: u32,
 }
 
-/// Runs one connection until it closes. Frames the tracker queues for this connection are
-/// written to `sink` between inbound frames.
-pub async fn run<S, R>(ctx: SocketContext, sink: S, mut stream: R) -> CloseReason
+/// Runs one connection until it closes; returns why, and the sink and stream (so that a
+/// transport can still answer a client's close). Frames the tracker queues for this
+/// connection are written to `sink` between inbound frames.
+///
+/// The machine is built before the returned future starts, so the future holds the
+/// connection's context once: an idle connection's task is mostly this future.
+pub fn run<S, R>(
+    ctx: SocketContext,
+    sink: S,
+    stream: R,
+) -> impl std::future::Future<Output = (CloseReason, S, R)>
 where
     S: Sink<ToClient> + Unpin,
     R: Stream<Item = FromClient> + Unpin,
 {
     let (outbox, queued) = outbox(ctx.node.config.max_queued_bytes);
-    let queued = Arc::new(queued);
-    let mut shutdown = ctx.node.shutdown.clone();
-    let conn = ctx.conn;
-    let tracker = ctx.node.tracker.clone();
-    let metrics = ctx.node.metrics.clone();
-    let idle_timeout = ctx.idle_timeout;
-    let token_expiry = ctx.token_expiry;
     let now = Instant::now();
     let events = TokenBucket::new(ctx.node.config.security.event_rate, now);
     let metas = TokenBucket::new(ctx.node.config.security.meta_rate, now);
-    let mut machine = Machine {
+    let machine = Machine {
         ctx,
         sink,
         channels: HashMap::new(),
         outbox,
-        queued: queued.clone(),
+        queued: Arc::new(queued),
         events,
         metas,
         limited_in_a_row: 0,
     };
-    let far_future = Duration::from_secs(86_400 * 365);
-    let mut deadline = Instant::now() + idle_timeout.unwrap_or(far_future);
-    // Whether the connection's presences were already removed.
-    let mut left = false;
-    let reason = loop {
-        if *shutdown.borrow() {
-            break machine
-                .close(CLOSE_GOING_AWAY, "server shutting down")
-                .await;
-        }
-        tokio::select! {
-            biased;
-            _ = shutdown.changed() => {
-                break machine.close(CLOSE_GOING_AWAY, "server shutting down").await;
+    machine.run(stream)
+}
+
+impl<S: Sink<ToClient> + Unpin> Machine<S> {
+    async fn run<R>(mut self, mut stream: R) -> (CloseReason, S, R)
+    where
+        R: Stream<Item = FromClient> + Unpin,
+    {
+        let queued = self.queued.clone();
+        let mut shutdown = self.ctx.node.shutdown.clone();
+        let conn = self.ctx.conn;
+        let idle_timeout = self.ctx.idle_timeout;
+        let token_expiry = self.ctx.token_expiry;
+        let far_future = Duration::from_secs(86_400 * 365);
+        let mut deadline = Instant::now() + idle_timeout.unwrap_or(far_future);
+        // Whether the connection's presences were already removed.
+        let mut left = false;
+        // Every await in the arms below is boxed: inline, the deepest of them (a write, a
+        // close, handling a message) would set the size of every idle connection's task.
+        let reason = loop {
+            if *shutdown.borrow() {
+                break Box::pin(self.close(CLOSE_GOING_AWAY, "server shutting down")).await;
             }
-            _ = queued.overflowed() => {
-                break machine.too_slow().await;
-            }
-            _ = queued.ready() => {
-                // Whatever else is already queued goes out in the same write (one flush, so
-                // one syscall for a backlog instead of one per frame).
-                let mut batch = Vec::new();
-                let taken = queued.take(MAX_WRITE_BATCH, &mut batch);
-                for frame in &batch {
-                    machine.ctx.node.metrics.frame_out(frame);
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    break Box::pin(self.close(CLOSE_GOING_AWAY, "server shutting down")).await;
                 }
-                // The batch's bytes stay counted until written: a client that stops reading
-                // holds at most `max_queued_bytes`, in flight or queued. A write it blocks
-                // still ends when the queue overflows.
-                let sent = machine.write_all(batch).await;
-                queued.release(taken);
-                if let Err(reason) = sent {
-                    break reason;
+                _ = queued.overflowed() => {
+                    break Box::pin(self.too_slow()).await;
                 }
-            }
-            inbound = stream.next() => {
-                deadline = Instant::now() + idle_timeout.unwrap_or(far_future);
-                match inbound {
-                    None => break CloseReason::ClientGone,
-                    Some(inbound) => {
-                        // Boxed: handling a message is the deepest future of the machine, and
-                        // inline it would make every idle connection's task as big as it.
-                        if let Some(reason) = Box::pin(machine.handle_inbound(inbound)).await {
-                            break reason;
+                _ = queued.ready() => {
+                    // Whatever else is already queued goes out in the same write (one flush,
+                    // so one syscall for a backlog instead of one per frame).
+                    let mut batch = Vec::new();
+                    let taken = queued.take(MAX_WRITE_BATCH, &mut batch);
+                    for frame in &batch {
+                        self.ctx.node.metrics.frame_out(frame);
+                    }
+                    // The batch's bytes stay counted until written: a client that stops
+                    // reading holds at most `max_queued_bytes`, in flight or queued. A write
+                    // it blocks still ends when the queue overflows.
+                    let sent = Box::pin(self.write_all(batch)).await;
+                    queued.release(taken);
+                    if let Err(reason) = sent {
+                        break reason;
+                    }
+                }
+                inbound = stream.next() => {
+                    deadline = Instant::now() + idle_timeout.unwrap_or(far_future);
+                    match inbound {
+                        None => break CloseReason::ClientGone,
+                        Some(inbound) => {
+                            if let Some(reason) = Box::pin(self.handle_inbound(inbound)).await {
+                                break reason;
+                            }
                         }
                     }
                 }
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!(conn = conn.0, "closing idle connection");
+                    break Box::pin(self.close(CLOSE_GOING_AWAY, "idle timeout")).await;
+                }
+                _ = tokio::time::sleep_until(token_expiry.unwrap_or(deadline)), if token_expiry.is_some() => {
+                    tracing::info!(conn = conn.0, key = ?self.ctx.key, "closing: token expired");
+                    // Leave before the close: the client reconnects at once with a fresh token
+                    // (phoenix.js retries on any code but 1000), and in the tracker's order
+                    // its rejoin must follow this leave.
+                    self.ctx.node.tracker.disconnect(conn);
+                    left = true;
+                    break Box::pin(self.close(CLOSE_POLICY_VIOLATION, TOKEN_EXPIRED)).await;
+                }
             }
-            _ = tokio::time::sleep_until(deadline) => {
-                tracing::debug!(conn = conn.0, "closing idle connection");
-                break machine.close(CLOSE_GOING_AWAY, "idle timeout").await;
-            }
-            _ = tokio::time::sleep_until(token_expiry.unwrap_or(now + far_future)), if token_expiry.is_some() => {
-                tracing::info!(conn = conn.0, key = ?machine.ctx.key, "closing: token expired");
-                // Leave before the close: the client reconnects at once with a fresh token
-                // (phoenix.js retries on any code but 1000), and in the tracker's order its
-                // rejoin must follow this leave.
-                tracker.disconnect(conn);
-                left = true;
-                break machine.close(CLOSE_POLICY_VIOLATION, TOKEN_EXPIRED).await;
-            }
+        };
+        if !left {
+            self.ctx.node.tracker.disconnect(conn);
         }
-    };
-    if !left {
-        tracker.disconnect(conn);
+        self.ctx.node.metrics.closed(&reason);
+        (reason, self.sink, stream)
     }
-    metrics.closed(&reason);
-    reason
 }
 
 /// Runs a write, ending the connection with 1013 if the client takes nothing within `limit`
@@ -797,7 +810,7 @@ mod tests {
         });
         let task = tokio::spawn(async move {
             let _keep = _shutdown_tx;
-            run(ctx, Box::pin(sink), stream).await
+            run(ctx, Box::pin(sink), stream).await.0
         });
         (in_tx, out_rx, task)
     }

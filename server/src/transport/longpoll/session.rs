@@ -138,7 +138,7 @@ pub(super) fn start(
         },
     );
     tokio::spawn(async move {
-        socket::run(context, Box::pin(sink), Box::pin(stream)).await;
+        let _ = socket::run(context, Box::pin(sink), Box::pin(stream)).await;
         drop(slot);
         drop(counted);
         // The session stays listed: its next poll reads the close and answers 410, which

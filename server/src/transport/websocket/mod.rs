@@ -16,7 +16,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use base64::Engine;
-use futures_util::SinkExt;
+use futures_util::{FutureExt, SinkExt};
 use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -140,8 +140,15 @@ pub async fn handler(
             .into_response();
     };
     let max_message = state.node.config.max_frame_size;
+    // The task holds what it needs and the context boxed: moved into the machine, an inline
+    // context would stay in the task's future as well, for the connection's whole life.
+    let (open_socket, metrics, context) = (
+        state.open_sockets,
+        state.node.metrics.clone(),
+        Box::new(context),
+    );
     tokio::spawn(async move {
-        let _open_socket = state.open_sockets;
+        let _open_socket = open_socket;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => {
@@ -149,8 +156,8 @@ pub async fn handler(
                 return;
             }
         };
-        let _counted = state.node.metrics.connection(Transport::WebSocket);
-        serve(context, TokioIo::new(upgraded), max_message).await;
+        let _counted = metrics.connection(Transport::WebSocket);
+        serve(*context, TokioIo::new(upgraded), max_message).await;
         drop(slot);
     });
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
@@ -174,16 +181,30 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// Runs the socket machine over an upgraded connection, answers a client's close frame, and
 /// closes the TCP connection.
-pub async fn serve<T>(ctx: SocketContext, io: T, max_message: usize)
+pub fn serve<T>(
+    ctx: SocketContext,
+    io: T,
+    max_message: usize,
+) -> impl std::future::Future<Output = ()>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let (read, write) = tokio::io::split(io);
-    let mut reader = Reader::new(read, max_message);
-    let mut writer = Writer::new(write);
     let conn = ctx.conn;
-    let reason = socket::run(ctx, &mut writer, &mut reader).await;
-    tracing::debug!(conn = conn.0, "websocket closed: {reason:?}");
+    let run = socket::run(ctx, Writer::new(write), Reader::new(read, max_message));
+    // Chained rather than awaited inside an `async move`, which would hold the machine's
+    // future twice (captured, and in its await).
+    run.then(move |(reason, writer, reader)| {
+        tracing::debug!(conn = conn.0, "websocket closed: {reason:?}");
+        finish(writer, reader)
+    })
+}
+
+/// Answers a client's close frame, then closes the TCP connection (both bounded).
+async fn finish<W, R>(mut writer: Writer<W>, reader: Reader<R>)
+where
+    W: AsyncWrite + Unpin,
+{
     if reader.close_received() && !writer.close_sent() {
         let echo = ToClient::Close {
             code: 1000,
