@@ -45,7 +45,7 @@ npm-build: setup
 	cd npm && npm run build
 
 npm-test: npm-build
-	cargo build -p rollcall-server
+	cargo build -p rollcall-server --bin rollcall --example room_channel
 	cd npm && npm run typecheck && npm test
 
 ## The demo page uses the npm package as a browser would: its browser build (three ES modules:

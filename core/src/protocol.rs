@@ -120,6 +120,18 @@ impl Payload {
     }
 }
 
+impl From<Value> for Payload {
+    fn from(value: Value) -> Self {
+        Payload::Json(value)
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(bytes: Vec<u8>) -> Self {
+        Payload::Binary(bytes)
+    }
+}
+
 /// A message as a client sends it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {

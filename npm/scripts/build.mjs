@@ -46,6 +46,8 @@ function buildWasm() {
       "--mode",
       "no-install",
       "--no-pack",
+      // the next step runs wasm-opt with the options this module needs
+      "--no-opt",
       "--target",
       "web",
       "--out-dir",

@@ -14,6 +14,14 @@ const require = createRequire(import.meta.url)
 export const binary = process.env.ROLLCALL_BIN || path.resolve(here, "../../target/debug/rollcall")
 /** A skip reason while the binary is missing, else false. */
 export const skipUnbuilt = !fs.existsSync(binary) && `${binary} not built (cargo build -p rollcall-server)`
+/**
+ * A server example (`cargo build -p rollcall-server --examples`), e.g. `room_channel`, next to the
+ * server binary.
+ */
+export const example = name => path.join(path.dirname(binary), "examples", name)
+/** A skip reason while the example `name` is missing, else false. */
+export const skipUnbuiltExample = name =>
+  !fs.existsSync(example(name)) && `${example(name)} not built (cargo build -p rollcall-server --examples)`
 /** The demo page's directory, served as static files. */
 export const staticDir = path.resolve(here, "../../www")
 
@@ -70,22 +78,30 @@ for (const pkg of CLIENT_PACKAGES) clients.push(await loadClient(pkg))
  * printed its HTTP address (and its cluster address when `cluster` is set). `onSpawn` sees the
  * process at once, so a caller can kill it even if the start fails.
  */
-export function startServer(args, {cluster = false, onSpawn = () => {}} = {}) {
-  const proc = spawn(binary, ["serve", ...args], {
+export function startServer(args, options = {}) {
+  return startProgram(binary, ["serve", ...args], options)
+}
+
+/**
+ * Starts `program` with `args`, as {@link startServer} starts `rollcall serve`: resolves once it
+ * printed the same listening line(s).
+ */
+export function startProgram(program, args, {cluster = false, onSpawn = () => {}} = {}) {
+  const proc = spawn(program, args, {
     stdio: ["ignore", "pipe", "inherit"],
     env: {...process.env, RUST_LOG: "warn"},
   })
   onSpawn(proc)
   return new Promise((resolve, reject) => {
     let out = ""
-    const timer = setTimeout(() => reject(new Error(`no listening line from ${binary}:\n${out}`)), 20000)
+    const timer = setTimeout(() => reject(new Error(`no listening line from ${program}:\n${out}`)), 20000)
     proc.on("error", error => {
       clearTimeout(timer)
       reject(error)
     })
     proc.on("exit", code => {
       clearTimeout(timer)
-      reject(new Error(`${binary} exited with ${code}:\n${out}`))
+      reject(new Error(`${program} exited with ${code}:\n${out}`))
     })
     proc.stdout.on("data", chunk => {
       out += chunk

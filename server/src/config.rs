@@ -47,6 +47,10 @@ pub struct Config {
     pub security: Security,
     /// Serve `GET /metrics` (Prometheus text format; aggregate counts only, no topics or keys).
     pub metrics: bool,
+    /// Ask a backend before every join (see [`JoinHookSettings`]); `None`: no hook.
+    pub join_hook: Option<JoinHookSettings>,
+    /// Tell a backend of presence changes (see [`WebhookSettings`]); `None`: no webhooks.
+    pub webhook: Option<WebhookSettings>,
 }
 
 impl Default for Config {
@@ -65,6 +69,8 @@ impl Default for Config {
             cluster: ClusterSettings::default(),
             security: Security::default(),
             metrics: true,
+            join_hook: None,
+            webhook: None,
         }
     }
 }
@@ -217,4 +223,116 @@ pub fn default_node_name() -> String {
         host
     };
     format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+/// What a join gets when the join hook cannot answer (down, an error status, a timeout, an
+/// answer that does not parse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookFailure {
+    /// Refuse the join (`{"reason": "join hook unavailable"}`).
+    Deny,
+    /// Let the join through, without hook meta.
+    Allow,
+}
+
+impl std::str::FromStr for HookFailure {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "deny" => Ok(HookFailure::Deny),
+            "allow" => Ok(HookFailure::Allow),
+            other => Err(format!("{other:?}: expected deny or allow")),
+        }
+    }
+}
+
+/// The join hook: before accepting a join, the node `POST`s
+/// `{"topic","key","params","claims","node"}` (signed like webhooks) to `url`; the answer
+/// `{"allow": true, "meta": {...}}` or `{"allow": false, "reason": "..."}` decides.
+#[derive(Clone)]
+pub struct JoinHookSettings {
+    /// Where to ask (`http://` or `https://`).
+    pub url: String,
+    /// Signs each request (header `x-rollcall-signature`).
+    pub secret: String,
+    /// The longest a join waits for the answer.
+    pub timeout: Duration,
+    /// What a join gets when the hook cannot answer.
+    pub on_error: HookFailure,
+}
+
+impl JoinHookSettings {
+    /// A hook at `url` signed with `secret`: 2 s timeout, joins refused when it fails.
+    pub fn new(url: impl Into<String>, secret: impl Into<String>) -> Self {
+        JoinHookSettings {
+            url: url.into(),
+            secret: secret.into(),
+            timeout: Duration::from_millis(2_000),
+            on_error: HookFailure::Deny,
+        }
+    }
+}
+
+impl std::fmt::Debug for JoinHookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinHookSettings")
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .field("on_error", &self.on_error)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Webhooks: the cluster `POST`s batches of presence events (`member_added`,
+/// `member_removed`, `room_occupied`, `room_vacated`) to `url`, signed with `secret`, each
+/// event once per cluster (at least once through a node failure).
+#[derive(Clone)]
+pub struct WebhookSettings {
+    /// Where to send (`http://` or `https://`).
+    pub url: String,
+    /// Signs each request (header `x-rollcall-signature`).
+    pub secret: String,
+    /// A key that leaves and comes back within this long (a page reload) sends nothing; every
+    /// `member_removed` waits this long.
+    pub grace: Duration,
+    /// The longest one request may take before it counts as failed.
+    pub timeout: Duration,
+    /// Most events in one request.
+    pub max_batch: usize,
+    /// Most events waiting to be delivered; changes beyond wait (counted in `/metrics`) and go
+    /// out, netted, once the queue drains.
+    pub max_queue: usize,
+    /// A batch that keeps failing is retried, with backoff, for this long; then its events are
+    /// dropped (counted in `/metrics`, logged).
+    pub retry_for: Duration,
+}
+
+impl WebhookSettings {
+    /// Webhooks to `url` signed with `secret`: 5 s grace, 5 s timeout, batches of 100, 10 000
+    /// queued, retried for 10 minutes.
+    pub fn new(url: impl Into<String>, secret: impl Into<String>) -> Self {
+        WebhookSettings {
+            url: url.into(),
+            secret: secret.into(),
+            grace: Duration::from_millis(5_000),
+            timeout: Duration::from_millis(5_000),
+            max_batch: 100,
+            max_queue: 10_000,
+            retry_for: Duration::from_secs(600),
+        }
+    }
+}
+
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("url", &self.url)
+            .field("grace", &self.grace)
+            .field("timeout", &self.timeout)
+            .field("max_batch", &self.max_batch)
+            .field("max_queue", &self.max_queue)
+            .field("retry_for", &self.retry_for)
+            .finish_non_exhaustive()
+    }
 }

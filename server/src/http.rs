@@ -16,6 +16,7 @@ use crate::pubsub::Partitioned;
 use crate::socket::NodeContext;
 use crate::transport::longpoll::{self, LongPoll, LongPollState};
 use crate::transport::websocket::{self, WebSocketState};
+use crate::webhook::Webhooks;
 
 /// What the routes share: the node, the handle open sockets hold, the long-poll state and the
 /// fault switch. Each endpoint takes only its part (`FromRef`).
@@ -29,6 +30,8 @@ pub struct AppState {
     pub longpoll: Arc<LongPoll>,
     /// The transport's fault switch, with `ClusterSettings::fault_injection` only.
     pub partition: Option<Arc<Partitioned>>,
+    /// Which node sends webhooks, when they are configured.
+    pub webhooks: Option<Webhooks>,
 }
 
 impl FromRef<AppState> for NodeContext {
@@ -55,14 +58,22 @@ impl FromRef<AppState> for LongPollState {
     }
 }
 
-async fn healthz(State(node): State<NodeContext>) -> Json<Value> {
-    Json(json!({
+async fn healthz(State(state): State<AppState>) -> Json<Value> {
+    let node = &state.node;
+    let mut health = json!({
         "status": "ok",
         "node": node.tracker.node(),
         "version": env!("CARGO_PKG_VERSION"),
         "peers": node.tracker.health().await,
         "transport": transport_stats(node.tracker.pubsub().stats()),
-    }))
+    });
+    if let Some(webhooks) = &state.webhooks {
+        health["webhooks"] = json!({
+            "sender": webhooks.sender(),
+            "queued": node.metrics.webhook_queue.get(),
+        });
+    }
+    Json(health)
 }
 
 fn transport_stats(stats: crate::pubsub::Stats) -> Value {
@@ -113,7 +124,8 @@ async fn fault_partition(
 }
 
 /// The router: `/socket/websocket`, `/socket/longpoll`, `/healthz`, `/metrics` (unless turned
-/// off), `/api/presence/{topic}[/count]`, and the static directory.
+/// off), `/api/presence/{topic}[/count]`, `POST /api/broadcast/{topic}`, and the static
+/// directory.
 pub fn router(state: AppState) -> Router {
     let config = &state.node.config;
     let static_dir = config.static_dir.clone();
@@ -130,6 +142,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/presence/{topic}/count",
             get(crate::api::presence_count),
+        )
+        .route(
+            "/api/broadcast/{topic}",
+            axum::routing::post(crate::api::broadcast),
         )
         // Every method: the handler answers non-upgrades with 400, as Phoenix does.
         .route("/socket/websocket", any(websocket::handler))

@@ -7,15 +7,20 @@ pub mod api;
 pub mod channel;
 pub mod config;
 pub mod frame;
+pub mod handler;
 pub mod http;
+pub mod joinhook;
 pub mod listener;
 pub mod metrics;
+pub mod outbound;
 pub mod outbox;
+pub mod presence;
 pub mod pubsub;
 pub mod security;
 pub mod socket;
 pub mod tracker;
 pub mod transport;
+pub mod webhook;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,6 +31,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 pub use config::Config;
+pub use handler::{Channel, ChannelSocket, Joined, Refusal, Reply};
+pub use presence::Presence;
+pub use rollcall_core::protocol::Payload;
 pub use tracker::{ConnId, Tracker};
 
 use metrics::Metrics;
@@ -36,9 +44,27 @@ use transport::longpoll::{self, LongPoll};
 pub struct ServerBuilder {
     config: Config,
     pubsub: Option<Arc<dyn pubsub::PubSub>>,
+    routes: handler::Routes,
+    fetch: Option<tracker::fetch::FetchHook>,
 }
 
 impl ServerBuilder {
+    /// Serves the topics matching `pattern` (an exact topic, or a prefix ending in `*`) with
+    /// `handler`. Routes are tried in the order they were added, then the presence rooms of
+    /// [`Config::rooms`]; the first match wins.
+    pub fn channel(mut self, pattern: &str, handler: impl Channel) -> Self {
+        self.routes.route(pattern, handler);
+        self
+    }
+
+    /// Passes every presence payload (`presence_state`, `presence_diff`, [`Presence::list`],
+    /// the presence API) through `hook`, which adds the app's fields to each key's entry; see
+    /// [`presence::Fetch`].
+    pub fn fetch(mut self, hook: impl presence::Fetch) -> Self {
+        self.fetch = Some(Arc::new(hook));
+        self
+    }
+
     /// Uses `pubsub` to reach other nodes (default: [`pubsub::Local`], one node); see
     /// [`pubsub::connect`]. The node is then known by the adapter's name
     /// ([`pubsub::PubSub::node`]), which replaces `config.node_name`.
@@ -64,7 +90,21 @@ impl ServerBuilder {
             partition
         });
         let metrics = Arc::new(Metrics::default());
-        let tracker = Tracker::spawn_with(pubsub.clone(), &self.config.cluster, metrics.clone());
+        let tracker = Tracker::spawn_with_fetch(
+            pubsub.clone(),
+            &self.config.cluster,
+            metrics.clone(),
+            self.fetch.clone(),
+        );
+        let webhooks = self.config.webhook.clone().map(|settings| {
+            webhook::spawn(
+                settings,
+                &self.config.cluster,
+                &tracker,
+                pubsub.clone(),
+                metrics.clone(),
+            )
+        });
         let config = Arc::new(self.config);
         let longpoll = Arc::new(LongPoll::default());
         longpoll::spawn_relay(
@@ -73,11 +113,30 @@ impl ServerBuilder {
             pubsub,
             shutdown_rx.clone(),
         );
+        let mut routes = self.routes;
+        routes.extend(handler::Routes::presence_rooms(
+            &config.rooms,
+            config.max_meta_size,
+        ));
+        let join_hook = config.join_hook.clone().map(|settings| {
+            Arc::new(joinhook::JoinHook::new(
+                settings,
+                &config.node_name,
+                metrics.clone(),
+            ))
+        });
+        let mut node = NodeContext::new(config, tracker, metrics, shutdown_rx);
+        node.join_hook = join_hook;
+        node.routes = Arc::new(routes);
+        if let Some(hook) = self.fetch {
+            node.presence = Presence::with_fetch(node.tracker.clone(), hook);
+        }
         let state = http::AppState {
-            node: NodeContext::new(config, tracker, metrics, shutdown_rx),
+            node,
             open_sockets: connections,
             longpoll,
             partition,
+            webhooks,
         };
         Server {
             state,
@@ -116,6 +175,8 @@ impl Server {
         ServerBuilder {
             config,
             pubsub: None,
+            routes: handler::Routes::new(),
+            fetch: None,
         }
     }
 
@@ -130,6 +191,11 @@ impl Server {
     /// The node's tracker.
     pub fn tracker(&self) -> &Tracker {
         &self.state.node.tracker
+    }
+
+    /// The node's presence: track anything, list, get by key, subscribe to changes.
+    pub fn presence(&self) -> &Presence {
+        &self.state.node.presence
     }
 
     /// The configuration in use.
@@ -165,12 +231,18 @@ impl Server {
         let stopped = state.node.shutdown.clone();
         let tracker = state.node.tracker.clone();
         let node = state.node.clone();
+        let webhooks = state.webhooks.clone();
         drop(state);
         let trigger = shutdown_tx.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = signal => {}
                 _ = shutdown_seen.wait_for(|s| *s) => {}
+            }
+            // This node sends no more webhooks: its members leaving as it stops are the next
+            // sender's to report (or not, if they reconnect elsewhere within the grace period).
+            if let Some(webhooks) = &webhooks {
+                webhooks.stop();
             }
             // Members leave other nodes before their sockets close here. The transport's own
             // flush is bounded; this bound only guards against a wedged tracker task.
@@ -183,3 +255,8 @@ impl Server {
         Ok(())
     }
 }
+
+/// The code of `docs/embedding.md`, compiled by `cargo test` so the guide stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/embedding.md")]
+pub struct EmbeddingGuide;

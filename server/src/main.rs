@@ -53,7 +53,7 @@ security (see docs/security.md):
 
 /// Phoenix-style presence server: Phoenix Channels over WebSocket and long-poll, presence rooms.
 #[derive(Parser, Debug)]
-#[command(name = "rollcall", version, about, after_help = format!("{SERVE_FLAGS}\n{CLUSTER_FLAGS}"))]
+#[command(name = "rollcall", version, about, after_help = format!("{SERVE_FLAGS}\n{CLUSTER_FLAGS}\n{HOOK_FLAGS}"))]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -258,6 +258,114 @@ struct ServeArgs {
     cluster: ClusterArgs,
     #[command(flatten)]
     security: SecurityArgs,
+    #[command(flatten)]
+    hooks: HookArgs,
+}
+
+/// Shown by `rollcall --help` after [`CLUSTER_FLAGS`].
+const HOOK_FLAGS: &str = "\
+Backend hooks (see docs/webhooks.md):
+  --webhook-url URL               ROLLCALL_WEBHOOK_URL            POST presence events here (http or https)
+  --webhook-secret SECRET         ROLLCALL_WEBHOOK_SECRET         signs webhook and join hook requests (required with either URL)
+  --webhook-grace-ms MS           ROLLCALL_WEBHOOK_GRACE_MS       a key back within this long (a reload) sends nothing [5000]
+  --webhook-timeout-ms MS         ROLLCALL_WEBHOOK_TIMEOUT_MS     one webhook request's time limit [5000]
+  --webhook-batch N               ROLLCALL_WEBHOOK_BATCH          most events per request [100]
+  --webhook-queue N               ROLLCALL_WEBHOOK_QUEUE          most events waiting; more wait, counted, and go out netted [10000]
+  --webhook-retry-ms MS           ROLLCALL_WEBHOOK_RETRY_MS       a failing batch is retried this long, then dropped [600000]
+  --join-hook-url URL             ROLLCALL_JOIN_HOOK_URL          ask this backend before every join
+  --join-hook-timeout-ms MS       ROLLCALL_JOIN_HOOK_TIMEOUT_MS   the longest a join waits for it [2000]
+  --join-hook-on-error deny|allow ROLLCALL_JOIN_HOOK_ON_ERROR     when the hook cannot answer [deny]";
+
+#[derive(clap::Args, Debug)]
+struct HookArgs {
+    /// POST presence events (member_added, member_removed, room_occupied, room_vacated) to
+    /// this URL, once per cluster.
+    #[arg(long, env = "ROLLCALL_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// Signs webhook and join hook requests (header x-rollcall-signature). Prefer the
+    /// environment variable.
+    #[arg(long, env = "ROLLCALL_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// A key that leaves and comes back within this many milliseconds sends nothing.
+    #[arg(long, env = "ROLLCALL_WEBHOOK_GRACE_MS", default_value_t = 5_000)]
+    webhook_grace_ms: u64,
+    /// One webhook request's time limit in milliseconds.
+    #[arg(long, env = "ROLLCALL_WEBHOOK_TIMEOUT_MS", default_value_t = 5_000)]
+    webhook_timeout_ms: u64,
+    /// Most events in one webhook request.
+    #[arg(long, env = "ROLLCALL_WEBHOOK_BATCH", default_value_t = 100)]
+    webhook_batch: usize,
+    /// Most webhook events waiting for delivery.
+    #[arg(long, env = "ROLLCALL_WEBHOOK_QUEUE", default_value_t = 10_000)]
+    webhook_queue: usize,
+    /// A failing webhook batch is retried, with backoff, for this many milliseconds.
+    #[arg(long, env = "ROLLCALL_WEBHOOK_RETRY_MS", default_value_t = 600_000)]
+    webhook_retry_ms: u64,
+    /// Ask this URL before accepting every join.
+    #[arg(long, env = "ROLLCALL_JOIN_HOOK_URL")]
+    join_hook_url: Option<String>,
+    /// The longest a join waits for the join hook, in milliseconds.
+    #[arg(long, env = "ROLLCALL_JOIN_HOOK_TIMEOUT_MS", default_value_t = 2_000)]
+    join_hook_timeout_ms: u64,
+    /// What a join gets when the join hook cannot answer: deny or allow.
+    #[arg(long, env = "ROLLCALL_JOIN_HOOK_ON_ERROR", default_value = "deny")]
+    join_hook_on_error: rollcall_server::config::HookFailure,
+}
+
+impl HookArgs {
+    /// The webhook and join hook settings; an error says what to fix.
+    fn settings(
+        self,
+    ) -> Result<
+        (
+            Option<rollcall_server::config::WebhookSettings>,
+            Option<rollcall_server::config::JoinHookSettings>,
+        ),
+        StartError,
+    > {
+        use rollcall_server::config::{JoinHookSettings, WebhookSettings};
+        use rollcall_server::outbound::Endpoint;
+        let secret = self.webhook_secret.filter(|s| !s.is_empty());
+        let need_secret = |flag: &str| {
+            StartError(format!(
+                "{flag} needs --webhook-secret (or ROLLCALL_WEBHOOK_SECRET): the backend checks \
+                 the signature to know a request came from rollcall"
+            ))
+        };
+        let webhook = match self.webhook_url.filter(|u| !u.is_empty()) {
+            None => None,
+            Some(url) => {
+                Endpoint::parse(&url).map_err(|e| StartError(format!("--webhook-url: {e}")))?;
+                let secret = secret.clone().ok_or_else(|| need_secret("--webhook-url"))?;
+                if self.webhook_batch == 0 || self.webhook_queue == 0 {
+                    return Err(StartError(
+                        "--webhook-batch and --webhook-queue must be at least 1".into(),
+                    ));
+                }
+                Some(WebhookSettings {
+                    grace: Duration::from_millis(self.webhook_grace_ms),
+                    timeout: Duration::from_millis(self.webhook_timeout_ms.max(1)),
+                    max_batch: self.webhook_batch,
+                    max_queue: self.webhook_queue,
+                    retry_for: Duration::from_millis(self.webhook_retry_ms),
+                    ..WebhookSettings::new(url, secret)
+                })
+            }
+        };
+        let join_hook = match self.join_hook_url.filter(|u| !u.is_empty()) {
+            None => None,
+            Some(url) => {
+                Endpoint::parse(&url).map_err(|e| StartError(format!("--join-hook-url: {e}")))?;
+                let secret = secret.ok_or_else(|| need_secret("--join-hook-url"))?;
+                Some(JoinHookSettings {
+                    timeout: Duration::from_millis(self.join_hook_timeout_ms.max(1)),
+                    on_error: self.join_hook_on_error,
+                    ..JoinHookSettings::new(url, secret)
+                })
+            }
+        };
+        Ok((webhook, join_hook))
+    }
 }
 
 async fn stop_signal() {
@@ -302,6 +410,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if rooms.is_empty() {
         return Err("--rooms needs at least one pattern".into());
     }
+    let (webhook, join_hook) = args.hooks.settings()?;
     let cluster_settings = args.cluster.settings();
     if let Err(e) = rollcall_server::tracker::shard_config(&cluster_settings).validate() {
         return Err(StartError(format!("tracker timing: {e}")).into());
@@ -322,6 +431,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         cluster: cluster_settings,
         security,
         metrics: args.metrics,
+        join_hook,
+        webhook,
     };
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
     // Tests and scripts read this exact line to learn the port.
@@ -501,7 +612,7 @@ mod tests {
             if long == "help" || arg.is_hide_set() {
                 continue;
             }
-            let help = format!("{SERVE_FLAGS}\n{CLUSTER_FLAGS}");
+            let help = format!("{SERVE_FLAGS}\n{CLUSTER_FLAGS}\n{HOOK_FLAGS}");
             assert!(help.contains(&format!("--{long} ")), "--{long}");
             let env = arg.get_env().expect("every flag has an env var");
             assert!(help.contains(env.to_str().unwrap_or("?")), "{env:?}");

@@ -44,6 +44,22 @@ impl Counter {
     }
 }
 
+/// A value set, not counted (the last writer's value is the truth).
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    /// Sets the value.
+    pub fn set(&self, n: u64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// The client transports, the `transport` label of the connection metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -136,16 +152,25 @@ pub enum JoinRefusal {
     BadPayload,
     /// The topic is too long or holds characters a name may not.
     BadTopic,
+    /// The topic's channel handler refused the join.
+    Handler,
+    /// The topic's channel handler panicked in its join.
+    Crashed,
+    /// The join hook refused the join (or failed, with `--join-hook-on-error deny`).
+    Hook,
 }
 
 impl JoinRefusal {
-    const ALL: [JoinRefusal; 6] = [
+    const ALL: [JoinRefusal; 9] = [
         JoinRefusal::Unmatched,
         JoinRefusal::NotAllowed,
         JoinRefusal::RoomFull,
         JoinRefusal::TooManyChannels,
         JoinRefusal::BadPayload,
         JoinRefusal::BadTopic,
+        JoinRefusal::Handler,
+        JoinRefusal::Crashed,
+        JoinRefusal::Hook,
     ];
 
     /// The label value.
@@ -157,6 +182,9 @@ impl JoinRefusal {
             JoinRefusal::TooManyChannels => "too_many_channels",
             JoinRefusal::BadPayload => "bad_payload",
             JoinRefusal::BadTopic => "bad_topic",
+            JoinRefusal::Handler => "handler",
+            JoinRefusal::Crashed => "crashed",
+            JoinRefusal::Hook => "join_hook",
         }
     }
 }
@@ -235,6 +263,32 @@ pub struct Metrics {
     pub transfers_delta_in: Counter,
     /// Transfer answers received: a full state.
     pub transfers_full_in: Counter,
+    /// Joins the join hook allowed.
+    pub join_hook_allowed: Counter,
+    /// Joins the join hook refused.
+    pub join_hook_refused: Counter,
+    /// Join hook calls that got no usable answer (then `--join-hook-on-error` decided).
+    pub join_hook_failed: Counter,
+    /// Events sent to rooms through `POST /api/broadcast/{topic}`.
+    pub api_broadcasts: Counter,
+    /// Webhook events this node queued for delivery (as the cluster's sender).
+    pub webhook_events_queued: Counter,
+    /// Webhook events delivered (the receiver answered 2xx).
+    pub webhook_events_delivered: Counter,
+    /// Webhook events given up after retrying for `--webhook-retry-ms`.
+    pub webhook_events_dropped: Counter,
+    /// Times a room's webhook events were held back because the queue was full (they go
+    /// out, netted, once it drains).
+    pub webhook_held_back: Counter,
+    /// Webhook requests answered 2xx.
+    pub webhook_requests_ok: Counter,
+    /// Webhook requests that failed (no connection, a timeout, a non-2xx status).
+    pub webhook_requests_failed: Counter,
+    /// Webhook events waiting on this node: to deliver (the sender), or held in case the
+    /// sender fails (the others).
+    pub webhook_queue: Gauge,
+    /// 1 on the node that sends the cluster's webhooks now.
+    pub webhook_sender: Gauge,
 }
 
 /// Counts one open connection until dropped.
@@ -612,6 +666,74 @@ const FAMILIES: &[Family] = &[
             .collect()
         },
     },
+    Family {
+        name: "rollcall_join_hook_total",
+        kind: COUNTER,
+        help: "Join hook calls by outcome: allowed, refused, failed (no usable answer; --join-hook-on-error decided).",
+        samples: |s| {
+            let m = s.metrics;
+            by(
+                "outcome",
+                [
+                    ("allowed", m.join_hook_allowed.get()),
+                    ("refused", m.join_hook_refused.get()),
+                    ("failed", m.join_hook_failed.get()),
+                ],
+            )
+        },
+    },
+    Family {
+        name: "rollcall_api_broadcasts_total",
+        kind: COUNTER,
+        help: "Events sent to rooms through POST /api/broadcast/{topic}.",
+        samples: |s| one(s.metrics.api_broadcasts.get()),
+    },
+    Family {
+        name: "rollcall_webhook_events_total",
+        kind: COUNTER,
+        help: "Webhook events by outcome: queued (by this node as the sender), delivered (2xx), dropped (retries exhausted).",
+        samples: |s| {
+            let m = s.metrics;
+            by(
+                "outcome",
+                [
+                    ("queued", m.webhook_events_queued.get()),
+                    ("delivered", m.webhook_events_delivered.get()),
+                    ("dropped", m.webhook_events_dropped.get()),
+                ],
+            )
+        },
+    },
+    Family {
+        name: "rollcall_webhook_held_back_total",
+        kind: COUNTER,
+        help: "Times a room's webhook events were held back because the queue was full (they go out, netted, once it drains).",
+        samples: |s| one(s.metrics.webhook_held_back.get()),
+    },
+    Family {
+        name: "rollcall_webhook_requests_total",
+        kind: COUNTER,
+        help: "Webhook requests by result: ok (2xx) or failed (no connection, timeout, other status).",
+        samples: |s| {
+            let m = s.metrics;
+            by(
+                "result",
+                [("ok", m.webhook_requests_ok.get()), ("failed", m.webhook_requests_failed.get())],
+            )
+        },
+    },
+    Family {
+        name: "rollcall_webhook_queue",
+        kind: GAUGE,
+        help: "Webhook events waiting on this node: to deliver (the sender) or held in case the sender fails.",
+        samples: |s| one(s.metrics.webhook_queue.get()),
+    },
+    Family {
+        name: "rollcall_webhook_sender",
+        kind: GAUGE,
+        help: "1 on the node that sends the cluster's webhooks now, else 0.",
+        samples: |s| one(s.metrics.webhook_sender.get()),
+    },
 ];
 
 /// Renders every metric of a node in the exposition format: its counters, the tracker's gauges
@@ -759,6 +881,18 @@ mod tests {
         m.transfers_full_out.add(2);
         m.transfers_delta_in.add(3);
         m.transfers_full_in.add(4);
+        m.join_hook_allowed.add(31);
+        m.join_hook_refused.add(32);
+        m.join_hook_failed.add(33);
+        m.api_broadcasts.add(34);
+        m.webhook_events_queued.add(35);
+        m.webhook_events_delivered.add(36);
+        m.webhook_events_dropped.add(37);
+        m.webhook_held_back.add(38);
+        m.webhook_requests_ok.add(39);
+        m.webhook_requests_failed.add(40);
+        m.webhook_queue.set(41);
+        m.webhook_sender.set(1);
         let gauges = TrackerGauges {
             channels: 11,
             rooms_subscribed: 12,
@@ -821,6 +955,9 @@ rollcall_joins_refused_total{reason="room_full"} 1
 rollcall_joins_refused_total{reason="too_many_channels"} 0
 rollcall_joins_refused_total{reason="bad_payload"} 1
 rollcall_joins_refused_total{reason="bad_topic"} 0
+rollcall_joins_refused_total{reason="handler"} 0
+rollcall_joins_refused_total{reason="crashed"} 0
+rollcall_joins_refused_total{reason="join_hook"} 0
 # HELP rollcall_channels_joined Channels joined on this node (one per connection per topic).
 # TYPE rollcall_channels_joined gauge
 rollcall_channels_joined 11
@@ -894,5 +1031,31 @@ rollcall_tracker_transfers_total{direction="sent",kind="delta"} 1
 rollcall_tracker_transfers_total{direction="sent",kind="full"} 2
 rollcall_tracker_transfers_total{direction="received",kind="delta"} 3
 rollcall_tracker_transfers_total{direction="received",kind="full"} 4
+# HELP rollcall_join_hook_total Join hook calls by outcome: allowed, refused, failed (no usable answer; --join-hook-on-error decided).
+# TYPE rollcall_join_hook_total counter
+rollcall_join_hook_total{outcome="allowed"} 31
+rollcall_join_hook_total{outcome="refused"} 32
+rollcall_join_hook_total{outcome="failed"} 33
+# HELP rollcall_api_broadcasts_total Events sent to rooms through POST /api/broadcast/{topic}.
+# TYPE rollcall_api_broadcasts_total counter
+rollcall_api_broadcasts_total 34
+# HELP rollcall_webhook_events_total Webhook events by outcome: queued (by this node as the sender), delivered (2xx), dropped (retries exhausted).
+# TYPE rollcall_webhook_events_total counter
+rollcall_webhook_events_total{outcome="queued"} 35
+rollcall_webhook_events_total{outcome="delivered"} 36
+rollcall_webhook_events_total{outcome="dropped"} 37
+# HELP rollcall_webhook_held_back_total Times a room's webhook events were held back because the queue was full (they go out, netted, once it drains).
+# TYPE rollcall_webhook_held_back_total counter
+rollcall_webhook_held_back_total 38
+# HELP rollcall_webhook_requests_total Webhook requests by result: ok (2xx) or failed (no connection, timeout, other status).
+# TYPE rollcall_webhook_requests_total counter
+rollcall_webhook_requests_total{result="ok"} 39
+rollcall_webhook_requests_total{result="failed"} 40
+# HELP rollcall_webhook_queue Webhook events waiting on this node: to deliver (the sender) or held in case the sender fails.
+# TYPE rollcall_webhook_queue gauge
+rollcall_webhook_queue 41
+# HELP rollcall_webhook_sender 1 on the node that sends the cluster's webhooks now, else 0.
+# TYPE rollcall_webhook_sender gauge
+rollcall_webhook_sender 1
 "#;
 }

@@ -11,6 +11,9 @@
 //! Nothing here copies a frame: queuing clones a [`WireFrame`] (a reference count), so one
 //! encoding of a fan-out frame serves every subscriber and is freed after the last write.
 //!
+//! The tracker's fan-out, its fetch stage and a channel handler's pusher all deliver into the
+//! same queue: the connection has one outbox and one bound, whoever sends.
+//!
 //! A leaf: it knows [`crate::frame`] and nothing else of the server.
 
 use std::collections::VecDeque;
@@ -35,6 +38,8 @@ struct Queue {
     bytes: AtomicUsize,
     max_bytes: usize,
     overflowed: AtomicBool,
+    /// The receiver is gone: the connection's machine has ended.
+    closed: AtomicBool,
     /// A frame was queued.
     ready: Notify,
     /// A frame did not fit.
@@ -68,6 +73,7 @@ pub fn outbox(max_bytes: usize) -> (Outbox, OutboxReceiver) {
         bytes: AtomicUsize::new(0),
         max_bytes,
         overflowed: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
         ready: Notify::new(),
         overflow: Notify::new(),
     });
@@ -81,10 +87,10 @@ pub fn outbox(max_bytes: usize) -> (Outbox, OutboxReceiver) {
 
 impl Outbox {
     /// Queues `frame`; when it does not fit, drops it, marks the queue overflowed and wakes
-    /// the receiver. Returns whether it was queued.
+    /// the receiver. Returns whether it was queued (never after the connection ended).
     pub fn deliver(&self, frame: WireFrame) -> bool {
         let queue = &self.queue;
-        if queue.overflowed.load(Ordering::Relaxed) {
+        if queue.overflowed.load(Ordering::Relaxed) || queue.closed.load(Ordering::Acquire) {
             return false;
         }
         let cost = cost(&frame);
@@ -106,6 +112,28 @@ impl Outbox {
     /// True once a frame did not fit.
     pub fn overflowed(&self) -> bool {
         self.queue.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// Marks the queue overflowed, as if a frame had not fit: for a sender that had to drop a
+    /// frame before queuing it. The connection closes with 1013 as for a full queue.
+    pub fn overflow(&self) {
+        self.queue.overflowed.store(true, Ordering::Relaxed);
+        self.queue.overflow.notify_one();
+    }
+
+    /// True once the connection's machine has ended: what is delivered goes nowhere.
+    pub fn is_closed(&self) -> bool {
+        self.queue.closed.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        self.queue.closed.store(true, Ordering::Release);
+        // What was queued is freed now, not when the last subscription lets go of the queue.
+        if let Ok(mut frames) = self.queue.frames.lock() {
+            *frames = VecDeque::new();
+        }
     }
 }
 
@@ -220,6 +248,26 @@ mod tests {
         rx.release(taken);
         assert_eq!(rx.queued_bytes(), 0);
         assert!(outbox.deliver(frame(5000)));
+    }
+
+    #[tokio::test]
+    async fn a_sender_that_dropped_a_frame_overflows_the_queue() {
+        let (outbox, rx) = outbox(1000);
+        outbox.overflow();
+        rx.overflowed().await;
+        assert!(!outbox.deliver(frame(1)));
+    }
+
+    #[test]
+    fn the_queue_is_closed_and_emptied_once_its_receiver_is_gone() {
+        let (outbox, rx) = outbox(1000);
+        let queued = frame(10);
+        assert!(outbox.deliver(queued.clone()));
+        assert!(!outbox.is_closed());
+        drop(rx);
+        assert!(outbox.is_closed());
+        assert!(!outbox.deliver(frame(1)), "nothing after the receiver is gone");
+        assert!(queued.payload().is_unique(), "the queued frame was freed");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The per-connection machine: decodes frames, keeps the joined channels and their join refs,
 //! answers heartbeats, applies the join/leave/duplicate-join/stale-join-ref rules and the
-//! limits, runs the presence room protocol, and closes idle connections.
+//! limits, runs each channel's handler ([`crate::handler`]) and writes what it answers, and
+//! closes idle connections.
 //!
 //! It is generic over a [`Sink`] of [`ToClient`] and a [`Stream`] of [`FromClient`], so the
 //! WebSocket and long-poll transports drive the same code, and unit tests drive it with
@@ -9,10 +10,11 @@
 //! machine starts are in [`admission`](crate::admission).
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use rollcall_core::protocol::{
     Message, Outbound, Payload, Serializer, HEARTBEAT_EVENT, HEARTBEAT_TOPIC, PHX_JOIN, PHX_LEAVE,
 };
@@ -20,15 +22,18 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::channel::{self, PolicyError, EVENT_TRACK, EVENT_UNTRACK};
+use crate::channel::{self, PolicyError, EVENT_TRACK};
 use crate::config::Config;
 use crate::frame::{
     close_reason, CloseReason, FromClient, ToClient, WireFrame, CLOSE_GOING_AWAY,
     CLOSE_INVALID_DATA, CLOSE_POLICY_VIOLATION, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN_LATER,
     TOKEN_EXPIRED,
 };
+use crate::handler::{meta_object, ChannelSocket, DynChannel, Exit, Routes, SocketParts};
+use crate::joinhook::{Decision, JoinHook};
 use crate::metrics::{JoinRefusal, Metrics};
 use crate::outbox::{outbox, Outbox, OutboxReceiver};
+use crate::presence::Presence;
 use crate::security::auth::{time_until_unix, AuthError, Identity};
 use crate::security::limits::{
     default_max_conns, AddressLimiter, ConnCounts, PenaltyBox, TokenBucket,
@@ -44,6 +49,12 @@ pub struct NodeContext {
     pub config: Arc<Config>,
     /// The node's tracker.
     pub tracker: Tracker,
+    /// The node's presence for application code (the tracker with the app's fetch hook).
+    pub presence: Presence,
+    /// Which channel handler serves which topics.
+    pub routes: Arc<Routes>,
+    /// Asked before every join, when configured.
+    pub join_hook: Option<Arc<JoinHook>>,
     /// The node's counters.
     pub metrics: Arc<Metrics>,
     /// Presence keys refused for now, after an abuse close (1008).
@@ -62,7 +73,8 @@ pub struct NodeContext {
 impl NodeContext {
     /// The context of a node serving `config` with `tracker`, counting into `metrics`, with an
     /// empty penalty box, no connection counted yet, and the node's connection limit (`None` in
-    /// the config: from the open-file limit).
+    /// the config: from the open-file limit). Its routes are the presence rooms of
+    /// `config.rooms`; replace [`NodeContext::routes`] to serve other handlers.
     pub fn new(
         config: Arc<Config>,
         tracker: Tracker,
@@ -73,6 +85,9 @@ impl NodeContext {
         NodeContext {
             longpoll_opens: AddressLimiter::new(config.security.longpoll_open_rate),
             api_requests: AddressLimiter::new(config.security.api_rate),
+            routes: Arc::new(Routes::presence_rooms(&config.rooms, config.max_meta_size)),
+            presence: Presence::new(tracker.clone()),
+            join_hook: None,
             config,
             tracker,
             metrics,
@@ -166,9 +181,20 @@ pub const RATE_LIMITED: &str = "rate limited";
 /// The reason in the error reply to a join of a room at `--max-room-members`.
 pub const ROOM_FULL: &str = "room full";
 
+/// The reason in the error reply to a join whose handler panicked (Phoenix's text).
+pub const JOIN_CRASHED: &str = "join crashed";
+/// The reason in the `phx_error` of a channel whose handler panicked (Phoenix's text).
+pub const CHANNEL_CRASH: &str = "channel_crash";
+
+/// One joined channel: its join_ref, its handler and the handler's view of it.
 struct JoinedChannel {
     join_ref: Option<String>,
+    handler: Arc<dyn DynChannel>,
+    socket: ChannelSocket,
 }
+
+/// How long a connection's closing waits for its handlers' `terminate` calls in all.
+const TERMINATE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a close frame may take to write before the connection is dropped without it.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -181,8 +207,10 @@ struct Machine<S> {
     sink: S,
     channels: HashMap<String, JoinedChannel>,
     outbox: Outbox,
-    /// The outbox's other end: told when the tracker's frames overflowed it.
+    /// The outbox's other end: the frames other tasks queued, and whether one did not fit.
     queued: Arc<OutboxReceiver>,
+    /// The connect params, shared by every channel's socket.
+    params: Arc<HashMap<String, String>>,
     events: TokenBucket,
     metas: TokenBucket,
     /// Rate-limited messages since the last accepted one.
@@ -190,8 +218,8 @@ struct Machine<S> {
 }
 
 /// Runs one connection until it closes; returns why, and the sink and stream (so that a
-/// transport can still answer a client's close). Frames the tracker queues for this
-/// connection are written to `sink` between inbound frames.
+/// transport can still answer a client's close). Frames other tasks queue for this connection
+/// are written to `sink` between inbound frames (and while a handler is busy).
 ///
 /// The machine is built before the returned future starts, so the future holds the
 /// connection's context once: an idle connection's task is mostly this future.
@@ -208,12 +236,14 @@ where
     let now = Instant::now();
     let events = TokenBucket::new(ctx.node.config.security.event_rate, now);
     let metas = TokenBucket::new(ctx.node.config.security.meta_rate, now);
+    let params = Arc::new(ctx.info.params.clone());
     let machine = Machine {
         ctx,
         sink,
         channels: HashMap::new(),
         outbox,
         queued: Arc::new(queued),
+        params,
         events,
         metas,
         limited_in_a_row: 0,
@@ -250,19 +280,7 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
                     break Box::pin(self.too_slow()).await;
                 }
                 _ = queued.ready() => {
-                    // Whatever else is already queued goes out in the same write (one flush,
-                    // so one syscall for a backlog instead of one per frame).
-                    let mut batch = Vec::new();
-                    let taken = queued.take(MAX_WRITE_BATCH, &mut batch);
-                    for frame in &batch {
-                        self.ctx.node.metrics.frame_out(frame);
-                    }
-                    // The batch's bytes stay counted until written: a client that stops
-                    // reading holds at most `max_queued_bytes`, in flight or queued. A write
-                    // it blocks still ends when the queue overflows.
-                    let sent = Box::pin(self.write_all(batch)).await;
-                    queued.release(taken);
-                    if let Err(reason) = sent {
+                    if let Err(reason) = Box::pin(self.write_queued()).await {
                         break reason;
                     }
                 }
@@ -292,6 +310,7 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
                 }
             }
         };
+        Box::pin(self.terminate_all()).await;
         if !left {
             self.ctx.node.tracker.disconnect(conn);
         }
@@ -340,6 +359,15 @@ enum WriteStop {
     Overflow,
 }
 
+/// A panic's message, for the log.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
 impl<S: Sink<ToClient> + Unpin> Machine<S> {
     /// Sends a close frame and reports the reason. A client that stopped reading may never take
     /// the frame: the attempt is bounded, then the connection is dropped anyway.
@@ -364,6 +392,40 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
             "client too slow: outgoing queue full",
         )
         .await
+    }
+
+    /// Writes what is queued (up to a batch) with one flush: one syscall for a backlog instead
+    /// of one per frame. The batch's bytes stay counted until written, so a client that stops
+    /// reading holds at most `max_queued_bytes`, in flight or queued; a write it blocks still
+    /// ends when the queue overflows.
+    async fn write_queued(&mut self) -> Result<(), CloseReason> {
+        let queued = self.queued.clone();
+        let mut batch = Vec::new();
+        let taken = queued.take(MAX_WRITE_BATCH, &mut batch);
+        for frame in &batch {
+            self.ctx.node.metrics.frame_out(frame);
+        }
+        let sent = self.write_all(batch).await;
+        queued.release(taken);
+        sent
+    }
+
+    /// Awaits `work` (a handler call) while writing what other tasks queue meanwhile, so a
+    /// slow handler never makes the connection's queue overflow.
+    async fn drive<T>(
+        &mut self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, CloseReason> {
+        let mut work = std::pin::pin!(work);
+        let queued = self.queued.clone();
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut work => return Ok(done),
+                _ = queued.overflowed() => return Err(self.too_slow().await),
+                _ = queued.ready() => self.write_queued().await?,
+            }
+        }
     }
 
     /// Writes `item`, giving up once the client has taken nothing for as long as it may stay
@@ -411,6 +473,13 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
                 Ok(())
             }
         }
+    }
+
+    async fn send_all(&mut self, frames: Vec<Outbound>) -> Result<(), CloseReason> {
+        for out in frames {
+            self.send(out).await?;
+        }
+        Ok(())
     }
 
     async fn handle_inbound(&mut self, inbound: FromClient) -> Option<CloseReason> {
@@ -523,14 +592,14 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
         msg: &Message,
         join_ref: Option<String>,
         status: &str,
-        response: Value,
+        response: Payload,
     ) -> Result<(), CloseReason> {
         self.send(Outbound::Reply {
             join_ref,
             msg_ref: msg.msg_ref.clone(),
             topic: msg.topic.clone(),
             status: status.to_string(),
-            response: Payload::Json(response),
+            response,
         })
         .await
     }
@@ -550,33 +619,25 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
         if msg.topic == HEARTBEAT_TOPIC && msg.event == HEARTBEAT_EVENT {
             return self.reply(&msg, "ok", json!({})).await;
         }
-        match msg.event.as_str() {
-            PHX_JOIN => self.join(msg).await,
-            PHX_LEAVE => {
-                let Some(channel) = self.channels.get(&msg.topic) else {
-                    return self.reply(&msg, "ok", json!({})).await;
-                };
-                if msg.join_ref.is_some() && msg.join_ref != channel.join_ref {
-                    return Ok(()); // stale: the client races a close it already got
-                }
-                let join_ref = channel.join_ref.clone();
-                self.channels.remove(&msg.topic);
-                self.ctx.node.tracker.leave(self.ctx.conn, &msg.topic);
-                self.channel_reply(&msg, join_ref.clone(), "ok", json!({}))
-                    .await?;
-                self.send_close(&msg.topic, join_ref).await
-            }
-            _ => {
-                let Some(channel) = self.channels.get(&msg.topic) else {
-                    return self.unmatched(&msg).await;
-                };
-                if msg.join_ref.is_some() && msg.join_ref != channel.join_ref {
-                    return Ok(()); // stale join_ref: a message for a channel that is gone
-                }
-                let join_ref = channel.join_ref.clone();
-                self.room_event(msg, join_ref).await
-            }
+        let Some(channel) = self.channels.get(&msg.topic) else {
+            return match msg.event.as_str() {
+                PHX_JOIN => self.join(msg).await,
+                PHX_LEAVE => self.reply(&msg, "ok", json!({})).await,
+                _ => self.unmatched(&msg).await,
+            };
+        };
+        if msg.event == PHX_JOIN {
+            return self.join(msg).await;
         }
+        if msg.join_ref.is_some() && msg.join_ref != channel.join_ref {
+            // Stale: a message for a channel that is gone, or a leave racing a close the
+            // client already got.
+            return Ok(());
+        }
+        if msg.event == PHX_LEAVE {
+            return self.leave(msg).await;
+        }
+        self.channel_event(msg).await
     }
 
     /// `phx_close` for a channel: the join_ref in both the join_ref and the ref position.
@@ -588,6 +649,99 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
         self.send(Outbound::phx_close(join_ref, topic)).await
     }
 
+    /// What a channel's socket is built from.
+    fn socket_parts(&self) -> SocketParts {
+        SocketParts {
+            conn: self.ctx.conn,
+            serializer: self.ctx.serializer,
+            outbox: self.outbox.clone(),
+            key: self.ctx.key.clone(),
+            identity: self.ctx.identity.clone(),
+            params: self.params.clone(),
+            tracker: self.ctx.node.tracker.clone(),
+            presence: self.ctx.node.presence.clone(),
+            metrics: self.ctx.node.metrics.clone(),
+        }
+    }
+
+    /// Ends a channel: the handler's `terminate`, then its presences leave. Returns the frames
+    /// the handler pushed meanwhile.
+    async fn end_channel(
+        &mut self,
+        topic: &str,
+        mut channel: JoinedChannel,
+        exit: Exit,
+    ) -> Vec<Outbound> {
+        let terminate = AssertUnwindSafe(channel.handler.terminate(exit, &mut channel.socket));
+        match tokio::time::timeout(TERMINATE_TIMEOUT, terminate.catch_unwind()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(panic)) => tracing::error!(
+                conn = self.ctx.conn.0,
+                topic,
+                "channel handler panicked in terminate: {}",
+                panic_text(&*panic)
+            ),
+            Err(_) => tracing::warn!(conn = self.ctx.conn.0, topic, "channel terminate timed out"),
+        }
+        self.ctx.node.tracker.leave(self.ctx.conn, topic);
+        channel.socket.take_pushes()
+    }
+
+    /// The connection ended: every channel's handler hears it, within one bound in all.
+    async fn terminate_all(&mut self) {
+        let channels = std::mem::take(&mut self.channels);
+        if channels.is_empty() {
+            return;
+        }
+        let conn = self.ctx.conn;
+        let all = async {
+            for (topic, mut channel) in channels {
+                let terminate =
+                    AssertUnwindSafe(channel.handler.terminate(Exit::Closed, &mut channel.socket));
+                if let Err(panic) = terminate.catch_unwind().await {
+                    tracing::error!(
+                        conn = conn.0,
+                        topic,
+                        "channel handler panicked in terminate: {}",
+                        panic_text(&*panic)
+                    );
+                }
+            }
+        };
+        if tokio::time::timeout(TERMINATE_TIMEOUT, all).await.is_err() {
+            tracing::warn!(conn = conn.0, "channel terminate timed out");
+        }
+    }
+
+    async fn leave(&mut self, msg: Message) -> Result<(), CloseReason> {
+        let Some(channel) = self.channels.remove(&msg.topic) else {
+            return self.reply(&msg, "ok", json!({})).await;
+        };
+        let join_ref = channel.join_ref.clone();
+        let pushes = self.end_channel(&msg.topic, channel, Exit::Left).await;
+        self.channel_reply(&msg, join_ref.clone(), "ok", Payload::empty())
+            .await?;
+        self.send_all(pushes).await?;
+        self.send_close(&msg.topic, join_ref).await
+    }
+
+    /// A refused join: the error reply, then (when it replaced a channel) that channel's
+    /// `phx_close`.
+    async fn refuse(
+        &mut self,
+        msg: &Message,
+        why: JoinRefusal,
+        response: Value,
+        old: Option<Option<String>>,
+    ) -> Result<(), CloseReason> {
+        self.refuse_join(why);
+        self.reply(msg, "error", response).await?;
+        match old {
+            Some(old_ref) => self.send_close(&msg.topic, old_ref).await,
+            None => Ok(()),
+        }
+    }
+
     async fn join(&mut self, msg: Message) -> Result<(), CloseReason> {
         if let Err(why) = channel::check_topic(&msg.topic) {
             tracing::debug!(conn = self.ctx.conn.0, topic = ?msg.topic, "join refused: {why}");
@@ -596,14 +750,7 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
                 .reply(&msg, "error", json!({"reason": why.reason()}))
                 .await;
         }
-        if !self
-            .ctx
-            .node
-            .config
-            .rooms
-            .iter()
-            .any(|p| p.matches(&msg.topic))
-        {
+        let Some(handler) = self.ctx.node.routes.find(&msg.topic) else {
             tracing::debug!(
                 conn = self.ctx.conn.0,
                 topic = ?msg.topic,
@@ -611,7 +758,7 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
             );
             self.refuse_join(JoinRefusal::Unmatched);
             return self.unmatched(&msg).await;
-        }
+        };
         if let Some(id) = &self.ctx.identity {
             if !id.may_join(&msg.topic) {
                 let reason = AuthError::TopicNotAllowed(msg.topic.clone()).to_string();
@@ -638,122 +785,199 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
                     .await;
             }
         }
-        let old = self.channels.get(&msg.topic).map(|c| c.join_ref.clone());
-        if old.is_none() && self.channels.len() >= self.ctx.node.config.max_channels {
+        if !self.channels.contains_key(&msg.topic)
+            && self.channels.len() >= self.ctx.node.config.max_channels
+        {
             self.refuse_join(JoinRefusal::TooManyChannels);
             return self
                 .reply(&msg, "error", json!({"reason": "too many channels joined"}))
                 .await;
         }
-        let parsed = match &msg.payload {
-            Payload::Json(payload) => {
-                channel::parse_room_join(payload, self.ctx.node.config.max_meta_size)
-            }
-            Payload::Binary(_) => Err(PolicyError::BinaryPayload),
-        };
         let join_ref = msg.join_ref.clone().or_else(|| msg.msg_ref.clone());
-        match parsed {
-            Err(e) => {
-                self.refuse_join(JoinRefusal::BadPayload);
-                if let Some(old_ref) = old {
-                    // As in Phoenix, the old channel is closed before the new join is tried.
-                    self.channels.remove(&msg.topic);
-                    self.ctx.node.tracker.leave(self.ctx.conn, &msg.topic);
-                    self.reply(&msg, "error", json!({"reason": e.reason()}))
-                        .await?;
-                    return self.send_close(&msg.topic, old_ref).await;
-                }
-                self.reply(&msg, "error", json!({"reason": e.reason()}))
-                    .await
+        // As in Phoenix, the old channel is closed before the new join is tried.
+        let mut old = None;
+        let mut pushes = Vec::new();
+        if let Some(channel) = self.channels.remove(&msg.topic) {
+            old = Some(channel.join_ref.clone());
+            pushes = self.end_channel(&msg.topic, channel, Exit::Replaced).await;
+        }
+        let params = match &msg.payload {
+            Payload::Json(params) => params.clone(),
+            Payload::Binary(_) => {
+                let reason = PolicyError::BinaryPayload.reason();
+                return self
+                    .refuse(
+                        &msg,
+                        JoinRefusal::BadPayload,
+                        json!({"reason": reason}),
+                        old,
+                    )
+                    .await;
             }
-            Ok(mut room) => {
-                if let Some(id) = &self.ctx.identity {
-                    id.apply_trusted_meta(&mut room.meta);
+        };
+        let mut trusted = self
+            .ctx
+            .identity
+            .as_ref()
+            .map(|id| id.meta.clone())
+            .unwrap_or_default();
+        if let Some(hook) = self.ctx.node.join_hook.clone() {
+            // The joiner waits at most the hook's timeout; its queue keeps flowing meanwhile.
+            let (key, identity) = (self.ctx.key.clone(), self.ctx.identity.clone());
+            let ask = hook.ask(&msg.topic, &key, &params, identity.as_ref());
+            match self.drive(ask).await? {
+                // The hook's fields are trusted like the token's, and win over them.
+                Decision::Allow(meta) => trusted.extend(meta),
+                Decision::Deny(reason) => {
+                    tracing::debug!(
+                        conn = self.ctx.conn.0,
+                        topic = ?msg.topic,
+                        "join refused by the join hook"
+                    );
+                    let response = json!({"reason": reason});
+                    return self.refuse(&msg, JoinRefusal::Hook, response, old).await;
                 }
-                self.channels.insert(
-                    msg.topic.clone(),
-                    JoinedChannel {
-                        join_ref: join_ref.clone(),
-                    },
-                );
-                // Subscribe before replying, as Phoenix does: once the client holds its ok, any
-                // broadcast another member sends must reach it. The tracker's frames for this
-                // join (presence_state, the join's diff) go through the outbox, which is only
-                // written after this handler returns, so they still follow the reply.
-                let subscriber = Subscriber {
-                    conn: self.ctx.conn,
-                    serializer: self.ctx.serializer,
-                    outbox: self.outbox.clone(),
-                    key: self.ctx.key.clone(),
-                };
-                let meta = room.track.then_some(room.meta);
-                self.ctx.node.metrics.joins.inc();
-                self.ctx
-                    .node
-                    .tracker
-                    .join(&msg.topic, join_ref, subscriber, meta);
-                self.reply(&msg, "ok", json!({})).await?;
-                if let Some(old_ref) = old {
-                    self.send_close(&msg.topic, old_ref).await?;
-                }
-                Ok(())
             }
         }
+        let mut socket =
+            ChannelSocket::new(self.socket_parts(), &msg.topic, join_ref.clone(), trusted);
+        let call = AssertUnwindSafe(handler.join(&msg.topic, &params, &mut socket));
+        let joined = match self.drive(call.catch_unwind()).await? {
+            Ok(Ok(joined)) => joined,
+            Ok(Err(refusal)) => {
+                tracing::debug!(
+                    conn = self.ctx.conn.0,
+                    topic = ?msg.topic,
+                    "join refused by its handler"
+                );
+                return self.refuse(&msg, refusal.why, refusal.response, old).await;
+            }
+            Err(panic) => {
+                tracing::error!(
+                    conn = self.ctx.conn.0,
+                    topic = ?msg.topic,
+                    "channel handler panicked in join: {}",
+                    panic_text(&*panic)
+                );
+                let response = json!({"reason": JOIN_CRASHED});
+                return self.refuse(&msg, JoinRefusal::Crashed, response, old).await;
+            }
+        };
+        if let Some(key) = joined.key {
+            socket.set_key(key);
+        }
+        let meta = match joined.track.map(meta_object) {
+            None => None,
+            Some(Some(meta)) => Some(socket.trusted(meta)),
+            Some(None) => {
+                tracing::error!(
+                    topic = ?msg.topic,
+                    "a channel handler tracked a meta that is not an object"
+                );
+                let reason = PolicyError::MetaNotObject.reason();
+                return self
+                    .refuse(&msg, JoinRefusal::Handler, json!({"reason": reason}), old)
+                    .await;
+            }
+        };
+        // Subscribe before replying, as Phoenix does: once the client holds its ok, any
+        // broadcast another member sends must reach it. The tracker's frames for this join
+        // (presence_state, the join's diff) go through the outbox, which is only written after
+        // this returns, so they still follow the reply.
+        let subscriber = Subscriber {
+            conn: self.ctx.conn,
+            serializer: self.ctx.serializer,
+            outbox: self.outbox.clone(),
+            key: socket.key().to_string(),
+        };
+        self.ctx.node.metrics.joins.inc();
+        self.ctx.node.tracker.join(
+            &msg.topic,
+            join_ref.clone(),
+            subscriber,
+            joined.presence_state,
+            meta,
+        );
+        socket.joined();
+        pushes.extend(socket.take_pushes());
+        self.channels.insert(
+            msg.topic.clone(),
+            JoinedChannel {
+                join_ref,
+                handler,
+                socket,
+            },
+        );
+        let response = joined.response.unwrap_or_else(|| json!({}));
+        self.reply(&msg, "ok", response).await?;
+        self.send_all(pushes).await?;
+        if let Some(old_ref) = old {
+            self.send_close(&msg.topic, old_ref).await?;
+        }
+        Ok(())
     }
 
     fn refuse_join(&self, why: JoinRefusal) {
         self.ctx.node.metrics.join_refused(why);
     }
 
-    async fn room_event(
-        &mut self,
-        msg: Message,
-        join_ref: Option<String>,
-    ) -> Result<(), CloseReason> {
-        let conn = self.ctx.conn;
-        match msg.event.as_str() {
-            EVENT_TRACK => {
-                let meta = match &msg.payload {
-                    Payload::Json(meta) => {
-                        channel::parse_meta(meta, self.ctx.node.config.max_meta_size)
-                    }
-                    Payload::Binary(_) => Err(PolicyError::BinaryPayload),
-                };
-                match meta {
-                    Ok(mut meta) => {
-                        if let Some(id) = &self.ctx.identity {
-                            id.apply_trusted_meta(&mut meta);
-                        }
-                        self.ctx.node.tracker.track(conn, &msg.topic, meta);
-                        self.channel_reply(&msg, join_ref, "ok", json!({})).await
-                    }
-                    Err(e) => {
-                        self.channel_reply(&msg, join_ref, "error", json!({"reason": e.reason()}))
-                            .await
-                    }
-                }
+    /// An event on a joined channel, for its handler.
+    async fn channel_event(&mut self, msg: Message) -> Result<(), CloseReason> {
+        let Some(mut channel) = self.channels.remove(&msg.topic) else {
+            return self.unmatched(&msg).await;
+        };
+        channel.socket.set_msg_ref(msg.msg_ref.clone());
+        let handler = channel.handler.clone();
+        let call = AssertUnwindSafe(handler.handle_in(
+            &msg.event,
+            msg.payload.clone(),
+            &mut channel.socket,
+        ));
+        let outcome = match self.drive(call.catch_unwind()).await {
+            Ok(outcome) => outcome,
+            Err(reason) => {
+                // The connection is closing: the channel ends with it.
+                self.channels.insert(msg.topic.clone(), channel);
+                return Err(reason);
             }
-            EVENT_UNTRACK => {
-                self.ctx.node.tracker.untrack(conn, &msg.topic);
-                self.channel_reply(&msg, join_ref, "ok", json!({})).await
+        };
+        channel.socket.set_msg_ref(None);
+        let join_ref = channel.join_ref.clone();
+        let reply = match outcome {
+            Ok(reply) => reply,
+            Err(panic) => {
+                // As a crashed Phoenix channel: that channel alone ends, with phx_error (the
+                // client rejoins); no reply, no terminate.
+                tracing::error!(
+                    conn = self.ctx.conn.0,
+                    topic = ?msg.topic,
+                    event = ?msg.event,
+                    "channel handler panicked: {}",
+                    panic_text(&*panic)
+                );
+                self.ctx.node.tracker.leave(self.ctx.conn, &msg.topic);
+                return self
+                    .send(Outbound::phx_error(join_ref, &msg.topic, CHANNEL_CRASH))
+                    .await;
             }
-            event => match channel::check_relay_event(event) {
-                Ok(()) => {
-                    self.ctx.node.metrics.client_events.inc();
-                    self.ctx.node.tracker.broadcast(
-                        &msg.topic,
-                        event,
-                        msg.payload.clone(),
-                        Some(conn),
-                    );
-                    self.channel_reply(&msg, join_ref, "ok", json!({})).await
-                }
-                Err(e) => {
-                    self.channel_reply(&msg, join_ref, "error", json!({"reason": e.reason()}))
-                        .await
-                }
-            },
+        };
+        let pushes = channel.socket.take_pushes();
+        if !reply.stop {
+            self.channels.insert(msg.topic.clone(), channel);
+            self.send_all(pushes).await?;
+            if let Some((status, response)) = reply.status {
+                self.channel_reply(&msg, join_ref, status, response).await?;
+            }
+            return Ok(());
         }
+        self.send_all(pushes).await?;
+        if let Some((status, response)) = reply.status {
+            self.channel_reply(&msg, join_ref.clone(), status, response)
+                .await?;
+        }
+        let pushes = self.end_channel(&msg.topic, channel, Exit::Stopped).await;
+        self.send_all(pushes).await?;
+        self.send_close(&msg.topic, join_ref).await
     }
 }
 

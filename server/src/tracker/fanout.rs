@@ -10,6 +10,7 @@ use std::sync::Arc;
 use rollcall_core::protocol::{Outbound, Serializer};
 use rollcall_core::tracker::{Diff, Presence};
 
+use super::fetch::{Frame, Recipient, Stage};
 use super::render::{diff_json, presences_json};
 use super::ConnId;
 use crate::channel::{EVENT_PRESENCE_DIFF, EVENT_PRESENCE_STATE};
@@ -33,8 +34,8 @@ pub struct Subscriber {
 #[derive(Debug)]
 pub(super) struct Member {
     pub(super) subscriber: Subscriber,
-    /// `online_at` of the current track; `None` while not listed.
-    pub(super) online_at: Option<u64>,
+    /// Whether it is tracked (listed) now.
+    pub(super) listed: bool,
 }
 
 /// Every local subscription, by topic and by connection.
@@ -44,15 +45,19 @@ pub(super) struct Subscriptions {
     by_conn: HashMap<ConnId, HashSet<String>>,
     /// Frames encoded so far (one per serializer per dispatch).
     frames_encoded: Arc<AtomicU64>,
+    /// With the app's fetch hook: where presence frames go to be fetched, in order.
+    stage: Option<Stage>,
 }
 
 impl Subscriptions {
-    /// No subscriber yet; encodings are counted in `frames_encoded`.
-    pub(super) fn new(frames_encoded: Arc<AtomicU64>) -> Self {
+    /// No subscriber yet; encodings are counted in `frames_encoded`. With a `stage`, presence
+    /// frames go through the app's fetch hook.
+    pub(super) fn new(frames_encoded: Arc<AtomicU64>, stage: Option<Stage>) -> Self {
         Subscriptions {
             topics: HashMap::new(),
             by_conn: HashMap::new(),
             frames_encoded,
+            stage,
         }
     }
 
@@ -69,7 +74,7 @@ impl Subscriptions {
         let conn = subscriber.conn;
         let member = Member {
             subscriber,
-            online_at: None,
+            listed: false,
         };
         self.topics
             .entry(topic.to_string())
@@ -112,7 +117,7 @@ impl Subscriptions {
     pub(super) fn channels(&self) -> (u64, u64) {
         let members = self.topics.values().flat_map(|m| m.values());
         members.fold((0, 0), |(channels, listed), m| {
-            (channels + 1, listed + u64::from(m.online_at.is_some()))
+            (channels + 1, listed + u64::from(m.listed))
         })
     }
 
@@ -129,6 +134,18 @@ impl Subscriptions {
         topic: &str,
         listing: &[(Arc<str>, Presence)],
     ) {
+        if let Some(stage) = &self.stage {
+            let frame = Frame::State {
+                join_ref: join_ref.map(str::to_string),
+                listing: listing.to_vec(),
+            };
+            let recipient = Recipient {
+                serializer: subscriber.serializer,
+                outbox: subscriber.outbox.clone(),
+            };
+            stage.send(topic.into(), frame, vec![recipient]);
+            return;
+        }
         let payload = presences_json(listing);
         self.frames_encoded.fetch_add(1, Ordering::Relaxed);
         let frame =
@@ -141,7 +158,18 @@ impl Subscriptions {
     /// Broadcasts each topic's joins and leaves in `diff` to its local subscribers.
     pub(super) fn dispatch_diff(&self, diff: &Diff) {
         for (topic, changes) in diff.iter() {
-            if !self.topics.contains_key(&**topic) {
+            let Some(members) = self.topics.get(&**topic) else {
+                continue;
+            };
+            if let Some(stage) = &self.stage {
+                let recipients = members
+                    .values()
+                    .map(|m| Recipient {
+                        serializer: m.subscriber.serializer,
+                        outbox: m.subscriber.outbox.clone(),
+                    })
+                    .collect();
+                stage.send(topic.clone(), Frame::Diff(changes.clone()), recipients);
                 continue;
             }
             let payload = diff_json(changes);

@@ -14,9 +14,11 @@
 //! as JSON text (`render`).
 
 mod fanout;
+pub mod fetch;
 pub mod relay;
 mod render;
 mod task;
+mod watch;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,10 +32,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 pub use fanout::Subscriber;
+pub use watch::{Watch, WatchEvent, WatchOptions};
 
 use crate::config::ClusterSettings;
 use crate::metrics::{Metrics, TrackerGauges};
 use crate::pubsub::PubSub;
+pub(crate) use render::meta_map;
 use render::Listing;
 use task::{Inputs, TrackerTask};
 
@@ -82,6 +86,7 @@ enum Command {
         topic: String,
         join_ref: Option<String>,
         subscriber: Subscriber,
+        push_state: bool,
         meta: Option<Map<String, Value>>,
     },
     Leave {
@@ -96,6 +101,27 @@ enum Command {
     Untrack {
         conn: ConnId,
         topic: String,
+    },
+    TrackKey {
+        conn: ConnId,
+        topic: String,
+        key: String,
+        meta: Map<String, Value>,
+    },
+    UpdateKey {
+        conn: ConnId,
+        topic: String,
+        key: String,
+        meta: Map<String, Value>,
+    },
+    UntrackKey {
+        conn: ConnId,
+        topic: String,
+        key: String,
+    },
+    Watch {
+        watcher: watch::Watcher,
+        initial: bool,
     },
     Broadcast {
         topic: String,
@@ -125,6 +151,7 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct Tracker {
     commands: mpsc::UnboundedSender<Command>,
+    incarnation: u64,
     frames_encoded: Arc<AtomicU64>,
     pubsub: Arc<dyn PubSub>,
 }
@@ -149,6 +176,17 @@ impl Tracker {
         settings: &ClusterSettings,
         metrics: Arc<Metrics>,
     ) -> Tracker {
+        Tracker::spawn_with_fetch(pubsub, settings, metrics, None)
+    }
+
+    /// [`Tracker::spawn_with`], passing every presence frame through the app's fetch hook
+    /// (see [`fetch`]).
+    pub fn spawn_with_fetch(
+        pubsub: Arc<dyn PubSub>,
+        settings: &ClusterSettings,
+        metrics: Arc<Metrics>,
+        fetch: Option<fetch::FetchHook>,
+    ) -> Tracker {
         let (tx, rx) = mpsc::unbounded_channel();
         let frames_encoded = Arc::new(AtomicU64::new(0));
         let node = pubsub.node().to_string();
@@ -169,7 +207,11 @@ impl Tracker {
         let task = TrackerTask {
             node,
             shard,
-            subscriptions: fanout::Subscriptions::new(frames_encoded.clone()),
+            subscriptions: fanout::Subscriptions::new(
+                frames_encoded.clone(),
+                fetch.map(|hook| fetch::Stage::spawn(hook, frames_encoded.clone())),
+            ),
+            watchers: watch::Watchers::default(),
             pubsub: pubsub.clone(),
             frames_encoded: frames_encoded.clone(),
             metrics,
@@ -183,6 +225,7 @@ impl Tracker {
         tokio::spawn(task.run(inputs));
         Tracker {
             commands: tx,
+            incarnation,
             frames_encoded,
             pubsub,
         }
@@ -203,6 +246,13 @@ impl Tracker {
     /// This node's name.
     pub fn node(&self) -> &str {
         self.pubsub.node()
+    }
+
+    /// The incarnation this node's replica started with, new (random) on every start. Peers'
+    /// [`ReplicaEvent`](rollcall_core::tracker::ReplicaEvent)s name it; a
+    /// `Reincarnated` event (to watchers that hear replica events) tells of a new one.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// The node's view of its cluster, for `/healthz`: every peer the transport or the tracker
@@ -256,19 +306,22 @@ impl Tracker {
     }
 
     /// Subscribes `subscriber` to `topic` (replacing its previous channel there), pushes it
-    /// `presence_state` with `join_ref`, then tracks it with `meta` unless `meta` is `None`
-    /// (an observer) and broadcasts the join.
+    /// `presence_state` with `join_ref` if `push_state`, then tracks it with `meta` unless
+    /// `meta` is `None` (an observer) and broadcasts the join. The server adds `node` to the
+    /// meta.
     pub fn join(
         &self,
         topic: &str,
         join_ref: Option<String>,
         subscriber: Subscriber,
+        push_state: bool,
         meta: Option<Map<String, Value>>,
     ) {
         self.send(Command::Join {
             topic: topic.to_string(),
             join_ref,
             subscriber,
+            push_state,
             meta,
         });
     }
@@ -281,7 +334,8 @@ impl Tracker {
         });
     }
 
-    /// Tracks `conn` in `topic` with `meta`, or updates its meta if it is tracked.
+    /// Tracks `conn`'s channel in `topic` with `meta` (plus `node`), or replaces its meta if it
+    /// is tracked.
     pub fn track(&self, conn: ConnId, topic: &str, meta: Map<String, Value>) {
         self.send(Command::Track {
             conn,
@@ -296,6 +350,44 @@ impl Tracker {
             conn,
             topic: topic.to_string(),
         });
+    }
+
+    /// Tracks `key` in `topic` with `meta` (plus `node`) for `conn`, an id that is not a
+    /// socket's (a server-side presence: a bot, a job, a device behind a gateway). It is
+    /// replicated and listed like a socket's presence.
+    pub fn track_key(&self, conn: ConnId, topic: &str, key: &str, meta: Map<String, Value>) {
+        self.send(Command::TrackKey {
+            conn,
+            topic: topic.to_string(),
+            key: key.to_string(),
+            meta,
+        });
+    }
+
+    /// Replaces the meta of a presence tracked with [`Tracker::track_key`].
+    pub fn update_key(&self, conn: ConnId, topic: &str, key: &str, meta: Map<String, Value>) {
+        self.send(Command::UpdateKey {
+            conn,
+            topic: topic.to_string(),
+            key: key.to_string(),
+            meta,
+        });
+    }
+
+    /// Removes a presence tracked with [`Tracker::track_key`].
+    pub fn untrack_key(&self, conn: ConnId, topic: &str, key: &str) {
+        self.send(Command::UntrackKey {
+            conn,
+            topic: topic.to_string(),
+            key: key.to_string(),
+        });
+    }
+
+    /// Hears every presence change from now on, in the tracker's order (see [`Watch`]).
+    pub fn watch(&self, options: WatchOptions) -> Watch {
+        let (watcher, watch, initial) = watch::watch(options);
+        self.send(Command::Watch { watcher, initial });
+        watch
     }
 
     /// Sends an event to every subscriber of `topic` (on every node) except `except`.

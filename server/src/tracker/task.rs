@@ -8,19 +8,20 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rollcall_core::protocol::{Outbound, Payload};
 use rollcall_core::tracker::{
     Destination, Diff, Meta, Outgoing, Output, ReplicaEvent, ReplicaStatus, ReplicationMessage,
-    Shard,
+    Shard, TopicDiff,
 };
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::fanout::{Subscriber, Subscriptions};
+use super::watch::{WatchEvent, Watcher, Watchers};
 use super::{relay, Command, ConnId, CHANNEL_RELAY, CHANNEL_TRACKER, META_NODE};
 use crate::metrics::{Metrics, TrackerGauges};
 use crate::pubsub::{Envelope, PubSub};
@@ -36,6 +37,8 @@ pub(super) struct TrackerTask {
     pub(super) node: String,
     pub(super) shard: Shard,
     pub(super) subscriptions: Subscriptions,
+    /// Code on this node that hears every change.
+    pub(super) watchers: Watchers,
     pub(super) pubsub: Arc<dyn PubSub>,
     pub(super) frames_encoded: Arc<AtomicU64>,
     pub(super) metrics: Arc<Metrics>,
@@ -48,13 +51,6 @@ pub(super) struct TrackerTask {
     pub(super) last_flush: Option<Instant>,
     /// Peers the transport reached at the last check.
     pub(super) transport_up: HashSet<String>,
-}
-
-fn unix_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// `Some(true)` for a full-state transfer answer, `Some(false)` for a delta one, `None` for any
@@ -193,9 +189,14 @@ impl TrackerTask {
         }
         let mut met_a_peer = false;
         for event in &output.events {
-            tracing::info!("cluster: {event:?}");
+            match event {
+                // this node's incarnation was in use elsewhere too, or retired by a peer
+                ReplicaEvent::Reincarnated { .. } => tracing::warn!("cluster: {event:?}"),
+                _ => tracing::info!("cluster: {event:?}"),
+            }
             met_a_peer |= matches!(event, ReplicaEvent::Up(_));
         }
+        self.watchers.notify(&output.events, &output.diff);
         self.subscriptions.dispatch_diff(&output.diff);
         if met_a_peer {
             // Answer first contact (or a return after a split) at once, so the peer learns of
@@ -244,9 +245,11 @@ impl TrackerTask {
 
     /// Dispatches a local change's diff and schedules sending it to other nodes.
     fn local_change(&mut self, diff: Diff) {
-        if !diff.is_empty() {
-            self.schedule_flush();
+        if diff.is_empty() {
+            return;
         }
+        self.schedule_flush();
+        self.watchers.notify(&[], &diff);
         self.subscriptions.dispatch_diff(&diff);
     }
 
@@ -256,18 +259,58 @@ impl TrackerTask {
                 topic,
                 join_ref,
                 subscriber,
+                push_state,
                 meta,
-            } => self.join(topic, join_ref, subscriber, meta),
+            } => self.join(topic, join_ref, subscriber, push_state, meta),
             Command::Leave { conn, topic } => self.leave(conn, &topic),
             Command::Track { conn, topic, meta } => self.track(conn, &topic, meta),
             Command::Untrack { conn, topic } => {
                 let Some(member) = self.subscriptions.member_mut(&topic, conn) else {
                     return;
                 };
-                member.online_at = None;
+                member.listed = false;
                 let key = member.subscriber.key.clone();
                 let diff = self.shard.untrack(conn.0, &topic, &key);
                 self.local_change(diff);
+            }
+            Command::TrackKey {
+                conn,
+                topic,
+                key,
+                mut meta,
+            } => {
+                meta.insert(META_NODE.into(), Value::String(self.node.clone()));
+                match self
+                    .shard
+                    .track(conn.0, &topic, &key, Meta::from_map(&meta))
+                {
+                    Ok((_, diff)) => self.local_change(diff),
+                    Err(_) => tracing::warn!(topic, key, "already tracked by this handle"),
+                }
+            }
+            Command::UpdateKey {
+                conn,
+                topic,
+                key,
+                mut meta,
+            } => {
+                meta.insert(META_NODE.into(), Value::String(self.node.clone()));
+                if let Ok((_, diff)) =
+                    self.shard
+                        .update(conn.0, &topic, &key, Meta::from_map(&meta))
+                {
+                    self.local_change(diff);
+                }
+            }
+            Command::UntrackKey { conn, topic, key } => {
+                let diff = self.shard.untrack(conn.0, &topic, &key);
+                self.local_change(diff);
+            }
+            Command::Watch { watcher, initial } => {
+                if initial && !self.send_state(&watcher) {
+                    return;
+                }
+                self.watchers.add(watcher);
             }
             Command::Broadcast {
                 topic,
@@ -316,8 +359,36 @@ impl TrackerTask {
                 self.metrics.pubsub_out(CHANNEL_RELAY, bytes.len());
                 self.pubsub.broadcast(CHANNEL_RELAY, Bytes::from(bytes))
             }
-            None => tracing::debug!(topic = out.topic(), "relay too large for other nodes"),
+            None => tracing::debug!(topic = ?out.topic(), "relay too large for other nodes"),
         }
+    }
+
+    /// Tells a new watcher the state as it is: the peers up (if it wants them), then every
+    /// topic's presences as joins. False if the watcher is already gone.
+    fn send_state(&self, watcher: &Watcher) -> bool {
+        if watcher.wants_replicas() {
+            for (id, status) in self.shard.replicas() {
+                if status == ReplicaStatus::Up
+                    && !watcher.send(WatchEvent::Replica(ReplicaEvent::Up(id)))
+                {
+                    return false;
+                }
+            }
+        }
+        for topic in self.shard.state().topics() {
+            let joins = self.shard.list(&topic);
+            if joins.is_empty() {
+                continue;
+            }
+            let diff = TopicDiff {
+                joins,
+                leaves: Vec::new(),
+            };
+            if !watcher.send(WatchEvent::Changed(topic, diff)) {
+                return false;
+            }
+        }
+        true
     }
 
     fn gauges(&self) -> TrackerGauges {
@@ -346,6 +417,7 @@ impl TrackerTask {
         topic: String,
         join_ref: Option<String>,
         subscriber: Subscriber,
+        push_state: bool,
         meta: Option<Map<String, Value>>,
     ) {
         let conn = subscriber.conn;
@@ -353,9 +425,11 @@ impl TrackerTask {
         if self.subscriptions.member(&topic, conn).is_some() {
             self.leave(conn, &topic);
         }
-        let listing = self.shard.list(&topic);
-        self.subscriptions
-            .push_state(&subscriber, join_ref.as_deref(), &topic, &listing);
+        if push_state {
+            let listing = self.shard.list(&topic);
+            self.subscriptions
+                .push_state(&subscriber, join_ref.as_deref(), &topic, &listing);
+        }
         let key = subscriber.key.clone();
         self.subscriptions.subscribe(&topic, subscriber);
         if let Some(meta) = meta {
@@ -364,12 +438,10 @@ impl TrackerTask {
     }
 
     fn track_new(&mut self, conn: ConnId, topic: &str, key: &str, mut meta: Map<String, Value>) {
-        let online_at = unix_seconds();
-        meta.insert("online_at".into(), Value::from(online_at));
         meta.insert(META_NODE.into(), Value::String(self.node.clone()));
         if let Ok((_, diff)) = self.shard.track(conn.0, topic, key, Meta::from_map(&meta)) {
             if let Some(member) = self.subscriptions.member_mut(topic, conn) {
-                member.online_at = Some(online_at);
+                member.listed = true;
             }
             self.local_change(diff);
         }
@@ -380,19 +452,15 @@ impl TrackerTask {
             return;
         };
         let key = member.subscriber.key.clone();
-        match member.online_at {
-            // Still online since the first track: an update keeps `online_at`.
-            Some(online_at) => {
-                meta.insert("online_at".into(), Value::from(online_at));
-                meta.insert(META_NODE.into(), Value::String(self.node.clone()));
-                if let Ok((_, diff)) = self
-                    .shard
-                    .update(conn.0, topic, &key, Meta::from_map(&meta))
-                {
-                    self.local_change(diff);
-                }
-            }
-            None => self.track_new(conn, topic, &key, meta),
+        if !member.listed {
+            return self.track_new(conn, topic, &key, meta);
+        }
+        meta.insert(META_NODE.into(), Value::String(self.node.clone()));
+        if let Ok((_, diff)) = self
+            .shard
+            .update(conn.0, topic, &key, Meta::from_map(&meta))
+        {
+            self.local_change(diff);
         }
     }
 

@@ -6,14 +6,19 @@
 mod support;
 
 mod api;
+mod broadcast;
 mod cli;
 mod cluster_brokers;
 mod cluster_longpoll;
 mod cluster_mesh;
+mod fetch;
 mod fuzz_server;
+mod handlers;
+mod join_hook;
 mod longpoll;
 mod memory;
 mod metrics;
+mod presence;
 mod pubsub_brokers;
 mod pubsub_mesh;
 mod rooms;
@@ -23,4 +28,5 @@ mod security_conns;
 mod security_frames;
 mod security_limits;
 mod security_tokens;
+mod webhooks;
 mod websocket;

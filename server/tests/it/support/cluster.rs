@@ -167,33 +167,58 @@ impl Node {
 
     /// Waits until `/healthz` shows every peer in `peers` up.
     pub async fn wait_peers_up(&self, peers: &[&str]) {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let health = self.healthz().await;
-            let up = |name: &str| {
-                health["peers"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|p| p["name"] == json!(name) && p["transport"] == json!("up"))
-            };
-            if peers.iter().all(|p| up(p)) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{}: peers {peers:?} not up: {health}",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_peers_up(&self.name, &self.addr, peers).await;
+    }
+
+    /// Waits until the tracker replica of every peer in `peers` is up.
+    pub async fn wait_replicas_up(&self, peers: &[&str]) {
+        wait_replicas_up(&self.name, &self.addr, peers).await;
     }
 
     /// `GET /healthz` as JSON.
     pub async fn healthz(&self) -> Value {
-        let (status, body) = http(&self.addr, "GET", "/healthz").await;
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).expect("healthz is JSON")
+        healthz(&self.addr).await
+    }
+}
+
+/// `GET /healthz` of the node at `addr`, as JSON.
+pub async fn healthz(addr: &str) -> Value {
+    let (status, body) = http(addr, "GET", "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("healthz is JSON")
+}
+
+/// Waits until `/healthz` of node `name` (at `addr`) shows the transport to every peer in
+/// `peers` up.
+pub async fn wait_peers_up(name: &str, addr: &str, peers: &[&str]) {
+    wait_health(name, addr, peers, "transport").await;
+}
+
+/// Waits until `/healthz` of node `name` (at `addr`) shows the tracker replica of every peer
+/// in `peers` up (they have exchanged heartbeats, so changes replicate from now on).
+pub async fn wait_replicas_up(name: &str, addr: &str, peers: &[&str]) {
+    wait_health(name, addr, peers, "replica").await;
+}
+
+async fn wait_health(name: &str, addr: &str, peers: &[&str], field: &str) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let health = healthz(addr).await;
+        let up = |peer: &str| {
+            health["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["name"] == json!(peer) && p[field] == json!("up"))
+        };
+        if peers.iter().all(|p| up(p)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}: peers {peers:?} not up: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -233,6 +258,8 @@ pub struct View {
     pub left: BTreeSet<String>,
     /// Relayed events: (event, payload).
     pub events: Vec<(String, Value)>,
+    /// Every `phx_reply` frame, whole.
+    pub replies: Vec<Value>,
     /// The close code, once the server closed the socket.
     pub closed: Option<u16>,
 }
@@ -337,10 +364,12 @@ impl User {
 
     /// Connects to `node` as `key` for `topic` without joining yet (see [`User::send_join`]).
     pub async fn open(node: &Node, key: &str, topic: &str) -> User {
-        let url = format!(
-            "ws://{}/socket/websocket?vsn=2.0.0&user_id={key}",
-            node.addr
-        );
+        User::open_at(&node.addr, key, topic).await
+    }
+
+    /// Connects to the node at `addr` as `key` for `topic` without joining yet.
+    pub async fn open_at(addr: &str, key: &str, topic: &str) -> User {
+        let url = format!("ws://{addr}/socket/websocket?vsn=2.0.0&user_id={key}");
         let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
             .await
             .expect("connect before the deadline")
@@ -379,7 +408,8 @@ impl User {
                         match v[3].as_str().unwrap_or("") {
                             "presence_state" => view.apply_state(&v[4]),
                             "presence_diff" => view.apply_diff(&v[4]),
-                            "phx_reply" | "phx_close" | "phx_error" => {}
+                            "phx_reply" => view.replies.push(v.clone()),
+                            "phx_close" | "phx_error" => {}
                             event => view.events.push((event.to_string(), v[4].clone())),
                         }
                     }
@@ -415,6 +445,18 @@ impl User {
         self.next_ref += 1;
         let r = self.next_ref.to_string();
         self.send(json!([self.join_ref, r, self.topic, event, payload]));
+    }
+
+    /// Leaves the room (`phx_leave`); the connection stays open.
+    pub fn leave(&mut self) {
+        self.next_ref += 1;
+        let r = self.next_ref.to_string();
+        self.send(json!([self.join_ref, r, self.topic, "phx_leave", {}]));
+    }
+
+    /// Closes the connection (a close frame), as a page unload does.
+    pub fn close(&self) {
+        let _ = self.out.send(Message::Close(None));
     }
 
     /// A copy of what this user has seen.
@@ -453,5 +495,74 @@ impl User {
         let want: BTreeSet<String> = keys.iter().map(|k| k.to_string()).collect();
         self.wait_for(&format!("members {keys:?}"), |v| v.keys() == want)
             .await
+    }
+}
+
+/// A rollcall node inside the test process (the library, as an app embeds it), meshed with
+/// real `rollcall` processes: the test drives its Rust API while clients use the processes.
+pub struct Embedded {
+    pub name: String,
+    /// HTTP address (`127.0.0.1:PORT`).
+    pub addr: String,
+    pub presence: rollcall_server::Presence,
+    pub shutdown: rollcall_server::ShutdownHandle,
+}
+
+impl Embedded {
+    /// Starts node `name` with the processes' [`FAST_TIMING`], dialing `peers`; `build` adds
+    /// what the test needs (channel handlers, hooks) to the builder.
+    pub async fn start(
+        name: &str,
+        peers: &[&Node],
+        build: impl FnOnce(rollcall_server::ServerBuilder) -> rollcall_server::ServerBuilder,
+    ) -> Embedded {
+        use rollcall_server::config::ClusterSettings;
+        use rollcall_server::pubsub::{connect, ClusterConfig, MeshConfig};
+        let seeds = peers
+            .iter()
+            .filter_map(|p| p.cluster_addr.clone())
+            .collect();
+        // Through `connect`, as the binary does: the same framing of messages on the wire.
+        let mesh = MeshConfig::new("127.0.0.1:0", seeds, "test-secret");
+        let mesh = connect(name, ClusterConfig::Mesh(mesh))
+            .await
+            .expect("mesh starts");
+        let config = rollcall_server::Config {
+            static_dir: None,
+            cluster: ClusterSettings {
+                broadcast_period: Duration::from_millis(100),
+                down_period: Duration::from_millis(1000),
+                permdown_period: Duration::from_millis(3000),
+                ..ClusterSettings::default()
+            },
+            ..rollcall_server::Config::default()
+        };
+        let server = build(rollcall_server::Server::builder(config).pubsub(mesh)).build();
+        let presence = server.presence().clone();
+        let shutdown = server.shutdown_handle();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address").to_string();
+        tokio::spawn(server.serve(listener, std::future::pending()));
+        Embedded {
+            name: name.to_string(),
+            addr,
+            presence,
+            shutdown,
+        }
+    }
+}
+
+impl Embedded {
+    /// Waits until the tracker replica of every peer in `peers` is up.
+    pub async fn wait_replicas_up(&self, peers: &[&str]) {
+        wait_replicas_up(&self.name, &self.addr, peers).await;
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        self.shutdown.shutdown();
     }
 }

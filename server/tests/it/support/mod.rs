@@ -6,4 +6,5 @@ pub mod alloc;
 pub mod broker;
 pub mod cluster;
 pub mod pubsub;
+pub mod receiver;
 pub mod server;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use rollcall_server::{Config, Server, ShutdownHandle, Tracker};
+use rollcall_server::{Config, Presence, Server, ShutdownHandle, Tracker};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -19,20 +19,27 @@ pub const DEADLINE: Duration = Duration::from_secs(5);
 pub struct TestServer {
     pub addr: SocketAddr,
     pub tracker: Tracker,
+    pub presence: Presence,
     pub shutdown: ShutdownHandle,
     pub done: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 pub async fn start(config: Config) -> TestServer {
+    serve(Server::new(config)).await
+}
+
+/// Serves an already built server (e.g. with channel handlers) on 127.0.0.1:0.
+pub async fn serve(server: Server) -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = Server::new(config);
     let tracker = server.tracker().clone();
+    let presence = server.presence().clone();
     let shutdown = server.shutdown_handle();
     let done = tokio::spawn(server.serve(listener, std::future::pending()));
     TestServer {
         addr,
         tracker,
+        presence,
         shutdown,
         done,
     }
