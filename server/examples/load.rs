@@ -7,6 +7,8 @@
 //! cargo run --release -p rollcall-server --example load -- storm --members 5000
 //! cargo run --release -p rollcall-server --example load -- fanout --members 5000 --probes 20
 //! cargo run --release -p rollcall-server --example load -- stall
+//! cargo run --release -p rollcall-server --example load -- silent --conns 1000 \
+//!     --node-arg --max-conns-per-ip=32
 //! ```
 //!
 //! Scenarios:
@@ -21,6 +23,11 @@
 //!   `--event-bytes` at `--rate` each per second for `--seconds`; `--members` well-behaved
 //!   members of the room meanwhile see probe joins. Reports the node's RSS growth (peak and
 //!   after) and the well-behaved members' join → diff latency.
+//! - `silent`: `--conns` TCP connections from 127.0.0.3 that send nothing (or, with
+//!   `--trickle-ms T`, an upgrade request one byte every T ms) for `--seconds`, while a fresh
+//!   client from 127.0.0.2 connects and joins every 200 ms. Reports how many of them the node
+//!   still holds over time, when it closed the last, and the fresh clients' connect → join
+//!   reply time and failures. The node must listen on 127.0.0.1 (its default).
 //!
 //! Members are held by worker processes (this executable, `worker` mode), at most
 //! `--per-process` each (default: under this process's open-file limit), so N is not bounded
@@ -100,9 +107,9 @@ impl Args {
 
 fn usage(why: &str) -> ! {
     eprintln!(
-        "load: {why}\nusage: load idle|storm|fanout|stall [--conns N] [--room-size R] \
+        "load: {why}\nusage: load idle|storm|fanout|stall|silent [--conns N] [--room-size R] \
          [--members N] [--probes J] [--stalled K] [--senders S] [--event-bytes B] [--rate R] \
-         [--seconds T] [--per-process P] [--node PATH] [--node-arg FLAG]... [--addr HOST:PORT \
+         [--seconds T] [--trickle-ms T] [--per-process P] [--node PATH] [--node-arg FLAG]... [--addr HOST:PORT \
          --pid PID]"
     );
     std::process::exit(2)
@@ -404,14 +411,17 @@ impl Node {
                 child: None,
             };
         }
-        let path = args.text("node").map(std::path::PathBuf::from).unwrap_or_else(|| {
-            let exe = std::env::current_exe().expect("current exe");
-            // target/<profile>/examples/load -> target/<profile>/rollcall
-            exe.parent()
-                .and_then(|d| d.parent())
-                .map(|d| d.join("rollcall"))
-                .expect("target directory")
-        });
+        let path = args
+            .text("node")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                let exe = std::env::current_exe().expect("current exe");
+                // target/<profile>/examples/load -> target/<profile>/rollcall
+                exe.parent()
+                    .and_then(|d| d.parent())
+                    .map(|d| d.join("rollcall"))
+                    .expect("target directory")
+            });
         if !path.exists() {
             usage(&format!(
                 "no node binary at {}: cargo build --release -p rollcall-server",
@@ -475,7 +485,10 @@ fn spawn_members(node: &Node, n: usize, room_size: usize, per_process: usize) ->
         let line = w
             .wait("connected", Duration::from_secs(600))
             .expect("worker never connected");
-        failed += line.first().and_then(|f| f.parse::<usize>().ok()).unwrap_or(0);
+        failed += line
+            .first()
+            .and_then(|f| f.parse::<usize>().ok())
+            .unwrap_or(0);
     }
     println!(
         "{n} members connected in {} worker process(es), {failed} failed",
@@ -532,8 +545,7 @@ fn idle(args: &Args) {
     let start = node.rss_mib();
     let mut workers = spawn_members(&node, n, room_size, per_process(args));
     let connected = node.rss_mib();
-    let (go, last, converged, closed) =
-        join_and_converge(&mut workers, Duration::from_secs(900));
+    let (go, last, converged, closed) = join_and_converge(&mut workers, Duration::from_secs(900));
     let after = settle(&node);
     let clients: f64 = workers
         .iter()
@@ -556,8 +568,7 @@ fn storm(args: &Args) {
     let mut workers = spawn_members(&node, n, n, per_process(args));
     let connected = node.rss_mib();
     let (stop, peak) = sample_peak(node.pid);
-    let (go, last, converged, closed) =
-        join_and_converge(&mut workers, Duration::from_secs(900));
+    let (go, last, converged, closed) = join_and_converge(&mut workers, Duration::from_secs(900));
     let after = settle(&node);
     let _ = stop.send(());
     let peak = peak.join().unwrap_or(0.0);
@@ -607,14 +618,18 @@ fn fanout(args: &Args) {
             .expect("probe connect");
         let sent = unix_ms();
         let join = json!(["1", "1", "room:load-0", "phx_join", {}]).to_string();
-        runtime.block_on(ws.send(Message::text(join))).expect("join");
+        runtime
+            .block_on(ws.send(Message::text(join)))
+            .expect("join");
         let (first, last) = probe_seen(&workers, &marker).expect("a member missed a join");
         join_first.push(Duration::from_secs_f64((first - sent).max(0.0) / 1e3));
         join_last.push(Duration::from_secs_f64((last - sent).max(0.0) / 1e3));
         let track_marker = format!("probe-t{k}");
         let sent = unix_ms();
         let track = json!(["1", "2", "room:load-0", "track", {"mark": track_marker}]).to_string();
-        runtime.block_on(ws.send(Message::text(track))).expect("track");
+        runtime
+            .block_on(ws.send(Message::text(track)))
+            .expect("track");
         let (_, last) = probe_seen(&workers, &track_marker).expect("a member missed a track");
         track_last.push(Duration::from_secs_f64((last - sent).max(0.0) / 1e3));
         drop(ws);
@@ -644,11 +659,29 @@ async fn join(ws: &mut Ws, topic: &str, key: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// The node's `/metrics` lines that start with `prefix`.
+fn metric_lines(addr: &str, prefix: &str) -> Vec<String> {
+    use std::io::Read;
+    let Ok(mut tcp) = std::net::TcpStream::connect(addr) else {
+        return Vec::new();
+    };
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    if tcp.write_all(request.as_bytes()).is_err() || tcp.read_to_string(&mut text).is_err() {
+        return Vec::new();
+    }
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(String::from)
+        .collect()
+}
+
 fn stall(args: &Args) {
     let stalled_n = args.get("stalled", 4usize);
     let senders_n = args.get("senders", 4usize);
     let members_n = args.get("members", 20usize);
-    let event_bytes = args.get("event-bytes", 1024 * 1024usize);
+    // Under the default `--max-frame-size` (1 MiB) with the event around it.
+    let event_bytes = args.get("event-bytes", 1_000_000usize);
     let rate = args.get("rate", 5.0f64);
     let seconds = args.get("seconds", 20u64);
     let node = Node::start(args);
@@ -662,8 +695,12 @@ fn stall(args: &Args) {
         let (seen_tx, mut seen) = mpsc::unbounded_channel::<(String, f64)>();
         let mut members = Vec::new();
         for i in 0..members_n {
-            let mut ws = connect(&addr, &format!("member-{i}")).await.expect("member");
-            join(&mut ws, topic, &format!("member-{i}")).await.expect("join");
+            let mut ws = connect(&addr, &format!("member-{i}"))
+                .await
+                .expect("member");
+            join(&mut ws, topic, &format!("member-{i}"))
+                .await
+                .expect("join");
             let seen_tx = seen_tx.clone();
             members.push(tokio::spawn(async move {
                 while let Some(Ok(msg)) = ws.next().await {
@@ -683,8 +720,12 @@ fn stall(args: &Args) {
         // Stalled readers: join, then never read again (nor write: no heartbeat either).
         let mut stalled = Vec::new();
         for i in 0..stalled_n {
-            let mut ws = connect(&addr, &format!("stalled-{i}")).await.expect("stalled");
-            join(&mut ws, topic, &format!("stalled-{i}")).await.expect("join");
+            let mut ws = connect(&addr, &format!("stalled-{i}"))
+                .await
+                .expect("stalled");
+            join(&mut ws, topic, &format!("stalled-{i}"))
+                .await
+                .expect("join");
             stalled.push(ws);
         }
         // Senders: relay big events at the rate, and read (and drop) what comes to them.
@@ -692,12 +733,17 @@ fn stall(args: &Args) {
         let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
         let mut senders = Vec::new();
         for i in 0..senders_n {
-            let mut ws = connect(&addr, &format!("sender-{i}")).await.expect("sender");
-            join(&mut ws, topic, &format!("sender-{i}")).await.expect("join");
+            let mut ws = connect(&addr, &format!("sender-{i}"))
+                .await
+                .expect("sender");
+            join(&mut ws, topic, &format!("sender-{i}"))
+                .await
+                .expect("join");
             let event = json!(["1", "2", topic, "blob", {"b": blob}]).to_string();
             senders.push(tokio::spawn(async move {
                 let (mut write, mut read) = ws.split();
-                let reader = tokio::spawn(async move { while let Some(Ok(_)) = read.next().await {} });
+                let reader =
+                    tokio::spawn(async move { while let Some(Ok(_)) = read.next().await {} });
                 let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
                 while tokio::time::Instant::now() < until {
                     tick.tick().await;
@@ -716,8 +762,12 @@ fn stall(args: &Args) {
             if let Ok(mut ws) = connect(&addr, &marker).await {
                 sent.insert(marker.clone(), unix_ms());
                 let _ = join(&mut ws, topic, &marker).await;
+                // It reads what it is sent (it is not one of the stalled), then leaves.
                 tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                        while let Some(Ok(_)) = ws.next().await {}
+                    })
+                    .await;
                     drop(ws);
                 });
             }
@@ -734,30 +784,36 @@ fn stall(args: &Args) {
                 samples.push(Duration::from_secs_f64((at - t).max(0.0) / 1e3));
             }
         }
-        // How the stalled readers ended: read what they were sent until the close.
+        // How the stalled readers ended: read what they were sent until the close. A node that
+        // could not write its close frame (the client's socket buffers full) just drops the
+        // connection: "dropped".
         let mut closes = Vec::new();
         for mut ws in stalled {
-            let mut code = None;
-            let _ = tokio::time::timeout(Duration::from_secs(20), async {
+            let ended = tokio::time::timeout(Duration::from_secs(20), async {
                 while let Some(msg) = ws.next().await {
                     match msg {
-                        Ok(Message::Close(frame)) => {
-                            code = frame.map(|f| u16::from(f.code));
-                            break;
+                        Ok(Message::Close(Some(frame))) => {
+                            return u16::from(frame.code).to_string()
                         }
+                        Ok(Message::Close(None)) => return "close".to_string(),
                         Ok(_) => {}
                         Err(_) => break,
                     }
                 }
+                "dropped".to_string()
             })
             .await;
-            closes.push(code);
+            closes.push(ended.unwrap_or_else(|_| "open".to_string()));
         }
         for m in members {
             m.abort();
         }
         (samples, closes)
     });
+    let too_slow = metric_lines(
+        &node.addr,
+        "rollcall_connections_closed_total{reason=\"too_slow\"",
+    );
     let after = settle(&node);
     let _ = stop.send(());
     let peak = peak.join().unwrap_or(0.0);
@@ -772,12 +828,186 @@ fn stall(args: &Args) {
     println!("| stalled / senders / members | events | node RSS at start | peak | growth (peak) | after | join → diff p50 / p95 / max (ms) | stalled closed with |");
     println!("|---|---|---|---|---|---|---|---|");
     println!(
-        "| {stalled_n} / {senders_n} / {members_n} | {} KiB × {rate}/s × {seconds} s each | {start:.1} MiB | {peak:.1} MiB | {:.1} MiB | {after:.1} MiB | {:.1} / {:.1} / {:.1} ({count} samples) | {closes:?} |",
+        "| {stalled_n} / {senders_n} / {members_n} | {} KiB × {rate}/s × {seconds} s each | {start:.1} MiB | {peak:.1} MiB | {:.1} MiB | {after:.1} MiB | {:.1} / {:.1} / {:.1} ({count} samples) | {} |",
         event_bytes / 1024,
         peak - start,
         ms(s.p50),
         ms(p95),
         ms(s.max),
+        closes.join(", "),
+    );
+    for line in too_slow {
+        println!("node: {line}");
+    }
+}
+
+/// A TCP connection from `from` (a loopback address other than the node's own, so that it is
+/// counted under its own address).
+async fn tcp_from(from: &str, addr: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{from}:0").parse().expect("address"))?;
+    let addr = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other("no address"))?;
+    socket.connect(addr).await
+}
+
+/// Holds one silent (or trickling) connection until the node closes it; returns how long it
+/// stayed open, `None` if it outlived `until`.
+async fn hold_silent(
+    mut tcp: tokio::net::TcpStream,
+    trickle: Option<Duration>,
+    opened: Instant,
+    until: Instant,
+) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n";
+    let mut next = 0usize;
+    let mut tick = tokio::time::interval(trickle.unwrap_or(Duration::from_secs(3600)));
+    tick.tick().await;
+    let mut buf = [0u8; 512];
+    loop {
+        tokio::select! {
+            read = tcp.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return Some(opened.elapsed()),
+                // An answer (429, 503, 408) and then the close.
+                Ok(_) => {}
+            },
+            _ = tick.tick(), if trickle.is_some() => {
+                let byte = request[next % request.len()];
+                next += 1;
+                if tcp.write_all(&[byte]).await.is_err() {
+                    return Some(opened.elapsed());
+                }
+            }
+            _ = tokio::time::sleep_until(until.into()) => return None,
+        }
+    }
+}
+
+fn silent(args: &Args) {
+    let n = args.get("conns", 1_000usize);
+    let trickle = match args.get("trickle-ms", 0u64) {
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
+    };
+    let seconds = args.get("seconds", 12u64);
+    let node = Node::start(args);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let addr = node.addr.clone();
+    let start = node.rss_mib();
+    let (stop, peak) = sample_peak(node.pid);
+    let open = Arc::new(AtomicUsize::new(0));
+    let (lifetimes, opened, refused, joins, join_failures, open_over_time) =
+        runtime.block_on(async {
+            let t0 = Instant::now();
+            let until = t0 + Duration::from_secs(seconds);
+            let (mut opened, mut refused) = (0usize, 0usize);
+            let mut holds = Vec::new();
+            for _ in 0..n {
+                match tcp_from("127.0.0.3", &addr).await {
+                    Ok(tcp) => {
+                        opened += 1;
+                        open.fetch_add(1, Ordering::Relaxed);
+                        let open = open.clone();
+                        holds.push(tokio::spawn(async move {
+                            let lived = hold_silent(tcp, trickle, Instant::now(), until).await;
+                            open.fetch_sub(1, Ordering::Relaxed);
+                            lived
+                        }));
+                    }
+                    Err(_) => refused += 1,
+                }
+            }
+            // Meanwhile: fresh clients from another address, and how many are still held.
+            let mut joins = Vec::new();
+            let mut join_failures = 0usize;
+            let mut open_over_time = Vec::new();
+            let mut k = 0usize;
+            while Instant::now() < until {
+                open_over_time.push((t0.elapsed(), open.load(Ordering::Relaxed)));
+                let sent = Instant::now();
+                let fresh = async {
+                    let tcp = tcp_from("127.0.0.2", &addr)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let url = format!("ws://{addr}/socket/websocket?vsn=2.0.0&user_id=fresh-{k}");
+                    let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+                        url,
+                        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+                        Some(client_config()),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    join(&mut ws, "room:silent", &format!("fresh-{k}")).await?;
+                    while let Some(msg) = ws.next().await {
+                        if let Ok(Message::Text(t)) = msg {
+                            if t.as_str().contains("phx_reply") {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    Err("closed before the join reply".to_string())
+                };
+                match tokio::time::timeout(Duration::from_secs(5), fresh).await {
+                    Ok(Ok(())) => joins.push(sent.elapsed()),
+                    _ => join_failures += 1,
+                }
+                k += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            open_over_time.push((t0.elapsed(), open.load(Ordering::Relaxed)));
+            let mut lifetimes = Vec::new();
+            for h in holds {
+                lifetimes.push(h.await.ok().flatten());
+            }
+            (
+                lifetimes,
+                opened,
+                refused,
+                joins,
+                join_failures,
+                open_over_time,
+            )
+        });
+    let _ = stop.send(());
+    let peak = peak.join().unwrap_or(0.0);
+    let outlived = lifetimes.iter().filter(|l| l.is_none()).count();
+    let mut closed: Vec<Duration> = lifetimes.into_iter().flatten().collect();
+    closed.sort();
+    let at_once = closed
+        .iter()
+        .filter(|d| **d < Duration::from_millis(500))
+        .count();
+    let last = closed.last().copied().unwrap_or_default();
+    let held = |secs: f64| {
+        open_over_time
+            .iter()
+            .find(|(t, _)| t.as_secs_f64() >= secs)
+            .map_or("-".to_string(), |(_, o)| o.to_string())
+    };
+    let mut joins = joins;
+    let fresh = if joins.is_empty() {
+        "none".to_string()
+    } else {
+        let s = Summary::of(&mut joins);
+        format!("{:.1} / {:.1} ms", ms(s.p50), ms(s.max))
+    };
+    println!("| connections | kind | refused by connect | closed within 0.5 s | held at 1 s / 3 s / 6 s / 10 s | last closed after | still open at {seconds} s | fresh joins ok / failed | fresh connect → join p50 / max | node RSS start / peak |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {n} | {} | {refused} | {at_once} of {opened} | {} / {} / {} / {} | {:.2} s | {outlived} | {} / {join_failures} | {fresh} | {start:.1} / {peak:.1} MiB |",
+        match trickle {
+            None => "silent".to_string(),
+            Some(t) => format!("1 byte / {} ms", t.as_millis()),
+        },
+        held(1.0),
+        held(3.0),
+        held(6.0),
+        held(10.0),
+        last.as_secs_f64(),
+        joins.len(),
     );
 }
 
@@ -799,6 +1029,7 @@ fn main() {
         "storm" => storm(&args),
         "fanout" => fanout(&args),
         "stall" => stall(&args),
+        "silent" => silent(&args),
         other => usage(&format!("unknown scenario {other}")),
     }
 }

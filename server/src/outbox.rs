@@ -266,7 +266,10 @@ mod tests {
         assert!(!outbox.is_closed());
         drop(rx);
         assert!(outbox.is_closed());
-        assert!(!outbox.deliver(frame(1)), "nothing after the receiver is gone");
+        assert!(
+            !outbox.deliver(frame(1)),
+            "nothing after the receiver is gone"
+        );
         assert!(queued.payload().is_unique(), "the queued frame was freed");
     }
 

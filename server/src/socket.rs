@@ -205,7 +205,9 @@ const MAX_WRITE_BATCH: usize = 64;
 struct Machine<S> {
     ctx: SocketContext,
     sink: S,
-    channels: HashMap<String, JoinedChannel>,
+    /// Boxed: a map allocates room for several entries at its first insert, and a joined
+    /// channel is half a kilobyte, which an idle connection would carry three times over.
+    channels: HashMap<String, Box<JoinedChannel>>,
     outbox: Outbox,
     /// The outbox's other end: the frames other tasks queued, and whether one did not fit.
     queued: Arc<OutboxReceiver>,
@@ -224,7 +226,7 @@ struct Machine<S> {
 /// The machine is built before the returned future starts, so the future holds the
 /// connection's context once: an idle connection's task is mostly this future.
 pub fn run<S, R>(
-    ctx: SocketContext,
+    mut ctx: SocketContext,
     sink: S,
     stream: R,
 ) -> impl std::future::Future<Output = (CloseReason, S, R)>
@@ -236,7 +238,10 @@ where
     let now = Instant::now();
     let events = TokenBucket::new(ctx.node.config.security.event_rate, now);
     let metas = TokenBucket::new(ctx.node.config.security.meta_rate, now);
-    let params = Arc::new(ctx.info.params.clone());
+    // Moved, not copied: from here on the channels' sockets are what reads them, and the
+    // token was checked at connect.
+    let params = Arc::new(std::mem::take(&mut ctx.info.params));
+    ctx.info.auth_token = None;
     let machine = Machine {
         ctx,
         sink,
@@ -669,7 +674,7 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
     async fn end_channel(
         &mut self,
         topic: &str,
-        mut channel: JoinedChannel,
+        mut channel: Box<JoinedChannel>,
         exit: Exit,
     ) -> Vec<Outbound> {
         let terminate = AssertUnwindSafe(channel.handler.terminate(exit, &mut channel.socket));
@@ -902,11 +907,11 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
         pushes.extend(socket.take_pushes());
         self.channels.insert(
             msg.topic.clone(),
-            JoinedChannel {
+            Box::new(JoinedChannel {
                 join_ref,
                 handler,
                 socket,
-            },
+            }),
         );
         let response = joined.response.unwrap_or_else(|| json!({}));
         self.reply(&msg, "ok", response).await?;

@@ -12,9 +12,9 @@ use serde_json::{Map, Value};
 use super::meta_object;
 use crate::frame::WireFrame;
 use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use crate::presence::{NotAnObject, Presence};
 use crate::security::auth::Identity;
-use crate::outbox::Outbox;
 use crate::tracker::{ConnId, Tracker};
 
 /// What a connection hands each of its channels (built by the socket machine).

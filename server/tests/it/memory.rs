@@ -106,10 +106,12 @@ async fn an_idle_tracked_connection_costs_the_server_a_few_kilobytes() {
     let before = server.heap().await;
     let clients = fill(&server, 400, 100).await;
     let per_connection = (server.heap().await - before) / 400;
-    // Measured about 3 KiB; a connection that keeps a read buffer or the write buffer of its
+    eprintln!("heap: {per_connection} bytes per idle tracked connection");
+    // Measured about 6.2 KiB in the debug test build (4.2 connected, 2.1 joined; release
+    // futures are smaller); a connection that keeps a read buffer or the write buffer of its
     // presence_state costs 20 KiB and more.
     assert!(
-        per_connection <= 8 * 1024,
+        per_connection <= 12 * 1024,
         "{per_connection} bytes per idle connection"
     );
     drop(clients);
@@ -122,6 +124,7 @@ async fn a_room_costs_memory_linear_in_its_members() {
     let n = 500;
     let clients = fill(&server, n, n).await;
     let per_member = (server.heap().await - before) / n as i64;
+    eprintln!("heap: {per_member} bytes per member of a room of {n}");
     // Every member received a presence_state of up to n members (~60 KB at the end): if any
     // of it stayed with the connection the cost would grow with the room, ~30 KiB here.
     assert!(per_member <= 12 * 1024, "{per_member} bytes per member");
