@@ -11,6 +11,7 @@ pub mod handler;
 pub mod http;
 pub mod joinhook;
 pub mod listener;
+pub mod log_summary;
 pub mod metrics;
 pub mod outbound;
 pub mod outbox;

@@ -59,6 +59,8 @@ pub const CHANNEL_TRACKER: &str = "tracker";
 pub const CHANNEL_RELAY: &str = "relay";
 /// The meta field the server sets to the name of the node a member is connected to.
 pub const META_NODE: &str = "node";
+/// The meta fields the tracker adds when it renders a presence; a client's own are dropped.
+pub const RENDERED_FIELDS: [&str; 2] = ["phx_ref", "phx_ref_prev"];
 
 /// The shard timing for `settings` (other knobs at Phoenix's defaults).
 ///
@@ -221,6 +223,10 @@ impl Tracker {
             flush_at: None,
             last_flush: None,
             transport_up: HashSet::new(),
+            refusals: crate::log_summary::LogSummary::new(
+                "refused events relayed by other nodes",
+                crate::log_summary::DEFAULT_INTERVAL,
+            ),
         };
         tokio::spawn(task.run(inputs));
         Tracker {

@@ -46,21 +46,46 @@ pub struct Node {
     pub addr: String,
     /// Mesh address, when the node runs the mesh.
     pub cluster_addr: Option<String>,
+    /// Every line the node wrote to stdout (its log) so far.
+    output: Arc<Mutex<Vec<String>>>,
     child: Child,
 }
 
 impl Node {
     /// Starts `rollcall serve --port 0 --node NAME` plus `args`; waits for its listening lines.
     pub async fn start(name: &str, args: &[String]) -> Node {
+        let mut command = Node::command();
+        command
+            .args(["--port", "0", "--node", name, "--fault-injection"])
+            .args(args)
+            .env("RUST_LOG", "info");
+        let mesh = args.iter().any(|a| a == "mesh");
+        Node::spawn(name, command, mesh).await
+    }
+
+    /// `rollcall serve` with none of the `ROLLCALL_*` variables of the environment the tests
+    /// run in (a developer's shell may set some), for [`Node::spawn`].
+    pub fn command() -> Command {
+        let mut command = Command::new(BIN);
+        command.arg("serve");
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ROLLCALL_") {
+                command.env_remove(key);
+            }
+        }
+        command
+    }
+
+    /// Runs `command` (a [`Node::command`] with its flags and environment) as the node `name`;
+    /// waits for its listening line, and for its mesh listening line too when `mesh` is set.
+    /// Its stderr (the log) goes to a file in the temporary directory, named in every failure.
+    pub async fn spawn(name: &str, mut command: Command, mesh: bool) -> Node {
         let log =
             std::env::temp_dir().join(format!("rollcall-test-{name}-{}.log", std::process::id()));
         let stderr = std::fs::File::create(&log)
             .map(Stdio::from)
             .unwrap_or(Stdio::null());
-        let mut child = Command::new(BIN)
-            .args(["serve", "--port", "0", "--node", name, "--fault-injection"])
-            .args(args)
-            .env("RUST_LOG", "info")
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -68,7 +93,6 @@ impl Node {
             .spawn()
             .expect("rollcall starts");
         let stdout = child.stdout.take().expect("stdout piped");
-        let mesh = args.iter().any(|a| a == "mesh");
         let mut lines = BufReader::new(stdout).lines();
         let (mut addr, mut cluster_addr) = (None, None);
         tokio::time::timeout(DEADLINE, async {
@@ -86,15 +110,39 @@ impl Node {
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("{name} did not print its addresses"));
-        // Keep draining stdout so the process never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        .unwrap_or_else(|_| panic!("{name} did not print its addresses; see {}", log.display()));
+        // Keep draining stdout (the log) so the process never blocks on a full pipe.
+        let output: Arc<Mutex<Vec<String>>> = Arc::default();
+        let keep = output.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                keep.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
         Node {
             name: name.to_string(),
             addr: addr.unwrap_or_default(),
             cluster_addr,
+            output,
             child,
         }
+    }
+
+    /// The lines the node has logged so far (after its listening lines).
+    pub fn log_lines(&self) -> Vec<String> {
+        self.output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The value of the `/metrics` sample `sample` (name and labels as written), or 0.
+    pub async fn metric(&self, sample: &str) -> u64 {
+        let (status, body) = http(&self.addr, "GET", "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Starts a mesh node seeded with `peers`.
@@ -105,7 +153,7 @@ impl Node {
             "--cluster-listen",
             "127.0.0.1:0",
             "--cluster-secret",
-            "test-secret",
+            super::broker::SECRET,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -523,7 +571,7 @@ impl Embedded {
             .filter_map(|p| p.cluster_addr.clone())
             .collect();
         // Through `connect`, as the binary does: the same framing of messages on the wire.
-        let mesh = MeshConfig::new("127.0.0.1:0", seeds, "test-secret");
+        let mesh = MeshConfig::new("127.0.0.1:0", seeds, super::broker::SECRET);
         let mesh = connect(name, ClusterConfig::Mesh(mesh))
             .await
             .expect("mesh starts");
