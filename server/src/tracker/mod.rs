@@ -15,7 +15,6 @@
 
 mod fanout;
 pub mod fetch;
-mod outbox;
 pub mod relay;
 mod render;
 mod task;
@@ -33,7 +32,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 pub use fanout::Subscriber;
-pub use outbox::Outbox;
 pub use watch::{Watch, WatchEvent, WatchOptions};
 
 use crate::config::ClusterSettings;

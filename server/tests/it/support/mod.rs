@@ -3,6 +3,7 @@
 //! ([`cluster`]) and reserved ports ([`ports`]). Every wait has a deadline, and every test runs
 //! under a time limit ([`watchdog`]).
 
+pub mod alloc;
 pub mod broker;
 pub mod cluster;
 pub mod mesh;
