@@ -143,8 +143,9 @@ pub struct Security {
     /// unlimited). Each session is a socket machine; opening costs what a WebSocket connect
     /// does, without its TCP handshake.
     pub longpoll_open_rate: RateLimit,
-    /// Presence API requests (`/api/presence/...`) per client address (a rate of 0 =
-    /// unlimited): a listing of a big room is the most expensive read the node serves.
+    /// API requests (`/api/presence/...` and `/api/broadcast/...`) per client address (a rate
+    /// of 0 = unlimited): a listing of a big room is the most expensive read the node serves,
+    /// and a broadcast is a frame to every member.
     pub api_rate: RateLimit,
     /// Take the client address from the last `X-Forwarded-For` entry (the one the proxy in
     /// front appended) instead of the TCP peer. Only safe when clients can reach rollcall

@@ -45,8 +45,8 @@ security (see docs/security.md):
   --max-conns N               ROLLCALL_MAX_CONNS           open connections of the node, counted at accept [90% of the open-file limit]
   --longpoll-open-rate PER_S  ROLLCALL_LONGPOLL_OPEN_RATE  long-poll sessions opened per second per address, 0 = unlimited [5]
   --longpoll-open-burst N     ROLLCALL_LONGPOLL_OPEN_BURST long-poll session opening burst per address [20]
-  --api-rate PER_S            ROLLCALL_API_RATE            presence API requests per second per address, 0 = unlimited [20]
-  --api-burst N               ROLLCALL_API_BURST           presence API burst per address [40]
+  --api-rate PER_S            ROLLCALL_API_RATE            API requests (presence, broadcast) per second per address, 0 = unlimited [20]
+  --api-burst N               ROLLCALL_API_BURST           API burst per address [40]
   --trust-forwarded-for       ROLLCALL_TRUST_FORWARDED_FOR client address from the proxy's X-Forwarded-For entry [off]
 
 `rollcall token --secret S --sub alice [--rooms 'room:*'] [--ttl 1h] [--meta JSON]` prints a token.";

@@ -92,8 +92,9 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     }
 }
 
-/// The error of a request over the per-address presence API rate (HTTP 429).
-pub const RATE_LIMITED: &str = "rate limited: too many presence API requests from this address";
+/// The error of a request over the per-address API rate (HTTP 429): presence reads and
+/// broadcasts share it.
+pub const RATE_LIMITED: &str = "rate limited: too many API requests from this address";
 
 /// Takes one request from the client address's `--api-rate` budget, or answers 429. Checked
 /// before anything else: a listing of a big room is the most expensive read the node serves,

@@ -343,6 +343,33 @@ async fn the_presence_api_answers_429_past_the_rate_of_an_address() {
 }
 
 #[tokio::test]
+async fn broadcasts_answer_429_past_the_rate_of_an_address() {
+    let server = with_security(Security {
+        api_rate: no_refill(2),
+        ..Security::default()
+    })
+    .await;
+    let event = json!({"event": "news", "payload": {}}).to_string();
+    let post = || {
+        http(
+            server.addr,
+            "POST",
+            "/api/broadcast/room:a",
+            &[("content-type", "application/json")],
+            event.as_bytes(),
+        )
+    };
+    for _ in 0..2 {
+        let (status, _, body) = post().await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let (status, _, body) = post().await;
+    assert_eq!(status, 429);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"], rollcall_server::api::RATE_LIMITED);
+}
+
+#[tokio::test]
 async fn long_poll_sessions_opened_past_the_rate_of_an_address_are_refused_for_now() {
     let _watchdog = crate::support::watchdog::start();
     let server = with_security(Security {
