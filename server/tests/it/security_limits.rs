@@ -344,6 +344,7 @@ async fn the_presence_api_answers_429_past_the_rate_of_an_address() {
 
 #[tokio::test]
 async fn broadcasts_answer_429_past_the_rate_of_an_address() {
+    let _watchdog = crate::support::watchdog::start();
     let server = with_security(Security {
         api_rate: no_refill(2),
         ..Security::default()
