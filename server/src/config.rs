@@ -83,6 +83,14 @@ pub struct ClusterSettings {
     /// Longest wait before a local change is sent to other nodes; changes within one window go
     /// in one message. Zero sends every change on its own.
     pub coalesce: Duration,
+    /// Longest time a room's presence diffs are held so that a burst of changes reaches its
+    /// local subscribers as one `presence_diff`. A room that sent nothing within its window
+    /// gets a change at once; the window is `diff_window_per_member` per local subscriber up
+    /// to this cap. Zero sends every change on its own.
+    pub diff_window: Duration,
+    /// A room's diff window per local subscriber (10 µs: a busy room's diffs cost about one
+    /// frame per 10 µs, whatever its size, until the cap is reached).
+    pub diff_window_per_member: Duration,
     /// Test-only: wrap the transport in [`Partitioned`](crate::pubsub::Partitioned) and serve
     /// `POST /_fault/partition` (cuts this node off from a peer).
     pub fault_injection: bool,
@@ -95,6 +103,8 @@ impl Default for ClusterSettings {
             down_period: Duration::from_millis(30_000),
             permdown_period: Duration::from_millis(1_200_000),
             coalesce: Duration::from_millis(10),
+            diff_window: Duration::from_millis(20),
+            diff_window_per_member: Duration::from_micros(10),
             fault_injection: false,
         }
     }

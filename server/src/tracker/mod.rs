@@ -11,7 +11,8 @@
 //!
 //! The task also fans frames out (`fanout`): a presence diff or a relayed event is encoded
 //! once per serializer and the same bytes are queued to every subscriber; presences are written
-//! as JSON text (`render`).
+//! as JSON text (`render`). A busy room's presence diffs are held for a short window and go out
+//! as one (`rollcall_core::tracker::Coalescer`, capped by `diff_window`).
 
 mod fanout;
 pub mod fetch;
@@ -27,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rollcall_core::protocol::Payload;
-use rollcall_core::tracker::{ReplicaId, Shard, ShardConfig};
+use rollcall_core::tracker::{CoalesceConfig, ReplicaId, Shard, ShardConfig};
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -79,6 +80,15 @@ pub fn shard_config(settings: &ClusterSettings) -> ShardConfig {
         permdown_period_ms: ms(settings.permdown_period),
         max_silent_periods: u32::try_from(fit.min(10)).unwrap_or(10),
         ..ShardConfig::default()
+    }
+}
+
+/// The presence-diff windows for `settings`.
+fn coalesce_config(settings: &ClusterSettings) -> CoalesceConfig {
+    let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    CoalesceConfig {
+        max_window_us: us(settings.diff_window),
+        window_per_subscriber_us: us(settings.diff_window_per_member),
     }
 }
 
@@ -212,6 +222,7 @@ impl Tracker {
             subscriptions: fanout::Subscriptions::new(
                 frames_encoded.clone(),
                 fetch.map(|hook| fetch::Stage::spawn(hook, frames_encoded.clone())),
+                coalesce_config(settings),
             ),
             watchers: watch::Watchers::default(),
             pubsub: pubsub.clone(),
@@ -428,6 +439,75 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::WireFrame;
+    use crate::pubsub::Local;
+    use rollcall_core::protocol::Serializer;
+    use tokio::sync::Notify;
+
+    /// A subscriber whose frames the test reads.
+    fn subscriber(conn: u64) -> (Subscriber, mpsc::Receiver<WireFrame>) {
+        let (tx, rx) = mpsc::channel(64);
+        let subscriber = Subscriber {
+            conn: ConnId(conn),
+            serializer: Serializer::V2,
+            outbox: Outbox::new(tx, Arc::new(Notify::new())),
+            key: format!("k{conn}"),
+        };
+        (subscriber, rx)
+    }
+
+    /// The `presence_diff` payloads among `frames`, as JSON.
+    fn diffs(frames: &mut mpsc::Receiver<WireFrame>) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Ok(WireFrame::Text(text)) = frames.try_recv() {
+            let v: Value = serde_json::from_str(text.as_str()).unwrap();
+            if v[3] == "presence_diff" {
+                out.push(v[4].clone());
+            }
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_in_a_busy_room_is_held_for_its_window_and_sent_as_one_diff() {
+        let settings = ClusterSettings {
+            diff_window: Duration::from_millis(50),
+            diff_window_per_member: Duration::from_millis(10),
+            ..ClusterSettings::default()
+        };
+        let tracker = Tracker::spawn_with(
+            Arc::new(Local::new("n")),
+            &settings,
+            Arc::new(Metrics::default()),
+        );
+        let (watcher, mut frames) = subscriber(1);
+        tracker.join("room", None, watcher, false, None);
+        // The first change in a quiet room goes out at once.
+        tracker.track_key(ConnId(100), "room", "a", Map::new());
+        tracker.list("room").await;
+        assert_eq!(diffs(&mut frames).len(), 1);
+        let start = Instant::now();
+        for key in ["b", "c", "d"] {
+            tracker.track_key(ConnId(100), "room", key, Map::new());
+        }
+        tracker.untrack_key(ConnId(100), "room", "a");
+        tracker.list("room").await;
+        assert!(diffs(&mut frames).is_empty(), "held for the window");
+        // One subscriber: a 10 ms window. Paused time moves on to the flush by itself.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tracker.list("room").await;
+        let sent = diffs(&mut frames);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(keys(&sent[0]["joins"]), ["b", "c", "d"]);
+        assert_eq!(keys(&sent[0]["leaves"]), ["a"]);
+        assert!(start.elapsed() <= Duration::from_millis(11));
+    }
+
+    fn keys(v: &Value) -> Vec<String> {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    }
 
     #[test]
     fn a_quiet_nodes_heartbeats_stay_within_two_thirds_of_the_down_period() {

@@ -67,6 +67,17 @@ impl TrackerTask {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// The coalescing windows' clock: microseconds since the task started.
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// When the next held presence diff is due.
+    fn next_diff_flush(&mut self) -> Option<Instant> {
+        let at = self.subscriptions.next_flush()?;
+        Some(self.start + Duration::from_micros(at))
+    }
+
     pub(super) async fn run(mut self, mut inputs: Inputs) {
         // The first tick is at once: an empty heartbeat, so peers discover this node.
         let mut ticks = tokio::time::interval(self.broadcast_period);
@@ -80,6 +91,7 @@ impl TrackerTask {
         let mut relay_open = true;
         loop {
             let flush_at = self.flush_at;
+            let diffs_at = self.next_diff_flush();
             tokio::select! {
                 command = inputs.commands.recv() => match command {
                     Some(Command::Shutdown { reply }) => {
@@ -103,6 +115,10 @@ impl TrackerTask {
                 }
                 _ = greetings.tick() => self.greet_new_connections(),
                 _ = sleep_until(flush_at), if flush_at.is_some() => self.flush(),
+                _ = sleep_until(diffs_at), if diffs_at.is_some() => {
+                    let now = self.now_us();
+                    self.subscriptions.flush_due(now);
+                }
             }
         }
     }
@@ -197,7 +213,8 @@ impl TrackerTask {
             met_a_peer |= matches!(event, ReplicaEvent::Up(_));
         }
         self.watchers.notify(&output.events, &output.diff);
-        self.subscriptions.dispatch_diff(&output.diff);
+        let now = self.now_us();
+        self.subscriptions.dispatch_diff(&output.diff, now);
         if met_a_peer {
             // Answer first contact (or a return after a split) at once, so the peer learns of
             // this node and asks for its state now rather than at our next quiet heartbeat.
@@ -250,7 +267,8 @@ impl TrackerTask {
         }
         self.schedule_flush();
         self.watchers.notify(&[], &diff);
-        self.subscriptions.dispatch_diff(&diff);
+        let now = self.now_us();
+        self.subscriptions.dispatch_diff(&diff, now);
     }
 
     fn handle(&mut self, command: Command) {
@@ -426,9 +444,11 @@ impl TrackerTask {
             self.leave(conn, &topic);
         }
         if push_state {
-            let listing = self.shard.list(&topic);
+            let shard = &self.shard;
             self.subscriptions
-                .push_state(&subscriber, join_ref.as_deref(), &topic, &listing);
+                .push_state(&subscriber, join_ref.as_deref(), &topic, || {
+                    shard.list(&topic)
+                });
         }
         let key = subscriber.key.clone();
         self.subscriptions.subscribe(&topic, subscriber);

@@ -11,6 +11,7 @@ mod cli;
 mod cluster_brokers;
 mod cluster_longpoll;
 mod cluster_mesh;
+mod coalescing;
 mod fetch;
 mod fuzz_server;
 mod handlers;
