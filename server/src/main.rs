@@ -421,7 +421,8 @@ Cluster flags (see docs/cluster.md):
   --down-period-ms MS              ROLLCALL_DOWN_PERIOD_MS      a silent node's members leave after [30000]
   --permdown-period-ms MS          ROLLCALL_PERMDOWN_PERIOD_MS  a silent node is forgotten after [1200000]
   --coalesce-ms MS                 ROLLCALL_COALESCE_MS         local changes reach other nodes within [10]
-  --diff-window-ms MS              ROLLCALL_DIFF_WINDOW_MS      a busy room's presence diffs go out at least every [20]";
+  --diff-window-ms MS              ROLLCALL_DIFF_WINDOW_MS      a busy room's presence diffs go out at least every [20]
+  --tracker-shards N               ROLLCALL_TRACKER_SHARDS      tracker tasks, topics hashed over them; the same on every node [cores]";
 
 /// The cluster transport a node uses.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -492,6 +493,10 @@ struct ClusterArgs {
     /// change on its own).
     #[arg(long, env = "ROLLCALL_DIFF_WINDOW_MS", default_value_t = 20)]
     diff_window_ms: u64,
+    /// Tracker shards (tasks that each own the topics hashing to them). Every node of a
+    /// cluster must run the same number; default: the number of cores.
+    #[arg(long, env = "ROLLCALL_TRACKER_SHARDS", value_parser = clap::value_parser!(u16).range(1..))]
+    tracker_shards: Option<u16>,
     /// Test only: serve POST /_fault/partition?peer=NAME&partitioned=true|false.
     #[arg(long, env = "ROLLCALL_FAULT_INJECTION", hide = true)]
     fault_injection: bool,
@@ -505,6 +510,9 @@ impl ClusterArgs {
             permdown_period: Duration::from_millis(self.permdown_period_ms),
             coalesce: Duration::from_millis(self.coalesce_ms),
             diff_window: Duration::from_millis(self.diff_window_ms),
+            tracker_shards: self
+                .tracker_shards
+                .map_or_else(rollcall_server::config::default_tracker_shards, usize::from),
             fault_injection: self.fault_injection,
             ..rollcall_server::config::ClusterSettings::default()
         }

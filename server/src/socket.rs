@@ -243,6 +243,9 @@ where
     let mut deadline = Instant::now() + idle_timeout.unwrap_or(far_future);
     // Whether the connection's presences were already removed.
     let mut left = false;
+    // Whether the tracker takes more: while a shard's queue is over its bound, the next frame
+    // waits in the socket (queued frames are still written).
+    let mut tracker_has_room = true;
     let reason = loop {
         if *shutdown.borrow() {
             break machine
@@ -262,7 +265,8 @@ where
                     break reason;
                 }
             }
-            inbound = stream.next() => {
+            _ = tracker.ready(), if !tracker_has_room => tracker_has_room = true,
+            inbound = stream.next(), if tracker_has_room => {
                 deadline = Instant::now() + idle_timeout.unwrap_or(far_future);
                 match inbound {
                     None => break CloseReason::ClientGone,
@@ -270,6 +274,7 @@ where
                         if let Some(reason) = machine.handle_inbound(inbound).await {
                             break reason;
                         }
+                        tracker_has_room = tracker.has_room();
                     }
                 }
             }

@@ -25,7 +25,7 @@ pub enum WatchEvent {
     Replica(ReplicaEvent),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Sender {
     Bounded(mpsc::Sender<WatchEvent>),
     Unbounded(mpsc::UnboundedSender<WatchEvent>),
@@ -120,6 +120,17 @@ impl Watch {
 }
 
 impl Watcher {
+    /// The same watcher for another tracker shard: its events go to the same watch. Only the
+    /// `first` shard's copy hears replica events (every shard sees the same peers).
+    pub(super) fn for_shard(&self, first: bool) -> Watcher {
+        Watcher {
+            pattern: self.pattern.clone(),
+            replicas: self.replicas && first,
+            sender: self.sender.clone(),
+            lagged: self.lagged.clone(),
+        }
+    }
+
     /// Whether it hears replica events.
     pub(super) fn wants_replicas(&self) -> bool {
         self.replicas

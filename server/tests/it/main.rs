@@ -11,6 +11,7 @@ mod cli;
 mod cluster_brokers;
 mod cluster_longpoll;
 mod cluster_mesh;
+mod cluster_shards;
 mod coalescing;
 mod fetch;
 mod fuzz_server;
