@@ -51,10 +51,12 @@ pub const MAX_HEADER_FIELD_BYTES: usize = 255;
 pub const MAX_EVENT_NAME_LEN: usize = 64;
 
 /// True for the event names a client may not use for its own events: the protocol's
-/// (`phx_*`: `phx_join`, `phx_reply`, …) and presence's (`presence*`: `presence_state`,
-/// `presence_diff`, …), so that no member can forge what the server alone sends.
+/// (`phx_*`: `phx_join`, `phx_reply`, …), presence's (`presence*`: `presence_state`,
+/// `presence_diff`, …) and the names phoenix.js gives replies internally (`chan_reply_<ref>`:
+/// a channel routes the reply to the push waiting on that ref, so a relayed one could answer
+/// another member's push), so that no member can forge what the server alone sends.
 pub fn is_reserved_event(event: &str) -> bool {
-    event.starts_with("phx_") || event.starts_with("presence")
+    event.starts_with("phx_") || event.starts_with("presence") || event.starts_with("chan_reply_")
 }
 
 /// Why an event name is refused by [`check_event_name`].

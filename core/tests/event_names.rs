@@ -30,6 +30,15 @@ fn presence_events_are_reserved_so_no_member_can_forge_them() {
 }
 
 #[test]
+fn reply_routing_events_are_reserved_so_no_member_can_answer_anothers_push() {
+    // phoenix.js hands a `chan_reply_<ref>` event to the push waiting on that ref.
+    for event in ["chan_reply_1", "chan_reply_42", "chan_reply_"] {
+        assert!(is_reserved_event(event), "{event}");
+        assert_eq!(check_event_name(event), Err(EventNameError::Reserved));
+    }
+}
+
+#[test]
 fn names_that_only_contain_a_reserved_word_are_allowed() {
     for event in [
         "my_phx_event",
@@ -37,6 +46,8 @@ fn names_that_only_contain_a_reserved_word_are_allowed() {
         "phxjoin",
         "user_presence",
         "Presence_diff",
+        "chan_reply",
+        "my_chan_reply_1",
     ] {
         assert!(!is_reserved_event(event), "{event}");
         assert_eq!(check_event_name(event), Ok(()), "{event}");

@@ -95,7 +95,7 @@ async fn run(adapter: &str, joins: usize) {
                 "--cluster-listen",
                 "127.0.0.1:0",
                 "--cluster-secret",
-                "bench",
+                "a-cluster-secret-for-the-benchmark",
             ]
             .iter()
             .map(|s| s.to_string())
@@ -122,7 +122,14 @@ async fn run(adapter: &str, joins: usize) {
             } else {
                 "--redis-url"
             };
-            let base: Vec<String> = vec!["--cluster".into(), kind.into(), flag.into(), url];
+            let base: Vec<String> = vec![
+                "--cluster".into(),
+                kind.into(),
+                flag.into(),
+                url,
+                "--cluster-secret".into(),
+                "a-cluster-secret-for-the-benchmark".into(),
+            ];
             let (child, http, _) = start_node("a", &base).await;
             nodes.push(child);
             args_a = vec![http];

@@ -83,6 +83,12 @@ fn transport_stats(stats: crate::pubsub::Stats) -> Value {
         "dropped_outbound": stats.dropped_outbound,
         "dropped_inbound": stats.dropped_inbound,
         "refused": stats.refused,
+        "rejected": {
+            "unsigned": stats.rejected.unsigned,
+            "bad_signature": stats.rejected.bad_signature,
+            "replayed": stats.rejected.replayed,
+            "unproven": stats.rejected.unproven,
+        },
     })
 }
 

@@ -10,6 +10,7 @@ pub mod frame;
 pub mod handler;
 pub mod http;
 pub mod joinhook;
+pub mod log_summary;
 pub mod metrics;
 pub mod outbound;
 pub mod presence;

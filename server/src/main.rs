@@ -413,10 +413,10 @@ Cluster flags (see docs/cluster.md):
   --cluster none|mesh|nats|redis   ROLLCALL_CLUSTER             how nodes reach each other [none]
   --cluster-listen HOST:PORT       ROLLCALL_CLUSTER_LISTEN      mesh: where peers connect [127.0.0.1:7000]
   --peers HOST:PORT,...            ROLLCALL_PEERS               mesh: seed nodes to dial
-  --cluster-secret SECRET          ROLLCALL_CLUSTER_SECRET      mesh: shared secret (required for mesh)
+  --cluster-secret SECRET          ROLLCALL_CLUSTER_SECRET      shared secret signing every cluster message (required but for none)
   --nats-url URL                   ROLLCALL_NATS_URL            nats: server URL [nats://127.0.0.1:4222]
   --redis-url URL                  ROLLCALL_REDIS_URL           redis: server URL [redis://127.0.0.1:6379]
-  --cluster-name NAME              ROLLCALL_CLUSTER_NAME        nats/redis: namespace on a shared broker [rollcall]
+  --cluster-name NAME              ROLLCALL_CLUSTER_NAME        nats/redis: channel namespace (clusters sharing a broker also need distinct secrets) [rollcall]
   --broadcast-period-ms MS         ROLLCALL_BROADCAST_PERIOD_MS tracker heartbeat period [1500]
   --down-period-ms MS              ROLLCALL_DOWN_PERIOD_MS      a silent node's members leave after [30000]
   --permdown-period-ms MS          ROLLCALL_PERMDOWN_PERIOD_MS  a silent node is forgotten after [1200000]
@@ -454,7 +454,9 @@ struct ClusterArgs {
     /// addresses dials each and is re-resolved).
     #[arg(long, env = "ROLLCALL_PEERS", value_delimiter = ',')]
     peers: Vec<String>,
-    /// Mesh: the secret every node of the cluster shares.
+    /// The secret every node of the cluster shares (required for mesh, nats and redis): the
+    /// mesh handshake proves it, and every message between nodes is signed with it. Use 32+
+    /// random bytes; prefer the environment variable.
     #[arg(long, env = "ROLLCALL_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
     /// NATS server URL.
@@ -471,7 +473,9 @@ struct ClusterArgs {
         default_value = "redis://127.0.0.1:6379"
     )]
     redis_url: String,
-    /// NATS / Redis: namespace of this cluster's subjects or channels on a shared broker.
+    /// NATS / Redis: namespace of this cluster's subjects or channels. Clusters sharing a
+    /// broker need distinct names and distinct secrets: only the secret keeps one from writing
+    /// into the other.
     #[arg(long, env = "ROLLCALL_CLUSTER_NAME", default_value = "rollcall")]
     cluster_name: String,
     /// Tracker heartbeat period in milliseconds (Phoenix: 1500).
@@ -525,6 +529,7 @@ impl ClusterArgs {
     ) -> Result<std::sync::Arc<dyn rollcall_server::pubsub::PubSub>, Box<dyn std::error::Error>>
     {
         use rollcall_server::pubsub::{connect, ClusterConfig, MeshConfig};
+        let secret = self.cluster_secret.clone().unwrap_or_default();
         let config = match self.cluster {
             ClusterKind::None => ClusterConfig::None,
             ClusterKind::Mesh => ClusterConfig::Mesh(MeshConfig::new(
@@ -534,15 +539,17 @@ impl ClusterArgs {
                     .filter(|p| !p.is_empty())
                     .cloned()
                     .collect(),
-                self.cluster_secret.clone().unwrap_or_default(),
+                secret,
             )),
             ClusterKind::Nats => ClusterConfig::Nats {
                 url: self.nats_url.clone(),
                 cluster_name: self.cluster_name.clone(),
+                secret,
             },
             ClusterKind::Redis => ClusterConfig::Redis {
                 url: self.redis_url.clone(),
                 cluster_name: self.cluster_name.clone(),
+                secret,
             },
         };
         connect(node, config)

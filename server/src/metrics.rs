@@ -233,6 +233,8 @@ pub struct Metrics {
     pub client_events: Counter,
     /// Client events received from other nodes, for local subscribers.
     pub relayed_events_in: Counter,
+    /// Events from other nodes refused: a reserved or invalid name, or not decodable.
+    pub relayed_events_refused: Counter,
     /// Messages answered `rate limited`.
     pub rate_limited: Counter,
     /// Replication payload bytes handed to the pubsub, per [`CHANNELS`] entry.
@@ -587,6 +589,12 @@ const FAMILIES: &[Family] = &[
         samples: |s| one(s.metrics.relayed_events_in.get()),
     },
     Family {
+        name: "rollcall_relayed_events_refused_total",
+        kind: COUNTER,
+        help: "Events from other nodes refused, never delivered: a reserved name (phx_*, presence*, chan_reply_*), an invalid one, or undecodable.",
+        samples: |s| one(s.metrics.relayed_events_refused.get()),
+    },
+    Family {
         name: "rollcall_rate_limited_total",
         kind: COUNTER,
         help: "Client messages answered \"rate limited\".",
@@ -620,6 +628,23 @@ const FAMILIES: &[Family] = &[
         kind: COUNTER,
         help: "Mesh handshakes refused (wrong secret, duplicate node name, wrong protocol, too slow).",
         samples: |s| one(s.pubsub.refused),
+    },
+    Family {
+        name: "rollcall_pubsub_messages_rejected_total",
+        kind: COUNTER,
+        help: "Messages from the cluster transport refused by signature checks, never delivered: unsigned, a bad signature (another secret, forged or altered), replayed (or addressed to another node, or out of the replay window), or from a sender not yet proven live (normal for a moment when a node starts).",
+        samples: |s| {
+            let r = &s.pubsub.rejected;
+            by(
+                "reason",
+                [
+                    ("unsigned", r.unsigned),
+                    ("bad_signature", r.bad_signature),
+                    ("replayed", r.replayed),
+                    ("unproven", r.unproven),
+                ],
+            )
+        },
     },
     Family {
         name: "rollcall_pubsub_bytes_sent_total",
@@ -856,6 +881,7 @@ mod tests {
         m.joins.add(3);
         m.client_events.add(4);
         m.relayed_events_in.add(5);
+        m.relayed_events_refused.add(9);
         m.rate_limited.add(6);
         m.pubsub_out("tracker", 100);
         m.pubsub_out("relay", 7);
@@ -893,6 +919,12 @@ mod tests {
             dropped_outbound: 23,
             dropped_inbound: 24,
             refused: 25,
+            rejected: crate::pubsub::Rejected {
+                unsigned: 26,
+                bad_signature: 27,
+                replayed: 28,
+                unproven: 29,
+            },
         };
         let expected = EXPOSITION.replace("VERSION", env!("CARGO_PKG_VERSION"));
         assert_eq!(render(&m, &gauges, &stats), expected);
@@ -981,6 +1013,9 @@ rollcall_client_events_total 4
 # HELP rollcall_relayed_events_received_total Client events received from other nodes for subscribers here.
 # TYPE rollcall_relayed_events_received_total counter
 rollcall_relayed_events_received_total 5
+# HELP rollcall_relayed_events_refused_total Events from other nodes refused, never delivered: a reserved name (phx_*, presence*, chan_reply_*), an invalid one, or undecodable.
+# TYPE rollcall_relayed_events_refused_total counter
+rollcall_relayed_events_refused_total 9
 # HELP rollcall_rate_limited_total Client messages answered "rate limited".
 # TYPE rollcall_rate_limited_total counter
 rollcall_rate_limited_total 6
@@ -997,6 +1032,12 @@ rollcall_pubsub_messages_dropped_total{direction="inbound"} 24
 # HELP rollcall_pubsub_handshakes_refused_total Mesh handshakes refused (wrong secret, duplicate node name, wrong protocol, too slow).
 # TYPE rollcall_pubsub_handshakes_refused_total counter
 rollcall_pubsub_handshakes_refused_total 25
+# HELP rollcall_pubsub_messages_rejected_total Messages from the cluster transport refused by signature checks, never delivered: unsigned, a bad signature (another secret, forged or altered), replayed (or addressed to another node, or out of the replay window), or from a sender not yet proven live (normal for a moment when a node starts).
+# TYPE rollcall_pubsub_messages_rejected_total counter
+rollcall_pubsub_messages_rejected_total{reason="unsigned"} 26
+rollcall_pubsub_messages_rejected_total{reason="bad_signature"} 27
+rollcall_pubsub_messages_rejected_total{reason="replayed"} 28
+rollcall_pubsub_messages_rejected_total{reason="unproven"} 29
 # HELP rollcall_pubsub_bytes_sent_total Payload bytes this node's tracker handed to the cluster transport (once per publish), by channel.
 # TYPE rollcall_pubsub_bytes_sent_total counter
 rollcall_pubsub_bytes_sent_total{channel="tracker"} 100

@@ -29,6 +29,7 @@ impl Counters {
             dropped_outbound: self.dropped_outbound.load(Ordering::Relaxed),
             dropped_inbound: self.dropped_inbound.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
+            rejected: super::Rejected::default(),
         }
     }
     pub(crate) fn add_sent(&self) {

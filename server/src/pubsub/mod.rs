@@ -11,8 +11,9 @@
 //!
 //! Adapters: [`Local`] (single node), [`mesh`] (direct TCP between nodes), [`nats`] and
 //! [`redis`] (a broker relays messages, through the shared [`broker`] core). Wrappers:
-//! [`Chunked`] (messages of any size; every cluster transport runs inside one) and
-//! [`Partitioned`] (a fault switch for tests). Only [`connect`] names the adapters; each of
+//! [`Signed`] (every message signed with the cluster secret, replays refused), [`Chunked`]
+//! (messages of any size; every cluster transport runs inside both, `Chunked` over `Signed`)
+//! and [`Partitioned`] (a fault switch for tests). Only [`connect`] names the adapters; each of
 //! them depends on this module's contract and the shared parts (`inbox`: fan-out to
 //! subscribers and the counters; `backoff`; `sync`: lock and stop helpers), never on another
 //! adapter.
@@ -44,6 +45,7 @@ pub mod mesh;
 pub mod nats;
 pub mod partition;
 pub mod redis;
+pub mod signed;
 mod sync;
 
 use std::fmt;
@@ -59,6 +61,7 @@ use chunked::{DEFAULT_CHUNK, NATS_CHUNK};
 pub use local::Local;
 pub use mesh::{Mesh, MeshConfig};
 pub use partition::Partitioned;
+pub use signed::Signed;
 
 /// Default capacity of each subscriber's inbound queue (messages).
 pub const DEFAULT_INBOX_CAPACITY: usize = 4096;
@@ -107,6 +110,22 @@ pub struct Stats {
     /// Mesh only: handshakes that failed for a reason worth an operator's attention (wrong
     /// secret, duplicate node name, not speaking our protocol, too slow), either side.
     pub refused: u64,
+    /// Messages refused by [`Signed`], by reason; never delivered.
+    pub rejected: Rejected,
+}
+
+/// Received messages [`Signed`] refused, by reason (see [`signed::Refusal`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rejected {
+    /// Not in the signed format.
+    pub unsigned: u64,
+    /// A tag that does not match (another secret, altered or forged bytes).
+    pub bad_signature: u64,
+    /// Received before, addressed to another node, older than the replay window, or a proof
+    /// answering no challenge.
+    pub replayed: u64,
+    /// From a sender not (yet) proven live to this node, or numbered before its proof.
+    pub unproven: u64,
 }
 
 /// The cluster transport every adapter implements. Object safe: the server holds an
@@ -165,15 +184,19 @@ pub enum ClusterConfig {
     Nats {
         /// e.g. `nats://127.0.0.1:4222`.
         url: String,
-        /// Namespace shared by the nodes of one cluster on a shared broker.
+        /// Namespace of the cluster's channels on the broker; covered by every signature.
         cluster_name: String,
+        /// Shared secret every message is signed with (`--cluster-secret`).
+        secret: String,
     },
     /// A Redis server relays messages with PUBLISH/SUBSCRIBE; see [`redis`].
     Redis {
         /// e.g. `redis://127.0.0.1:6379`.
         url: String,
-        /// Namespace shared by the nodes of one cluster on a shared broker.
+        /// Namespace of the cluster's channels on the broker; covered by every signature.
         cluster_name: String,
+        /// Shared secret every message is signed with (`--cluster-secret`).
+        secret: String,
     },
 }
 
@@ -201,7 +224,7 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The mesh was configured without a shared secret.
+    /// A cluster transport was configured without a shared secret.
     MissingSecret,
     /// A broker (NATS or Redis) could not be reached or refused us.
     BrokerUnreachable {
@@ -227,7 +250,9 @@ impl fmt::Display for Error {
             }
             Error::MissingSecret => write!(
                 f,
-                "the mesh needs a shared secret (--cluster-secret) so that only our nodes can join"
+                "the cluster needs a shared secret (--cluster-secret or ROLLCALL_CLUSTER_SECRET): \
+                 every message between nodes is signed with it, so that nobody else can inject \
+                 or replay presence"
             ),
             Error::BrokerUnreachable { url, reason } => {
                 write!(f, "cannot reach the broker at {url}: {reason}")
@@ -270,28 +295,57 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<(), Error> {
 }
 
 /// Starts the transport `config` names for the node `node_name`. Every transport but `None` is
-/// wrapped in [`Chunked`], so messages of any size get through; all nodes of a cluster must
-/// therefore be started this way.
+/// wrapped in [`Signed`] (with the cluster secret, which is then required) and that in
+/// [`Chunked`], so messages of any size get through and no message without the secret does;
+/// all nodes of a cluster must therefore be started this way.
 ///
 /// Mesh: binds the listen address (fails if it cannot) and starts dialing peers in the background
 /// (unreachable peers are retried, not an error). Brokers: connects once and fails if the broker
 /// cannot be reached, so a typo in the URL is reported at start-up.
 pub async fn connect(node_name: &str, config: ClusterConfig) -> Result<Arc<dyn PubSub>, Error> {
     validate_name("node name", node_name)?;
-    // Every cluster transport carries messages of any size: see [`chunked`].
-    let (inner, chunk): (Arc<dyn PubSub>, usize) = match config {
+    let secret = match &config {
         ClusterConfig::None => return Ok(Arc::new(Local::new(node_name))),
-        ClusterConfig::Mesh(mesh) => (Arc::new(Mesh::start(node_name, mesh).await?), DEFAULT_CHUNK),
-        ClusterConfig::Nats { url, cluster_name } => (
-            Arc::new(nats::connect(node_name, &url, &cluster_name).await?),
-            NATS_CHUNK,
-        ),
-        ClusterConfig::Redis { url, cluster_name } => (
-            Arc::new(redis::connect(node_name, &url, &cluster_name).await?),
-            DEFAULT_CHUNK,
-        ),
+        ClusterConfig::Mesh(mesh) => &mesh.secret,
+        ClusterConfig::Nats { secret, .. } | ClusterConfig::Redis { secret, .. } => secret,
     };
-    Ok(Arc::new(Chunked::new(inner, chunk)))
+    if secret.is_empty() {
+        return Err(Error::MissingSecret);
+    }
+    if secret.len() < 16 {
+        tracing::warn!(
+            "the cluster secret is only {} bytes long: anyone who can capture a message can try \
+             to guess it offline; use 32 or more random bytes",
+            secret.len()
+        );
+    }
+    let secret = secret.clone().into_bytes();
+    // Every cluster transport signs its messages, and carries messages of any size: see
+    // [`signed`] and [`chunked`]. Parts are signed one by one, below the reassembler.
+    // The mesh lists only peers that passed its handshake, so they are challenged at once; a
+    // broker's peers are names heard (anyone can send a name), so a sender is challenged when
+    // its first signed message comes. The broker's cluster name is covered by every tag.
+    let (signed, chunk) = match config {
+        ClusterConfig::None => return Ok(Arc::new(Local::new(node_name))),
+        ClusterConfig::Mesh(mesh) => {
+            let inner = Arc::new(Mesh::start(node_name, mesh).await?);
+            let signed = Signed::over_authenticated_peers(inner, &secret, "");
+            (signed, DEFAULT_CHUNK)
+        }
+        ClusterConfig::Nats {
+            url, cluster_name, ..
+        } => {
+            let inner = Arc::new(nats::connect(node_name, &url, &cluster_name).await?);
+            (Signed::new(inner, &secret, &cluster_name), NATS_CHUNK)
+        }
+        ClusterConfig::Redis {
+            url, cluster_name, ..
+        } => {
+            let inner = Arc::new(redis::connect(node_name, &url, &cluster_name).await?);
+            (Signed::new(inner, &secret, &cluster_name), DEFAULT_CHUNK)
+        }
+    };
+    Ok(Arc::new(Chunked::new(Arc::new(signed), chunk)))
 }
 
 #[cfg(test)]

@@ -84,6 +84,8 @@ pub fn shard_index(topic: &str, shards: usize) -> usize {
 }
 /// The meta field the server sets to the name of the node a member is connected to.
 pub const META_NODE: &str = "node";
+/// The meta fields the tracker adds when it renders a presence; a client's own are dropped.
+pub const RENDERED_FIELDS: [&str; 2] = ["phx_ref", "phx_ref_prev"];
 
 /// The shard timing for `settings` (other knobs at Phoenix's defaults).
 ///
@@ -290,6 +292,10 @@ impl Tracker {
                 last_flush: None,
                 transport_up: HashSet::new(),
                 refused_pools: HashMap::new(),
+                refusals: crate::log_summary::LogSummary::new(
+                    "refused events relayed by other nodes",
+                    crate::log_summary::DEFAULT_INTERVAL,
+                ),
             };
             tokio::spawn(task.run(inputs));
             shards.push(Queue {

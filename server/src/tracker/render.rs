@@ -25,12 +25,19 @@ pub type Listing = Vec<(Arc<str>, Presence)>;
 const MAX_FAST_DEPTH: usize = 64;
 
 /// The meta as clients see it, as a map: the stored fields with `phx_ref` (and `phx_ref_prev`)
-/// inserted, a field of that name in the meta replaced in place.
+/// inserted, a field of that name in the meta replaced in place. Both are the tracker's: a
+/// stored `phx_ref_prev` (which this node never stores, but an older peer might) is removed
+/// when the presence has no previous version.
 pub(crate) fn meta_map(p: &Presence) -> Map<String, Value> {
     let mut map = p.meta_json.to_map();
     map.insert("phx_ref".into(), Value::String(p.phx_ref.to_string()));
-    if let Some(prev) = p.phx_ref_prev {
-        map.insert("phx_ref_prev".into(), Value::String(prev.to_string()));
+    match p.phx_ref_prev {
+        Some(prev) => {
+            map.insert("phx_ref_prev".into(), Value::String(prev.to_string()));
+        }
+        None => {
+            map.shift_remove("phx_ref_prev");
+        }
     }
     map
 }
@@ -369,6 +376,7 @@ mod tests {
             // A meta `serde_json` cannot read back (nested past its limit) renders as `{}`.
             let mut meta = p.meta_json.to_map();
             meta.insert("phx_ref".into(), Value::String(p.phx_ref.to_string()));
+            meta.shift_remove("phx_ref_prev");
             if let Some(prev) = p.phx_ref_prev {
                 meta.insert("phx_ref_prev".into(), Value::String(prev.to_string()));
             }

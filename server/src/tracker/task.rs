@@ -26,7 +26,12 @@ use tokio::time::Instant;
 
 use super::fanout::{Subscriber, Subscriptions};
 use super::watch::{WatchEvent, Watcher, Watchers};
-use super::{relay, Command, ConnId, CHANNEL_RELAY, CHANNEL_TRACKER, COMMAND_QUEUE, META_NODE};
+use super::{
+    relay, Command, ConnId, CHANNEL_RELAY, CHANNEL_TRACKER, COMMAND_QUEUE, META_NODE,
+    RENDERED_FIELDS,
+};
+use crate::channel::check_relay_event;
+use crate::log_summary::LogSummary;
 use crate::metrics::{Metrics, TrackerGauges};
 use crate::pubsub::{Envelope, PubSub};
 
@@ -106,6 +111,8 @@ pub(super) struct TrackerTask {
     pub(super) transport_up: HashSet<String>,
     /// Peers refused for running another pool size, with theirs.
     pub(super) refused_pools: HashMap<String, u16>,
+    /// Relayed events refused from peers, for the log.
+    pub(super) refusals: LogSummary,
 }
 
 /// `Some(true)` for a full-state transfer answer, `Some(false)` for a delta one, `None` for any
@@ -172,6 +179,9 @@ impl TrackerTask {
                 _ = ticks.tick() => {
                     let output = self.shard.tick(self.now_ms());
                     self.apply(output);
+                    if let Some(line) = self.refusals.flush(Instant::now()) {
+                        tracing::warn!("{line}");
+                    }
                 }
                 _ = greetings.tick() => self.greet_new_connections(),
                 _ = sleep_until(flush_at), if flush_at.is_some() => self.flush(),
@@ -319,6 +329,19 @@ impl TrackerTask {
         self.metrics
             .pubsub_in(CHANNEL_RELAY, envelope.payload.len());
         match relay::decode(&envelope.payload) {
+            Ok(relay::Relay { event, .. }) if check_relay_event(&event).is_err() => {
+                // A peer relays only what its clients may send; a reserved name (a forged
+                // `presence_diff`, `phx_reply` or `chan_reply_<ref>`) is refused here too, so
+                // one node cannot make another deliver what only a server sends.
+                self.metrics.relayed_events_refused.inc();
+                let detail = format!("{event:?} from {}", envelope.from);
+                if let Some(line) =
+                    self.refusals
+                        .note(Instant::now(), "reserved event name", &detail)
+                {
+                    tracing::warn!("{line}");
+                }
+            }
             Ok(relay::Relay {
                 topic,
                 event,
@@ -332,7 +355,13 @@ impl TrackerTask {
                 };
                 self.subscriptions.dispatch(&out, None);
             }
-            Err(e) => tracing::warn!(from = envelope.from, "relay dropped: {e}"),
+            Err(e) => {
+                self.metrics.relayed_events_refused.inc();
+                let detail = format!("{e}, from {}", envelope.from);
+                if let Some(line) = self.refusals.note(Instant::now(), "malformed", &detail) {
+                    tracing::warn!("{line}");
+                }
+            }
         }
     }
 
@@ -373,7 +402,7 @@ impl TrackerTask {
                 key,
                 mut meta,
             } => {
-                meta.insert(META_NODE.into(), Value::String(self.node.clone()));
+                self.set_server_fields(&mut meta);
                 match self
                     .shard
                     .track(conn.0, &topic, &key, Meta::from_map(&meta))
@@ -388,7 +417,7 @@ impl TrackerTask {
                 key,
                 mut meta,
             } => {
-                meta.insert(META_NODE.into(), Value::String(self.node.clone()));
+                self.set_server_fields(&mut meta);
                 if let Ok((_, diff)) =
                     self.shard
                         .update(conn.0, &topic, &key, Meta::from_map(&meta))
@@ -440,7 +469,13 @@ impl TrackerTask {
     }
 
     /// Delivers a client event to this node's subscribers and relays it to the other nodes.
+    /// The socket checks the name before it gets here; a reserved one is refused again, as from
+    /// a peer, whoever asks.
     fn broadcast(&self, topic: String, event: String, payload: Payload, except: Option<ConnId>) {
+        if check_relay_event(&event).is_err() {
+            tracing::debug!(event, "not relaying a reserved event name");
+            return;
+        }
         let bytes = relay::encode(&topic, &event, &payload);
         let out = Outbound::Broadcast {
             topic,
@@ -535,7 +570,7 @@ impl TrackerTask {
     }
 
     fn track_new(&mut self, conn: ConnId, topic: &str, key: &str, mut meta: Map<String, Value>) {
-        meta.insert(META_NODE.into(), Value::String(self.node.clone()));
+        self.set_server_fields(&mut meta);
         if let Ok((_, diff)) = self.shard.track(conn.0, topic, key, Meta::from_map(&meta)) {
             if let Some(member) = self.subscriptions.member_mut(topic, conn) {
                 member.listed = true;
@@ -552,13 +587,23 @@ impl TrackerTask {
         if !member.listed {
             return self.track_new(conn, topic, &key, meta);
         }
-        meta.insert(META_NODE.into(), Value::String(self.node.clone()));
+        self.set_server_fields(&mut meta);
         if let Ok((_, diff)) = self
             .shard
             .update(conn.0, topic, &key, Meta::from_map(&meta))
         {
             self.local_change(diff);
         }
+    }
+
+    /// The fields of a meta the tracker owns, whatever the client or app sent: `node` is set
+    /// here; `phx_ref` and `phx_ref_prev` are added when the presence is rendered, so any given
+    /// are removed (phoenix.js matches metas by them).
+    fn set_server_fields(&self, meta: &mut Map<String, Value>) {
+        for field in RENDERED_FIELDS {
+            meta.shift_remove(field);
+        }
+        meta.insert(META_NODE.into(), Value::String(self.node.clone()));
     }
 
     fn leave(&mut self, conn: ConnId, topic: &str) {

@@ -18,7 +18,11 @@ struct Node {
 }
 
 async fn node(name: &str, peers: &[String], window: Duration) -> Node {
-    let mut mesh = MeshConfig::new("127.0.0.1:0", peers.to_vec(), "test-secret");
+    let mut mesh = MeshConfig::new(
+        "127.0.0.1:0",
+        peers.to_vec(),
+        crate::support::broker::SECRET,
+    );
     mesh.ping_interval = Duration::from_millis(200);
     mesh.backoff_min = Duration::from_millis(20);
     mesh.backoff_max = Duration::from_millis(200);

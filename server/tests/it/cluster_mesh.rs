@@ -242,9 +242,17 @@ fn refused_start(args: &[&str]) -> String {
 }
 
 #[test]
-fn a_mesh_without_a_secret_bad_timing_or_a_bad_node_name_stop_the_start_with_the_reason() {
+fn a_cluster_without_a_secret_bad_timing_or_a_bad_node_name_stop_the_start_with_the_reason() {
     let err = refused_start(&["--cluster", "mesh", "--cluster-listen", "127.0.0.1:0"]);
     assert!(err.contains("--cluster-secret"), "{err}");
+    // Brokers too: every message is signed with it (refused before any broker is dialed).
+    for (cluster, flag, url) in [
+        ("nats", "--nats-url", "nats://127.0.0.1:1"),
+        ("redis", "--redis-url", "redis://127.0.0.1:1"),
+    ] {
+        let err = refused_start(&["--cluster", cluster, flag, url]);
+        assert!(err.contains("--cluster-secret"), "{cluster}: {err}");
+    }
     let err = refused_start(&["--broadcast-period-ms", "1000", "--down-period-ms", "1500"]);
     assert!(err.contains("down_period must be at least twice"), "{err}");
     let err = refused_start(&["--node", "no spaces please"]);

@@ -24,6 +24,7 @@ mod pubsub_brokers;
 mod pubsub_mesh;
 mod rooms;
 mod security_cli;
+mod security_cluster;
 mod security_conns;
 mod security_frames;
 mod security_limits;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use crate::support::broker::{free_port, Broker, BrokerKind as Kind};
 use crate::support::pubsub::{
     assert_a_directed_message_reaches_only_its_target,
-    assert_broadcasts_reach_every_other_node_once, msg, print_one_way_latency, recv, wait_until,
-    DEADLINE,
+    assert_broadcasts_reach_every_other_node_once, meet, msg, print_one_way_latency, recv,
+    wait_until, DEADLINE,
 };
 use bytes::Bytes;
 use rollcall_server::pubsub::{connect, Error, Partitioned, PubSub};
@@ -30,6 +30,7 @@ async fn broadcasts_reach_every_other_node_once_and_are_not_echoed(kind: Kind) {
     let a = node(kind, "a", &broker.url()).await;
     let b = node(kind, "b", &broker.url()).await;
     let c = node(kind, "c", &broker.url()).await;
+    meet(&[&a, &b, &c]).await;
     assert_broadcasts_reach_every_other_node_once(&a, &b, &c).await;
 }
 
@@ -38,6 +39,7 @@ async fn a_directed_message_reaches_only_its_target(kind: Kind) {
     let a = node(kind, "a", &broker.url()).await;
     let b = node(kind, "b", &broker.url()).await;
     let c = node(kind, "c", &broker.url()).await;
+    meet(&[&a, &b, &c]).await;
     assert_a_directed_message_reaches_only_its_target(&a, &b, &c).await;
     // A node only hears from peers it has received from.
     assert!(b.peers().iter().any(|p| p.name == "a" && p.up));
@@ -55,6 +57,7 @@ async fn clusters_sharing_a_broker_do_not_hear_each_other(kind: Kind) {
     let b = connect("b", kind.config(&broker.url(), "one"))
         .await
         .expect("b");
+    meet(&[a.as_ref(), b.as_ref()]).await;
     let mut at_b = b.subscribe("t");
     stranger.broadcast("t", msg("other cluster"));
     stranger.send_to("b", "t", msg("other cluster"));
@@ -70,6 +73,7 @@ async fn shutdown_flushes_what_is_queued(kind: Kind) {
     let broker = Broker::start(kind).await;
     let a = node(kind, "a", &broker.url()).await;
     let b = node(kind, "b", &broker.url()).await;
+    meet(&[&a, &b]).await;
     let mut at_b = b.subscribe("t");
     for i in 0..200u32 {
         a.broadcast("t", Bytes::from(i.to_be_bytes().to_vec()));
@@ -93,6 +97,7 @@ async fn delivery_resumes_after_the_broker_restarts(kind: Kind) {
     let mut broker = Broker::start(kind).await;
     let a = node(kind, "a", &broker.url()).await;
     let b = node(kind, "b", &broker.url()).await;
+    meet(&[&a, &b]).await;
     let mut at_b = b.subscribe("t");
     a.broadcast("t", msg("before"));
     assert_eq!(&recv(&mut at_b).await.payload[..], b"before");
@@ -123,12 +128,7 @@ async fn a_partition_cuts_one_node_off_and_healing_restores_it(kind: Kind) {
     let b = node(kind, "b", &broker.url()).await;
     let c = node(kind, "c", &broker.url()).await;
     // A must have heard of B and C (brokers know peers only from their messages).
-    b.broadcast("hello", msg("b"));
-    c.broadcast("hello", msg("c"));
-    wait_until("a hears from b and c", || {
-        a.peers().iter().filter(|p| p.up).count() >= 2
-    })
-    .await;
+    meet(&[&a, &b, &c]).await;
     let mut at_a = a.subscribe("t");
     let mut at_b = b.subscribe("t");
     let mut at_c = c.subscribe("t");
@@ -177,6 +177,7 @@ async fn a_message_larger_than_the_broker_takes_arrives_whole(kind: Kind) {
     let broker = Broker::start(kind).await;
     let a = node(kind, "a", &broker.url()).await;
     let b = node(kind, "b", &broker.url()).await;
+    meet(&[&a, &b]).await;
     let mut at_b = b.subscribe("t");
     let big: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
     a.broadcast("t", Bytes::from(big.clone()));
@@ -232,6 +233,7 @@ async fn measure_broker_latency() {
         let broker = Broker::start(kind).await;
         let a = node(kind, "a", &broker.url()).await;
         let b = node(kind, "b", &broker.url()).await;
+        meet(&[&a, &b]).await;
         let mut at_b = b.subscribe("t");
         print_one_way_latency(&format!("{kind:?}"), &a, &mut at_b).await;
     }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::mesh as raw;
 use crate::support::pubsub::{
     assert_a_directed_message_reaches_only_its_target,
     assert_broadcasts_reach_every_other_node_once, msg, print_one_way_latency, recv, wait_until,
@@ -11,13 +12,13 @@ use crate::support::pubsub::{
 };
 use bytes::Bytes;
 use rollcall_server::pubsub::{
-    connect, ClusterConfig, Error, Mesh, MeshConfig, Partitioned, PubSub,
+    connect, ClusterConfig, Error, Mesh, MeshConfig, Partitioned, PubSub, Signed,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-const SECRET: &str = "test-secret";
+use crate::support::broker::SECRET;
 
 /// Production settings with short timers so failures are noticed quickly in tests.
 fn config(listen: &str, peers: &[String], secret: &str) -> MeshConfig {
@@ -148,57 +149,46 @@ async fn a_node_with_the_wrong_secret_is_refused() {
     assert!(up_peers(&intruder).is_empty());
 }
 
-/// A raw client that speaks the handshake with a made-up proof gets an explicit refusal.
+/// A raw client that sends a made-up proof gets an explicit refusal, and learns nothing about
+/// the node before or after: not its name, address or incarnation, nor a proof of its own.
 #[tokio::test]
-async fn a_wrong_proof_gets_an_authentication_refusal_and_the_connection_closes() {
+async fn a_wrong_proof_gets_an_authentication_refusal_and_nothing_else() {
     let a = node("a", &[]).await;
     let mut s = TcpStream::connect(a.local_addr()).await.expect("connect");
-    let mut hello = vec![1u8, 1];
-    for field in ["mallory", "127.0.0.1:1"] {
-        hello.extend_from_slice(&(field.len() as u16).to_be_bytes());
-        hello.extend_from_slice(field.as_bytes());
-    }
-    hello.extend_from_slice(&[42u8; 32]);
-    hello.extend_from_slice(&7u64.to_be_bytes());
-    write_frame(&mut s, &hello).await;
-    let their_hello = read_frame(&mut s).await.expect("hello from a");
-    assert_eq!(their_hello.first(), Some(&1u8));
-    let mut auth = vec![2u8];
-    auth.extend_from_slice(&[0u8; 32]);
-    write_frame(&mut s, &auth).await;
-    // A may send its own proof before it reads ours; the refusal follows.
-    let mut reject = read_frame(&mut s).await.expect("a frame");
-    if reject.first() == Some(&2) {
-        reject = read_frame(&mut s).await.expect("the refusal");
-    }
-    assert_eq!(reject.first(), Some(&3u8), "a reject frame");
+    raw::write_frame(&mut s, &raw::hello(&[42u8; 32])).await;
+    let their_hello = raw::read_frame(&mut s).await.expect("hello from a");
+    assert_eq!(
+        their_hello.len(),
+        34,
+        "kind, version, nonce: {their_hello:?}"
+    );
+    assert_eq!(&their_hello[..2], &[raw::HELLO, raw::VERSION]);
+    raw::write_frame(
+        &mut s,
+        &raw::auth("wrong", b'D', &[42u8; 32], &their_hello[2..]),
+    )
+    .await;
+    let reject = raw::read_frame(&mut s).await.expect("the refusal");
+    assert_eq!(
+        reject.first(),
+        Some(&raw::REJECT),
+        "a reject frame: {reject:?}"
+    );
     let reason = String::from_utf8_lossy(&reject[3..]).to_string();
-    assert!(reason.contains("authentication failed"), "reason: {reason}");
+    assert_eq!(reason, "authentication failed");
     assert!(
-        read_frame(&mut s).await.is_none(),
+        raw::read_frame(&mut s).await.is_none(),
         "then the connection closes"
     );
     assert!(up_peers(&a).is_empty());
 }
 
-async fn write_frame(s: &mut TcpStream, body: &[u8]) {
-    s.write_all(&(body.len() as u32).to_be_bytes())
-        .await
-        .expect("write");
-    s.write_all(body).await.expect("write");
-}
-
-/// Reads one frame body, or `None` once the peer closed.
-async fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
-    timeout(DEADLINE, async {
-        let mut len = [0u8; 4];
-        s.read_exact(&mut len).await.ok()?;
-        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-        s.read_exact(&mut body).await.ok()?;
-        Some(body)
-    })
-    .await
-    .expect("the peer answers or closes before the deadline")
+/// With the secret, the same raw client gets the node's proof and then its identity.
+#[tokio::test]
+async fn the_right_proof_gets_the_nodes_proof_and_identity() {
+    let a = node("a", &[]).await;
+    let mut s = TcpStream::connect(a.local_addr()).await.expect("connect");
+    assert_eq!(raw::handshake(&mut s, "raw", SECRET, b'D').await, "a");
 }
 
 #[tokio::test]
@@ -355,43 +345,8 @@ async fn raw_authenticated_peer(target: &Mesh, name: &str, secret: &str) -> TcpS
     let mut s = TcpStream::connect(target.local_addr())
         .await
         .expect("connect");
-    raw_handshake(&mut s, name, secret, b'D').await;
+    raw::handshake(&mut s, name, secret, b'D').await;
     s
-}
-
-/// Speaks our side of the handshake on `s` (`role` `D` dialer or `A` acceptor); returns the
-/// other node's name.
-async fn raw_handshake(s: &mut TcpStream, name: &str, secret: &str, role: u8) -> String {
-    use hmac::{Hmac, Mac};
-    let nonce = [5u8; 32];
-    let mut hello = vec![1u8, 1];
-    for field in [name, "127.0.0.1:1"] {
-        hello.extend_from_slice(&(field.len() as u16).to_be_bytes());
-        hello.extend_from_slice(field.as_bytes());
-    }
-    hello.extend_from_slice(&nonce);
-    hello.extend_from_slice(&99u64.to_be_bytes());
-    write_frame(s, &hello).await;
-    let theirs = read_frame(s).await.expect("hello");
-    let name_len = usize::from(u16::from_be_bytes([theirs[2], theirs[3]]));
-    let their_name = String::from_utf8(theirs[4..4 + name_len].to_vec()).expect("utf-8");
-    // Their nonce sits before the trailing 8-byte incarnation.
-    let their_nonce = &theirs[theirs.len() - 40..theirs.len() - 8];
-    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("key");
-    mac.update(b"rollcall-mesh-auth-v1");
-    mac.update(&[role]);
-    mac.update(&nonce);
-    mac.update(their_nonce);
-    for n in [name, their_name.as_str()] {
-        mac.update(&(n.len() as u32).to_be_bytes());
-        mac.update(n.as_bytes());
-    }
-    let mut auth = vec![2u8];
-    auth.extend_from_slice(&mac.finalize().into_bytes());
-    write_frame(s, &auth).await;
-    let their_auth = read_frame(s).await.expect("auth");
-    assert_eq!(their_auth.first(), Some(&2u8), "accepted");
-    their_name
 }
 
 #[tokio::test]
@@ -410,7 +365,7 @@ async fn a_restarted_peer_replaces_its_hung_old_connection_at_once() {
         .await
         .expect("a dials")
         .expect("accept");
-    assert_eq!(raw_handshake(&mut hung, "b", SECRET, b'A').await, "a");
+    assert_eq!(raw::handshake(&mut hung, "b", SECRET, b'A').await, "a");
     wait_until("a sees the old b", || up_peers(&a).contains(&"b".into())).await;
 
     // The new "b" (another incarnation) dials A: its connection loses the tie-break by
@@ -430,29 +385,32 @@ async fn an_authenticated_peer_sending_a_bad_frame_is_cut_off_alone() {
     let mut at_a = a.subscribe("t");
     let mut at_b = b.subscribe("t");
 
-    let mut raw = raw_authenticated_peer(&a, "raw", SECRET).await;
+    let mut rogue = raw_authenticated_peer(&a, "raw", SECRET).await;
     wait_until("a sees the raw peer", || {
         up_peers(&a).contains(&"raw".into())
     })
     .await;
     // A well-formed data frame from it is delivered like any peer's...
-    write_frame(&mut raw, b"\x04\x01thello").await;
+    raw::write_frame(&mut rogue, b"\x04\x01thello").await;
     let got = recv(&mut at_a).await;
     assert_eq!(
         (got.from.as_str(), &got.payload[..]),
         ("raw", &b"hello"[..])
     );
     // ...an unknown frame kind gets it disconnected...
-    write_frame(&mut raw, b"\x63junk").await;
+    raw::write_frame(&mut rogue, b"\x63junk").await;
     wait_until("a drops the raw peer", || {
         !up_peers(&a).contains(&"raw".into())
     })
     .await;
-    while read_frame(&mut raw).await.is_some() {}
+    while raw::read_frame(&mut rogue).await.is_some() {}
     // ...and so does an oversized length prefix, never allocating it.
-    let mut raw = raw_authenticated_peer(&a, "raw", SECRET).await;
-    raw.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
-    while read_frame(&mut raw).await.is_some() {}
+    let mut rogue = raw_authenticated_peer(&a, "raw", SECRET).await;
+    rogue
+        .write_all(&u32::MAX.to_be_bytes())
+        .await
+        .expect("write");
+    while raw::read_frame(&mut rogue).await.is_some() {}
     wait_until("a drops the raw peer again", || {
         !up_peers(&a).contains(&"raw".into())
     })
@@ -627,24 +585,31 @@ async fn the_rest_of_the_mesh_survives_the_death_of_the_seed() {
 }
 
 #[tokio::test]
-async fn a_malformed_part_counts_as_dropped_inbound_not_as_a_refused_handshake() {
-    // `a` speaks the raw mesh (no chunk header): to `b`, which goes through `connect`, its
-    // payloads are malformed cluster messages.
-    let a = node("a", &[]).await;
+async fn a_malformed_part_counts_as_dropped_inbound_and_an_unsigned_message_as_rejected() {
+    // `a` signs (so `b`, which goes through `connect`, takes its messages) but does not chunk:
+    // to `b`, its payloads are malformed cluster messages.
+    let raw_a = Arc::new(node("a", &[]).await);
+    let a = Signed::over_authenticated_peers(raw_a.clone(), SECRET.as_bytes(), "");
     let b = connect(
         "b",
-        ClusterConfig::Mesh(config("127.0.0.1:0", &[addr(&a)], SECRET)),
+        ClusterConfig::Mesh(config("127.0.0.1:0", &[addr(&raw_a)], SECRET)),
     )
     .await
     .expect("b");
-    wait_until("a and b connect", || {
-        up_peers(&a) == ["b"] && b.peers().iter().any(|p| p.up)
+    let mut at_b = b.subscribe("t");
+    wait_until("a and b prove themselves to each other", || {
+        up_peers(&a) == ["b"] && up_peers(b.as_ref()) == ["a"]
     })
     .await;
-    let mut at_b = b.subscribe("t");
     a.broadcast("t", msg("\u{7}not a chunk"));
     wait_until("b drops the malformed part", || {
         b.stats().dropped_inbound >= 1
+    })
+    .await;
+    // Straight through the mesh, unsigned: refused before the reassembler sees it.
+    raw_a.broadcast("t", msg("\u{0}unsigned"));
+    wait_until("b refuses the unsigned message", || {
+        b.stats().rejected.unsigned >= 1
     })
     .await;
     assert_eq!(b.stats().refused, 0, "no handshake was refused");

@@ -185,6 +185,7 @@ async fn reserved_and_malformed_event_names_get_an_error_reply() {
     for (event, reason) in [
         ("phx_custom", "reserved event name"),
         ("presence_diff", "reserved event name"),
+        ("chan_reply_3", "reserved event name"),
         (
             "bad name",
             "invalid event name: use 1-64 characters of A-Z a-z 0-9 _ : . -",
@@ -201,6 +202,99 @@ async fn reserved_and_malformed_event_names_get_an_error_reply() {
             "event {event:?}"
         );
     }
+}
+
+/// phoenix.js hands an event named `chan_reply_<ref>` to the push waiting on that ref: a member
+/// that could relay one would answer another member's push in its place.
+#[tokio::test]
+async fn a_member_cannot_relay_a_reply_into_another_members_push() {
+    let server = start_default().await;
+    let mut mallory = Client::user(&server, "mallory").await;
+    let mut alice = Client::user(&server, "alice").await;
+    let jm = mallory.join("room:r", json!({})).await;
+    alice.join("room:r", json!({})).await;
+    mallory.sync().await;
+    alice.sync().await;
+    for event in [
+        "chan_reply_4",
+        "phx_reply",
+        "presence_diff",
+        "presence_state",
+    ] {
+        let r = mallory
+            .push(
+                &jm,
+                "room:r",
+                event,
+                json!({"status": "ok", "response": {"forged": true}}),
+            )
+            .await;
+        assert_eq!(
+            mallory.recv_json().await,
+            json!([jm, r, "room:r", "phx_reply", {"status": "error", "response": {"reason": "reserved event name"}}]),
+            "{event}"
+        );
+    }
+    mallory.push(&jm, "room:r", "shout", json!({"n": 1})).await;
+    // The first relayed event alice gets is the ordinary one.
+    let first = alice.recv_until(|v| !is_diff(v)).await;
+    assert_eq!(first, json!([null, null, "room:r", "shout", {"n": 1}]));
+}
+
+/// `phx_ref` and `phx_ref_prev` are the tracker's, `online_at` and `node` the server's: what a
+/// client puts in those fields of its meta, on join or on track, is never what others see.
+#[tokio::test]
+async fn a_clients_own_server_fields_in_a_meta_are_replaced_on_join_and_on_track() {
+    let server = start_default().await;
+    let mut watcher = Client::user(&server, "watcher").await;
+    watcher.join("room:f", json!({})).await;
+    watcher.sync().await;
+    let forged = json!({
+        "status": "here",
+        "phx_ref": "mine",
+        "phx_ref_prev": "someone-elses",
+        "online_at": 1,
+        "node": "elsewhere",
+    });
+    let mut m = Client::user(&server, "m").await;
+    let jm = m.join("room:f", json!({"meta": forged})).await;
+    let joined = watcher
+        .recv_until(|v| is_diff(v) && v[4]["joins"].get("m").is_some())
+        .await;
+    let meta = &metas(&joined[4]["joins"], "m")[0];
+    assert_eq!(meta["status"], "here");
+    assert!(
+        meta["phx_ref"].is_string() && meta["phx_ref"] != "mine",
+        "{meta}"
+    );
+    assert!(
+        meta.get("phx_ref_prev").is_none(),
+        "a first track has none: {meta}"
+    );
+    assert!(meta["online_at"].as_u64().is_some_and(|t| t > 1), "{meta}");
+    assert_ne!(meta["node"], "elsewhere");
+    let first_ref = meta["phx_ref"].clone();
+
+    m.push(&jm, "room:f", "track", forged.clone()).await;
+    let updated = watcher
+        .recv_until(|v| is_diff(v) && v[4]["joins"].get("m").is_some())
+        .await;
+    let meta = &metas(&updated[4]["joins"], "m")[0];
+    assert_eq!(
+        meta["phx_ref_prev"], first_ref,
+        "the previous version's ref: {meta}"
+    );
+    assert!(
+        meta["phx_ref"] != "mine" && meta["phx_ref"] != first_ref,
+        "{meta}"
+    );
+    assert_ne!(meta["online_at"], 1);
+    assert_ne!(meta["node"], "elsewhere");
+    // The state a newcomer gets says the same.
+    let mut late = Client::user(&server, "late").await;
+    late.join("room:f", json!({})).await;
+    let state = late.recv_until(|v| v[3] == "presence_state").await;
+    assert_eq!(&metas(&state[4], "m")[0], meta);
 }
 
 #[tokio::test]

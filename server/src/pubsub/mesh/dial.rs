@@ -18,9 +18,19 @@ use crate::pubsub::sync::{lock, stopped};
 
 pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     let mut stop = shared.stop.subscribe();
+    // Refusals are summarised, never logged one by one: anyone who can reach the port can
+    // make them (a connect loop would otherwise fill the disk).
+    let mut summarise = tokio::time::interval(shared.refusals.interval());
+    summarise.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (stream, remote) = tokio::select! {
             _ = stopped(&mut stop) => return,
+            _ = summarise.tick() => {
+                if let Some(line) = shared.refusals.flush(tokio::time::Instant::now()) {
+                    warn!("{line}");
+                }
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -32,7 +42,7 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             },
         };
         let Ok(permit) = shared.handshakes.clone().try_acquire_owned() else {
-            warn!(%remote, "too many cluster handshakes in progress; closing the new one");
+            shared.refuse("too many handshakes in progress", remote);
             continue;
         };
         let shared = shared.clone();
@@ -53,7 +63,8 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 }
                 Err(e) => {
                     shared.inbox.counters.add_refused();
-                    warn!(%remote, reason = %e, "refused cluster connection");
+                    debug!(%remote, reason = %e, "refused cluster connection");
+                    shared.refuse(e.reason(), remote);
                 }
             }
         });
@@ -137,7 +148,7 @@ pub(super) async fn dial_loop(shared: Arc<Shared>, addr: String) {
             Err(e) => {
                 if matches!(
                     e,
-                    HandshakeError::AuthFailed(_)
+                    HandshakeError::AuthFailed
                         | HandshakeError::Refused(_)
                         | HandshakeError::DuplicateName(_)
                         | HandshakeError::Protocol(_)

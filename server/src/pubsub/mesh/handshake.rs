@@ -1,7 +1,17 @@
-//! Meeting a peer: both sides send `Hello` at once, then each sends `Auth` = HMAC(secret,
-//! label, own role, own nonce, other nonce, own name, other name) and checks the other's proof
-//! in constant time. The secret never crosses the wire; fresh nonces on both sides stop replay,
-//! and the role byte plus refusing our own name stop a proof from being reflected back at us.
+//! Meeting a peer, saying nothing about ourselves until it has proven the cluster secret.
+//!
+//! 1. Both sides send `Hello`: a protocol version and a fresh 32-byte nonce, nothing else.
+//! 2. The dialer sends `Auth` = HMAC(secret, label, `D`, its nonce, the acceptor's nonce).
+//! 3. The acceptor checks it in constant time; a wrong proof gets `Reject` and the connection
+//!    closes, so a stranger that connects learns a random nonce and nothing more. Only then does
+//!    the acceptor send its own `Auth` (role `A`) and its `Identify` (name, advertised address,
+//!    incarnation, with an HMAC binding them to both nonces).
+//! 4. The dialer checks the acceptor's proof the same way before it sends its own `Identify`.
+//!
+//! The secret never crosses the wire; fresh nonces on both sides stop replay, the role byte
+//! stops a proof from being reflected back at its maker, and a peer that echoes our nonce is
+//! refused. A node we dial that is not ours sees our proof over its own nonce (which is of use
+//! only to relay this very connection), never our name.
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,13 +25,15 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use super::wire::{
-    decode_auth, decode_hello, encode_auth, encode_hello, encode_reject, get_str16, read_frame,
-    KIND_REJECT, MAX_HANDSHAKE_FRAME,
+    decode_auth, decode_hello, decode_identify, encode_auth, encode_hello, encode_identify,
+    encode_reject, get_str16, read_frame, Identity, KIND_REJECT, MAX_HANDSHAKE_FRAME,
 };
 use super::Shared;
 
 /// Domain-separation label mixed into every proof.
-const AUTH_LABEL: &[u8] = b"rollcall-mesh-auth-v1";
+const AUTH_LABEL: &[u8] = b"rollcall-mesh-auth-v2";
+/// Domain-separation label of the MAC over an `Identify`.
+const IDENTIFY_LABEL: &[u8] = b"rollcall-mesh-identify-v2";
 
 /// A finished handshake, ready to be registered.
 pub(super) struct Established {
@@ -40,8 +52,23 @@ pub(super) enum HandshakeError {
     Protocol(String),
     SelfConnection,
     DuplicateName(String),
-    AuthFailed(String),
+    AuthFailed,
     Refused(String),
+}
+
+impl HandshakeError {
+    /// A short fixed text for log summaries and the `Reject` frame.
+    pub(super) fn reason(&self) -> &'static str {
+        match self {
+            HandshakeError::Io(_) => "connection lost",
+            HandshakeError::Timeout => "handshake timed out",
+            HandshakeError::Protocol(_) => "protocol error",
+            HandshakeError::SelfConnection => "connection to ourselves",
+            HandshakeError::DuplicateName(_) => "duplicate node name",
+            HandshakeError::AuthFailed => "authentication failed",
+            HandshakeError::Refused(_) => "refused by the peer",
+        }
+    }
 }
 
 impl std::fmt::Display for HandshakeError {
@@ -55,9 +82,9 @@ impl std::fmt::Display for HandshakeError {
                 f,
                 "another node also calls itself {n:?}; every node needs a unique --node name"
             ),
-            HandshakeError::AuthFailed(n) => write!(
+            HandshakeError::AuthFailed => write!(
                 f,
-                "authentication failed for node {n:?}: its --cluster-secret differs from ours"
+                "authentication failed: the peer's --cluster-secret differs from ours"
             ),
             HandshakeError::Refused(r) => write!(f, "refused by the peer: {r}"),
         }
@@ -81,92 +108,153 @@ pub(super) async fn handshake(
     let (read, mut writer) = stream.into_split();
     let mut reader = BufReader::new(read);
     let nonce: [u8; 32] = rand::random();
-    let result = handshake_steps(shared, &mut reader, &mut writer, remote, we_dial, &nonce).await;
-    let (name, addr, incarnation) = match result {
-        Ok(found) => found,
+    let result = handshake_steps(shared, &mut reader, &mut writer, we_dial, &nonce).await;
+    let peer = match result {
+        Ok(peer) => peer,
         Err(e) => {
-            let reason = match &e {
-                HandshakeError::AuthFailed(_) => {
-                    Some("authentication failed: cluster secrets differ")
-                }
-                HandshakeError::DuplicateName(_) => Some("duplicate node name"),
-                HandshakeError::Protocol(_) => Some("protocol error"),
-                _ => None,
-            };
-            if let Some(reason) = reason {
-                let _ = writer.write_all(&encode_reject(reason)).await;
+            if matches!(
+                e,
+                HandshakeError::AuthFailed
+                    | HandshakeError::DuplicateName(_)
+                    | HandshakeError::Protocol(_)
+            ) {
+                let _ = writer.write_all(&encode_reject(e.reason())).await;
                 let _ = writer.shutdown().await;
             }
             return Err(e);
         }
     };
     Ok(Established {
-        name,
-        addr,
-        incarnation,
+        name: peer.name,
+        addr: effective_addr(&peer.advertise, remote),
+        incarnation: peer.incarnation,
         we_dialed: we_dial,
         reader,
         writer,
     })
 }
 
+/// Both nonces of a handshake and our role in it: what every proof and MAC is bound to.
+struct Session<'a> {
+    secret: &'a [u8],
+    ours: &'a [u8; 32],
+    theirs: [u8; 32],
+    our_role: u8,
+    their_role: u8,
+}
+
+impl Session<'_> {
+    fn mac(&self, label: &[u8], role: u8) -> Result<Hmac<Sha256>, HandshakeError> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.secret)
+            .map_err(|_| HandshakeError::Protocol("unusable cluster secret".into()))?;
+        mac.update(label);
+        mac.update(&[role]);
+        // The maker's nonce first, so that the two roles' inputs never coincide.
+        let (first, second) = if role == self.our_role {
+            (self.ours, &self.theirs)
+        } else {
+            (&self.theirs, self.ours)
+        };
+        mac.update(first);
+        mac.update(second);
+        Ok(mac)
+    }
+
+    fn our_proof(&self) -> Result<Bytes, HandshakeError> {
+        let proof = self.mac(AUTH_LABEL, self.our_role)?.finalize().into_bytes();
+        Ok(encode_auth(&proof))
+    }
+
+    fn check_their_proof(&self, proof: &[u8; 32]) -> Result<(), HandshakeError> {
+        self.mac(AUTH_LABEL, self.their_role)?
+            .verify_slice(proof)
+            .map_err(|_| HandshakeError::AuthFailed)
+    }
+
+    fn identity_mac(&self, role: u8, id: &Identity) -> Result<Hmac<Sha256>, HandshakeError> {
+        let mut mac = self.mac(IDENTIFY_LABEL, role)?;
+        for field in [id.name.as_bytes(), id.advertise.as_bytes()] {
+            mac.update(&(field.len() as u32).to_be_bytes());
+            mac.update(field);
+        }
+        mac.update(&id.incarnation.to_be_bytes());
+        Ok(mac)
+    }
+
+    fn our_identify(&self, id: &Identity) -> Result<Bytes, HandshakeError> {
+        let mac = self
+            .identity_mac(self.our_role, id)?
+            .finalize()
+            .into_bytes();
+        Ok(encode_identify(id, &mac))
+    }
+
+    fn read_their_identify(&self, frame: Bytes) -> Result<Identity, HandshakeError> {
+        let (id, mac) = decode_identify(frame).map_err(HandshakeError::Protocol)?;
+        self.identity_mac(self.their_role, &id)?
+            .verify_slice(&mac)
+            .map_err(|_| HandshakeError::AuthFailed)?;
+        Ok(id)
+    }
+}
+
 async fn handshake_steps(
     shared: &Arc<Shared>,
     reader: &mut BufReader<OwnedReadHalf>,
     writer: &mut OwnedWriteHalf,
-    remote: SocketAddr,
     we_dial: bool,
     nonce: &[u8; 32],
-) -> Result<(String, String, u64), HandshakeError> {
-    writer
-        .write_all(&encode_hello(
-            &shared.name,
-            &shared.advertise,
-            nonce,
-            shared.incarnation,
-        ))
-        .await?;
+) -> Result<Identity, HandshakeError> {
+    writer.write_all(&encode_hello(nonce)).await?;
     let hello = read_handshake_frame(reader).await?;
-    let (their_name, their_advertise, their_nonce, their_incarnation) =
-        decode_hello(hello).map_err(HandshakeError::Protocol)?;
-    if their_name == shared.name {
-        if their_incarnation == shared.incarnation {
-            return Err(HandshakeError::SelfConnection);
-        }
-        return Err(HandshakeError::DuplicateName(their_name));
-    }
+    let their_nonce = decode_hello(hello).map_err(HandshakeError::Protocol)?;
     if &their_nonce == nonce {
         return Err(HandshakeError::Protocol("peer echoed our nonce".into()));
     }
     let (our_role, their_role) = if we_dial { (b'D', b'A') } else { (b'A', b'D') };
-    let ours = proof(
-        &shared.secret,
+    let session = Session {
+        secret: &shared.secret,
+        ours: nonce,
+        theirs: their_nonce,
         our_role,
-        nonce,
-        &their_nonce,
-        &shared.name,
-        &their_name,
-    )?
-    .finalize()
-    .into_bytes();
-    writer.write_all(&encode_auth(&ours)).await?;
-    let auth = read_handshake_frame(reader).await?;
-    let their_proof = decode_auth(auth).map_err(HandshakeError::Protocol)?;
-    proof(
-        &shared.secret,
         their_role,
-        &their_nonce,
-        nonce,
-        &their_name,
-        &shared.name,
-    )?
-    .verify_slice(&their_proof)
-    .map_err(|_| HandshakeError::AuthFailed(their_name.clone()))?;
-    Ok((
-        their_name,
-        effective_addr(&their_advertise, remote),
-        their_incarnation,
-    ))
+    };
+    let ours = Identity {
+        name: shared.name.clone(),
+        advertise: shared.advertise.clone(),
+        incarnation: shared.incarnation,
+    };
+    if we_dial {
+        writer.write_all(&session.our_proof()?).await?;
+        session.check_their_proof(&read_auth(reader).await?)?;
+        let theirs = session.read_their_identify(read_handshake_frame(reader).await?)?;
+        check_identity(shared, &theirs)?;
+        writer.write_all(&session.our_identify(&ours)?).await?;
+        Ok(theirs)
+    } else {
+        session.check_their_proof(&read_auth(reader).await?)?;
+        writer.write_all(&session.our_proof()?).await?;
+        writer.write_all(&session.our_identify(&ours)?).await?;
+        let theirs = session.read_their_identify(read_handshake_frame(reader).await?)?;
+        check_identity(shared, &theirs)?;
+        Ok(theirs)
+    }
+}
+
+/// Refuses a peer that is ourselves (our own address in the seed list) or that has our name.
+fn check_identity(shared: &Shared, theirs: &Identity) -> Result<(), HandshakeError> {
+    if theirs.name != shared.name {
+        return Ok(());
+    }
+    if theirs.incarnation == shared.incarnation {
+        return Err(HandshakeError::SelfConnection);
+    }
+    Err(HandshakeError::DuplicateName(theirs.name.clone()))
+}
+
+async fn read_auth(reader: &mut BufReader<OwnedReadHalf>) -> Result<[u8; 32], HandshakeError> {
+    let frame = read_handshake_frame(reader).await?;
+    decode_auth(frame).map_err(HandshakeError::Protocol)
 }
 
 async fn read_handshake_frame(
@@ -185,28 +273,6 @@ async fn read_handshake_frame(
         return Err(HandshakeError::Refused(reason));
     }
     Ok(frame)
-}
-
-/// Our side of the proof for a handshake.
-fn proof(
-    secret: &[u8],
-    role: u8,
-    own_nonce: &[u8; 32],
-    other_nonce: &[u8; 32],
-    own: &str,
-    other: &str,
-) -> Result<Hmac<Sha256>, HandshakeError> {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
-        .map_err(|_| HandshakeError::Protocol("unusable cluster secret".into()))?;
-    mac.update(AUTH_LABEL);
-    mac.update(&[role]);
-    mac.update(own_nonce);
-    mac.update(other_nonce);
-    for name in [own, other] {
-        mac.update(&(name.len() as u32).to_be_bytes());
-        mac.update(name.as_bytes());
-    }
-    Ok(mac)
 }
 
 /// The address to dial a node at: its advertised address, with an unspecified host replaced by

@@ -43,6 +43,7 @@ use tracing::{debug, info, warn};
 use super::inbox::Inbox;
 use super::sync::lock;
 use super::{validate_name, Envelope, Error, PeerInfo, PubSub, Stats, DEFAULT_INBOX_CAPACITY};
+use crate::log_summary::LogSummary;
 use dial::{accept_loop, dial_loop, resolve_loop};
 use handshake::Established;
 pub use wire::MAX_FRAME;
@@ -86,6 +87,8 @@ pub struct MeshConfig {
     pub queue_capacity: usize,
     /// Messages queued per subscriber before new ones are dropped.
     pub inbox_capacity: usize,
+    /// Refused incoming connections are logged once, then summarised at most this often.
+    pub log_interval: Duration,
 }
 
 impl MeshConfig {
@@ -106,6 +109,7 @@ impl MeshConfig {
             forget_after: Duration::from_secs(600),
             queue_capacity: 4096,
             inbox_capacity: DEFAULT_INBOX_CAPACITY,
+            log_interval: crate::log_summary::DEFAULT_INTERVAL,
         }
     }
 }
@@ -137,6 +141,8 @@ struct Shared {
     /// every clone is gone, i.e. every queue is flushed.
     drain: Mutex<Option<mpsc::Sender<()>>>,
     drained: tokio::sync::Mutex<mpsc::Receiver<()>>,
+    /// Refused incoming connections, for the log (one line per interval).
+    refusals: LogSummary,
 }
 
 #[derive(Default)]
@@ -199,6 +205,7 @@ impl Mesh {
             .unwrap_or_else(|| local_addr.to_string());
         let (stop, _) = watch::channel(false);
         let (drain_tx, drain_rx) = mpsc::channel(1);
+        let config_log_interval = config.log_interval;
         let shared = Arc::new(Shared {
             name: node.to_owned(),
             secret: config.secret.as_bytes().to_vec(),
@@ -213,6 +220,7 @@ impl Mesh {
             handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES)),
             drain: Mutex::new(Some(drain_tx)),
             drained: tokio::sync::Mutex::new(drain_rx),
+            refusals: LogSummary::new("refused cluster connections", config_log_interval),
         });
         info!(node, %local_addr, advertise = %shared.advertise, "cluster mesh listening");
         tokio::spawn(accept_loop(shared.clone(), listener));
@@ -330,6 +338,17 @@ impl Shared {
         match conn.tx.try_send(frame) {
             Ok(()) => self.inbox.counters.add_sent(),
             Err(_) => self.inbox.counters.add_dropped_outbound(),
+        }
+    }
+
+    /// Notes a refused incoming connection for the log.
+    fn refuse(&self, reason: &'static str, remote: SocketAddr) {
+        let detail = format!("from {remote}");
+        if let Some(line) = self
+            .refusals
+            .note(tokio::time::Instant::now(), reason, &detail)
+        {
+            warn!("{line}");
         }
     }
 

@@ -6,12 +6,13 @@
 //!
 //! | kind | body after the kind byte |
 //! | --- | --- |
-//! | 1 `Hello` | version `u8`, name `str16`, advertised address `str16`, nonce `[u8; 32]`, incarnation `u64` |
+//! | 1 `Hello` | version `u8`, nonce `[u8; 32]`: nothing that names the node |
 //! | 2 `Auth` | HMAC-SHA256 proof `[u8; 32]` |
 //! | 3 `Reject` | reason `str16`, sent before closing so the other side can log why |
 //! | 4 `Data` | channel `str8`, then the payload to the end of the frame |
 //! | 5 `Ping`, 6 `Pong` | nothing |
 //! | 7 `Peers` | count `u16`, then `(name str16, address str16)` per known node |
+//! | 8 `Identify` | name `str16`, advertised address `str16`, incarnation `u64`, HMAC-SHA256 `[u8; 32]` binding them to the handshake; sent only to a peer whose proof was checked |
 
 use std::io;
 
@@ -25,7 +26,7 @@ pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Largest frame accepted before authentication (a `Hello` is well under this).
 pub(super) const MAX_HANDSHAKE_FRAME: usize = 4 * 1024;
 /// Protocol version carried in `Hello`.
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 pub(super) const KIND_HELLO: u8 = 1;
 pub(super) const KIND_AUTH: u8 = 2;
@@ -34,6 +35,7 @@ pub(super) const KIND_DATA: u8 = 4;
 pub(super) const KIND_PING: u8 = 5;
 pub(super) const KIND_PONG: u8 = 6;
 pub(super) const KIND_PEERS: u8 = 7;
+pub(super) const KIND_IDENTIFY: u8 = 8;
 
 /// Reads one frame body (kind byte first). `Ok(None)` is a clean close between frames.
 pub(super) async fn read_frame<R: AsyncRead + Unpin>(
@@ -81,19 +83,31 @@ pub(super) fn encode_empty(kind: u8) -> Bytes {
     frame(kind, 0, |_| {})
 }
 
-pub(super) fn encode_hello(
-    name: &str,
-    advertise: &str,
-    nonce: &[u8; 32],
-    incarnation: u64,
-) -> Bytes {
-    frame(KIND_HELLO, 45 + name.len() + advertise.len(), |b| {
+pub(super) fn encode_hello(nonce: &[u8; 32]) -> Bytes {
+    frame(KIND_HELLO, 33, |b| {
         b.put_u8(VERSION);
-        put_str16(b, name);
-        put_str16(b, advertise);
         b.put_slice(nonce);
-        b.put_u64(incarnation);
     })
+}
+
+/// Who we are, once the peer has proven the secret; `mac` binds it to the handshake.
+pub(super) struct Identity {
+    pub(super) name: String,
+    pub(super) advertise: String,
+    pub(super) incarnation: u64,
+}
+
+pub(super) fn encode_identify(id: &Identity, mac: &[u8]) -> Bytes {
+    frame(
+        KIND_IDENTIFY,
+        44 + id.name.len() + id.advertise.len(),
+        |b| {
+            put_str16(b, &id.name);
+            put_str16(b, &id.advertise);
+            b.put_u64(id.incarnation);
+            b.put_slice(mac);
+        },
+    )
 }
 
 pub(super) fn encode_auth(proof: &[u8]) -> Bytes {
@@ -148,8 +162,8 @@ fn take_utf8(buf: &mut Bytes, len: usize) -> Result<String, String> {
     String::from_utf8(buf.split_to(len).to_vec()).map_err(|_| "string is not UTF-8".into())
 }
 
-/// Reads a `Hello`: the peer's name, advertised address, nonce and incarnation.
-pub(super) fn decode_hello(mut frame: Bytes) -> Result<(String, String, [u8; 32], u64), String> {
+/// Reads a `Hello`: the peer's nonce.
+pub(super) fn decode_hello(mut frame: Bytes) -> Result<[u8; 32], String> {
     let bad = |m: &str| format!("bad hello: {m}");
     if frame.is_empty() || frame.get_u8() != KIND_HELLO {
         return Err(bad(
@@ -162,18 +176,39 @@ pub(super) fn decode_hello(mut frame: Bytes) -> Result<(String, String, [u8; 32]
     let version = frame.get_u8();
     if version != VERSION {
         return Err(bad(&format!(
-            "protocol version {version}, we speak {VERSION}"
+            "protocol version {version}, we speak {VERSION} (every node of a cluster must run the same rollcall release)"
         )));
+    }
+    if frame.remaining() != 32 {
+        return Err(bad("expected a 32-byte nonce"));
+    }
+    let mut nonce = [0u8; 32];
+    frame.copy_to_slice(&mut nonce);
+    Ok(nonce)
+}
+
+/// Reads an `Identify`: the peer's name, advertised address and incarnation, and the MAC over
+/// them.
+pub(super) fn decode_identify(mut frame: Bytes) -> Result<(Identity, [u8; 32]), String> {
+    let bad = |m: &str| format!("bad identify: {m}");
+    if frame.is_empty() || frame.get_u8() != KIND_IDENTIFY {
+        return Err(bad("expected an identify frame"));
     }
     let name = get_str16(&mut frame).map_err(|e| bad(&e))?;
     validate_name("node name", &name).map_err(|e| bad(&e.to_string()))?;
     let advertise = get_str16(&mut frame).map_err(|e| bad(&e))?;
     if frame.remaining() != 40 {
-        return Err(bad("expected a 32-byte nonce and an 8-byte incarnation"));
+        return Err(bad("expected an 8-byte incarnation and a 32-byte MAC"));
     }
-    let mut nonce = [0u8; 32];
-    frame.copy_to_slice(&mut nonce);
-    Ok((name, advertise, nonce, frame.get_u64()))
+    let incarnation = frame.get_u64();
+    let mut mac = [0u8; 32];
+    frame.copy_to_slice(&mut mac);
+    let id = Identity {
+        name,
+        advertise,
+        incarnation,
+    };
+    Ok((id, mac))
 }
 
 /// Reads an `Auth`: the peer's proof.
@@ -205,12 +240,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn truncated_hello_is_an_error_not_a_panic() {
-        let hello = encode_hello("a", "127.0.0.1:1", &[7; 32], 9).slice(4..);
+    fn truncated_handshake_frames_are_errors_not_panics() {
+        let hello = encode_hello(&[7; 32]).slice(4..);
         for cut in 1..hello.len() {
             assert!(decode_hello(hello.slice(..cut)).is_err(), "cut {cut}");
         }
-        assert!(decode_hello(hello).is_ok());
+        assert_eq!(decode_hello(hello), Ok([7; 32]));
+        let id = Identity {
+            name: "a".into(),
+            advertise: "127.0.0.1:1".into(),
+            incarnation: 9,
+        };
+        let identify = encode_identify(&id, &[3; 32]).slice(4..);
+        for cut in 1..identify.len() {
+            assert!(decode_identify(identify.slice(..cut)).is_err(), "cut {cut}");
+        }
+        let (back, mac) = decode_identify(identify).expect("decodes");
+        assert_eq!(
+            (back.name.as_str(), back.incarnation, mac),
+            ("a", 9, [3; 32])
+        );
+    }
+
+    #[test]
+    fn a_hello_carries_a_version_and_a_nonce_only() {
+        // Nothing in it names the node, its address or its incarnation.
+        assert_eq!(encode_hello(&[0; 32]).len(), 4 + 1 + 1 + 32);
     }
 
     #[test]

@@ -10,6 +10,9 @@ use rollcall_server::pubsub::ClusterConfig;
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout};
 
+/// The cluster secret the tests' nodes share.
+pub const SECRET: &str = "a-cluster-secret-for-the-tests";
+
 /// How long a broker may take to listen.
 const START_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -57,16 +60,26 @@ impl BrokerKind {
         }
     }
 
-    /// The adapter configuration for a node on `url` in cluster `cluster`.
+    /// The adapter configuration for a node on `url` in cluster `cluster`, signing with
+    /// [`SECRET`].
     pub fn config(self, url: &str, cluster: &str) -> ClusterConfig {
+        self.config_with_secret(url, cluster, SECRET)
+    }
+
+    /// The adapter configuration for a node on `url` in cluster `cluster`, signing with
+    /// `secret`.
+    pub fn config_with_secret(self, url: &str, cluster: &str, secret: &str) -> ClusterConfig {
+        let (url, cluster_name, secret) = (url.to_owned(), cluster.to_owned(), secret.to_owned());
         match self {
             BrokerKind::Nats => ClusterConfig::Nats {
-                url: url.to_owned(),
-                cluster_name: cluster.to_owned(),
+                url,
+                cluster_name,
+                secret,
             },
             BrokerKind::Redis => ClusterConfig::Redis {
-                url: url.to_owned(),
-                cluster_name: cluster.to_owned(),
+                url,
+                cluster_name,
+                secret,
             },
         }
     }
@@ -196,6 +209,8 @@ impl Broker {
             self.url(),
             "--cluster-name".into(),
             self.cluster_name(),
+            "--cluster-secret".into(),
+            SECRET.into(),
         ]
     }
 

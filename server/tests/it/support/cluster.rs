@@ -46,6 +46,8 @@ pub struct Node {
     pub addr: String,
     /// Mesh address, when the node runs the mesh.
     pub cluster_addr: Option<String>,
+    /// Every line the node wrote to stdout (its log) so far.
+    output: Arc<Mutex<Vec<String>>>,
     child: Child,
 }
 
@@ -87,14 +89,38 @@ impl Node {
         })
         .await
         .unwrap_or_else(|_| panic!("{name} did not print its addresses"));
-        // Keep draining stdout so the process never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Keep draining stdout (the log) so the process never blocks on a full pipe.
+        let output: Arc<Mutex<Vec<String>>> = Arc::default();
+        let keep = output.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                keep.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
         Node {
             name: name.to_string(),
             addr: addr.unwrap_or_default(),
             cluster_addr,
+            output,
             child,
         }
+    }
+
+    /// The lines the node has logged so far (after its listening lines).
+    pub fn log_lines(&self) -> Vec<String> {
+        self.output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The value of the `/metrics` sample `sample` (name and labels as written), or 0.
+    pub async fn metric(&self, sample: &str) -> u64 {
+        let (status, body) = http(&self.addr, "GET", "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Starts a mesh node seeded with `peers`.
@@ -105,7 +131,7 @@ impl Node {
             "--cluster-listen",
             "127.0.0.1:0",
             "--cluster-secret",
-            "test-secret",
+            super::broker::SECRET,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -523,7 +549,7 @@ impl Embedded {
             .filter_map(|p| p.cluster_addr.clone())
             .collect();
         // Through `connect`, as the binary does: the same framing of messages on the wire.
-        let mesh = MeshConfig::new("127.0.0.1:0", seeds, "test-secret");
+        let mesh = MeshConfig::new("127.0.0.1:0", seeds, super::broker::SECRET);
         let mesh = connect(name, ClusterConfig::Mesh(mesh))
             .await
             .expect("mesh starts");

@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod cluster;
+pub mod mesh;
 pub mod pubsub;
 pub mod receiver;
 pub mod server;

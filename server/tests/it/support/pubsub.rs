@@ -36,6 +36,37 @@ pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     assert!(waited.is_ok(), "timed out waiting until {what}");
 }
 
+/// Makes every node of `nodes` prove itself to every other: a signed transport (any made by
+/// `connect`) drops a node's messages until it has, which takes a round trip after the first
+/// one arrives. Each node broadcasts on a channel of its own until all list each other up.
+pub async fn meet(nodes: &[&dyn PubSub]) {
+    let _subscriptions: Vec<_> = nodes.iter().map(|n| n.subscribe("meet")).collect();
+    let met = timeout(DEADLINE, async {
+        loop {
+            for n in nodes {
+                n.broadcast("meet", msg("hello"));
+            }
+            let all_up = nodes.iter().all(|n| {
+                let up: Vec<String> = n
+                    .peers()
+                    .into_iter()
+                    .filter(|p| p.up)
+                    .map(|p| p.name)
+                    .collect();
+                nodes
+                    .iter()
+                    .all(|o| o.node() == n.node() || up.iter().any(|u| u == o.node()))
+            });
+            if all_up {
+                return;
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(met.is_ok(), "the nodes did not meet");
+}
+
 /// Checks a connected trio: a broadcast from `a` reaches `b` and `c` once each, in order, and
 /// never comes back to `a` (a broker echoes it; the adapter must drop the echo).
 pub async fn assert_broadcasts_reach_every_other_node_once(

@@ -68,7 +68,14 @@ impl Client {
 
     /// A V2 client with `user_id`.
     pub async fn user(server: &TestServer, user_id: &str) -> Client {
-        Client::connect(server, &format!("vsn=2.0.0&user_id={user_id}")).await
+        Client::user_at(server.addr, user_id).await
+    }
+
+    /// A V2 client with `user_id` of the server at `addr`.
+    pub async fn user_at(addr: SocketAddr, user_id: &str) -> Client {
+        let url = format!("ws://{addr}/socket/websocket?vsn=2.0.0&user_id={user_id}");
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Client { ws, next_ref: 0 }
     }
 
     pub fn next_ref(&mut self) -> String {
