@@ -6,8 +6,9 @@
 //!
 //! Each shard's presence state is a `rollcall_core::tracker::Shard`, a replica of its part of
 //! the cluster's CRDT, driven directly by its task (`task`). Shard `i` replicates with shard `i`
-//! of every other node over the [`PubSub`] adapter on channel `tracker.<i>`, its relayed client
-//! events go on `relay.<i>` ([`relay`]); every node of a cluster must run the same number of
+//! of every other node over the [`PubSub`] adapter on channel `tracker.<i>`; relayed client
+//! events go on [`CHANNEL_RELAY`] ([`relay`]), handled by the shard that owns their topic. Every
+//! node of a cluster must run the same number of
 //! shards (a message says its sender's pool size, and one from a different pool is refused with
 //! an error in the log). Local changes are sent at once (batched over `coalesce`), and a
 //! heartbeat goes out every broadcast period as in Phoenix.
@@ -66,7 +67,8 @@ impl ConnId {
 /// Pubsub channel of the tracker's replication messages (shard `i` uses `tracker.<i>`; this is
 /// the name the metrics count them under).
 pub const CHANNEL_TRACKER: &str = "tracker";
-/// Pubsub channel of relayed client events (shard `i` uses `relay.<i>`).
+/// Pubsub channel of relayed client events (every shard hears them; the topic's owner handles
+/// them).
 pub const CHANNEL_RELAY: &str = "relay";
 /// Commands a shard may have waiting before connections stop reading client frames.
 pub const COMMAND_QUEUE: usize = 4_096;
@@ -268,7 +270,7 @@ impl Tracker {
                 depth: depth.clone(),
                 room: room.clone(),
                 tracker: pubsub.subscribe(&wire.tracker_channel),
-                relay: pubsub.subscribe(&wire.relay_channel),
+                relay: pubsub.subscribe(CHANNEL_RELAY),
             };
             let task = TrackerTask {
                 node: node.clone(),

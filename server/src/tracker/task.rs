@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use super::fanout::{Subscriber, Subscriptions};
 use super::watch::{WatchEvent, Watcher, Watchers};
 use super::{
-    relay, Command, ConnId, CHANNEL_RELAY, CHANNEL_TRACKER, COMMAND_QUEUE, META_NODE,
+    relay, shard_index, Command, ConnId, CHANNEL_RELAY, CHANNEL_TRACKER, COMMAND_QUEUE, META_NODE,
     RENDERED_FIELDS,
 };
 use crate::channel::check_relay_event;
@@ -46,24 +46,27 @@ pub(super) struct Inputs {
     pub(super) relay: mpsc::Receiver<Envelope>,
 }
 
-/// Where one shard's messages go between nodes.
+/// Where one shard's replication messages go between nodes.
 pub(super) struct Wire {
     /// `tracker.<index>`.
     pub(super) tracker_channel: String,
-    /// `relay.<index>`.
-    pub(super) relay_channel: String,
+    /// This shard's index in the pool.
+    index: usize,
+    /// The pool's size.
+    pool: usize,
     /// Pool size and index, prefixed to every replication message.
     header: [u8; 4],
 }
 
 impl Wire {
     pub(super) fn new(index: usize, pool: usize) -> Wire {
-        let pool = u16::try_from(pool).unwrap_or(u16::MAX).to_be_bytes();
+        let size = u16::try_from(pool).unwrap_or(u16::MAX).to_be_bytes();
         let shard = u16::try_from(index).unwrap_or(u16::MAX).to_be_bytes();
         Wire {
             tracker_channel: format!("{CHANNEL_TRACKER}.{index}"),
-            relay_channel: format!("{CHANNEL_RELAY}.{index}"),
-            header: [pool[0], pool[1], shard[0], shard[1]],
+            index,
+            pool,
+            header: [size[0], size[1], shard[0], shard[1]],
         }
     }
 
@@ -326,9 +329,19 @@ impl TrackerTask {
     }
 
     fn handle_relay(&mut self, envelope: &Envelope) {
+        let decoded = relay::decode(&envelope.payload);
+        // Every shard hears every relay; the one that owns its topic (the first, for one that
+        // does not decode) counts and handles it.
+        let owner = match &decoded {
+            Ok(relay) => shard_index(&relay.topic, self.wire.pool),
+            Err(_) => 0,
+        };
+        if owner != self.wire.index {
+            return;
+        }
         self.metrics
             .pubsub_in(CHANNEL_RELAY, envelope.payload.len());
-        match relay::decode(&envelope.payload) {
+        match decoded {
             Ok(relay::Relay { event, .. }) if check_relay_event(&event).is_err() => {
                 // A peer relays only what its clients may send; a reserved name (a forged
                 // `presence_diff`, `phx_reply` or `chan_reply_<ref>`) is refused here too, so
@@ -486,8 +499,7 @@ impl TrackerTask {
         match bytes {
             Some(bytes) => {
                 self.metrics.pubsub_out(CHANNEL_RELAY, bytes.len());
-                self.pubsub
-                    .broadcast(&self.wire.relay_channel, Bytes::from(bytes))
+                self.pubsub.broadcast(CHANNEL_RELAY, Bytes::from(bytes))
             }
             None => tracing::debug!(topic = out.topic(), "relay too large for other nodes"),
         }
