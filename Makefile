@@ -20,7 +20,9 @@ run:
 	cargo build --release -p rollcall-server
 	./target/release/rollcall serve --host $(HOST) --port $(PORT)
 
-## Install what is missing, then run every check and test.
+## Install what is missing, then run every check and test. Nothing may be skipped here: a missing
+## server binary, broker or browser fails the run (as it does whenever CI is set).
+test: export ROLLCALL_REQUIRE_ALL := 1
 test: setup lint rust-test wasm-core npm-test www-test
 	@echo "make test: all checks passed"
 
@@ -33,8 +35,11 @@ lint:
 	python3 scripts/module_graph.py server/src >/dev/null
 	cd npm && node_modules/.bin/biome check .
 
+## Every wait in the tests has its own deadline; the whole run is bounded too, so a hang that
+## slips past them fails in minutes instead of holding CI until its own limit.
+RUST_TEST_TIMEOUT ?= 1800
 rust-test:
-	cargo test --workspace
+	timeout --kill-after=30 $(RUST_TEST_TIMEOUT) cargo test --workspace
 
 ## The core crate must compile for the browser.
 wasm-core:
@@ -57,4 +62,4 @@ www-vendor:
 ## The demo page in a real headless Chromium.
 www-test: npm-build www-vendor
 	cargo build -p rollcall-server
-	node --test www/test/
+	node --test --test-timeout=300000 www/test/

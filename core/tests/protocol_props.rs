@@ -268,9 +268,24 @@ fn decode_everywhere(frame: &Frame) {
     }
 }
 
+/// `config` keeping a failing case for replay in core/proptest-regressions/ (git-ignored), not
+/// next to the sources.
+fn kept_failures(config: ProptestConfig) -> ProptestConfig {
+    ProptestConfig {
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::Direct(
+                "proptest-regressions/protocol_props.txt",
+            ),
+        )),
+        ..config
+    }
+}
+
 // ---- round trips ----
 
 proptest! {
+    #![proptest_config(kept_failures(ProptestConfig::default()))]
+
     #[test]
     fn client_messages_round_trip_through_v2(msg in message()) {
         let frame = Serializer::V2.encode_client(&msg).unwrap();
@@ -330,7 +345,7 @@ proptest! {
 // ---- decoders never panic ----
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+    #![proptest_config(kept_failures(ProptestConfig { cases: 1024, ..ProptestConfig::default() }))]
 
     #[test]
     fn random_bytes_never_panic_a_decoder(bytes in prop::collection::vec(any::<u8>(), 0..64)) {

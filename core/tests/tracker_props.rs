@@ -191,7 +191,15 @@ fn full(s: &State, n: usize) -> StatePayload {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 128,
+        // A failing case is kept for replay in core/proptest-regressions/ (git-ignored), not
+        // next to the sources.
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::Direct("proptest-regressions/tracker_props.txt"),
+        )),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn merge_is_commutative(ops in prop::collection::vec(op(3), 0..40)) {

@@ -1,20 +1,18 @@
 // The whole package as an app uses it — our Socket, Channel and Presence (on the wasm core) —
 // against a real `rollcall` process on 127.0.0.1: two users see each other, a meta update and a
-// leave arrive through onJoin / onLeave / onSync. Skipped, with the reason, while the server
-// binary has not been built (cargo build -p rollcall-server); ROLLCALL_BIN overrides its path.
+// leave arrive through onJoin / onLeave / onSync. The server is built by cargo
+// when stale (locate.mjs); without cargo the suite is skipped, except under make test and CI.
 
 import assert from "node:assert/strict"
 import {spawn} from "node:child_process"
-import fs from "node:fs"
-import path from "node:path"
 import {after, before, test} from "node:test"
-import {fileURLToPath} from "node:url"
 import {Presence, Socket} from "rollcall"
 import WebSocket from "ws"
+import {serverBinary, unavailable} from "./locate.mjs"
 
-const pkgDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
-const bin = process.env.ROLLCALL_BIN || path.resolve(pkgDir, "../target/debug/rollcall")
-const skip = !fs.existsSync(bin) && `rollcall server binary not built at ${bin}`
+const located = serverBinary()
+const bin = located.path
+const skip = unavailable(located.missing || false)
 const DEADLINE_MS = 10000
 
 let server

@@ -6,22 +6,25 @@ import fs from "node:fs"
 import {createRequire} from "node:module"
 import path from "node:path"
 import {fileURLToPath} from "node:url"
+import {serverBinary, unavailable} from "./locate.mjs"
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const require = createRequire(import.meta.url)
 
-/** The server binary (`cargo build -p rollcall-server`); ROLLCALL_BIN overrides where it is looked for. */
-export const binary = process.env.ROLLCALL_BIN || path.resolve(here, "../../target/debug/rollcall")
-/** A skip reason while the binary is missing, else false. */
-export const skipUnbuilt = !fs.existsSync(binary) && `${binary} not built (cargo build -p rollcall-server)`
-/**
- * A server example (`cargo build -p rollcall-server --examples`), e.g. `room_channel`, next to the
- * server binary.
- */
-export const example = name => path.join(path.dirname(binary), "examples", name)
-/** A skip reason while the example `name` is missing, else false. */
-export const skipUnbuiltExample = name =>
-  !fs.existsSync(example(name)) && `${example(name)} not built (cargo build -p rollcall-server --examples)`
+const located = serverBinary()
+/** The server binary, built by cargo when stale (see locate.mjs). */
+export const binary = located.path
+/** A skip reason while the binary is missing, else false (an error when it is required). */
+export const skipUnbuilt = unavailable(located.missing || false)
+const examples = new Map()
+function exampleBinary(name) {
+  if (!examples.has(name)) examples.set(name, serverBinary("example", name))
+  return examples.get(name)
+}
+/** A server example, e.g. `room_channel`, built by cargo when stale. */
+export const example = name => exampleBinary(name).path
+/** A skip reason while the example `name` is missing, else false (an error when required). */
+export const skipUnbuiltExample = name => unavailable(exampleBinary(name).missing || false)
 /** The demo page's directory, served as static files. */
 export const staticDir = path.resolve(here, "../../www")
 

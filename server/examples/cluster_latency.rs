@@ -1,6 +1,6 @@
 //! Benchmark: cross-node join → `presence_diff` latency. Two real `rollcall` processes on
 //! 127.0.0.1 with default timing (broadcast 1.5 s, coalesce 10 ms), over the mesh, NATS and Redis
-//! (the brokers are started on free loopback ports). An observer on node `a` joins the room as
+//! (the brokers are started on reserved loopback ports). An observer on node `a` joins the room as
 //! `track: false`; each joiner connects to node `b` first (connect time not counted), joins, and
 //! the time until the observer sees the join in a `presence_diff` is recorded; the joiner then
 //! disconnects, its leave is awaited, and the next join comes 25 ms later (past the coalescing
@@ -15,11 +15,13 @@
 //! from `$ROLLCALL_BIN`.
 
 mod support;
-// The same broker start-up the cluster tests use (free loopback port, retried, killed on drop).
+// The same broker start-up the cluster tests use (a reserved loopback port, killed on drop).
 // The example uses only part of it.
 #[allow(dead_code)]
 #[path = "../tests/it/support/broker.rs"]
 mod broker_support;
+#[path = "../tests/it/support/ports.rs"]
+mod ports;
 
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -130,7 +130,8 @@ pub struct Security {
     /// Origins allowed to open a socket; empty allows every origin.
     pub allowed_origins: Vec<OriginPattern>,
     /// Every message a connection sends (joins, leaves, events; not heartbeats) takes a token
-    /// from this.
+    /// from this, except that joins up to the channel limit first use an allowance of their own
+    /// (`max_channels` tokens, refilled at this rate).
     pub event_rate: RateLimit,
     /// Every `track` (meta update) also takes a token from this.
     pub meta_rate: RateLimit,

@@ -34,7 +34,7 @@ use crate::joinhook::{Decision, JoinHook};
 use crate::metrics::{JoinRefusal, Metrics};
 use crate::presence::Presence;
 use crate::security::auth::{time_until_unix, AuthError, Identity};
-use crate::security::limits::{ConnCounts, PenaltyBox, TokenBucket};
+use crate::security::limits::{ConnCounts, PenaltyBox, RateLimit, TokenBucket};
 use crate::tracker::{ConnId, Outbox, Subscriber, Tracker};
 
 /// What every connection of one node shares: the configuration, the tracker, the counters,
@@ -203,8 +203,22 @@ struct Machine<S> {
     params: Arc<HashMap<String, String>>,
     events: TokenBucket,
     metas: TokenBucket,
+    /// Joins up to the channel limit draw from here first, then from `events` (see
+    /// [`join_allowance`]).
+    joins: TokenBucket,
     /// Rate-limited messages since the last accepted one.
     limited_in_a_row: u32,
+}
+
+/// The bucket joins up to the channel limit draw from before the event bucket: as many as the
+/// connection may hold channels, refilled at the event rate. A client that reconnects rejoins
+/// all its channels at once, and neither that nor its next messages are rate-limited below the
+/// channel limit.
+fn join_allowance(config: &Config) -> RateLimit {
+    RateLimit {
+        per_second: config.security.event_rate.per_second,
+        burst: u32::try_from(config.max_channels).unwrap_or(u32::MAX),
+    }
 }
 
 /// Runs one connection until it closes. Frames the tracker queues for this connection are
@@ -226,6 +240,7 @@ where
     let now = Instant::now();
     let events = TokenBucket::new(ctx.node.config.security.event_rate, now);
     let metas = TokenBucket::new(ctx.node.config.security.meta_rate, now);
+    let joins = TokenBucket::new(join_allowance(&ctx.node.config), now);
     let params = Arc::new(ctx.info.params.clone());
     let mut machine = Machine {
         ctx,
@@ -237,6 +252,7 @@ where
         params,
         events,
         metas,
+        joins,
         limited_in_a_row: 0,
     };
     let far_future = Duration::from_secs(86_400 * 365);
@@ -486,6 +502,8 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
                             // A meta update is both an event and a meta update.
                             let event_ok = self.events.take(Instant::now());
                             event_ok && self.metas.take(Instant::now())
+                        } else if msg.event == PHX_JOIN && self.within_channel_limit(&msg.topic) {
+                            self.joins.take(Instant::now()) || self.events.take(Instant::now())
                         } else {
                             self.events.take(Instant::now())
                         };
@@ -503,6 +521,12 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
                 }
             }
         }
+    }
+
+    /// Whether a join of `topic` stays within `--max-channels` (a join beyond it is refused by
+    /// that name, and draws from the event bucket like any other message).
+    fn within_channel_limit(&self, topic: &str) -> bool {
+        self.channels.contains_key(topic) || self.channels.len() < self.ctx.node.config.max_channels
     }
 
     /// Answers a message over a limit; enough of them in a row close the connection (1008).
@@ -731,9 +755,7 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
                     .await;
             }
         }
-        if !self.channels.contains_key(&msg.topic)
-            && self.channels.len() >= self.ctx.node.config.max_channels
-        {
+        if !self.within_channel_limit(&msg.topic) {
             self.refuse_join(JoinRefusal::TooManyChannels);
             return self
                 .reply(&msg, "error", json!({"reason": "too many channels joined"}))

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::support::server::{
-    http, keys, longpoll_get, longpoll_open, longpoll_post, start, Client,
+    http, keys, longpoll_get, longpoll_open, longpoll_post, start, within, Client,
 };
 use base64::Engine;
 use rollcall_server::Config;
@@ -121,16 +121,19 @@ async fn only_the_first_100_ndjson_lines_are_processed() {
     .await;
     assert_eq!(resp, json!({"status": 200}));
     let mut refs = Vec::new();
-    loop {
-        let resp = longpoll_get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
-        if resp["status"] == 204 {
-            break;
+    within("a poll with nothing left to say", async {
+        loop {
+            let resp = longpoll_get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
+            if resp["status"] == 204 {
+                break;
+            }
+            for m in resp["messages"].as_array().unwrap() {
+                let v: Value = serde_json::from_str(m.as_str().unwrap()).unwrap();
+                refs.push(v[1].as_str().unwrap().to_string());
+            }
         }
-        for m in resp["messages"].as_array().unwrap() {
-            let v: Value = serde_json::from_str(m.as_str().unwrap()).unwrap();
-            refs.push(v[1].as_str().unwrap().to_string());
-        }
-    }
+    })
+    .await;
     assert_eq!(refs.len(), 100);
     assert_eq!(refs.last().map(String::as_str), Some("100"));
 }
@@ -156,12 +159,15 @@ async fn base64_ndjson_lines_are_binary_frames() {
     let line = base64::engine::general_purpose::STANDARD.encode(&frame);
     longpoll_post(server.addr, &token, "application/x-ndjson", &line).await;
     // Skip the poller's presence diff; the relay is the first binary frame.
-    loop {
-        if let tokio_tungstenite::tungstenite::Message::Binary(bytes) = ws.recv().await {
-            assert_eq!(&bytes[bytes.len() - 3..], &[9, 8, 7]);
-            break;
+    within("the relayed binary frame", async {
+        loop {
+            if let tokio_tungstenite::tungstenite::Message::Binary(bytes) = ws.recv().await {
+                assert_eq!(&bytes[bytes.len() - 3..], &[9, 8, 7]);
+                break;
+            }
         }
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -181,15 +187,18 @@ async fn an_unpolled_session_expires_and_its_presence_leaves() {
     let joined = ws.recv_until(|v| v[3] == "presence_diff").await;
     assert_eq!(keys(&joined[4]["joins"]), vec!["gone"]);
     // No more polls: after 1.5 × window the session closes and the member leaves.
-    let left = loop {
-        let frames = ws.sync().await;
-        if let Some(d) = frames
-            .into_iter()
-            .find(|f| f[3] == "presence_diff" && f[4]["leaves"] != json!({}))
-        {
-            break d;
+    let left = within("the unpolled session's member to leave", async {
+        loop {
+            let frames = ws.sync().await;
+            if let Some(d) = frames
+                .into_iter()
+                .find(|f| f[3] == "presence_diff" && f[4]["leaves"] != json!({}))
+            {
+                break d;
+            }
         }
-    };
+    })
+    .await;
     assert_eq!(keys(&left[4]["leaves"]), vec!["gone"]);
     // The old token now opens a new session.
     let resp = longpoll_get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
@@ -294,13 +303,16 @@ async fn a_session_that_falls_too_far_behind_is_closed_like_a_slow_websocket() {
     // The session is closed as too slow: its polls end with 410, and the client reconnects
     // for a fresh presence_state, instead of the server holding every frame for it.
     let mut delivered = 0;
-    let status = loop {
-        let resp = longpoll_get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
-        match resp["status"].as_u64() {
-            Some(200) => delivered += resp["messages"].as_array().map_or(0, Vec::len),
-            other => break other,
+    let status = within("a poll that is not a 200", async {
+        loop {
+            let resp = longpoll_get(server.addr, &format!("vsn=2.0.0&token={token}")).await;
+            match resp["status"].as_u64() {
+                Some(200) => delivered += resp["messages"].as_array().map_or(0, Vec::len),
+                other => break other,
+            }
         }
-    };
+    })
+    .await;
     assert_eq!(status, Some(410), "after {delivered} frames");
     assert!(
         delivered < 40,

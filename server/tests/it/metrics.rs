@@ -320,7 +320,7 @@ async fn frames_relayed_events_and_rate_limited_replies_are_counted() {
         security: Security {
             event_rate: RateLimit {
                 per_second: 0.001,
-                burst: 3,
+                burst: 2,
             },
             ..Security::default()
         },
@@ -328,11 +328,11 @@ async fn frames_relayed_events_and_rate_limited_replies_are_counted() {
     })
     .await;
     let mut a = Client::user(&server, "alice").await;
-    let join_ref = a.join("room:lobby", json!({})).await; // token 1
+    let join_ref = a.join("room:lobby", json!({})).await; // the join allowance
     a.push(&join_ref, "room:lobby", "shout", json!({"x": 1}))
-        .await; // token 2
+        .await; // token 1
     a.push(&join_ref, "room:lobby", "shout", json!({"x": 2}))
-        .await; // token 3
+        .await; // token 2
     a.push(&join_ref, "room:lobby", "shout", json!({"x": 3}))
         .await; // over the limit
     a.sync().await; // heartbeats are not limited

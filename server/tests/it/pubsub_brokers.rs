@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use crate::support::broker::{free_port, Broker, BrokerKind as Kind};
+use crate::support::broker::{Broker, BrokerKind as Kind};
+use crate::support::ports::HeldPort;
 use crate::support::pubsub::{
     assert_a_directed_message_reaches_only_its_target,
     assert_broadcasts_reach_every_other_node_once, meet, msg, print_one_way_latency, recv,
@@ -159,7 +160,9 @@ async fn a_partition_cuts_one_node_off_and_healing_restores_it(kind: Kind) {
 }
 
 async fn an_unreachable_broker_is_a_clear_error(kind: Kind) {
-    let url = kind.url(free_port());
+    // A reserved port nothing listens on.
+    let nobody = HeldPort::new();
+    let url = kind.url(nobody.port());
     let result = connect("a", kind.config(&url, "test")).await;
     match result {
         Err(e @ Error::BrokerUnreachable { .. }) => {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::mesh as raw;
+use crate::support::ports::HeldPort;
 use crate::support::pubsub::{
     assert_a_directed_message_reaches_only_its_target,
     assert_broadcasts_reach_every_other_node_once, msg, print_one_way_latency, recv, wait_until,
@@ -287,11 +288,8 @@ async fn garbage_on_the_listen_port_is_cut_off_without_disturbing_the_cluster() 
 #[tokio::test]
 async fn an_address_that_is_ourselves_is_skipped() {
     // A headless service lists every pod, this one included.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let own = format!("127.0.0.1:{port}");
+    let held = HeldPort::new();
+    let own = held.addr.to_string();
     let b = node("b", &[]).await;
     let a = Mesh::start("a", config(&own, &[own.clone(), addr(&b)], SECRET))
         .await
@@ -550,11 +548,8 @@ async fn a_gossiped_peer_gone_for_good_is_forgotten() {
 
 #[tokio::test]
 async fn a_seed_that_starts_later_is_connected_when_it_comes_up() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let seed = format!("127.0.0.1:{port}");
+    let held = HeldPort::new();
+    let seed = held.addr.to_string();
     let a = node("a", std::slice::from_ref(&seed)).await;
     // Nobody listens there yet: A keeps retrying with backoff instead of giving up.
     wait_until("a lists the unreachable seed", || {

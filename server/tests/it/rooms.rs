@@ -1,6 +1,6 @@
 //! The presence room protocol over real WebSockets on 127.0.0.1.
 
-use crate::support::server::{keys, start, start_default, Client};
+use crate::support::server::{keys, start, start_default, within, Client};
 use rollcall_server::Config;
 use serde_json::{json, Value};
 
@@ -338,15 +338,18 @@ async fn a_dead_connection_is_seen_leaving_after_the_idle_timeout() {
     silent.join("room:dead", json!({})).await;
     b.join("room:dead", json!({})).await;
     // b keeps heartbeating (sync) while waiting; silent says nothing.
-    let diff = loop {
-        let frames = b.sync().await;
-        if let Some(d) = frames
-            .into_iter()
-            .find(|f| is_diff(f) && f[4]["leaves"] != json!({}))
-        {
-            break d;
+    let diff = within("the silent member to leave", async {
+        loop {
+            let frames = b.sync().await;
+            if let Some(d) = frames
+                .into_iter()
+                .find(|f| is_diff(f) && f[4]["leaves"] != json!({}))
+            {
+                break d;
+            }
         }
-    };
+    })
+    .await;
     assert_eq!(keys(&diff[4]["leaves"]), vec!["silent"]);
 }
 

@@ -1,33 +1,32 @@
 //! `rollcall token` and `rollcall serve` with a secret, as a user runs them.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use rollcall_server::security::auth::{unix_now, Verifier};
 
+use crate::support::cluster::Node;
+use crate::support::server::DEADLINE;
+
 const BIN: &str = env!("CARGO_BIN_EXE_rollcall");
 
-/// Starts `rollcall serve --port 0` with `env` set (and `unset` removed); returns the process
-/// and the address from its first line.
-fn serve(env: &[(&str, &str)], unset: &[&str]) -> (std::process::Child, String) {
-    let mut command = Command::new(BIN);
-    command.args(["serve", "--port", "0"]);
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    for k in unset {
-        command.env_remove(k);
-    }
-    let mut child = command.stdout(Stdio::piped()).spawn().expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("line");
-    let addr = line
-        .trim()
-        .strip_prefix("rollcall listening on http://")
-        .expect("listening line")
-        .to_string();
-    (child, addr)
+/// Starts `rollcall serve --port 0` with `env` set (and no other `ROLLCALL_*` variable) as the
+/// node `name`.
+async fn serve(name: &str, env: &[(&str, &str)]) -> Node {
+    let mut command = Node::command();
+    command.args(["--port", "0"]).envs(env.iter().copied());
+    Node::spawn(name, command, false).await
+}
+
+type Connected = (
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+);
+
+/// A WebSocket connect to `url`, answered within the deadline.
+async fn connect(url: String) -> tokio_tungstenite::tungstenite::Result<Connected> {
+    tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("an answer before the deadline")
 }
 
 #[test]
@@ -77,14 +76,16 @@ fn rollcall_token_refuses_meta_that_is_not_an_object() {
 
 #[tokio::test]
 async fn serve_with_rollcall_secret_refuses_connections_without_a_token() {
-    let (mut child, addr) = serve(
+    let node = serve(
+        "secret-env",
         &[
             ("ROLLCALL_SECRET", "env-secret,older-secret"),
             ("RUST_LOG", "warn"),
         ],
-        &[],
-    );
-    let refused = tokio_tungstenite::connect_async(format!(
+    )
+    .await;
+    let addr = &node.addr;
+    let refused = connect(format!(
         "ws://{addr}/socket/websocket?vsn=2.0.0&user_id=alice"
     ))
     .await;
@@ -97,15 +98,15 @@ async fn serve_with_rollcall_secret_refuses_connections_without_a_token() {
         },
     )
     .expect("mint");
-    let accepted = tokio_tungstenite::connect_async(format!(
+    let accepted = connect(format!(
         "ws://{addr}/socket/websocket?vsn=2.0.0&token={token}"
     ))
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
     match refused {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            assert_eq!(resp.status().as_u16(), 403)
+            assert_eq!(resp.status().as_u16(), 403);
+            let body = resp.body().clone().unwrap_or_default();
+            assert_eq!(String::from_utf8_lossy(&body), "token required");
         }
         other => panic!("expected 403, got {other:?}"),
     }
@@ -114,20 +115,23 @@ async fn serve_with_rollcall_secret_refuses_connections_without_a_token() {
 
 #[tokio::test]
 async fn serve_with_rollcall_max_conns_per_ip_refuses_the_connection_beyond_with_429() {
-    // The open-mode warning comes after the line read here, into a closed pipe.
-    let (mut child, addr) = serve(
+    let node = serve(
+        "conns-env",
         &[("ROLLCALL_MAX_CONNS_PER_IP", "1"), ("RUST_LOG", "error")],
-        &["ROLLCALL_SECRET"],
-    );
-    let url = format!("ws://{addr}/socket/websocket?vsn=2.0.0");
-    let first = tokio_tungstenite::connect_async(url.clone()).await;
-    let second = tokio_tungstenite::connect_async(url).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    )
+    .await;
+    let url = format!("ws://{}/socket/websocket?vsn=2.0.0", node.addr);
+    let first = connect(url.clone()).await;
+    let second = connect(url).await;
     assert!(first.is_ok(), "{first:?}");
     match second {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            assert_eq!(resp.status().as_u16(), 429)
+            assert_eq!(resp.status().as_u16(), 429);
+            let body = resp.body().clone().unwrap_or_default();
+            assert_eq!(
+                String::from_utf8_lossy(&body),
+                "too many connections from this address (limit 1)"
+            );
         }
         other => panic!("expected 429, got {other:?}"),
     }

@@ -111,9 +111,10 @@ async fn events_past_the_burst_get_a_rate_limited_error_reply() {
     })
     .await;
     let mut c = Client::user(&server, "flooder").await;
-    let jr = c.join("room:r", json!({})).await; // 1
-    for _ in 0..2 {
-        let r = c.push(&jr, "room:r", "ping", json!({})).await; // 2, 3
+    // A join draws from the join allowance, not from the event bucket.
+    let jr = c.join("room:r", json!({})).await;
+    for _ in 0..3 {
+        let r = c.push(&jr, "room:r", "ping", json!({})).await;
         let reply = c.recv_until(|v| v[1] == json!(r)).await;
         assert_eq!(reply[4]["status"], "ok");
     }
@@ -281,4 +282,46 @@ async fn with_no_abuse_penalty_a_closed_key_may_reconnect_at_once() {
     .await;
     abuse_until_closed(&server, "abuser").await;
     assert_eq!(refusal(&server, "abuser").await, None);
+}
+
+#[tokio::test]
+async fn joins_up_to_the_channel_limit_are_not_rate_limited_and_the_one_beyond_is_told_why() {
+    // The default shapes (a burst of 100 events, 100 channels) without refill: a client that
+    // reconnects and rejoins its 100 channels at once must keep its whole event burst.
+    let server = start(Config {
+        max_channels: 100,
+        security: Security {
+            event_rate: no_refill(100),
+            ..Security::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let mut dashboard = Client::user(&server, "dashboard").await;
+    for n in 0..101 {
+        let r = format!("j{n}");
+        dashboard
+            .send_json(json!([r, r, format!("room:{n}"), "phx_join", {"track": false}]))
+            .await;
+    }
+    for n in 0..100 {
+        let r = format!("j{n}");
+        let reply = dashboard.recv_until(|v| v[1] == json!(r)).await;
+        assert_eq!(
+            reply[4],
+            json!({"status": "ok", "response": {}}),
+            "join {n}"
+        );
+    }
+    let beyond = dashboard.recv_until(|v| v[1] == "j100").await;
+    assert_eq!(
+        beyond,
+        json!(["j100", "j100", "room:100", "phx_reply", {"status": "error", "response": {"reason": "too many channels joined"}}])
+    );
+    let r = dashboard.push("j0", "room:0", "hello", json!({})).await;
+    assert_eq!(
+        dashboard.recv_until(|v| v[1] == json!(r)).await[4],
+        json!({"status": "ok", "response": {}}),
+        "the event burst is still whole after the joins"
+    );
 }

@@ -399,14 +399,17 @@ async fn a_client_that_stops_reading_is_still_closed_when_idle() {
     };
     // The watcher keeps its own connection alive meanwhile.
     let mut left = false;
-    let stuck = loop {
-        tokio::select! {
-            stuck = &mut flood => break stuck.unwrap(),
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                left |= stuck_left(watcher.sync().await);
+    let stuck = crate::support::server::within("the stuck client's writes to block", async {
+        loop {
+            tokio::select! {
+                stuck = &mut flood => break stuck.unwrap(),
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    left |= stuck_left(watcher.sync().await);
+                }
             }
         }
-    };
+    })
+    .await;
     // Now silent: the idle timeout (1 s) must still end it, and its member must leave.
     let left = tokio::time::timeout(Duration::from_secs(15), async {
         while !left {

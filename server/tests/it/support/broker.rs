@@ -1,6 +1,7 @@
-//! Test support: a real NATS or Redis server (Debian's `nats-server` / `redis-server`) on a free
-//! loopback port, owned by one test and killed when dropped. Shared by the adapter tests
-//! (`pubsub_brokers`) and the process-level cluster tests (`support::cluster`).
+//! Test support: a real NATS or Redis server (Debian's `nats-server` / `redis-server`) on a
+//! reserved loopback port ([`HeldPort`]), owned by one test and killed when dropped. Shared by
+//! the adapter tests (`pubsub_brokers`) and the process-level cluster tests
+//! (`support::cluster`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,6 +11,7 @@ use rollcall_server::pubsub::ClusterConfig;
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout};
 
+use super::ports::HeldPort;
 /// The cluster secret the tests' nodes share.
 pub const SECRET: &str = "a-cluster-secret-for-the-tests";
 
@@ -92,37 +94,23 @@ pub struct Broker {
     /// Its loopback port.
     pub port: u16,
     child: Option<Child>,
-}
-
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+    /// The port, reserved for as long as the test holds the broker (so a broker restarted
+    /// after [`Broker::kill`] finds it free).
+    _held: Option<HeldPort>,
 }
 
 impl Broker {
-    /// Starts a broker on a free port. Another process may grab the port between our probe
-    /// and the broker's bind; a broker that exits at once is retried on another port.
+    /// Starts a broker on a port reserved for it.
     pub async fn start(kind: BrokerKind) -> Broker {
-        for _ in 0..5 {
-            if let Some(broker) = Broker::try_start_on(kind, free_port()).await {
-                return broker;
-            }
-        }
-        panic!("{kind:?} broker exited at start on 5 different ports");
+        let held = HeldPort::new();
+        let mut broker = Broker::start_on(kind, held.port()).await;
+        broker._held = Some(held);
+        broker
     }
 
-    /// Starts a broker on `port`, which must be free (a restart on the port of a killed one).
+    /// Starts a broker on `port`, a port the test holds (a restart on the port of a killed
+    /// broker, whose [`Broker`] still holds it).
     pub async fn start_on(kind: BrokerKind, port: u16) -> Broker {
-        match Broker::try_start_on(kind, port).await {
-            Some(broker) => broker,
-            None => panic!("{kind:?} broker could not start on port {port}"),
-        }
-    }
-
-    async fn try_start_on(kind: BrokerKind, port: u16) -> Option<Broker> {
         let binary = kind.find_binary();
         let mut command = Command::new(&binary);
         match kind {
@@ -148,6 +136,7 @@ impl Broker {
             kind,
             port,
             child: Some(child),
+            _held: None,
         };
         let ready = timeout(START_DEADLINE, async {
             loop {
@@ -162,21 +151,8 @@ impl Broker {
         })
         .await;
         match ready {
-            // Another broker may already hold the port (one another test just freed): ours then
-            // fails to bind and exits at once. Make sure the broker answering is ours.
-            Ok(true) => {
-                sleep(Duration::from_millis(200)).await;
-                if broker.exited() {
-                    broker.child = None;
-                    None
-                } else {
-                    Some(broker)
-                }
-            }
-            Ok(false) => {
-                broker.child = None;
-                None
-            }
+            Ok(true) => broker,
+            Ok(false) => panic!("{kind:?} broker exited at start on port {port}"),
             Err(_) => panic!("{kind:?} broker did not listen on {port}"),
         }
     }

@@ -54,15 +54,38 @@ pub struct Node {
 impl Node {
     /// Starts `rollcall serve --port 0 --node NAME` plus `args`; waits for its listening lines.
     pub async fn start(name: &str, args: &[String]) -> Node {
+        let mut command = Node::command();
+        command
+            .args(["--port", "0", "--node", name, "--fault-injection"])
+            .args(args)
+            .env("RUST_LOG", "info");
+        let mesh = args.iter().any(|a| a == "mesh");
+        Node::spawn(name, command, mesh).await
+    }
+
+    /// `rollcall serve` with none of the `ROLLCALL_*` variables of the environment the tests
+    /// run in (a developer's shell may set some), for [`Node::spawn`].
+    pub fn command() -> Command {
+        let mut command = Command::new(BIN);
+        command.arg("serve");
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ROLLCALL_") {
+                command.env_remove(key);
+            }
+        }
+        command
+    }
+
+    /// Runs `command` (a [`Node::command`] with its flags and environment) as the node `name`;
+    /// waits for its listening line, and for its mesh listening line too when `mesh` is set.
+    /// Its stderr (the log) goes to a file in the temporary directory, named in every failure.
+    pub async fn spawn(name: &str, mut command: Command, mesh: bool) -> Node {
         let log =
             std::env::temp_dir().join(format!("rollcall-test-{name}-{}.log", std::process::id()));
         let stderr = std::fs::File::create(&log)
             .map(Stdio::from)
             .unwrap_or(Stdio::null());
-        let mut child = Command::new(BIN)
-            .args(["serve", "--port", "0", "--node", name, "--fault-injection"])
-            .args(args)
-            .env("RUST_LOG", "info")
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -70,7 +93,6 @@ impl Node {
             .spawn()
             .expect("rollcall starts");
         let stdout = child.stdout.take().expect("stdout piped");
-        let mesh = args.iter().any(|a| a == "mesh");
         let mut lines = BufReader::new(stdout).lines();
         let (mut addr, mut cluster_addr) = (None, None);
         tokio::time::timeout(DEADLINE, async {
@@ -88,7 +110,7 @@ impl Node {
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("{name} did not print its addresses"));
+        .unwrap_or_else(|_| panic!("{name} did not print its addresses; see {}", log.display()));
         // Keep draining stdout (the log) so the process never blocks on a full pipe.
         let output: Arc<Mutex<Vec<String>>> = Arc::default();
         let keep = output.clone();

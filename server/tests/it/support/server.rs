@@ -16,6 +16,18 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long any single expected event may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(5);
 
+/// How long a condition awaited over several events (a member leaving after a timeout, a
+/// session expiring) may take before the test fails.
+pub const CONDITION_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Runs `wait` (a loop until some condition holds) and fails the test, naming `what`, if it
+/// has not finished within [`CONDITION_DEADLINE`].
+pub async fn within<T>(what: &str, wait: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(CONDITION_DEADLINE, wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {CONDITION_DEADLINE:?} waiting for {what}"))
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     pub tracker: Tracker,
@@ -56,8 +68,16 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(server: &TestServer, query: &str) -> Client {
-        let url = format!("ws://{}/socket/websocket?{query}", server.addr);
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Client::connect_to(&server.addr.to_string(), query).await
+    }
+
+    /// Connects to the node at `addr` (`HOST:PORT`, e.g. a `rollcall` process).
+    pub async fn connect_to(addr: &str, query: &str) -> Client {
+        let url = format!("ws://{addr}/socket/websocket?{query}");
+        let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connected before the deadline")
+            .expect("the WebSocket connects");
         Client { ws, next_ref: 0 }
     }
 
