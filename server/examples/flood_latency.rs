@@ -169,7 +169,7 @@ fn run(joins: usize, same_room: bool, mode: Mode) {
         let addr = listener.local_addr().expect("addr");
         let server = Server::new(Config {
             security,
-            max_queued_frames: 1 << 20,
+            max_queued_bytes: 1 << 30,
             ..Config::default()
         });
         tokio::spawn(server.serve(listener, std::future::pending()));

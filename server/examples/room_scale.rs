@@ -11,7 +11,7 @@
 //! 4. **memory**: the node's resident set size before and after the fill.
 //!
 //! Every member reads and discards its frames as they come, heartbeats every 30 s like
-//! phoenix.js, and when the node closes it (1013 when its queue of `--max-queued-frames`
+//! phoenix.js, and when the node closes it (1013 when its queue of `--max-queued-bytes`
 //! overflows) reconnects with phoenix.js's backoff and rejoins; closes are counted and reported.
 //!
 //! The clients run in a child process (the same executable), so that the node's RSS is its own
@@ -20,7 +20,7 @@
 //!
 //! `cargo run --release -p rollcall-server --example room_scale [-- N... [--probes J] [--queue Q]]`
 //! (default N = 1000 5000, about 1.5 min on 2 cores; J = 20 joins; Q = the node's default
-//! queue of 1024 frames). `-- 10000` takes about 6.5 min and 7 GB in the node process: the
+//! queue of 4 MiB). `-- 10000` takes about 6.5 min and 7 GB in the node process: the
 //! fill is quadratic (every join sends the joiner the whole room and every member a diff).
 
 mod support;
@@ -534,7 +534,7 @@ fn node(n: usize, probes: usize, queue: Option<usize>) {
         let addr = listener.local_addr().expect("addr");
         let mut config = Config::default();
         if let Some(queue) = queue {
-            config.max_queued_frames = queue;
+            config.max_queued_bytes = queue;
         }
         tokio::spawn(Server::new(config).serve(listener, std::future::pending()));
         addr

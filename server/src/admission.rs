@@ -1,19 +1,23 @@
 //! The checks a connect request passes before a socket machine starts, in one order for both
-//! transports: the protocol version (`vsn`), the browser origin, a slot under the per-address
-//! limit, the token, and the abuse penalty box. A refused request never reaches a machine; the
+//! transports: the protocol version (`vsn`), the browser origin, a slot under the connection
+//! limits, the token, and the abuse penalty box. A WebSocket's TCP connection was already
+//! counted at accept (in total and per address), before its request was read; a long-poll
+//! session is counted here, as a connection of its own, after the address's session-opening
+//! rate allowed it. A refused request never reaches a machine; the
 //! transport answers it in its own way (an HTTP status for a WebSocket upgrade, a JSON
 //! `status` for long-poll), and the refusal is counted under its reason.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::http::HeaderMap;
 use rollcall_core::protocol::Serializer;
 use tokio::time::Instant;
 
+use crate::channel;
 use crate::metrics::{Refusal, Transport};
 use crate::security::auth::{self, Identity};
-use crate::security::limits::{client_ip, ConnSlot};
+use crate::security::limits::{client_ip, AcceptedConn, ConnHold, ConnSlot, SlotRefused};
 use crate::security::origin::check_origin;
 use crate::socket::{ConnectInfo, NodeContext, SocketContext};
 
@@ -30,16 +34,19 @@ pub struct Request<'a> {
     pub headers: &'a HeaderMap,
     /// The TCP peer, when the server knows it.
     pub peer: Option<SocketAddr>,
+    /// The TCP connection's slot taken at accept ([`Server::serve`](crate::Server::serve)
+    /// gives every request one; a router an app serves itself has none).
+    pub accepted: Option<AcceptedConn>,
 }
 
-/// An admitted connection: the context its machine runs with, and its slot under the
-/// per-address limit (held for as long as the connection lives).
+/// An admitted connection: the context its machine runs with, and what keeps it counted under
+/// the connection limits (held for as long as the connection lives).
 #[derive(Debug)]
 pub struct Admitted {
     /// The machine's context, bound to the verified identity.
     pub context: SocketContext,
     /// Given back when dropped.
-    pub slot: ConnSlot,
+    pub slot: ConnHold,
 }
 
 /// A refused connect: which check refused it and the reason for the client.
@@ -55,7 +62,10 @@ impl Refused {
     /// True when the same request may pass later (the address is at its limit, the key is in
     /// the penalty box): a WebSocket gets 429 instead of 403.
     pub fn for_now(&self) -> bool {
-        matches!(self.why, Refusal::PerAddress | Refusal::Penalty)
+        matches!(
+            self.why,
+            Refusal::PerAddress | Refusal::Penalty | Refusal::NodeFull | Refusal::OpenRate
+        )
     }
 }
 
@@ -81,10 +91,20 @@ fn checks(node: &NodeContext, request: Request<'_>) -> Result<Admitted, Refused>
     check_origin(&security.allowed_origins, request.headers)
         .map_err(|why| refuse(Refusal::Origin, why))?;
     let ip = client_ip(request.peer, request.headers, security.trust_forwarded_for);
-    let slot = node
-        .conn_counts
-        .acquire(ip, security.max_conns_per_ip)
-        .map_err(|why| refuse(Refusal::PerAddress, why))?;
+    let slot = take_slot(node, &request, ip).map_err(|why| {
+        let refusal = match why {
+            SlotRefused::NodeFull(_) => Refusal::NodeFull,
+            SlotRefused::PerAddress(_) => Refusal::PerAddress,
+        };
+        refuse(refusal, why.to_string())
+    })?;
+    if request.transport == Transport::LongPoll && !node.longpoll_opens.take(ip, Instant::now()) {
+        return Err(refuse(
+            Refusal::OpenRate,
+            "too many long-poll sessions opened from this address; try again later".into(),
+        ));
+    }
+    let slot = ConnHold::new(request.accepted.clone(), slot);
     let info = ConnectInfo {
         params: request.params,
         auth_token: request.auth_token,
@@ -94,7 +114,24 @@ fn checks(node: &NodeContext, request: Request<'_>) -> Result<Admitted, Refused>
         .map_err(|why| refuse(Refusal::Token, why.to_string()))?;
     check_penalty(node, &info, identity.as_ref()).map_err(|why| refuse(Refusal::Penalty, why))?;
     let context = SocketContext::new(serializer, info, node.clone()).with_identity(identity);
+    channel::check_key(&context.key).map_err(|why| refuse(Refusal::Key, why.to_string()))?;
     Ok(Admitted { context, slot })
+}
+
+/// The connection's own slot: a long-poll session is a connection of its own (in total and
+/// per address); a WebSocket was counted at accept, unless its address is only known from
+/// `X-Forwarded-For` (counted per address here) or no accept counted it (counted here in full).
+fn take_slot(
+    node: &NodeContext,
+    request: &Request<'_>,
+    ip: Option<IpAddr>,
+) -> Result<ConnSlot, SlotRefused> {
+    let max = node.config.security.max_conns_per_ip;
+    match (&request.accepted, request.transport) {
+        (_, Transport::LongPoll) | (None, _) => node.conn_counts.acquire(ip, max, true),
+        (Some(accepted), _) if accepted.per_address_counted => Ok(ConnSlot::uncounted()),
+        (Some(_), _) => node.conn_counts.acquire(ip, max, false),
+    }
 }
 
 /// Refuses a connect whose presence key (the token's `sub`, else `user_id`) is in the penalty
@@ -150,6 +187,7 @@ mod tests {
             auth_token: None,
             headers,
             peer: None,
+            accepted: None,
         }
     }
 

@@ -41,6 +41,78 @@ impl std::fmt::Display for TopicPattern {
     }
 }
 
+/// Longest topic and presence key, in bytes: the V2 binary protocol carries their lengths in
+/// one byte, and every node, log line and listing holds them.
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// Why a topic or a presence key is refused (the `reason` the client gets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameError {
+    /// A topic over [`MAX_NAME_BYTES`].
+    TopicTooLong,
+    /// An empty topic, or one with a control, bidi or line separator character.
+    InvalidTopic,
+    /// A presence key over [`MAX_NAME_BYTES`].
+    KeyTooLong,
+    /// An empty presence key, or one with a control, bidi or line separator character.
+    InvalidKey,
+}
+
+impl NameError {
+    /// The `reason` sent to the client.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            NameError::TopicTooLong => "topic too long",
+            NameError::InvalidTopic => "invalid topic",
+            NameError::KeyTooLong => "presence key too long",
+            NameError::InvalidKey => "invalid presence key",
+        }
+    }
+}
+
+impl std::fmt::Display for NameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+/// Characters a name may not hold: controls (C0, DEL, C1), the bidirectional formatting
+/// characters (they reorder what a log or a page shows around them), and the line and
+/// paragraph separators.
+fn is_forbidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{2028}'
+                | '\u{2029}'
+        )
+}
+
+fn check_name(name: &str, too_long: NameError, invalid: NameError) -> Result<(), NameError> {
+    if name.len() > MAX_NAME_BYTES {
+        return Err(too_long);
+    }
+    if name.is_empty() || name.chars().any(is_forbidden) {
+        return Err(invalid);
+    }
+    Ok(())
+}
+
+/// Checks a topic: 1 to 255 bytes of printable UTF-8.
+pub fn check_topic(topic: &str) -> Result<(), NameError> {
+    check_name(topic, NameError::TopicTooLong, NameError::InvalidTopic)
+}
+
+/// Checks a presence key (a `user_id`, a token's `sub`): 1 to 255 bytes of printable UTF-8.
+pub fn check_key(key: &str) -> Result<(), NameError> {
+    check_name(key, NameError::KeyTooLong, NameError::InvalidKey)
+}
+
 /// Client event names of the presence room protocol itself.
 pub const EVENT_TRACK: &str = "track";
 /// Stop being listed, stay subscribed.
@@ -182,6 +254,32 @@ mod tests {
             parse_room_join(&json!({"track": "yes"}), 50),
             Err(PolicyError::TrackNotBoolean)
         );
+    }
+
+    #[test]
+    fn topics_and_keys_are_printable_and_at_most_255_bytes() {
+        assert!(check_topic("room:lobby").is_ok());
+        assert!(check_topic("room:ünïcödé ✓").is_ok());
+        assert!(check_topic(&"é".repeat(127)).is_ok(), "254 bytes");
+        assert_eq!(
+            check_topic(&format!("room:{}", "x".repeat(251))),
+            Err(NameError::TopicTooLong)
+        );
+        for bad in [
+            "",
+            "room:a\nb",
+            "room:\0",
+            "room:\u{7f}",
+            "room:\u{202E}evil",
+            "a\u{2028}b",
+        ] {
+            assert_eq!(check_topic(bad), Err(NameError::InvalidTopic), "{bad:?}");
+        }
+        assert_eq!(check_key(&"k".repeat(256)), Err(NameError::KeyTooLong));
+        assert_eq!(check_key("al\u{2067}ice"), Err(NameError::InvalidKey));
+        assert!(check_key("alice@example.com").is_ok());
+        assert_eq!(NameError::TopicTooLong.reason(), "topic too long");
+        assert_eq!(NameError::InvalidTopic.reason(), "invalid topic");
     }
 
     #[test]

@@ -29,9 +29,14 @@ pub struct Config {
     pub max_meta_size: usize,
     /// Most channels one connection may have joined at once (Phoenix: 100).
     pub max_channels: usize,
-    /// Most frames queued for one connection; a client that falls further behind is closed
-    /// with 1013 (it reconnects and gets a fresh `presence_state`).
-    pub max_queued_frames: usize,
+    /// Most bytes queued for one connection (each frame counts its length plus
+    /// [`FRAME_COST`](crate::outbox::FRAME_COST), until written); a client that falls further
+    /// behind is closed with 1013 (it reconnects and gets a fresh `presence_state`).
+    pub max_queued_bytes: usize,
+    /// A connection must send a complete request head within this long of being accepted, or
+    /// of its previous response (the keep-alive idle timeout); else it is closed. Applies to
+    /// [`Server::serve`](crate::Server::serve), not to a router an app serves itself.
+    pub header_read_timeout: Duration,
     /// Long-poll window: how long a poll waits for messages before answering 204 (Phoenix: 10 s).
     /// A session with no poll for 1.5 × this is closed.
     pub longpoll_window: Duration,
@@ -58,7 +63,8 @@ impl Default for Config {
             max_frame_size: 1024 * 1024,
             max_meta_size: 4 * 1024,
             max_channels: 100,
-            max_queued_frames: 1024,
+            max_queued_bytes: 4 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(5),
             longpoll_window: Duration::from_secs(10),
             cluster: ClusterSettings::default(),
             security: Security::default(),
@@ -142,10 +148,26 @@ pub struct Security {
     /// After a connection is closed for abuse (1008), its presence key may not reconnect for
     /// this long (HTTP 429); zero turns it off.
     pub abuse_penalty: Duration,
-    /// Most live connections (WebSockets plus long-poll sessions) from one client address;
-    /// a connect beyond gets HTTP 429. 0 = unlimited (the default: behind a proxy every
-    /// client has the proxy's address). IPv6 clients count per /64.
+    /// Most open connections from one client address, counted as for `max_conns`: at accept,
+    /// before a byte is read, TCP connections (upgraded WebSockets included) plus long-poll
+    /// sessions; beyond, a new connection is closed at once. With `trust_forwarded_for` the
+    /// address is only known from the request, so the count is taken at the connect check
+    /// instead (a connect beyond gets HTTP 429). 0 = unlimited (the default: behind a proxy
+    /// every client has the proxy's address). IPv6 clients count per /64.
     pub max_conns_per_ip: usize,
+    /// Most open connections of the node, counted at accept before a byte is read (TCP
+    /// connections, upgraded WebSockets included, plus long-poll sessions); beyond, a new
+    /// connection is closed at once. `None`: 90 % of the process's open-file limit (read at
+    /// start where the system tells it), so that accepting never runs out of descriptors.
+    pub max_conns: Option<usize>,
+    /// Long-poll sessions one client address may open, sustained (token bucket; a rate of 0 =
+    /// unlimited). Each session is a socket machine; opening costs what a WebSocket connect
+    /// does, without its TCP handshake.
+    pub longpoll_open_rate: RateLimit,
+    /// API requests (`/api/presence/...` and `/api/broadcast/...`) per client address (a rate
+    /// of 0 = unlimited): a listing of a big room is the most expensive read the node serves,
+    /// and a broadcast is a frame to every member.
+    pub api_rate: RateLimit,
     /// Take the client address from the last `X-Forwarded-For` entry (the one the proxy in
     /// front appended) instead of the TCP peer. Only safe when clients can reach rollcall
     /// through that proxy alone: otherwise anyone can claim any address.
@@ -169,6 +191,15 @@ impl Default for Security {
             max_room_members: None,
             abuse_penalty: Duration::from_secs(10),
             max_conns_per_ip: 0,
+            max_conns: None,
+            longpoll_open_rate: RateLimit {
+                per_second: 5.0,
+                burst: 20,
+            },
+            api_rate: RateLimit {
+                per_second: 20.0,
+                burst: 40,
+            },
             trust_forwarded_for: false,
         }
     }

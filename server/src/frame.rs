@@ -5,15 +5,54 @@
 //!
 //! A leaf: it knows the protocol codec and nothing else of the server.
 
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use rollcall_core::protocol::{EncodeError, Frame, Outbound, Serializer};
 
-/// An encoded frame ready for the wire. Cloning shares the bytes.
+/// UTF-8 text in shared bytes: what a text frame carries. Cloning shares the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextBytes(Bytes);
+
+impl TextBytes {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Only ever built from a `String` or a `&str`, so the check cannot fail.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The bytes of the text (shared, not copied).
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True for the empty text.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<String> for TextBytes {
+    fn from(text: String) -> Self {
+        TextBytes(Bytes::from(text))
+    }
+}
+
+impl From<&str> for TextBytes {
+    fn from(text: &str) -> Self {
+        TextBytes(Bytes::copy_from_slice(text.as_bytes()))
+    }
+}
+
+/// An encoded frame ready for the wire. Cloning shares the bytes: one encoding serves every
+/// subscriber, and the bytes are freed once the last connection has written them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WireFrame {
     /// A text frame (JSON).
-    Text(Utf8Bytes),
+    Text(TextBytes),
     /// A binary frame (V2 binary).
     Binary(Bytes),
 }
@@ -47,6 +86,14 @@ impl WireFrame {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The payload bytes (shared, not copied).
+    pub fn payload(&self) -> &Bytes {
+        match self {
+            WireFrame::Text(t) => t.as_bytes(),
+            WireFrame::Binary(b) => b,
+        }
+    }
 }
 
 /// What a transport hands to the socket machine.
@@ -59,8 +106,10 @@ pub enum FromClient {
     /// A frame the transport could not even hand over (e.g. a text frame that is not UTF-8);
     /// the reason is for the client.
     Invalid(String),
-    /// Proof of life without data (WebSocket ping/pong).
+    /// Proof of life without data (a WebSocket pong).
     Activity,
+    /// A WebSocket ping: proof of life, answered with a pong carrying the same bytes.
+    Ping(Bytes),
     /// The transport failed (the reason, for the log).
     Error(String),
 }
@@ -70,6 +119,8 @@ pub enum FromClient {
 pub enum ToClient {
     /// A data frame.
     Frame(WireFrame),
+    /// A WebSocket pong answering a ping (the ping's bytes).
+    Pong(Bytes),
     /// Close the connection with this WebSocket close code and reason; nothing follows.
     Close {
         /// The close code (1000 normal, 1001 going away, 1007 bad data, 1009 too big).

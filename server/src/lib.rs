@@ -10,9 +10,11 @@ pub mod frame;
 pub mod handler;
 pub mod http;
 pub mod joinhook;
+pub mod listener;
 pub mod log_summary;
 pub mod metrics;
 pub mod outbound;
+pub mod outbox;
 pub mod presence;
 pub mod pubsub;
 pub mod security;
@@ -25,7 +27,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -213,9 +214,10 @@ impl Server {
         ShutdownHandle(self.shutdown_tx.clone())
     }
 
-    /// Serves on `listener` until `signal` completes; then leaves the cluster (the graceful
-    /// permdown: other nodes drop this node's members at once), stops accepting, closes every
-    /// socket with 1001 and waits (up to 5 s) for connections to finish.
+    /// Serves on `listener` until `signal` completes (see [`listener`]: connections are counted
+    /// and limited at accept); then leaves the cluster (the graceful permdown: other nodes
+    /// drop this node's members at once), stops accepting, closes every socket with 1001 and
+    /// waits (up to 5 s each) for HTTP connections and sockets to finish.
     pub async fn serve<F>(self, listener: TcpListener, signal: F) -> std::io::Result<()>
     where
         F: Future<Output = ()> + Send + 'static,
@@ -227,11 +229,13 @@ impl Server {
         } = self;
         let router = http::router(state.clone());
         let mut shutdown_seen = state.node.shutdown.clone();
+        let stopped = state.node.shutdown.clone();
         let tracker = state.node.tracker.clone();
+        let node = state.node.clone();
         let webhooks = state.webhooks.clone();
         drop(state);
         let trigger = shutdown_tx.clone();
-        let stop = async move {
+        tokio::spawn(async move {
             tokio::select! {
                 _ = signal => {}
                 _ = shutdown_seen.wait_for(|s| *s) => {}
@@ -245,19 +249,9 @@ impl Server {
             // flush is bounded; this bound only guards against a wedged tracker task.
             let _ = tokio::time::timeout(Duration::from_secs(3), tracker.shutdown()).await;
             let _ = trigger.send(true);
-        };
-        // Presence frames are small and latency-bound: no Nagle delay on any connection.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!("TCP_NODELAY not set: {e}");
-            }
         });
-        // Connect info gives handlers the peer address (`--max-conns-per-ip`).
-        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        axum::serve(listener, service)
-            .with_graceful_shutdown(stop)
-            .await?;
-        // Every connection holds a sender; `recv` yields `None` once all are gone.
+        listener::serve(listener, router, node, stopped, Duration::from_secs(5)).await;
+        // Every WebSocket holds a sender; `recv` yields `None` once all are gone.
         let _ = tokio::time::timeout(Duration::from_secs(5), drained.recv()).await;
         Ok(())
     }

@@ -4,6 +4,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
+/// jemalloc rather than the system allocator: glibc's per-thread arenas keep what connections
+/// freed as resident memory (about 4 KiB per connection at 10,000 idle connections, measured
+/// in BENCHMARKS.md); jemalloc's size classes fragment less and its background thread gives
+/// freed pages back.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use rollcall_server::config::{comma_separated, parse_origins, parse_rooms};
 use rollcall_server::{Config, Server};
 
@@ -18,7 +25,8 @@ const SERVE_FLAGS: &str = "\
   --max-frame-size BYTES      ROLLCALL_MAX_FRAME_SIZE      largest inbound message, else close 1009 [1048576]
   --max-meta-size BYTES       ROLLCALL_MAX_META_SIZE       largest presence meta [4096]
   --max-channels N            ROLLCALL_MAX_CHANNELS        channels per connection [100]
-  --max-queued-frames N       ROLLCALL_MAX_QUEUED_FRAMES   frames queued for a slow client, else close 1013 [1024]
+  --max-queued-bytes BYTES    ROLLCALL_MAX_QUEUED_BYTES    bytes queued for a slow client, else close 1013 [4194304]
+  --header-read-timeout-ms MS ROLLCALL_HEADER_READ_TIMEOUT_MS  request head deadline, also the keep-alive idle timeout [5000]
   --longpoll-window-ms MS     ROLLCALL_LONGPOLL_WINDOW_MS  long-poll window; sessions expire after 1.5x [10000]
   --node NAME (--node-name)   ROLLCALL_NODE_NAME           node name, unique in the cluster [host name + random suffix]
   --metrics true|false        ROLLCALL_METRICS             serve GET /metrics (Prometheus text) [true]
@@ -33,7 +41,12 @@ security (see docs/security.md):
   --rate-limit-close-after N  ROLLCALL_RATE_LIMIT_CLOSE_AFTER  rate-limited messages in a row before close 1008, 0 = never [50]
   --max-room-members N        ROLLCALL_MAX_ROOM_MEMBERS    distinct keys per room, else \"room full\" [unlimited]
   --abuse-penalty-ms MS       ROLLCALL_ABUSE_PENALTY_MS    after a 1008 close, that key's reconnects get 429 [10000]
-  --max-conns-per-ip N        ROLLCALL_MAX_CONNS_PER_IP    live connections per client address (IPv6: per /64), else 429, 0 = unlimited [0]
+  --max-conns-per-ip N        ROLLCALL_MAX_CONNS_PER_IP    open connections per client address (IPv6: per /64), counted at accept, 0 = unlimited [0]
+  --max-conns N               ROLLCALL_MAX_CONNS           open connections of the node, counted at accept [90% of the open-file limit]
+  --longpoll-open-rate PER_S  ROLLCALL_LONGPOLL_OPEN_RATE  long-poll sessions opened per second per address, 0 = unlimited [5]
+  --longpoll-open-burst N     ROLLCALL_LONGPOLL_OPEN_BURST long-poll session opening burst per address [20]
+  --api-rate PER_S            ROLLCALL_API_RATE            API requests (presence, broadcast) per second per address, 0 = unlimited [20]
+  --api-burst N               ROLLCALL_API_BURST           API burst per address [40]
   --trust-forwarded-for       ROLLCALL_TRUST_FORWARDED_FOR client address from the proxy's X-Forwarded-For entry [off]
 
 `rollcall token --secret S --sub alice [--rooms 'room:*'] [--ttl 1h] [--meta JSON]` prints a token.";
@@ -90,11 +103,28 @@ struct SecurityArgs {
     /// After a 1008 abuse close, refuse that presence key's reconnects (HTTP 429) this long (0 = off).
     #[arg(long, env = "ROLLCALL_ABUSE_PENALTY_MS", default_value_t = 10_000)]
     abuse_penalty_ms: u64,
-    /// Most live connections (WebSockets plus long-poll sessions) from one client address,
-    /// IPv6 counted per /64; beyond gets HTTP 429 (0 = unlimited: behind a proxy every client
+    /// Most open connections from one client address (TCP connections, WebSockets included,
+    /// plus long-poll sessions), IPv6 counted per /64, counted at accept before any byte is
+    /// read; beyond, a connection is closed at once (0 = unlimited: behind a proxy every client
     /// has the proxy's address, see --trust-forwarded-for).
     #[arg(long, env = "ROLLCALL_MAX_CONNS_PER_IP", default_value_t = 0)]
     max_conns_per_ip: usize,
+    /// Most open connections of the node, counted as for --max-conns-per-ip. Default: 90 % of
+    /// the process's open-file limit.
+    #[arg(long, env = "ROLLCALL_MAX_CONNS")]
+    max_conns: Option<usize>,
+    /// Long-poll sessions one address may open per second, sustained (0 = unlimited).
+    #[arg(long, env = "ROLLCALL_LONGPOLL_OPEN_RATE", default_value_t = 5.0)]
+    longpoll_open_rate: f64,
+    /// Long-poll sessions one address may open at once.
+    #[arg(long, env = "ROLLCALL_LONGPOLL_OPEN_BURST", default_value_t = 20)]
+    longpoll_open_burst: u32,
+    /// Presence API requests per second per address, sustained (0 = unlimited).
+    #[arg(long, env = "ROLLCALL_API_RATE", default_value_t = 20.0)]
+    api_rate: f64,
+    /// Presence API requests one address may make at once.
+    #[arg(long, env = "ROLLCALL_API_BURST", default_value_t = 40)]
+    api_burst: u32,
     /// Take the client address from the last X-Forwarded-For entry (appended by the proxy in
     /// front). Only when clients cannot reach rollcall except through that proxy.
     #[arg(long, env = "ROLLCALL_TRUST_FORWARDED_FOR")]
@@ -120,6 +150,15 @@ impl SecurityArgs {
             max_room_members: self.max_room_members,
             abuse_penalty: Duration::from_millis(self.abuse_penalty_ms),
             max_conns_per_ip: self.max_conns_per_ip,
+            max_conns: self.max_conns,
+            longpoll_open_rate: RateLimit {
+                per_second: self.longpoll_open_rate,
+                burst: self.longpoll_open_burst,
+            },
+            api_rate: RateLimit {
+                per_second: self.api_rate,
+                burst: self.api_burst,
+            },
             trust_forwarded_for: self.trust_forwarded_for,
         }
     }
@@ -197,9 +236,14 @@ struct ServeArgs {
     /// Most channels one connection may join ("too many channels joined" beyond).
     #[arg(long, env = "ROLLCALL_MAX_CHANNELS", default_value_t = 100)]
     max_channels: usize,
-    /// Most frames queued for one slow client before it is closed with 1013.
-    #[arg(long, env = "ROLLCALL_MAX_QUEUED_FRAMES", default_value_t = 1024)]
-    max_queued_frames: usize,
+    /// Most bytes queued for one slow client (each frame counts its length plus 64) before it
+    /// is closed with 1013.
+    #[arg(long, env = "ROLLCALL_MAX_QUEUED_BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_queued_bytes: usize,
+    /// A connection must send a complete request head within this many milliseconds of being
+    /// accepted or of its previous response (the keep-alive idle timeout), else it is closed.
+    #[arg(long, env = "ROLLCALL_HEADER_READ_TIMEOUT_MS", default_value_t = 5_000)]
+    header_read_timeout_ms: u64,
     /// Long-poll window in milliseconds (a poll waits this long; sessions expire after 1.5x).
     #[arg(long, env = "ROLLCALL_LONGPOLL_WINDOW_MS", default_value_t = 10_000)]
     longpoll_window_ms: u64,
@@ -381,7 +425,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_frame_size: args.max_frame_size,
         max_meta_size: args.max_meta_size,
         max_channels: args.max_channels,
-        max_queued_frames: args.max_queued_frames,
+        max_queued_bytes: args.max_queued_bytes,
+        header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
         longpoll_window: Duration::from_millis(args.longpoll_window_ms),
         cluster: cluster_settings,
         security,

@@ -102,15 +102,24 @@ pub enum Refusal {
     Penalty,
     /// The client address already has `--max-conns-per-ip` connections.
     PerAddress,
+    /// The node already has `--max-conns` connections.
+    NodeFull,
+    /// The client address opened long-poll sessions faster than `--longpoll-open-rate`.
+    OpenRate,
+    /// The presence key (`user_id` or the token's `sub`) is too long or not printable.
+    Key,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 5] = [
+    const ALL: [Refusal; 8] = [
         Refusal::Version,
         Refusal::Origin,
         Refusal::Token,
         Refusal::Penalty,
         Refusal::PerAddress,
+        Refusal::NodeFull,
+        Refusal::OpenRate,
+        Refusal::Key,
     ];
 
     /// The label value.
@@ -121,6 +130,9 @@ impl Refusal {
             Refusal::Token => "token",
             Refusal::Penalty => "penalty",
             Refusal::PerAddress => "per_address",
+            Refusal::NodeFull => "node_full",
+            Refusal::OpenRate => "open_rate",
+            Refusal::Key => "key",
         }
     }
 }
@@ -138,6 +150,8 @@ pub enum JoinRefusal {
     TooManyChannels,
     /// The join payload is malformed (meta not an object, too large, binary, ...).
     BadPayload,
+    /// The topic is too long or holds characters a name may not.
+    BadTopic,
     /// The topic's channel handler refused the join.
     Handler,
     /// The topic's channel handler panicked in its join.
@@ -147,12 +161,13 @@ pub enum JoinRefusal {
 }
 
 impl JoinRefusal {
-    const ALL: [JoinRefusal; 8] = [
+    const ALL: [JoinRefusal; 9] = [
         JoinRefusal::Unmatched,
         JoinRefusal::NotAllowed,
         JoinRefusal::RoomFull,
         JoinRefusal::TooManyChannels,
         JoinRefusal::BadPayload,
+        JoinRefusal::BadTopic,
         JoinRefusal::Handler,
         JoinRefusal::Crashed,
         JoinRefusal::Hook,
@@ -166,6 +181,7 @@ impl JoinRefusal {
             JoinRefusal::RoomFull => "room_full",
             JoinRefusal::TooManyChannels => "too_many_channels",
             JoinRefusal::BadPayload => "bad_payload",
+            JoinRefusal::BadTopic => "bad_topic",
             JoinRefusal::Handler => "handler",
             JoinRefusal::Crashed => "crashed",
             JoinRefusal::Hook => "join_hook",
@@ -485,7 +501,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "rollcall_connects_refused_total",
         kind: COUNTER,
-        help: "Connect attempts refused before a socket opened: bad vsn, origin not allowed, missing or invalid token, key in the abuse penalty box, too many connections from the address.",
+        help: "Connect attempts refused before a socket opened: bad vsn, origin not allowed, missing or invalid token, key in the abuse penalty box, too many connections from the address or on the node (counted at accept too), long-poll sessions opened too fast, a presence key too long or not printable.",
         samples: |s| {
             by(
                 "reason",
@@ -953,13 +969,16 @@ rollcall_connections_closed_total{reason="too_big",code="1009"} 1
 rollcall_connections_closed_total{reason="too_slow",code="1013"} 0
 rollcall_connections_closed_total{reason="other",code=""} 0
 rollcall_connections_closed_total{reason="token_expired",code="1008"} 1
-# HELP rollcall_connects_refused_total Connect attempts refused before a socket opened: bad vsn, origin not allowed, missing or invalid token, key in the abuse penalty box, too many connections from the address.
+# HELP rollcall_connects_refused_total Connect attempts refused before a socket opened: bad vsn, origin not allowed, missing or invalid token, key in the abuse penalty box, too many connections from the address or on the node (counted at accept too), long-poll sessions opened too fast, a presence key too long or not printable.
 # TYPE rollcall_connects_refused_total counter
 rollcall_connects_refused_total{reason="version"} 1
 rollcall_connects_refused_total{reason="origin"} 0
 rollcall_connects_refused_total{reason="token"} 0
 rollcall_connects_refused_total{reason="penalty"} 0
 rollcall_connects_refused_total{reason="per_address"} 2
+rollcall_connects_refused_total{reason="node_full"} 0
+rollcall_connects_refused_total{reason="open_rate"} 0
+rollcall_connects_refused_total{reason="key"} 0
 # HELP rollcall_joins_refused_total Channel joins refused: topic not a room, not allowed by the token, room full, too many channels, malformed join payload.
 # TYPE rollcall_joins_refused_total counter
 rollcall_joins_refused_total{reason="unmatched"} 0
@@ -967,6 +986,7 @@ rollcall_joins_refused_total{reason="not_allowed"} 0
 rollcall_joins_refused_total{reason="room_full"} 1
 rollcall_joins_refused_total{reason="too_many_channels"} 0
 rollcall_joins_refused_total{reason="bad_payload"} 1
+rollcall_joins_refused_total{reason="bad_topic"} 0
 rollcall_joins_refused_total{reason="handler"} 0
 rollcall_joins_refused_total{reason="crashed"} 0
 rollcall_joins_refused_total{reason="join_hook"} 0

@@ -19,10 +19,10 @@ use rollcall_core::protocol::{
     Message, Outbound, Payload, Serializer, HEARTBEAT_EVENT, HEARTBEAT_TOPIC, PHX_JOIN, PHX_LEAVE,
 };
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::channel::{PolicyError, EVENT_TRACK};
+use crate::channel::{self, PolicyError, EVENT_TRACK};
 use crate::config::Config;
 use crate::frame::{
     close_reason, CloseReason, FromClient, ToClient, WireFrame, CLOSE_GOING_AWAY,
@@ -32,10 +32,13 @@ use crate::frame::{
 use crate::handler::{meta_object, ChannelSocket, DynChannel, Exit, Routes, SocketParts};
 use crate::joinhook::{Decision, JoinHook};
 use crate::metrics::{JoinRefusal, Metrics};
+use crate::outbox::{outbox, Outbox, OutboxReceiver};
 use crate::presence::Presence;
 use crate::security::auth::{time_until_unix, AuthError, Identity};
-use crate::security::limits::{ConnCounts, PenaltyBox, RateLimit, TokenBucket};
-use crate::tracker::{ConnId, Outbox, Subscriber, Tracker};
+use crate::security::limits::{
+    default_max_conns, AddressLimiter, ConnCounts, PenaltyBox, RateLimit, TokenBucket,
+};
+use crate::tracker::{ConnId, Subscriber, Tracker};
 
 /// What every connection of one node shares: the configuration, the tracker, the counters,
 /// the abuse penalty box and live connections per address (state of the running server, shared
@@ -56,15 +59,21 @@ pub struct NodeContext {
     pub metrics: Arc<Metrics>,
     /// Presence keys refused for now, after an abuse close (1008).
     pub penalty_box: PenaltyBox,
-    /// Live connections per client address (`--max-conns-per-ip`).
+    /// Open connections in total and per client address (`--max-conns`,
+    /// `--max-conns-per-ip`).
     pub conn_counts: ConnCounts,
+    /// Long-poll sessions opened per client address (`--longpoll-open-rate`).
+    pub longpoll_opens: AddressLimiter,
+    /// Presence API requests per client address (`--api-rate`).
+    pub api_requests: AddressLimiter,
     /// Turns `true` when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
 }
 
 impl NodeContext {
     /// The context of a node serving `config` with `tracker`, counting into `metrics`, with an
-    /// empty penalty box and no connection counted yet. Its routes are the presence rooms of
+    /// empty penalty box, no connection counted yet, and the node's connection limit (`None` in
+    /// the config: from the open-file limit). Its routes are the presence rooms of
     /// `config.rooms`; replace [`NodeContext::routes`] to serve other handlers.
     pub fn new(
         config: Arc<Config>,
@@ -72,7 +81,10 @@ impl NodeContext {
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let max_conns = config.security.max_conns.unwrap_or_else(default_max_conns);
         NodeContext {
+            longpoll_opens: AddressLimiter::new(config.security.longpoll_open_rate),
+            api_requests: AddressLimiter::new(config.security.api_rate),
             routes: Arc::new(Routes::presence_rooms(&config.rooms, config.max_meta_size)),
             presence: Presence::new(tracker.clone()),
             join_hook: None,
@@ -80,7 +92,7 @@ impl NodeContext {
             tracker,
             metrics,
             penalty_box: PenaltyBox::default(),
-            conn_counts: ConnCounts::default(),
+            conn_counts: ConnCounts::new(max_conns),
             shutdown,
         }
     }
@@ -193,12 +205,12 @@ const MAX_WRITE_BATCH: usize = 64;
 struct Machine<S> {
     ctx: SocketContext,
     sink: S,
-    channels: HashMap<String, JoinedChannel>,
+    /// Boxed: a map allocates room for several entries at its first insert, and a joined
+    /// channel is half a kilobyte, which an idle connection would carry three times over.
+    channels: HashMap<String, Box<JoinedChannel>>,
     outbox: Outbox,
-    /// Frames other tasks queued for this connection.
-    queued: mpsc::Receiver<WireFrame>,
-    /// Notified when a frame did not fit the queue.
-    overflow: Arc<Notify>,
+    /// The outbox's other end: the frames other tasks queued, and whether one did not fit.
+    queued: Arc<OutboxReceiver>,
     /// The connect params, shared by every channel's socket.
     params: Arc<HashMap<String, String>>,
     events: TokenBucket,
@@ -221,123 +233,157 @@ fn join_allowance(config: &Config) -> RateLimit {
     }
 }
 
-/// Runs one connection until it closes. Frames the tracker queues for this connection are
-/// written to `sink` between inbound frames (and while a handler is busy).
-pub async fn run<S, R>(ctx: SocketContext, sink: S, mut stream: R) -> CloseReason
+/// Runs one connection until it closes; returns why, and the sink and stream (so that a
+/// transport can still answer a client's close). Frames other tasks queue for this connection
+/// are written to `sink` between inbound frames (and while a handler is busy).
+///
+/// The machine is built before the returned future starts, so the future holds the
+/// connection's context once: an idle connection's task is mostly this future.
+pub fn run<S, R>(
+    mut ctx: SocketContext,
+    sink: S,
+    stream: R,
+) -> impl std::future::Future<Output = (CloseReason, S, R)>
 where
     S: Sink<ToClient> + Unpin,
     R: Stream<Item = FromClient> + Unpin,
 {
-    let (frames, queued) = mpsc::channel(ctx.node.config.max_queued_frames.max(1));
-    let overflow = Arc::new(Notify::new());
-    let outbox = Outbox::new(frames, overflow.clone());
-    let mut shutdown = ctx.node.shutdown.clone();
-    let conn = ctx.conn;
-    let tracker = ctx.node.tracker.clone();
-    let metrics = ctx.node.metrics.clone();
-    let idle_timeout = ctx.idle_timeout;
-    let token_expiry = ctx.token_expiry;
+    let (outbox, queued) = outbox(ctx.node.config.max_queued_bytes);
     let now = Instant::now();
     let events = TokenBucket::new(ctx.node.config.security.event_rate, now);
     let metas = TokenBucket::new(ctx.node.config.security.meta_rate, now);
     let joins = TokenBucket::new(join_allowance(&ctx.node.config), now);
-    let params = Arc::new(ctx.info.params.clone());
-    let mut machine = Machine {
+    // Moved, not copied: from here on the channels' sockets are what reads them, and the
+    // token was checked at connect.
+    let params = Arc::new(std::mem::take(&mut ctx.info.params));
+    ctx.info.auth_token = None;
+    let machine = Machine {
         ctx,
         sink,
         channels: HashMap::new(),
         outbox,
-        queued,
-        overflow,
+        queued: Arc::new(queued),
         params,
         events,
         metas,
         joins,
         limited_in_a_row: 0,
     };
-    let far_future = Duration::from_secs(86_400 * 365);
-    let mut deadline = Instant::now() + idle_timeout.unwrap_or(far_future);
-    // Whether the connection's presences were already removed.
-    let mut left = false;
-    // Whether the tracker takes more: while a shard's queue is over its bound, the next frame
-    // waits in the socket (queued frames are still written).
-    let mut tracker_has_room = true;
-    let reason = loop {
-        if *shutdown.borrow() {
-            break machine
-                .close(CLOSE_GOING_AWAY, "server shutting down")
-                .await;
-        }
-        tokio::select! {
-            biased;
-            _ = shutdown.changed() => {
-                break machine.close(CLOSE_GOING_AWAY, "server shutting down").await;
-            }
-            _ = machine.overflow.notified() => {
-                break machine.too_slow().await;
-            }
-            Some(frame) = machine.queued.recv() => {
-                if let Err(reason) = machine.write_queued(frame).await {
-                    break reason;
-                }
-            }
-            _ = tracker.ready(), if !tracker_has_room => tracker_has_room = true,
-            inbound = stream.next(), if tracker_has_room => {
-                deadline = Instant::now() + idle_timeout.unwrap_or(far_future);
-                match inbound {
-                    None => break CloseReason::ClientGone,
-                    Some(inbound) => {
-                        if let Some(reason) = machine.handle_inbound(inbound).await {
-                            break reason;
-                        }
-                        tracker_has_room = tracker.has_room();
-                    }
-                }
-            }
-            _ = tokio::time::sleep_until(deadline) => {
-                tracing::debug!(conn = conn.0, "closing idle connection");
-                break machine.close(CLOSE_GOING_AWAY, "idle timeout").await;
-            }
-            _ = tokio::time::sleep_until(token_expiry.unwrap_or(now + far_future)), if token_expiry.is_some() => {
-                tracing::info!(conn = conn.0, key = machine.ctx.key, "closing: token expired");
-                // Leave before the close: the client reconnects at once with a fresh token
-                // (phoenix.js retries on any code but 1000), and in the tracker's order its
-                // rejoin must follow this leave.
-                tracker.disconnect(conn);
-                left = true;
-                break machine.close(CLOSE_POLICY_VIOLATION, TOKEN_EXPIRED).await;
-            }
-        }
-    };
-    machine.terminate_all().await;
-    if !left {
-        tracker.disconnect(conn);
-    }
-    metrics.closed(&reason);
-    reason
+    machine.run(stream)
 }
 
-/// Runs a write, ending the connection (1013, no close frame: it could not be written either)
-/// if the client takes nothing within `limit`.
+impl<S: Sink<ToClient> + Unpin> Machine<S> {
+    async fn run<R>(mut self, mut stream: R) -> (CloseReason, S, R)
+    where
+        R: Stream<Item = FromClient> + Unpin,
+    {
+        let queued = self.queued.clone();
+        let mut shutdown = self.ctx.node.shutdown.clone();
+        let conn = self.ctx.conn;
+        let idle_timeout = self.ctx.idle_timeout;
+        let token_expiry = self.ctx.token_expiry;
+        let far_future = Duration::from_secs(86_400 * 365);
+        let mut deadline = Instant::now() + idle_timeout.unwrap_or(far_future);
+        // Whether the connection's presences were already removed.
+        let mut left = false;
+        // Whether the tracker takes more: while a shard's queue is over its bound, the next
+        // frame waits in the socket (queued frames are still written).
+        let tracker = self.ctx.node.tracker.clone();
+        let mut tracker_has_room = true;
+        // Every await in the arms below is boxed: inline, the deepest of them (a write, a
+        // close, handling a message) would set the size of every idle connection's task.
+        let reason = loop {
+            if *shutdown.borrow() {
+                break Box::pin(self.close(CLOSE_GOING_AWAY, "server shutting down")).await;
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    break Box::pin(self.close(CLOSE_GOING_AWAY, "server shutting down")).await;
+                }
+                _ = queued.overflowed() => {
+                    break Box::pin(self.too_slow()).await;
+                }
+                _ = queued.ready() => {
+                    if let Err(reason) = Box::pin(self.write_queued()).await {
+                        break reason;
+                    }
+                }
+                _ = tracker.ready(), if !tracker_has_room => tracker_has_room = true,
+                inbound = stream.next(), if tracker_has_room => {
+                    deadline = Instant::now() + idle_timeout.unwrap_or(far_future);
+                    match inbound {
+                        None => break CloseReason::ClientGone,
+                        Some(inbound) => {
+                            if let Some(reason) = Box::pin(self.handle_inbound(inbound)).await {
+                                break reason;
+                            }
+                        }
+                    }
+                    tracker_has_room = tracker.has_room();
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!(conn = conn.0, "closing idle connection");
+                    break Box::pin(self.close(CLOSE_GOING_AWAY, "idle timeout")).await;
+                }
+                _ = tokio::time::sleep_until(token_expiry.unwrap_or(deadline)), if token_expiry.is_some() => {
+                    tracing::info!(conn = conn.0, key = ?self.ctx.key, "closing: token expired");
+                    // Leave before the close: the client reconnects at once with a fresh token
+                    // (phoenix.js retries on any code but 1000), and in the tracker's order
+                    // its rejoin must follow this leave.
+                    self.ctx.node.tracker.disconnect(conn);
+                    left = true;
+                    break Box::pin(self.close(CLOSE_POLICY_VIOLATION, TOKEN_EXPIRED)).await;
+                }
+            }
+        };
+        Box::pin(self.terminate_all()).await;
+        if !left {
+            self.ctx.node.tracker.disconnect(conn);
+        }
+        self.ctx.node.metrics.closed(&reason);
+        (reason, self.sink, stream)
+    }
+}
+
+/// Runs a write, ending the connection with 1013 if the client takes nothing within `limit`
+/// (no close frame: it could not be written either), or when its outgoing queue overflows
+/// meanwhile (a close frame is attempted, bounded).
 async fn bounded_write<E>(
     limit: Option<Duration>,
     conn: ConnId,
+    queued: &OutboxReceiver,
     write: impl std::future::Future<Output = Result<(), E>>,
-) -> Result<(), CloseReason> {
-    let sent = match limit {
-        Some(limit) => match tokio::time::timeout(limit, write).await {
-            Ok(sent) => sent,
-            Err(_) => {
-                tracing::info!(conn = conn.0, "closing: client not reading");
-                return Err(CloseReason::Closed(
-                    CLOSE_TRY_AGAIN_LATER,
-                    "client too slow: not reading".into(),
-                ));
-            }
-        },
-        None => write.await,
+) -> Result<(), WriteStop> {
+    let write = async {
+        match limit {
+            Some(limit) => match tokio::time::timeout(limit, write).await {
+                Ok(sent) => sent.map_err(|_| WriteStop::Ended(CloseReason::SinkFailed)),
+                Err(_) => {
+                    tracing::info!(conn = conn.0, "closing: client not reading");
+                    Err(WriteStop::Ended(CloseReason::Closed(
+                        CLOSE_TRY_AGAIN_LATER,
+                        "client too slow: not reading".into(),
+                    )))
+                }
+            },
+            None => write
+                .await
+                .map_err(|_| WriteStop::Ended(CloseReason::SinkFailed)),
+        }
     };
-    sent.map_err(|_| CloseReason::SinkFailed)
+    tokio::select! {
+        sent = write => sent,
+        _ = queued.overflowed() => Err(WriteStop::Overflow),
+    }
+}
+
+/// Why a write did not finish.
+enum WriteStop {
+    /// The connection is over, for this reason.
+    Ended(CloseReason),
+    /// The outgoing queue overflowed while the write waited: close with 1013.
+    Overflow,
 }
 
 /// A panic's message, for the log.
@@ -362,7 +408,7 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
         CloseReason::Closed(code, reason)
     }
 
-    /// Closes a connection whose queue overflowed.
+    /// Closes a client that does not keep up with its frames (1013).
     async fn too_slow(&mut self) -> CloseReason {
         tracing::info!(
             conn = self.ctx.conn.0,
@@ -375,26 +421,20 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
         .await
     }
 
-    /// Writes `first` and whatever else is already queued (up to a batch) with one flush: one
-    /// syscall for a backlog instead of one per frame. A client that stops reading blocks the
-    /// write; the overflow signal still ends the connection.
-    async fn write_queued(&mut self, first: WireFrame) -> Result<(), CloseReason> {
-        let mut batch = Vec::with_capacity(1);
-        batch.push(first);
-        while batch.len() < MAX_WRITE_BATCH {
-            match self.queued.try_recv() {
-                Ok(frame) => batch.push(frame),
-                Err(_) => break,
-            }
-        }
+    /// Writes what is queued (up to a batch) with one flush: one syscall for a backlog instead
+    /// of one per frame. The batch's bytes stay counted until written, so a client that stops
+    /// reading holds at most `max_queued_bytes`, in flight or queued; a write it blocks still
+    /// ends when the queue overflows.
+    async fn write_queued(&mut self) -> Result<(), CloseReason> {
+        let queued = self.queued.clone();
+        let mut batch = Vec::new();
+        let taken = queued.take(MAX_WRITE_BATCH, &mut batch);
         for frame in &batch {
             self.ctx.node.metrics.frame_out(frame);
         }
-        let overflow = self.overflow.clone();
-        tokio::select! {
-            sent = self.write_all(batch) => sent,
-            _ = overflow.notified() => Err(self.too_slow().await),
-        }
+        let sent = self.write_all(batch).await;
+        queued.release(taken);
+        sent
     }
 
     /// Awaits `work` (a handler call) while writing what other tasks queue meanwhile, so a
@@ -404,29 +444,32 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
         work: impl std::future::Future<Output = T>,
     ) -> Result<T, CloseReason> {
         let mut work = std::pin::pin!(work);
+        let queued = self.queued.clone();
         loop {
-            let overflow = self.overflow.clone();
             tokio::select! {
                 biased;
                 done = &mut work => return Ok(done),
-                _ = overflow.notified() => return Err(self.too_slow().await),
-                Some(frame) = self.queued.recv() => self.write_queued(frame).await?,
+                _ = queued.overflowed() => return Err(self.too_slow().await),
+                _ = queued.ready() => self.write_queued().await?,
             }
         }
     }
 
     /// Writes `item`, giving up once the client has taken nothing for as long as it may stay
-    /// silent (the idle timeout): a client that stops reading would otherwise hold the machine
-    /// in this write for ever, past its idle timeout, its token's expiry and the shutdown, and
-    /// keep its presences listed.
+    /// silent (the idle timeout), or when the outgoing queue overflows meanwhile: a client that
+    /// stops reading would otherwise hold the machine in this write for ever, past its idle
+    /// timeout, its token's expiry and the shutdown, and keep its presences listed.
     async fn write(&mut self, item: ToClient) -> Result<(), CloseReason> {
         let (limit, conn) = (self.ctx.idle_timeout, self.ctx.conn);
-        bounded_write(limit, conn, self.sink.send(item)).await
+        let queued = self.queued.clone();
+        let sent = bounded_write(limit, conn, &queued, self.sink.send(item)).await;
+        self.settle(sent).await
     }
 
-    /// Writes `frames` with one flush at the end, under the same bound as [`Machine::write`].
+    /// Writes `frames` with one flush at the end, under the same bounds as [`Machine::write`].
     async fn write_all(&mut self, frames: Vec<WireFrame>) -> Result<(), CloseReason> {
         let (limit, conn) = (self.ctx.idle_timeout, self.ctx.conn);
+        let queued = self.queued.clone();
         let sink = &mut self.sink;
         let all = async move {
             for frame in frames {
@@ -434,7 +477,16 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
             }
             sink.flush().await
         };
-        bounded_write(limit, conn, all).await
+        let sent = bounded_write(limit, conn, &queued, all).await;
+        self.settle(sent).await
+    }
+
+    async fn settle(&mut self, sent: Result<(), WriteStop>) -> Result<(), CloseReason> {
+        match sent {
+            Ok(()) => Ok(()),
+            Err(WriteStop::Ended(reason)) => Err(reason),
+            Err(WriteStop::Overflow) => Err(self.too_slow().await),
+        }
     }
 
     async fn send(&mut self, out: Outbound) -> Result<(), CloseReason> {
@@ -460,6 +512,7 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
     async fn handle_inbound(&mut self, inbound: FromClient) -> Option<CloseReason> {
         match inbound {
             FromClient::Activity => None,
+            FromClient::Ping(bytes) => self.write(ToClient::Pong(bytes)).await.err(),
             FromClient::Error(e) => {
                 tracing::debug!(conn = self.ctx.conn.0, "transport ended: {e}");
                 Some(CloseReason::ClientGone)
@@ -508,7 +561,11 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
                             self.events.take(Instant::now())
                         };
                         if bucket {
-                            self.limited_in_a_row = 0;
+                            // A heartbeat proves nothing about the flood: only a message the
+                            // limits let through ends a run of refusals.
+                            if !heartbeat {
+                                self.limited_in_a_row = 0;
+                            }
                             self.handle_message(msg).await.err()
                         } else {
                             self.rate_limited(&msg).await.err()
@@ -537,7 +594,7 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
         if max > 0 && self.limited_in_a_row >= max {
             tracing::info!(
                 conn = self.ctx.conn.0,
-                key = self.ctx.key,
+                key = ?self.ctx.key,
                 "closing: {max} rate-limited messages in a row"
             );
             let penalty = self.ctx.node.config.security.abuse_penalty;
@@ -647,7 +704,7 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
     async fn end_channel(
         &mut self,
         topic: &str,
-        mut channel: JoinedChannel,
+        mut channel: Box<JoinedChannel>,
         exit: Exit,
     ) -> Vec<Outbound> {
         let terminate = AssertUnwindSafe(channel.handler.terminate(exit, &mut channel.socket));
@@ -721,10 +778,17 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
     }
 
     async fn join(&mut self, msg: Message) -> Result<(), CloseReason> {
+        if let Err(why) = channel::check_topic(&msg.topic) {
+            tracing::debug!(conn = self.ctx.conn.0, topic = ?msg.topic, "join refused: {why}");
+            self.refuse_join(JoinRefusal::BadTopic);
+            return self
+                .reply(&msg, "error", json!({"reason": why.reason()}))
+                .await;
+        }
         let Some(handler) = self.ctx.node.routes.find(&msg.topic) else {
             tracing::debug!(
                 conn = self.ctx.conn.0,
-                topic = msg.topic,
+                topic = ?msg.topic,
                 "join of unmatched topic"
             );
             self.refuse_join(JoinRefusal::Unmatched);
@@ -735,8 +799,9 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
                 let reason = AuthError::TopicNotAllowed(msg.topic.clone()).to_string();
                 tracing::info!(
                     conn = self.ctx.conn.0,
-                    key = id.key,
-                    "join refused: {reason}"
+                    key = ?id.key,
+                    topic = ?msg.topic,
+                    "join refused: the token may not join the topic"
                 );
                 self.refuse_join(JoinRefusal::NotAllowed);
                 return self.reply(&msg, "error", json!({"reason": reason})).await;
@@ -799,7 +864,7 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
                 Decision::Deny(reason) => {
                     tracing::debug!(
                         conn = self.ctx.conn.0,
-                        topic = msg.topic,
+                        topic = ?msg.topic,
                         "join refused by the join hook"
                     );
                     let response = json!({"reason": reason});
@@ -815,7 +880,7 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
             Ok(Err(refusal)) => {
                 tracing::debug!(
                     conn = self.ctx.conn.0,
-                    topic = msg.topic,
+                    topic = ?msg.topic,
                     "join refused by its handler"
                 );
                 return self.refuse(&msg, refusal.why, refusal.response, old).await;
@@ -823,7 +888,7 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
             Err(panic) => {
                 tracing::error!(
                     conn = self.ctx.conn.0,
-                    topic = msg.topic,
+                    topic = ?msg.topic,
                     "channel handler panicked in join: {}",
                     panic_text(&*panic)
                 );
@@ -839,7 +904,7 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
             Some(Some(meta)) => Some(socket.trusted(meta)),
             Some(None) => {
                 tracing::error!(
-                    topic = msg.topic,
+                    topic = ?msg.topic,
                     "a channel handler tracked a meta that is not an object"
                 );
                 let reason = PolicyError::MetaNotObject.reason();
@@ -870,11 +935,11 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
         pushes.extend(socket.take_pushes());
         self.channels.insert(
             msg.topic.clone(),
-            JoinedChannel {
+            Box::new(JoinedChannel {
                 join_ref,
                 handler,
                 socket,
-            },
+            }),
         );
         let response = joined.response.unwrap_or_else(|| json!({}));
         self.reply(&msg, "ok", response).await?;
@@ -918,8 +983,8 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
                 // client rejoins); no reply, no terminate.
                 tracing::error!(
                     conn = self.ctx.conn.0,
-                    topic = msg.topic,
-                    event = msg.event,
+                    topic = ?msg.topic,
+                    event = ?msg.event,
                     "channel handler panicked: {}",
                     panic_text(&*panic)
                 );
@@ -954,6 +1019,7 @@ mod tests {
     use super::*;
     use crate::pubsub::Local;
     use rollcall_core::protocol::Frame;
+    use tokio::sync::mpsc;
 
     /// A node context for tests, and the sender that keeps its shutdown signal from firing.
     fn node(config: Config) -> (NodeContext, watch::Sender<bool>) {
@@ -1001,7 +1067,7 @@ mod tests {
         });
         let task = tokio::spawn(async move {
             let _keep = _shutdown_tx;
-            run(ctx, Box::pin(sink), stream).await
+            run(ctx, Box::pin(sink), stream).await.0
         });
         (in_tx, out_rx, task)
     }

@@ -2,17 +2,20 @@
 //! event to every member of a room on every node, as a channel's `broadcast` does. Same access
 //! rules as the presence API; event names that belong to the protocol (`phx_*`,
 //! `presence*`) or are not 1–64 characters of `[A-Za-z0-9_:.-]` are refused, so a backend
-//! cannot forge the server's own frames.
+//! cannot forge the server's own frames. Each request takes from the client address's
+//! `--api-rate` budget, as a presence read does: one broadcast is a frame to every member.
 
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 use rollcall_core::protocol::{check_event_name, Payload};
 use serde_json::{json, Map, Value};
+use std::net::SocketAddr;
 
-use super::{authorize, json_response, ApiError};
+use super::{authorize, json_response, take_rate, ApiError};
 use crate::socket::NodeContext;
 
 /// Reads the request body: the event name and its payload (an object, `{}` if absent).
@@ -38,13 +41,15 @@ fn parse_body(body: &[u8]) -> Result<(String, Value), ApiError> {
 
 /// `POST /api/broadcast/{topic}`: 202 `{"topic", "event"}` once the event is on its way to
 /// every member; 400 for a body that is not `{"event": name, "payload": object}` or a refused
-/// event name, 413 for one over `--max-frame-size`.
+/// event name, 413 for one over `--max-frame-size`, 429 past the address's `--api-rate`.
 pub async fn broadcast(
     State(node): State<NodeContext>,
     path: Result<Path<String>, PathRejection>,
+    info: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    take_rate(&node, info, &headers)?;
     let Path(topic) = path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     authorize(&node, &headers, &topic)?;
     let limit = node.config.max_frame_size;

@@ -5,8 +5,10 @@
 //! joining: with a token secret configured, the request needs `Authorization: Bearer <token>`
 //! (a token the server would accept on a socket) whose `rooms` claim allows the topic; in open
 //! mode anyone may ask, as anyone may join. Either way only topics some channel route serves
-//! exist. The topic is one path segment: percent-encode it (`room%3Alobby` or `room:lobby` both
-//! work, a `/` in a topic must be `%2F`).
+//! exist, and a topic over 255 bytes or with control characters gets 400. Each client address
+//! may make `--api-rate` presence requests per second (429 beyond). The topic is one path
+//! segment: percent-encode it (`room%3Alobby` or `room:lobby` both work, a `/` in a topic must
+//! be `%2F`).
 
 pub mod broadcast;
 pub mod presence;
@@ -14,11 +16,18 @@ pub mod presence;
 pub use broadcast::broadcast;
 pub use presence::{presence, presence_count};
 
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde_json::{json, Value};
+use tokio::time::Instant;
 
+use crate::channel;
 use crate::security::auth::{self, AuthError};
+use crate::security::limits::client_ip;
 use crate::security::origin::check_origin;
 use crate::socket::NodeContext;
 
@@ -83,10 +92,33 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     }
 }
 
-/// Decides whether the request may use `topic`: origin, then token (when the server has a
+/// The error of a request over the per-address API rate (HTTP 429): presence reads and
+/// broadcasts share it.
+pub const RATE_LIMITED: &str = "rate limited: too many API requests from this address";
+
+/// Takes one request from the client address's `--api-rate` budget, or answers 429. Checked
+/// before anything else: a listing of a big room is the most expensive read the node serves,
+/// and an answer is work whoever asks.
+pub(crate) fn take_rate(
+    node: &NodeContext,
+    info: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let peer = info.map(|Extension(ConnectInfo(addr))| addr);
+    let ip = client_ip(peer, headers, node.config.security.trust_forwarded_for);
+    if node.api_requests.take(ip, Instant::now()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, RATE_LIMITED))
+    }
+}
+
+/// Decides whether the request may use `topic`: its name, then origin, then token (when the server has a
 /// secret), then some channel route must serve the topic, then the token's `rooms` claim must
 /// allow it.
 pub fn authorize(node: &NodeContext, headers: &HeaderMap, topic: &str) -> Result<(), ApiError> {
+    channel::check_topic(topic)
+        .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, why.reason()))?;
     let security = &node.config.security;
     check_origin(&security.allowed_origins, headers)
         .map_err(|why| ApiError::new(StatusCode::FORBIDDEN, why))?;

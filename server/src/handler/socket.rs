@@ -12,9 +12,10 @@ use serde_json::{Map, Value};
 use super::meta_object;
 use crate::frame::WireFrame;
 use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use crate::presence::{NotAnObject, Presence};
 use crate::security::auth::Identity;
-use crate::tracker::{ConnId, Outbox, Tracker};
+use crate::tracker::{ConnId, Tracker};
 
 /// What a connection hands each of its channels (built by the socket machine).
 #[derive(Debug, Clone)]
@@ -318,8 +319,10 @@ impl Pusher {
 
     fn send(&self, out: Outbound) {
         match WireFrame::encode(self.serializer, &out) {
-            Ok(frame) => self.outbox.deliver(frame),
-            Err(e) => tracing::debug!(topic = self.topic, "push not delivered: {e}"),
+            Ok(frame) => {
+                self.outbox.deliver(frame);
+            }
+            Err(e) => tracing::debug!(topic = ?self.topic, "push not delivered: {e}"),
         }
     }
 }

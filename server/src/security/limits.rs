@@ -1,10 +1,12 @@
-//! What bounds one client: the token buckets of a connection ([`RateLimit`], [`TokenBucket`]),
-//! the abuse penalty box ([`PenaltyBox`]) and live connections per address ([`ConnCounts`],
-//! counted under [`client_ip`]). The shapes come from [`Security`](crate::config::Security);
+//! What bounds one client: the token buckets of a connection ([`RateLimit`], [`TokenBucket`])
+//! and of an address ([`AddressLimiter`]), the abuse penalty box ([`PenaltyBox`]), and open
+//! connections in total and per address ([`ConnCounts`], counted under [`client_ip`], at
+//! accept for a TCP connection: [`AcceptedConn`]). The shapes come from [`Security`](crate::config::Security);
 //! the shared state (penalty box, counts) lives with the running server.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +40,12 @@ impl TokenBucket {
         }
     }
 
+    /// True when the bucket would be full at `now` (it has been quiet long enough).
+    pub fn full_at(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * self.limit.per_second >= f64::from(self.limit.burst)
+    }
+
     /// Takes one token if there is one. A rate of 0 (or less) means unlimited.
     pub fn take(&mut self, now: Instant) -> bool {
         if self.limit.per_second <= 0.0 {
@@ -56,18 +64,64 @@ impl TokenBucket {
     }
 }
 
-/// Live connections per client address, for
+/// Open connections of the node, in total and per client address, for
+/// [`Security::max_conns`](crate::config::Security::max_conns) and
 /// [`Security::max_conns_per_ip`](crate::config::Security::max_conns_per_ip). Cloning shares
 /// the counts.
 #[derive(Debug, Clone, Default)]
 pub struct ConnCounts {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    inner: Arc<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    total: AtomicUsize,
+    /// Most connections in `total`; 0 = unlimited.
+    max_total: usize,
 }
 
 /// One counted connection; dropping it gives the slot back.
 #[derive(Debug)]
 pub struct ConnSlot {
-    held: Option<(ConnCounts, IpAddr)>,
+    counts: Option<ConnCounts>,
+    /// Counted in the node's total.
+    in_total: bool,
+    /// The address counted, if any.
+    ip: Option<IpAddr>,
+}
+
+impl ConnSlot {
+    /// A slot that counts nothing.
+    pub fn uncounted() -> Self {
+        ConnSlot {
+            counts: None,
+            in_total: false,
+            ip: None,
+        }
+    }
+}
+
+/// Why a slot was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotRefused {
+    /// The node holds its `max_conns`.
+    NodeFull(usize),
+    /// The address holds its `max_conns_per_ip`.
+    PerAddress(usize),
+}
+
+impl std::fmt::Display for SlotRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SlotRefused::NodeFull(max) => {
+                write!(f, "server at its connection limit ({max}); try again later")
+            }
+            SlotRefused::PerAddress(max) => {
+                write!(f, "too many connections from this address (limit {max})")
+            }
+        }
+    }
 }
 
 /// The address connections are counted under: IPv4 as is (IPv4-mapped IPv6 too), IPv6 by its
@@ -83,44 +137,79 @@ fn count_key(ip: IpAddr) -> IpAddr {
 }
 
 impl ConnCounts {
-    /// Takes a slot for `ip` if it holds fewer than `max` connections (`max == 0`: unlimited,
-    /// nothing is counted). The error is the reason for the client.
-    pub fn acquire(&self, ip: Option<IpAddr>, max: usize) -> Result<ConnSlot, String> {
+    /// Counts with at most `max_total` connections in all (0 = unlimited).
+    pub fn new(max_total: usize) -> Self {
+        ConnCounts {
+            inner: Arc::new(Counts {
+                max_total,
+                ..Counts::default()
+            }),
+        }
+    }
+
+    /// Takes a slot: under the node's total when `total` is set, and for `ip` under `max` when
+    /// both are given (`max == 0`: the address is not counted). The error says which limit.
+    pub fn acquire(
+        &self,
+        ip: Option<IpAddr>,
+        max: usize,
+        total: bool,
+    ) -> Result<ConnSlot, SlotRefused> {
+        let mut slot = ConnSlot {
+            counts: Some(self.clone()),
+            in_total: false,
+            ip: None,
+        };
+        if total {
+            let max_total = self.inner.max_total;
+            let before = self.inner.total.fetch_add(1, Ordering::AcqRel);
+            slot.in_total = true;
+            if max_total > 0 && before >= max_total {
+                return Err(SlotRefused::NodeFull(max_total));
+            }
+        }
         let (Some(ip), true) = (ip, max > 0) else {
-            return Ok(ConnSlot { held: None });
+            return Ok(slot);
         };
         let key = count_key(ip);
-        let mut counts = self
-            .counts
-            .lock()
-            .map_err(|_| "connection counter unavailable".to_string())?;
+        let Ok(mut counts) = self.inner.per_ip.lock() else {
+            return Ok(slot);
+        };
         let count = counts.entry(key).or_insert(0);
         if *count >= max {
-            return Err(format!(
-                "too many connections from this address (limit {max})"
-            ));
+            return Err(SlotRefused::PerAddress(max));
         }
         *count += 1;
-        Ok(ConnSlot {
-            held: Some((self.clone(), key)),
-        })
+        slot.ip = Some(key);
+        Ok(slot)
     }
 
     /// Live connections counted for `ip`.
     pub fn count(&self, ip: IpAddr) -> usize {
-        self.counts
+        self.inner
+            .per_ip
             .lock()
             .map(|c| c.get(&count_key(ip)).copied().unwrap_or(0))
             .unwrap_or(0)
     }
-}
 
+    /// Live connections counted in the node's total.
+    pub fn total(&self) -> usize {
+        self.inner.total.load(Ordering::Relaxed)
+    }
+}
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        let Some((counts, key)) = self.held.take() else {
+        let Some(counts) = self.counts.take() else {
             return;
         };
-        if let Ok(mut map) = counts.counts.lock() {
+        if self.in_total {
+            counts.inner.total.fetch_sub(1, Ordering::AcqRel);
+        }
+        let Some(key) = self.ip.take() else {
+            return;
+        };
+        if let Ok(mut map) = counts.inner.per_ip.lock() {
             if let Some(count) = map.get_mut(&key) {
                 *count = count.saturating_sub(1);
                 if *count == 0 {
@@ -129,6 +218,93 @@ impl Drop for ConnSlot {
             }
         };
     }
+}
+
+/// A TCP connection counted at accept, before any of its bytes were read: handed to every
+/// request it carries (a request extension), so that a WebSocket upgraded from it keeps it
+/// counted for as long as the socket lives. Cloning shares the one slot.
+#[derive(Debug, Clone)]
+pub struct AcceptedConn {
+    /// The connection's slot.
+    pub slot: Arc<ConnSlot>,
+    /// Whether its address was counted at accept (not when the address comes from
+    /// `X-Forwarded-For`, known only from the request).
+    pub per_address_counted: bool,
+}
+
+/// Keeps a connection counted for as long as it is held: the TCP connection's slot taken at
+/// accept, and a slot of its own (a long-poll session, or an address only known from the
+/// request).
+#[derive(Debug)]
+pub struct ConnHold {
+    _accepted: Option<AcceptedConn>,
+    _own: ConnSlot,
+}
+
+impl ConnHold {
+    /// Holds `accepted` and `own`.
+    pub fn new(accepted: Option<AcceptedConn>, own: ConnSlot) -> Self {
+        ConnHold {
+            _accepted: accepted,
+            _own: own,
+        }
+    }
+}
+
+/// Token buckets per client address (IPv6 per /64), for work that is expensive whoever asks
+/// for it: opening long-poll sessions, reading the presence API. Full buckets are forgotten
+/// when the map grows, so it holds only addresses active right now.
+#[derive(Debug, Clone)]
+pub struct AddressLimiter {
+    limit: RateLimit,
+    buckets: Arc<Mutex<HashMap<IpAddr, TokenBucket>>>,
+}
+
+/// Addresses held before the full buckets are swept out.
+const SWEEP_AT: usize = 4096;
+
+impl AddressLimiter {
+    /// Buckets of `limit`'s shape.
+    pub fn new(limit: RateLimit) -> Self {
+        AddressLimiter {
+            limit,
+            buckets: Arc::default(),
+        }
+    }
+
+    /// Takes a token for `ip` at `now`; `true` when it may go ahead. An unknown address and a
+    /// rate of 0 are never limited.
+    pub fn take(&self, ip: Option<IpAddr>, now: Instant) -> bool {
+        let Some(ip) = ip else { return true };
+        if self.limit.per_second <= 0.0 {
+            return true;
+        }
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return true;
+        };
+        if buckets.len() >= SWEEP_AT {
+            buckets.retain(|_, bucket| !bucket.full_at(now));
+        }
+        buckets
+            .entry(count_key(ip))
+            .or_insert_with(|| TokenBucket::new(self.limit, now))
+            .take(now)
+    }
+}
+
+/// The open-file limit of this process (the soft limit), where the system tells it.
+pub fn open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line.split_whitespace().nth(3)?;
+    soft.parse().ok()
+}
+
+/// The default of [`Security::max_conns`](crate::config::Security::max_conns): 90 % of the
+/// open-file limit (the rest for listeners, cluster links, files), or unlimited (0) where the
+/// limit is unknown.
+pub fn default_max_conns() -> usize {
+    open_file_limit().map_or(0, |limit| limit / 10 * 9)
 }
 
 /// Presence keys refused until a deadline, after sustained abuse: without it a flooder closed
@@ -207,20 +383,57 @@ mod tests {
         let counts = ConnCounts::default();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let first = counts.acquire(Some(a), 2).unwrap();
-        let _second = counts.acquire(Some(a), 2).unwrap();
-        assert!(counts.acquire(Some(a), 2).is_err());
-        assert!(counts.acquire(Some(b), 2).is_ok());
+        let first = counts.acquire(Some(a), 2, true).unwrap();
+        let _second = counts.acquire(Some(a), 2, true).unwrap();
+        assert!(counts.acquire(Some(a), 2, true).is_err());
+        assert!(counts.acquire(Some(b), 2, true).is_ok());
         drop(first);
         assert_eq!(counts.count(a), 1);
-        assert!(counts.acquire(Some(a), 2).is_ok());
+        assert!(counts.acquire(Some(a), 2, true).is_ok());
+    }
+
+    #[test]
+    fn the_node_total_counts_every_slot_and_refuses_past_its_maximum() {
+        let counts = ConnCounts::new(2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let first = counts.acquire(Some(a), 0, true).unwrap();
+        let _second = counts.acquire(None, 0, true).unwrap();
+        assert_eq!(
+            counts.acquire(Some(a), 0, true).err(),
+            Some(SlotRefused::NodeFull(2))
+        );
+        assert_eq!(counts.total(), 2, "a refused slot is not counted");
+        assert!(
+            counts.acquire(Some(a), 5, false).is_ok(),
+            "outside the total"
+        );
+        drop(first);
+        assert_eq!(counts.total(), 1);
+        assert!(counts.acquire(Some(a), 0, true).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_address_limiter_limits_each_address_on_its_own() {
+        let limiter = AddressLimiter::new(RateLimit {
+            per_second: 1.0,
+            burst: 2,
+        });
+        let now = Instant::now();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert!(limiter.take(Some(a), now) && limiter.take(Some(a), now));
+        assert!(!limiter.take(Some(a), now));
+        assert!(limiter.take(Some(b), now));
+        assert!(limiter.take(Some(a), now + Duration::from_secs(1)));
+        assert!(limiter.take(None, now), "no address, no limit");
     }
 
     #[test]
     fn zero_means_unlimited_and_nothing_is_counted() {
         let counts = ConnCounts::default();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let slots: Vec<_> = (0..1000).map(|_| counts.acquire(Some(a), 0)).collect();
+        let slots: Vec<_> = (0..1000)
+            .map(|_| counts.acquire(Some(a), 0, true))
+            .collect();
         assert!(slots.iter().all(Result::is_ok));
         assert_eq!(counts.count(a), 0);
     }
@@ -231,13 +444,13 @@ mod tests {
         let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
         let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        let _held = counts.acquire(Some(one), 1).unwrap();
-        assert!(counts.acquire(Some(same_64), 1).is_err());
-        assert!(counts.acquire(Some(other_64), 1).is_ok());
+        let _held = counts.acquire(Some(one), 1, true).unwrap();
+        assert!(counts.acquire(Some(same_64), 1, true).is_err());
+        assert!(counts.acquire(Some(other_64), 1, true).is_ok());
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        let _v4 = counts.acquire(Some(mapped), 1).unwrap();
+        let _v4 = counts.acquire(Some(mapped), 1, true).unwrap();
         assert!(counts
-            .acquire(Some("10.0.0.1".parse().unwrap()), 1)
+            .acquire(Some("10.0.0.1".parse().unwrap()), 1, true)
             .is_err());
     }
 

@@ -17,11 +17,11 @@ use rollcall_core::protocol::{Outbound, Serializer};
 use rollcall_core::tracker::{CoalesceConfig, Coalescer, Diff, TopicDiff};
 
 use super::fetch::{Frame, Recipient, Stage};
-use super::outbox::Outbox;
 use super::render::{diff_json, presences_json, Listing};
 use super::ConnId;
 use crate::channel::{EVENT_PRESENCE_DIFF, EVENT_PRESENCE_STATE};
 use crate::frame::WireFrame;
+use crate::outbox::Outbox;
 
 /// One connection's channel on a topic, as the tracker needs to know it.
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ pub struct Subscriber {
     pub conn: ConnId,
     /// How that connection encodes frames.
     pub serializer: Serializer,
-    /// Its outgoing queue.
+    /// Its outgoing queue (bounded in bytes; never waits).
     pub outbox: Outbox,
     /// Its presence key in this topic.
     pub key: String,
@@ -254,7 +254,7 @@ impl Subscriptions {
             WireFrame::encode(serializer, out)
                 .inspect_err(|e| {
                     tracing::debug!(
-                        topic = out.topic(),
+                        topic = ?out.topic(),
                         "not delivered to {serializer:?} subscribers: {e}"
                     )
                 })

@@ -26,10 +26,10 @@ use rollcall_core::tracker::TopicDiff;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use super::outbox::Outbox;
 use super::render::{presences_value, Listing};
 use crate::channel::{EVENT_PRESENCE_DIFF, EVENT_PRESENCE_STATE};
 use crate::frame::WireFrame;
+use crate::outbox::Outbox;
 
 /// Longest a fetch may take; after it, the frame goes out without the hook's fields.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -181,7 +181,7 @@ impl Stage {
                 "fetch hook backlog full; closing the frame's recipients"
             );
             for r in &recipients {
-                r.outbox.overflowed();
+                r.outbox.overflow();
             }
             return;
         }

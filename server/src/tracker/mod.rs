@@ -24,7 +24,6 @@
 
 mod fanout;
 pub mod fetch;
-mod outbox;
 pub mod relay;
 mod render;
 mod task;
@@ -42,7 +41,6 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 pub use fanout::Subscriber;
-pub use outbox::Outbox;
 pub use watch::{Watch, WatchEvent, WatchOptions};
 
 use crate::config::ClusterSettings;
@@ -620,29 +618,34 @@ impl Tracker {
 mod tests {
     use super::*;
     use crate::frame::WireFrame;
+    use crate::outbox::{outbox, OutboxReceiver};
     use crate::pubsub::Local;
     use rollcall_core::protocol::Serializer;
-    use tokio::sync::Notify;
 
     /// A subscriber whose frames the test reads.
-    fn subscriber(conn: u64) -> (Subscriber, mpsc::Receiver<WireFrame>) {
-        let (tx, rx) = mpsc::channel(64);
+    fn subscriber(conn: u64) -> (Subscriber, OutboxReceiver) {
+        let (outbox, queued) = outbox(1 << 20);
         let subscriber = Subscriber {
             conn: ConnId(conn),
             serializer: Serializer::V2,
-            outbox: Outbox::new(tx, Arc::new(Notify::new())),
+            outbox,
             key: format!("k{conn}"),
         };
-        (subscriber, rx)
+        (subscriber, queued)
     }
 
-    /// The `presence_diff` payloads among `frames`, as JSON.
-    fn diffs(frames: &mut mpsc::Receiver<WireFrame>) -> Vec<Value> {
+    /// The `presence_diff` payloads among the frames queued so far, as JSON.
+    fn diffs(frames: &mut OutboxReceiver) -> Vec<Value> {
+        let mut batch = Vec::new();
+        let taken = frames.take(usize::MAX, &mut batch);
+        frames.release(taken);
         let mut out = Vec::new();
-        while let Ok(WireFrame::Text(text)) = frames.try_recv() {
-            let v: Value = serde_json::from_str(text.as_str()).unwrap();
-            if v[3] == "presence_diff" {
-                out.push(v[4].clone());
+        for frame in batch {
+            if let WireFrame::Text(text) = frame {
+                let v: Value = serde_json::from_str(text.as_str()).unwrap();
+                if v[3] == "presence_diff" {
+                    out.push(v[4].clone());
+                }
             }
         }
         out

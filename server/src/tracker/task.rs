@@ -501,7 +501,7 @@ impl TrackerTask {
                 self.metrics.pubsub_out(CHANNEL_RELAY, bytes.len());
                 self.pubsub.broadcast(CHANNEL_RELAY, Bytes::from(bytes))
             }
-            None => tracing::debug!(topic = out.topic(), "relay too large for other nodes"),
+            None => tracing::debug!(topic = ?out.topic(), "relay too large for other nodes"),
         }
     }
 

@@ -109,7 +109,7 @@ async fn storm_server() -> TestServer {
             diff_window_per_member: Duration::from_millis(1),
             ..ClusterSettings::default()
         },
-        max_queued_frames: 4_096,
+        max_queued_bytes: 16 << 20,
         ..Config::default()
     })
     .await

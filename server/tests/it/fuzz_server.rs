@@ -270,7 +270,8 @@ async fn run_machine(
         tx.send(item).map_err(|_| ())?;
         Ok::<_, ()>(tx)
     });
-    let reason = socket::run(ctx, Box::pin(sink), stream).await;
+    let (reason, sink, _) = socket::run(ctx, Box::pin(sink), stream).await;
+    drop(sink);
     let mut outputs = Vec::new();
     while let Ok(o) = out_rx.try_recv() {
         outputs.push(o);

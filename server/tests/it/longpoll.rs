@@ -280,7 +280,8 @@ async fn a_client_that_abandons_its_poll_still_expires_and_leaves() {
 #[tokio::test]
 async fn a_session_that_falls_too_far_behind_is_closed_like_a_slow_websocket() {
     let server = start(Config {
-        max_queued_frames: 8,
+        // About eight of the frames below.
+        max_queued_bytes: 8 * (64 + 80),
         ..config(10_000)
     })
     .await;

@@ -466,15 +466,24 @@ async fn every_metric_family_is_documented_in_docs_operations() {
 async fn connects_over_the_per_address_limit_are_counted() {
     let server = start(Config {
         security: Security {
-            max_conns_per_ip: 1,
+            max_conns_per_ip: 2,
             ..Security::default()
         },
         ..Config::default()
     })
     .await;
-    let _first = Client::user(&server, "a").await;
-    let url = format!("ws://{}/socket/websocket?vsn=2.0.0", server.addr);
-    assert!(tokio_tungstenite::connect_async(url).await.is_err());
+    // The clients come from 127.0.0.3, the scrapes from 127.0.0.1: each address has its own
+    // count.
+    let query = "vsn=2.0.0&user_id=a";
+    let _first = Client::connect_from(&server, "127.0.0.3", query)
+        .await
+        .unwrap();
+    let _second = Client::connect_from(&server, "127.0.0.3", query)
+        .await
+        .unwrap();
+    assert!(Client::connect_from(&server, "127.0.0.3", query)
+        .await
+        .is_err());
     wait_for(
         &server,
         &[
@@ -482,7 +491,7 @@ async fn connects_over_the_per_address_limit_are_counted() {
                 "rollcall_connects_refused_total{reason=\"per_address\"}",
                 1.0,
             ),
-            (WS_OPEN, 1.0),
+            (WS_OPEN, 2.0),
         ],
     )
     .await;

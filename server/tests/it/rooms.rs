@@ -422,7 +422,7 @@ async fn a_broadcast_is_encoded_once_per_serializer_and_shared() {
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_and_seen_leaving() {
     let server = start(Config {
-        max_queued_frames: 4,
+        max_queued_bytes: 256 * 1024,
         ..Config::default()
     })
     .await;

@@ -114,7 +114,7 @@ async fn serve_with_rollcall_secret_refuses_connections_without_a_token() {
 }
 
 #[tokio::test]
-async fn serve_with_rollcall_max_conns_per_ip_refuses_the_connection_beyond_with_429() {
+async fn serve_with_rollcall_max_conns_per_ip_refuses_the_connection_beyond() {
     let node = serve(
         "conns-env",
         &[("ROLLCALL_MAX_CONNS_PER_IP", "1"), ("RUST_LOG", "error")],
@@ -124,6 +124,7 @@ async fn serve_with_rollcall_max_conns_per_ip_refuses_the_connection_beyond_with
     let first = connect(url.clone()).await;
     let second = connect(url).await;
     assert!(first.is_ok(), "{first:?}");
+    // Counted at accept: 429 if the request had arrived by then, else closed unanswered.
     match second {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             assert_eq!(resp.status().as_u16(), 429);
@@ -133,6 +134,7 @@ async fn serve_with_rollcall_max_conns_per_ip_refuses_the_connection_beyond_with
                 "too many connections from this address (limit 1)"
             );
         }
-        other => panic!("expected 429, got {other:?}"),
+        Err(_) => {}
+        Ok(_) => panic!("the second connection was accepted"),
     }
 }

@@ -328,3 +328,62 @@ async fn garbage_in_a_longpoll_body_ends_only_that_session() {
     assert_eq!(keys(&left[4]["leaves"]), vec!["lp"]);
     bystander_unaffected(&server, &mut alice, "erin").await;
 }
+
+#[tokio::test]
+async fn a_join_of_a_topic_too_long_or_not_printable_is_refused_with_the_reason() {
+    let server = crate::support::server::start_default().await;
+    let mut c = Client::user(&server, "namer").await;
+    for (topic, reason) in [
+        (format!("room:{}", "x".repeat(251)), "topic too long"),
+        ("room:a\nb".to_string(), "invalid topic"),
+        ("room:\u{202E}lobby".to_string(), "invalid topic"),
+        ("room:a\0".to_string(), "invalid topic"),
+    ] {
+        let r = c.next_ref();
+        c.send_json(json!([r, r, topic, "phx_join", {}])).await;
+        let reply = c.recv_until(|v| v[1] == json!(r)).await;
+        assert_eq!(
+            reply[4],
+            json!({"status": "error", "response": {"reason": reason}})
+        );
+    }
+    // The longest allowed topic joins, and the connection works on.
+    c.join(&format!("room:{}", "x".repeat(250)), json!({}))
+        .await;
+    c.sync().await;
+    let (status, _, body) = crate::support::server::http(
+        server.addr,
+        "GET",
+        &format!("/api/presence/room:{}", "x".repeat(300)),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (400, r#"{"error":"topic too long"}"#)
+    );
+}
+
+#[tokio::test]
+async fn a_presence_key_too_long_or_not_printable_is_refused_at_connect() {
+    let server = crate::support::server::start_default().await;
+    for (user, reason) in [
+        ("k".repeat(256), "presence key too long"),
+        ("al%E2%80%AEice".to_string(), "invalid presence key"),
+        ("a%0Ab".to_string(), "invalid presence key"),
+    ] {
+        let url = format!(
+            "ws://{}/socket/websocket?vsn=2.0.0&user_id={user}",
+            server.addr
+        );
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), 403);
+                let body = resp.body().clone().unwrap_or_default();
+                assert_eq!(String::from_utf8_lossy(&body), reason);
+            }
+            other => panic!("expected 403 {reason}, got {other:?}"),
+        }
+    }
+}

@@ -285,6 +285,101 @@ async fn with_no_abuse_penalty_a_closed_key_may_reconnect_at_once() {
 }
 
 #[tokio::test]
+async fn heartbeats_between_refused_messages_do_not_end_the_run_that_closes_with_1008() {
+    let server = with_security(Security {
+        event_rate: no_refill(1),
+        max_limited_in_a_row: 5,
+        ..Security::default()
+    })
+    .await;
+    let mut c = Client::user(&server, "sly").await;
+    let jr = c.join("room:r", json!({})).await;
+    // The join drew from its own allowance: the one event token goes to this push.
+    let r = c.push(&jr, "room:r", "spam", json!({})).await;
+    let reply = c.recv_until(|v| v[1] == json!(r)).await;
+    assert_eq!(reply[4]["status"], "ok");
+    // A heartbeat after every refused message: answering one is cheap, but it proves
+    // nothing about the flood.
+    for _ in 0..4 {
+        let r = c.push(&jr, "room:r", "spam", json!({})).await;
+        let reply = c.recv_until(|v| v[1] == json!(r)).await;
+        assert_eq!(reply[4]["response"]["reason"], "rate limited");
+        c.sync().await;
+    }
+    c.push(&jr, "room:r", "spam", json!({})).await;
+    let (code, reason) = c.expect_close().await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (1008, "rate limited: too many messages")
+    );
+}
+
+#[tokio::test]
+async fn the_presence_api_answers_429_past_the_rate_of_an_address() {
+    let server = with_security(Security {
+        api_rate: no_refill(3),
+        ..Security::default()
+    })
+    .await;
+    for _ in 0..3 {
+        let (status, _, _) = http(server.addr, "GET", "/api/presence/room:a", &[], b"").await;
+        assert_eq!(status, 200);
+    }
+    let (status, _, body) = http(server.addr, "GET", "/api/presence/room:a/count", &[], b"").await;
+    assert_eq!(status, 429);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"], rollcall_server::api::RATE_LIMITED);
+}
+
+#[tokio::test]
+async fn broadcasts_answer_429_past_the_rate_of_an_address() {
+    let server = with_security(Security {
+        api_rate: no_refill(2),
+        ..Security::default()
+    })
+    .await;
+    let event = json!({"event": "news", "payload": {}}).to_string();
+    let post = || {
+        http(
+            server.addr,
+            "POST",
+            "/api/broadcast/room:a",
+            &[("content-type", "application/json")],
+            event.as_bytes(),
+        )
+    };
+    for _ in 0..2 {
+        let (status, _, body) = post().await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let (status, _, body) = post().await;
+    assert_eq!(status, 429);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"], rollcall_server::api::RATE_LIMITED);
+}
+
+#[tokio::test]
+async fn long_poll_sessions_opened_past_the_rate_of_an_address_are_refused_for_now() {
+    let server = with_security(Security {
+        longpoll_open_rate: no_refill(3),
+        ..Security::default()
+    })
+    .await;
+    let open = || async {
+        let (_, _, body) = http(server.addr, "GET", "/socket/longpoll?vsn=2.0.0", &[], b"").await;
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    for _ in 0..3 {
+        assert_eq!(open().await["status"], 410);
+    }
+    // 403 is what makes phoenix.js back off and retry (see REFUSED_FOR_NOW).
+    assert_eq!(open().await, json!({"status": 403}));
+    // A WebSocket from the same address is not a session: it connects.
+    let mut ws = Client::user(&server, "ws").await;
+    ws.sync().await;
+}
+
+#[tokio::test]
 async fn joins_up_to_the_channel_limit_are_not_rate_limited_and_the_one_beyond_is_told_why() {
     // The default shapes (a burst of 100 events, 100 channels) without refill: a client that
     // reconnects and rejoins its 100 channels at once must keep its whole event burst.

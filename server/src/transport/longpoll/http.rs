@@ -121,6 +121,8 @@ fn open(
         params,
         headers,
         peer,
+        // A session counts as a connection of its own, whatever TCP connection opened it.
+        accepted: None,
     };
     let Admitted { context, slot } = match admit(&state.node, request) {
         Ok(admitted) => admitted,

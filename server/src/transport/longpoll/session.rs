@@ -17,7 +17,8 @@ use tokio::time::Instant;
 
 use crate::frame::{FromClient, ToClient, WireFrame};
 use crate::metrics::OpenConnection;
-use crate::security::limits::ConnSlot;
+use crate::outbox;
+use crate::security::limits::ConnHold;
 use crate::socket::{self, SocketContext};
 use crate::transport::decode_lenient_base64;
 
@@ -27,7 +28,9 @@ pub const MAX_NDJSON_LINES: usize = 100;
 /// One session: the ends of its machine's channels, and when it was last polled.
 pub(super) struct Session {
     pub(super) inbound: mpsc::Sender<FromClient>,
-    outgoing: tokio::sync::Mutex<mpsc::Receiver<ToClient>>,
+    outgoing: tokio::sync::Mutex<mpsc::UnboundedReceiver<ToClient>>,
+    /// What the frames waiting for a poll cost ([`outbox::cost`]), against `max_queued_bytes`.
+    queued: Arc<AtomicUsize>,
     last_poll: Mutex<Instant>,
     polling: AtomicUsize,
 }
@@ -90,7 +93,7 @@ pub(super) fn owner_of(token: &str) -> Option<String> {
 pub(super) fn start(
     sessions: &Arc<Sessions>,
     mut context: SocketContext,
-    slot: ConnSlot,
+    slot: ConnHold,
     counted: OpenConnection,
 ) -> String {
     let config = context.node.config.clone();
@@ -99,13 +102,15 @@ pub(super) fn start(
     let token = new_token(context.node.tracker.node());
     let (in_tx, in_rx) = mpsc::channel(MAX_NDJSON_LINES);
     // Bounded like a WebSocket's queue: frames the client has not polled count against
-    // `max_queued_frames`, and past it the session ends (its polls then answer 410 and the
+    // `max_queued_bytes`, and past it the session ends (its polls then answer 410 and the
     // client reconnects for a fresh presence_state) instead of the node holding them all.
-    let (out_tx, out_rx) = mpsc::channel(config.max_queued_frames.max(1));
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
     let (kill_tx, kill_rx) = oneshot::channel::<()>();
     let session = Arc::new(Session {
         inbound: in_tx,
         outgoing: tokio::sync::Mutex::new(out_rx),
+        queued: queued.clone(),
         last_poll: Mutex::new(Instant::now()),
         polling: AtomicUsize::new(0),
     });
@@ -117,12 +122,23 @@ pub(super) fn start(
     .take_until(kill_rx);
     // Never waits: a full queue fails the write, which ends the machine (the session expiry
     // could not reach a machine blocked in a write).
-    let sink = futures_util::sink::unfold(out_tx, |tx, item: ToClient| async move {
-        tx.try_send(item).map_err(|_| ())?;
-        Ok::<_, ()>(tx)
-    });
+    let max_bytes = config.max_queued_bytes;
+    let sink = futures_util::sink::unfold(
+        (out_tx, queued),
+        move |(tx, queued), item: ToClient| async move {
+            if let ToClient::Frame(frame) = &item {
+                let cost = outbox::cost(frame);
+                let before = queued.fetch_add(cost, Ordering::AcqRel);
+                if before > 0 && before + cost > max_bytes {
+                    return Err(());
+                }
+            }
+            tx.send(item).map_err(|_| ())?;
+            Ok::<_, ()>((tx, queued))
+        },
+    );
     tokio::spawn(async move {
-        socket::run(context, Box::pin(sink), Box::pin(stream)).await;
+        let _ = socket::run(context, Box::pin(sink), Box::pin(stream)).await;
         drop(slot);
         drop(counted);
         // The session stays listed: its next poll reads the close and answers 410, which
@@ -220,9 +236,11 @@ pub(super) async fn poll(
     if let Ok(mut rx) = tokio::time::timeout_at(deadline, session.outgoing.lock()).await {
         let take = |item: Option<ToClient>, messages: &mut Vec<String>| match item {
             Some(ToClient::Frame(f)) => {
+                session.queued.fetch_sub(outbox::cost(&f), Ordering::AcqRel);
                 messages.push(frame_text(&f));
                 true
             }
+            Some(ToClient::Pong(_)) => true,
             Some(ToClient::Close { .. }) | None => false,
         };
         loop {
@@ -335,14 +353,15 @@ mod tests {
     /// A session as `open` makes it, with the machine's ends handed to the test.
     fn session() -> (
         Arc<Session>,
-        mpsc::Sender<ToClient>,
+        mpsc::UnboundedSender<ToClient>,
         mpsc::Receiver<FromClient>,
     ) {
         let (in_tx, in_rx) = mpsc::channel(MAX_NDJSON_LINES);
-        let (out_tx, out_rx) = mpsc::channel(16);
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
         let session = Arc::new(Session {
             inbound: in_tx,
             outgoing: tokio::sync::Mutex::new(out_rx),
+            queued: Arc::default(),
             last_poll: Mutex::new(Instant::now()),
             polling: AtomicUsize::new(0),
         });

@@ -2,6 +2,7 @@
 //! ([`server`]), real brokers ([`broker`]), clusters of real `rollcall` processes
 //! ([`cluster`]) and reserved ports ([`ports`]). Every wait has a deadline.
 
+pub mod alloc;
 pub mod broker;
 pub mod cluster;
 pub mod mesh;

@@ -81,6 +81,19 @@ impl Client {
         Client { ws, next_ref: 0 }
     }
 
+    /// Connects from the loopback address `from` (any of 127.0.0.0/8 is this machine), so that
+    /// per-address limits see another client than 127.0.0.1.
+    pub async fn connect_from(
+        server: &TestServer,
+        from: &str,
+        query: &str,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let tcp = tcp_from(from, server.addr).await;
+        let url = format!("ws://{}/socket/websocket?{query}", server.addr);
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp)).await?;
+        Ok(Client { ws, next_ref: 0 })
+    }
+
     /// Wraps an already-connected socket.
     pub fn from_ws(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
         Client { ws, next_ref: 0 }
@@ -207,6 +220,15 @@ impl Client {
             before.push(v);
         }
     }
+}
+
+/// A TCP connection to `addr` from the loopback address `from`.
+pub async fn tcp_from(from: &str, addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
+    socket.connect(addr).await.unwrap()
 }
 
 /// The keys of a presence map (`presence_state` or one side of a diff).
