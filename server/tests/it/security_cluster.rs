@@ -226,13 +226,24 @@ async fn forged_and_replayed_messages_never_reach_a_client(kind: BrokerKind) {
     }
     ua.push("shout", json!({"n": 1}));
     ub.wait_for("the shout", |v| !v.events.is_empty()).await;
-    // What a and b published so far, the shout included, as the intruder recorded it.
-    let recorded = intruder.recorded();
-    let shout = recorded
-        .iter()
-        .rfind(|(_, m)| sender_and_channel(m) == ("a".into(), "relay".into()))
-        .cloned()
-        .expect("the shout was recorded");
+    // What a and b published so far, the shout included, as the intruder recorded it. The
+    // intruder is another subscriber of the broker: it may get the shout after ub did.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let (recorded, shout) = loop {
+        let recorded = intruder.recorded();
+        let shout = recorded
+            .iter()
+            .rfind(|(_, m)| sender_and_channel(m) == ("a".into(), "relay".into()))
+            .cloned();
+        if let Some(shout) = shout {
+            break (recorded, shout);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the shout was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
 
     // A node with the wrong secret on the same channels: its member must never be listed.
     let mut wrong = args.clone();
