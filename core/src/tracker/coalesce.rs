@@ -2,10 +2,14 @@
 //! reaches a room's subscribers as one `presence_diff` instead of one per change.
 //!
 //! A change to a room that sent nothing within its window goes out at once (leading edge), so a
-//! quiet room pays no wait. A change that comes sooner waits until the window since the last send
-//! has passed, and every change of the room in between joins it. The window grows with the
-//! room's local subscribers (every diff costs one frame per subscriber) up to a cap; a room
-//! whose last window held a single change sends its next change at once again.
+//! quiet room pays no wait; so do the next few changes of a quiet room
+//! ([`CoalesceConfig::quiet_burst`] in all), because single changes often come in pairs (a
+//! client leaves and another joins, a member joins and then sets its meta) and the second
+//! must not wait for the first's window. A change past that, or any change to a busy room,
+//! waits until the window since the last send has passed, and every change of the room in
+//! between joins it. The window grows with the room's local subscribers (every diff costs one
+//! frame per subscriber) up to a cap. A room is quiet again once nothing came for a whole
+//! window, or once a window held a single change; a window that held more makes it busy.
 //!
 //! What is held is *net*: a presence that appears and disappears within a window is in neither
 //! list, and one that disappears and comes back (its replica went down and up) too. The joins and
@@ -35,14 +39,19 @@ pub struct CoalesceConfig {
     /// holds changes for `n × this` (up to the cap), so its diffs cost at most about one frame
     /// per this many microseconds while changes keep coming.
     pub window_per_subscriber_us: u64,
+    /// How many changes a quiet room sends at once, one by one, before it starts holding them
+    /// (at least one is always sent at once).
+    pub quiet_burst: u32,
 }
 
 impl Default for CoalesceConfig {
-    /// A 20 ms cap, reached at 2,000 subscribers (10 µs each).
+    /// A 20 ms cap, reached at 2,000 subscribers (10 µs each); a quiet room sends two
+    /// changes at once before it holds.
     fn default() -> Self {
         CoalesceConfig {
             max_window_us: 20_000,
             window_per_subscriber_us: 10,
+            quiet_burst: 2,
         }
     }
 }
@@ -132,8 +141,11 @@ struct Window {
     deadline: Option<u64>,
     /// When a diff last went out.
     last_sent: Option<u64>,
-    /// The last window held a single change: the next change goes out at once.
+    /// Nothing came for a whole window, or the last window held a single change: changes go
+    /// out at once while `sent_quiet` is below the burst.
     quiet: bool,
+    /// Changes sent at once since the room last became quiet.
+    sent_quiet: u32,
 }
 
 /// The coalescing windows of every room with local subscribers (see the module documentation).
@@ -183,13 +195,17 @@ impl Coalescer {
             window.held.absorb(diff);
             return None;
         }
-        let open = match window.last_sent {
-            Some(last) => !window.quiet && now_us < last.saturating_add(window_us),
-            None => false,
+        let idle = match window.last_sent {
+            Some(last) => now_us >= last.saturating_add(window_us),
+            None => true,
         };
-        if !open {
+        if idle {
+            window.quiet = true;
+            window.sent_quiet = 0;
+        }
+        if window.quiet && window.sent_quiet < self.config.quiet_burst.max(1) {
             window.last_sent = Some(now_us);
-            window.quiet = false;
+            window.sent_quiet += 1;
             return Some(diff);
         }
         let deadline = window.last_sent.unwrap_or(now_us).saturating_add(window_us);
@@ -233,6 +249,7 @@ impl Coalescer {
             window.last_sent = Some(now_us);
             let held = std::mem::take(&mut window.held);
             window.quiet = held.changes <= 1;
+            window.sent_quiet = 0;
             if !held.is_empty() {
                 out.push((topic, held.into_diff()));
             }
@@ -292,6 +309,15 @@ mod tests {
         Meta::new(&format!(r#"{{"n":{n}}}"#)).unwrap()
     }
 
+    /// The default windows, but a quiet room sends only its first change at once: what the
+    /// tests of holding start from.
+    fn one_at_once() -> CoalesceConfig {
+        CoalesceConfig {
+            quiet_burst: 1,
+            ..CoalesceConfig::default()
+        }
+    }
+
     fn room(diff: crate::tracker::Diff) -> TopicDiff {
         diff.topic("room").cloned().unwrap_or_default()
     }
@@ -315,7 +341,7 @@ mod tests {
     #[test]
     fn a_burst_is_held_until_the_window_ends_and_goes_out_as_one_diff() {
         let mut s = shard();
-        let mut c = Coalescer::new(CoalesceConfig::default());
+        let mut c = Coalescer::new(one_at_once());
         let t = topic();
         let (_, d) = s.track(1, "room", "a", meta(1)).unwrap();
         assert!(c.push(&t, room(d), 100, 0).is_some());
@@ -340,7 +366,7 @@ mod tests {
     #[test]
     fn a_presence_that_comes_and_goes_within_a_window_is_not_sent() {
         let mut s = shard();
-        let mut c = Coalescer::new(CoalesceConfig::default());
+        let mut c = Coalescer::new(one_at_once());
         let t = topic();
         let (_, d) = s.track(1, "room", "a", meta(1)).unwrap();
         c.push(&t, room(d), 100, 0);
@@ -354,7 +380,7 @@ mod tests {
     #[test]
     fn an_update_held_twice_is_one_leave_of_the_version_seen_and_one_join_of_the_last() {
         let mut s = shard();
-        let mut c = Coalescer::new(CoalesceConfig::default());
+        let mut c = Coalescer::new(one_at_once());
         let t = topic();
         let (first, d) = s.track(1, "room", "a", meta(1)).unwrap();
         c.push(&t, room(d), 100, 0);
@@ -373,7 +399,7 @@ mod tests {
     #[test]
     fn a_subscriber_joining_mid_window_starts_from_the_room_as_last_sent() {
         let mut s = shard();
-        let mut c = Coalescer::new(CoalesceConfig::default());
+        let mut c = Coalescer::new(one_at_once());
         let t = topic();
         let (_, d) = s.track(1, "room", "a", meta(1)).unwrap();
         c.push(&t, room(d), 100, 0);
@@ -391,7 +417,7 @@ mod tests {
     #[test]
     fn after_a_window_with_one_change_the_next_change_goes_out_at_once() {
         let mut s = shard();
-        let mut c = Coalescer::new(CoalesceConfig::default());
+        let mut c = Coalescer::new(one_at_once());
         let t = topic();
         let (_, d) = s.track(1, "room", "a", meta(1)).unwrap();
         c.push(&t, room(d), 100, 0);
@@ -400,6 +426,34 @@ mod tests {
         assert_eq!(c.due(1_000).len(), 1);
         let (_, d) = s.track(3, "room", "c", meta(1)).unwrap();
         assert!(c.push(&t, room(d), 100, 1_100).is_some());
+    }
+
+    #[test]
+    fn a_quiet_room_sends_a_pair_of_changes_at_once_and_holds_from_the_third() {
+        let mut s = shard();
+        let mut c = Coalescer::new(CoalesceConfig::default());
+        let t = topic();
+        // A leave and a join a moment apart, as when one client replaces another.
+        let (_, d) = s.track(1, "room", "a", meta(1)).unwrap();
+        assert!(c.push(&t, room(d), 100, 0).is_some());
+        let d = s.untrack(1, "room", "a");
+        assert!(c.push(&t, room(d), 100, 10).is_some());
+        let (_, d) = s.track(2, "room", "b", meta(1)).unwrap();
+        assert!(c.push(&t, room(d), 100, 20).is_none(), "the third is held");
+        let (_, d) = s.track(3, "room", "c", meta(1)).unwrap();
+        assert!(c.push(&t, room(d), 100, 30).is_none());
+        // Held until a window after the last send; two changes held: the room is busy.
+        assert_eq!(c.next_deadline(), Some(10 + c.window_us(100)));
+        assert_eq!(c.due(1_010).len(), 1);
+        let (_, d) = s.track(4, "room", "d", meta(1)).unwrap();
+        assert!(
+            c.push(&t, room(d), 100, 1_020).is_none(),
+            "a busy room has no burst"
+        );
+        assert_eq!(c.due(2_010).len(), 1);
+        // A whole window without a change: quiet again.
+        let (_, d) = s.track(5, "room", "e", meta(1)).unwrap();
+        assert!(c.push(&t, room(d), 100, 3_100).is_some());
     }
 
     #[test]

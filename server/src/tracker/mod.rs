@@ -113,6 +113,7 @@ fn coalesce_config(settings: &ClusterSettings) -> CoalesceConfig {
     CoalesceConfig {
         max_window_us: us(settings.diff_window),
         window_per_subscriber_us: us(settings.diff_window_per_member),
+        ..CoalesceConfig::default()
     }
 }
 
@@ -665,10 +666,11 @@ mod tests {
         );
         let (watcher, mut frames) = subscriber(1);
         tracker.join("room", None, watcher, false, None);
-        // The first change in a quiet room goes out at once.
+        // The first two changes in a quiet room go out at once, each on its own.
         tracker.track_key(ConnId(100), "room", "a", Map::new());
+        tracker.track_key(ConnId(100), "room", "z", Map::new());
         tracker.list("room").await;
-        assert_eq!(diffs(&mut frames).len(), 1);
+        assert_eq!(diffs(&mut frames).len(), 2);
         let start = Instant::now();
         for key in ["b", "c", "d"] {
             tracker.track_key(ConnId(100), "room", key, Map::new());
