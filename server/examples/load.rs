@@ -567,8 +567,10 @@ fn storm(args: &Args) {
     let start = node.rss_mib();
     let mut workers = spawn_members(&node, n, n, per_process(args));
     let connected = node.rss_mib();
+    let frames_before = frames_sent(&node.addr);
     let (stop, peak) = sample_peak(node.pid);
     let (go, last, converged, closed) = join_and_converge(&mut workers, Duration::from_secs(900));
+    let frames = frames_sent(&node.addr).saturating_sub(frames_before);
     let after = settle(&node);
     let _ = stop.send(());
     let peak = peak.join().unwrap_or(0.0);
@@ -581,6 +583,20 @@ fn storm(args: &Args) {
         (last - go) / 1e3
     );
     println!("({converged} of {n} members saw all {n})");
+    println!(
+        "frames sent during the storm: {frames} (N²/20 = {}, one diff per join would be N²/2 = {})",
+        n * n / 20,
+        n * n / 2
+    );
+}
+
+/// The node's `rollcall_frames_sent_total` (0 if it cannot be read).
+fn frames_sent(addr: &str) -> u64 {
+    metric_lines(addr, "rollcall_frames_sent_total")
+        .iter()
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
 }
 
 /// Waits for every worker's `probe <marker>` line: (first, last) unix ms over all members.

@@ -89,6 +89,19 @@ pub struct ClusterSettings {
     /// Longest wait before a local change is sent to other nodes; changes within one window go
     /// in one message. Zero sends every change on its own.
     pub coalesce: Duration,
+    /// Longest time a room's presence diffs are held so that a burst of changes reaches its
+    /// local subscribers as one `presence_diff`. A room that sent nothing within its window
+    /// gets a change at once; the window is `diff_window_per_member` per local subscriber up
+    /// to this cap. Zero sends every change on its own.
+    pub diff_window: Duration,
+    /// A room's diff window per local subscriber (10 µs: a busy room's diffs cost about one
+    /// frame per 10 µs, whatever its size, until the cap is reached).
+    pub diff_window_per_member: Duration,
+    /// Tracker shards: tasks that each own the topics hashing to them, so presence work runs on
+    /// every core. Every node of a cluster must run the same number (shard `i` replicates with
+    /// shard `i` of each peer; a peer with another pool size is refused and logged). The
+    /// default is the number of cores of the machine, so set it explicitly when nodes differ.
+    pub tracker_shards: usize,
     /// Test-only: wrap the transport in [`Partitioned`](crate::pubsub::Partitioned) and serve
     /// `POST /_fault/partition` (cuts this node off from a peer).
     pub fault_injection: bool,
@@ -101,9 +114,17 @@ impl Default for ClusterSettings {
             down_period: Duration::from_millis(30_000),
             permdown_period: Duration::from_millis(1_200_000),
             coalesce: Duration::from_millis(10),
+            diff_window: Duration::from_millis(20),
+            diff_window_per_member: Duration::from_micros(10),
+            tracker_shards: default_tracker_shards(),
             fault_injection: false,
         }
     }
+}
+
+/// The number of cores this process may use (1 if unknown): the default tracker pool size.
+pub fn default_tracker_shards() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// Who may connect and how hard they may push. The default is open mode: no token required,

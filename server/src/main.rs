@@ -465,7 +465,9 @@ Cluster flags (see docs/cluster.md):
   --broadcast-period-ms MS         ROLLCALL_BROADCAST_PERIOD_MS tracker heartbeat period [1500]
   --down-period-ms MS              ROLLCALL_DOWN_PERIOD_MS      a silent node's members leave after [30000]
   --permdown-period-ms MS          ROLLCALL_PERMDOWN_PERIOD_MS  a silent node is forgotten after [1200000]
-  --coalesce-ms MS                 ROLLCALL_COALESCE_MS         local changes reach other nodes within [10]";
+  --coalesce-ms MS                 ROLLCALL_COALESCE_MS         local changes reach other nodes within [10]
+  --diff-window-ms MS              ROLLCALL_DIFF_WINDOW_MS      a busy room's presence diffs go out at least every [20]
+  --tracker-shards N               ROLLCALL_TRACKER_SHARDS      tracker tasks, topics hashed over them; the same on every node [cores]";
 
 /// The cluster transport a node uses.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -535,6 +537,15 @@ struct ClusterArgs {
     /// window travel together; 0 sends each at once).
     #[arg(long, env = "ROLLCALL_COALESCE_MS", default_value_t = 10)]
     coalesce_ms: u64,
+    /// A busy room's presence diffs are held at most this many milliseconds and go out as one
+    /// (a quiet room's at once; the window is 10 µs per local member up to this; 0: every
+    /// change on its own).
+    #[arg(long, env = "ROLLCALL_DIFF_WINDOW_MS", default_value_t = 20)]
+    diff_window_ms: u64,
+    /// Tracker shards (tasks that each own the topics hashing to them). Every node of a
+    /// cluster must run the same number; default: the number of cores.
+    #[arg(long, env = "ROLLCALL_TRACKER_SHARDS", value_parser = clap::value_parser!(u16).range(1..))]
+    tracker_shards: Option<u16>,
     /// Test only: serve POST /_fault/partition?peer=NAME&partitioned=true|false.
     #[arg(long, env = "ROLLCALL_FAULT_INJECTION", hide = true)]
     fault_injection: bool,
@@ -547,7 +558,12 @@ impl ClusterArgs {
             down_period: Duration::from_millis(self.down_period_ms),
             permdown_period: Duration::from_millis(self.permdown_period_ms),
             coalesce: Duration::from_millis(self.coalesce_ms),
+            diff_window: Duration::from_millis(self.diff_window_ms),
+            tracker_shards: self
+                .tracker_shards
+                .map_or_else(rollcall_server::config::default_tracker_shards, usize::from),
             fault_injection: self.fault_injection,
+            ..rollcall_server::config::ClusterSettings::default()
         }
     }
 

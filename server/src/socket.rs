@@ -286,6 +286,10 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
         let mut deadline = Instant::now() + idle_timeout.unwrap_or(far_future);
         // Whether the connection's presences were already removed.
         let mut left = false;
+        // Whether the tracker takes more: while a shard's queue is over its bound, the next
+        // frame waits in the socket (queued frames are still written).
+        let tracker = self.ctx.node.tracker.clone();
+        let mut tracker_has_room = true;
         // Every await in the arms below is boxed: inline, the deepest of them (a write, a
         // close, handling a message) would set the size of every idle connection's task.
         let reason = loop {
@@ -305,7 +309,8 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
                         break reason;
                     }
                 }
-                inbound = stream.next() => {
+                _ = tracker.ready(), if !tracker_has_room => tracker_has_room = true,
+                inbound = stream.next(), if tracker_has_room => {
                     deadline = Instant::now() + idle_timeout.unwrap_or(far_future);
                     match inbound {
                         None => break CloseReason::ClientGone,
@@ -315,6 +320,7 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
                             }
                         }
                     }
+                    tracker_has_room = tracker.has_room();
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::debug!(conn = conn.0, "closing idle connection");

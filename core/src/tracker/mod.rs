@@ -11,6 +11,7 @@
 //!   messages.
 //! - [`ReplicationMessage`] — what shards exchange, with a versioned binary encoding.
 //! - [`Diff`] / [`Presence`] / [`Meta`] / [`PhxRef`] — what local subscribers are told.
+//! - [`Coalescer`] — per-room windows that turn a burst of diffs into one, for the fan-out.
 //!
 //! ```
 //! use rollcall_core::tracker::{Meta, ReplicaId, Shard, ShardConfig};
@@ -27,6 +28,7 @@
 //! assert_eq!(b.list("room:1").len(), 1);
 //! ```
 
+mod coalesce;
 mod delta;
 mod diff;
 mod message;
@@ -38,6 +40,7 @@ mod state;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
+pub use coalesce::{CoalesceConfig, Coalescer};
 pub use diff::{Diff, TopicDiff};
 pub use message::{
     Clock, DecodeError, EncodeError, ReplicationMessage, StatePayload, WIRE_VERSION,

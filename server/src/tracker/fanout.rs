@@ -2,16 +2,22 @@
 //! encoded once per serializer and the same bytes go to every subscriber using it; presence
 //! payloads are written as JSON text once ([`render`](super::render)) and framed by
 //! [`Serializer::encode_push_json`].
+//!
+//! Presence diffs go through a [`Coalescer`]: a room that sent nothing within its window gets a
+//! change at once, a busier one gets the changes of each window as one `presence_diff`. A new
+//! subscriber's `presence_state` is the room as the others last saw it, so the diff held at
+//! that moment reaches it too and applies exactly once; that text is rendered once per room
+//! between two diffs and shared by every joiner in between.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rollcall_core::protocol::{Outbound, Serializer};
-use rollcall_core::tracker::{Diff, Presence};
+use rollcall_core::tracker::{CoalesceConfig, Coalescer, Diff, TopicDiff};
 
 use super::fetch::{Frame, Recipient, Stage};
-use super::render::{diff_json, presences_json};
+use super::render::{diff_json, presences_json, Listing};
 use super::ConnId;
 use crate::channel::{EVENT_PRESENCE_DIFF, EVENT_PRESENCE_STATE};
 use crate::frame::WireFrame;
@@ -47,17 +53,27 @@ pub(super) struct Subscriptions {
     frames_encoded: Arc<AtomicU64>,
     /// With the app's fetch hook: where presence frames go to be fetched, in order.
     stage: Option<Stage>,
+    /// Presence diffs held per room.
+    coalescer: Coalescer,
+    /// Per room, the `presence_state` payload of the room as last sent, once rendered.
+    states: HashMap<Arc<str>, String>,
 }
 
 impl Subscriptions {
     /// No subscriber yet; encodings are counted in `frames_encoded`. With a `stage`, presence
     /// frames go through the app's fetch hook.
-    pub(super) fn new(frames_encoded: Arc<AtomicU64>, stage: Option<Stage>) -> Self {
+    pub(super) fn new(
+        frames_encoded: Arc<AtomicU64>,
+        stage: Option<Stage>,
+        coalesce: CoalesceConfig,
+    ) -> Self {
         Subscriptions {
             topics: HashMap::new(),
             by_conn: HashMap::new(),
             frames_encoded,
             stage,
+            coalescer: Coalescer::new(coalesce),
+            states: HashMap::new(),
         }
     }
 
@@ -109,6 +125,9 @@ impl Subscriptions {
         let member = members.remove(&conn);
         if members.is_empty() {
             self.topics.remove(topic);
+            // Nobody is left to send held changes to, and the next joiner starts from now.
+            self.coalescer.forget(topic);
+            self.states.remove(topic);
         }
         member
     }
@@ -126,18 +145,19 @@ impl Subscriptions {
         self.topics.len()
     }
 
-    /// Pushes `presence_state` (the room as `listing` shows it) to a joiner, with its join_ref.
+    /// Pushes `presence_state` to a joiner, with its join_ref: the room as its other
+    /// subscribers last saw it (`list` gives the room now, as the shard lists it).
     pub(super) fn push_state(
-        &self,
+        &mut self,
         subscriber: &Subscriber,
         join_ref: Option<&str>,
         topic: &str,
-        listing: &[(Arc<str>, Presence)],
+        list: impl FnOnce() -> Listing,
     ) {
         if let Some(stage) = &self.stage {
             let frame = Frame::State {
                 join_ref: join_ref.map(str::to_string),
-                listing: listing.to_vec(),
+                listing: self.coalescer.as_sent(topic, list()),
             };
             let recipient = Recipient {
                 serializer: subscriber.serializer,
@@ -146,38 +166,86 @@ impl Subscriptions {
             stage.send(topic.into(), frame, vec![recipient]);
             return;
         }
-        let payload = presences_json(listing);
+        if !self.states.contains_key(topic) {
+            let payload = presences_json(&self.coalescer.as_sent(topic, list()));
+            if !self.topics.contains_key(topic) {
+                // Kept only while the room has subscribers: its changes reach the window only
+                // then, and the window is what says the text is still the room as last sent.
+                return self.push_state_text(subscriber, join_ref, topic, &payload);
+            }
+            self.states.insert(topic.into(), payload);
+        }
+        if let Some(payload) = self.states.get(topic) {
+            self.push_state_text(subscriber, join_ref, topic, payload);
+        }
+    }
+
+    fn push_state_text(
+        &self,
+        subscriber: &Subscriber,
+        join_ref: Option<&str>,
+        topic: &str,
+        payload: &str,
+    ) {
         self.frames_encoded.fetch_add(1, Ordering::Relaxed);
         let frame =
             subscriber
                 .serializer
-                .encode_push_json(join_ref, topic, EVENT_PRESENCE_STATE, &payload);
+                .encode_push_json(join_ref, topic, EVENT_PRESENCE_STATE, payload);
         subscriber.outbox.deliver(WireFrame::Text(frame.into()));
     }
 
-    /// Broadcasts each topic's joins and leaves in `diff` to its local subscribers.
-    pub(super) fn dispatch_diff(&self, diff: &Diff) {
+    /// Hands each topic's joins and leaves in `diff` to its window: sent to the local
+    /// subscribers now if the room is quiet, else held (see [`Subscriptions::flush_due`]).
+    pub(super) fn dispatch_diff(&mut self, diff: &Diff, now_us: u64) {
         for (topic, changes) in diff.iter() {
             let Some(members) = self.topics.get(&**topic) else {
                 continue;
             };
-            if let Some(stage) = &self.stage {
-                let recipients = members
-                    .values()
-                    .map(|m| Recipient {
-                        serializer: m.subscriber.serializer,
-                        outbox: m.subscriber.outbox.clone(),
-                    })
-                    .collect();
-                stage.send(topic.clone(), Frame::Diff(changes.clone()), recipients);
-                continue;
+            let subscribers = members.len();
+            if let Some(sent) = self
+                .coalescer
+                .push(topic, changes.clone(), subscribers, now_us)
+            {
+                self.send_diff(topic, &sent);
             }
-            let payload = diff_json(changes);
-            self.fan_out(topic, None, |serializer| {
-                let frame = serializer.encode_push_json(None, topic, EVENT_PRESENCE_DIFF, &payload);
-                Some(WireFrame::Text(frame.into()))
-            });
         }
+    }
+
+    /// When the next held window is due (microseconds on the caller's clock), if any.
+    pub(super) fn next_flush(&mut self) -> Option<u64> {
+        self.coalescer.next_deadline()
+    }
+
+    /// Sends every held window due at `now_us`.
+    pub(super) fn flush_due(&mut self, now_us: u64) {
+        for (topic, diff) in self.coalescer.due(now_us) {
+            self.send_diff(&topic, &diff);
+        }
+    }
+
+    /// Sends one topic's `presence_diff` to its local subscribers.
+    fn send_diff(&mut self, topic: &Arc<str>, changes: &TopicDiff) {
+        self.states.remove(&**topic);
+        let Some(members) = self.topics.get(&**topic) else {
+            return;
+        };
+        if let Some(stage) = &self.stage {
+            let recipients = members
+                .values()
+                .map(|m| Recipient {
+                    serializer: m.subscriber.serializer,
+                    outbox: m.subscriber.outbox.clone(),
+                })
+                .collect();
+            stage.send(topic.clone(), Frame::Diff(changes.clone()), recipients);
+            return;
+        }
+        let payload = diff_json(changes);
+        self.fan_out(topic, None, |serializer| {
+            let frame = serializer.encode_push_json(None, topic, EVENT_PRESENCE_DIFF, &payload);
+            Some(WireFrame::Text(frame.into()))
+        });
     }
 
     /// Queues `out` to every local subscriber of its topic except `except`.

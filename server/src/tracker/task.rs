@@ -1,12 +1,16 @@
-//! The tracker task: the one owner of this node's [`Shard`] (the replicated presence CRDT and
-//! its replication state machine, from `rollcall_core`) and of the local subscriptions. It
-//! applies commands in the order they come, feeds the shard time and peers' messages, sends what
-//! the shard wants sent, and dispatches the presence diffs it reports.
+//! One tracker shard's task: the one owner of its [`Shard`] (its part of the replicated presence
+//! CRDT and the replication state machine, from `rollcall_core`) and of the local subscriptions
+//! to its topics. It applies commands in the order they come, feeds the shard time and peers'
+//! messages, sends what the shard wants sent, and dispatches the presence diffs it reports.
+//!
+//! Replication messages carry a 4-byte header, the sender's pool size and shard index (both
+//! `u16`, big-endian), so that a node whose pool differs is refused with a reason instead of
+//! mixing topics of different shards.
 //!
 //! Time is milliseconds of `tokio::time` since the task started, so tests can pause it.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,12 +21,15 @@ use rollcall_core::tracker::{
     Shard, TopicDiff,
 };
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use super::fanout::{Subscriber, Subscriptions};
 use super::watch::{WatchEvent, Watcher, Watchers};
-use super::{relay, Command, ConnId, CHANNEL_RELAY, CHANNEL_TRACKER, META_NODE, RENDERED_FIELDS};
+use super::{
+    relay, shard_index, Command, ConnId, CHANNEL_RELAY, CHANNEL_TRACKER, COMMAND_QUEUE, META_NODE,
+    RENDERED_FIELDS,
+};
 use crate::channel::check_relay_event;
 use crate::log_summary::LogSummary;
 use crate::metrics::{Metrics, TrackerGauges};
@@ -31,13 +38,65 @@ use crate::pubsub::{Envelope, PubSub};
 /// What the task listens to.
 pub(super) struct Inputs {
     pub(super) commands: mpsc::UnboundedReceiver<Command>,
+    /// Commands queued and not yet taken.
+    pub(super) depth: Arc<AtomicUsize>,
+    /// Told when `depth` falls below the bound.
+    pub(super) room: Arc<Notify>,
     pub(super) tracker: mpsc::Receiver<Envelope>,
     pub(super) relay: mpsc::Receiver<Envelope>,
+}
+
+/// Where one shard's replication messages go between nodes.
+pub(super) struct Wire {
+    /// `tracker.<index>`.
+    pub(super) tracker_channel: String,
+    /// This shard's index in the pool.
+    index: usize,
+    /// The pool's size.
+    pool: usize,
+    /// Pool size and index, prefixed to every replication message.
+    header: [u8; 4],
+}
+
+impl Wire {
+    pub(super) fn new(index: usize, pool: usize) -> Wire {
+        let size = u16::try_from(pool).unwrap_or(u16::MAX).to_be_bytes();
+        let shard = u16::try_from(index).unwrap_or(u16::MAX).to_be_bytes();
+        Wire {
+            tracker_channel: format!("{CHANNEL_TRACKER}.{index}"),
+            index,
+            pool,
+            header: [size[0], size[1], shard[0], shard[1]],
+        }
+    }
+
+    /// A replication message as it goes on the wire.
+    fn frame(&self, message: &[u8]) -> Bytes {
+        let mut out = Vec::with_capacity(message.len() + self.header.len());
+        out.extend_from_slice(&self.header);
+        out.extend_from_slice(message);
+        Bytes::from(out)
+    }
+
+    /// The message of a frame from a peer, or the peer's (pool size, index) if they are not
+    /// ours.
+    fn open<'a>(&self, frame: &'a [u8]) -> Result<&'a [u8], (u16, u16)> {
+        match frame.split_at_checked(self.header.len()) {
+            Some((header, message)) if header == self.header => Ok(message),
+            Some((header, _)) => {
+                let pool = u16::from_be_bytes([header[0], header[1]]);
+                let shard = u16::from_be_bytes([header[2], header[3]]);
+                Err((pool, shard))
+            }
+            None => Err((0, 0)),
+        }
+    }
 }
 
 pub(super) struct TrackerTask {
     pub(super) node: String,
     pub(super) shard: Shard,
+    pub(super) wire: Wire,
     pub(super) subscriptions: Subscriptions,
     /// Code on this node that hears every change.
     pub(super) watchers: Watchers,
@@ -53,6 +112,8 @@ pub(super) struct TrackerTask {
     pub(super) last_flush: Option<Instant>,
     /// Peers the transport reached at the last check.
     pub(super) transport_up: HashSet<String>,
+    /// Peers refused for running another pool size, with theirs.
+    pub(super) refused_pools: HashMap<String, u16>,
     /// Relayed events refused from peers, for the log.
     pub(super) refusals: LogSummary,
 }
@@ -71,6 +132,17 @@ impl TrackerTask {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// The coalescing windows' clock: microseconds since the task started.
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// When the next held presence diff is due.
+    fn next_diff_flush(&mut self) -> Option<Instant> {
+        let at = self.subscriptions.next_flush()?;
+        Some(self.start + Duration::from_micros(at))
+    }
+
     pub(super) async fn run(mut self, mut inputs: Inputs) {
         // The first tick is at once: an empty heartbeat, so peers discover this node.
         let mut ticks = tokio::time::interval(self.broadcast_period);
@@ -84,15 +156,21 @@ impl TrackerTask {
         let mut relay_open = true;
         loop {
             let flush_at = self.flush_at;
+            let diffs_at = self.next_diff_flush();
             tokio::select! {
-                command = inputs.commands.recv() => match command {
-                    Some(Command::Shutdown { reply }) => {
-                        self.leave_cluster().await;
-                        let _ = reply.send(());
+                command = inputs.commands.recv() => {
+                    if inputs.depth.fetch_sub(1, Ordering::Relaxed) == COMMAND_QUEUE {
+                        inputs.room.notify_waiters();
                     }
-                    Some(command) => self.handle(command),
-                    None => break,
-                },
+                    match command {
+                        Some(Command::Shutdown { reply }) => {
+                            self.leave_cluster();
+                            let _ = reply.send(());
+                        }
+                        Some(command) => self.handle(command),
+                        None => break,
+                    }
+                }
                 envelope = inputs.tracker.recv(), if tracker_open => match envelope {
                     Some(envelope) => self.receive(&envelope),
                     None => tracker_open = false,
@@ -110,6 +188,10 @@ impl TrackerTask {
                 }
                 _ = greetings.tick() => self.greet_new_connections(),
                 _ = sleep_until(flush_at), if flush_at.is_some() => self.flush(),
+                _ = sleep_until(diffs_at), if diffs_at.is_some() => {
+                    let now = self.now_us();
+                    self.subscriptions.flush_due(now);
+                }
             }
         }
     }
@@ -156,16 +238,16 @@ impl TrackerTask {
         self.flush_at = Some(at);
     }
 
-    /// The final goodbye: peers drop this node's presences at once. The shard sends nothing
-    /// afterwards; the transport flushes what is queued.
-    async fn leave_cluster(&mut self) {
+    /// The final goodbye: peers drop this shard's presences at once. The shard sends nothing
+    /// afterwards; the handle flushes the transport once every shard has said it.
+    fn leave_cluster(&mut self) {
         for out in self.shard.graceful_permdown() {
             if let Some(bytes) = encode(&out.message) {
-                self.pubsub.broadcast(CHANNEL_TRACKER, bytes);
+                let frame = self.wire.frame(&bytes);
+                self.pubsub.broadcast(&self.wire.tracker_channel, frame);
             }
         }
         self.flush_at = None;
-        self.pubsub.shutdown().await;
     }
 
     /// Handles one replication message from a peer. A message that does not decode is logged
@@ -173,7 +255,21 @@ impl TrackerTask {
     fn receive(&mut self, envelope: &Envelope) {
         self.metrics
             .pubsub_in(CHANNEL_TRACKER, envelope.payload.len());
-        let message = match ReplicationMessage::decode(&envelope.payload) {
+        let message = match self.wire.open(&envelope.payload) {
+            Ok(message) => message,
+            Err((pool, shard)) => {
+                if self.refused_pools.insert(envelope.from.clone(), pool) != Some(pool) {
+                    tracing::error!(
+                        from = envelope.from,
+                        "tracker messages refused: the peer runs {pool} tracker shards (this is \
+                         shard {shard} of them) and this node runs another number; every node \
+                         of a cluster must run the same --tracker-shards"
+                    );
+                }
+                return;
+            }
+        };
+        let message = match ReplicationMessage::decode(message) {
             Ok(message) => message,
             Err(e) => {
                 tracing::warn!(from = envelope.from, "tracker message dropped: {e}");
@@ -204,7 +300,8 @@ impl TrackerTask {
             met_a_peer |= matches!(event, ReplicaEvent::Up(_));
         }
         self.watchers.notify(&output.events, &output.diff);
-        self.subscriptions.dispatch_diff(&output.diff);
+        let now = self.now_us();
+        self.subscriptions.dispatch_diff(&output.diff, now);
         if met_a_peer {
             // Answer first contact (or a return after a split) at once, so the peer learns of
             // this node and asks for its state now rather than at our next quiet heartbeat.
@@ -222,17 +319,29 @@ impl TrackerTask {
         let Some(bytes) = encode(&out.message) else {
             return;
         };
-        self.metrics.pubsub_out(CHANNEL_TRACKER, bytes.len());
+        let frame = self.wire.frame(&bytes);
+        self.metrics.pubsub_out(CHANNEL_TRACKER, frame.len());
+        let channel = &self.wire.tracker_channel;
         match out.to {
-            Destination::Broadcast => self.pubsub.broadcast(CHANNEL_TRACKER, bytes),
-            Destination::Replica(id) => self.pubsub.send_to(&id.node, CHANNEL_TRACKER, bytes),
+            Destination::Broadcast => self.pubsub.broadcast(channel, frame),
+            Destination::Replica(id) => self.pubsub.send_to(&id.node, channel, frame),
         }
     }
 
     fn handle_relay(&mut self, envelope: &Envelope) {
+        let decoded = relay::decode(&envelope.payload);
+        // Every shard hears every relay; the one that owns its topic (the first, for one that
+        // does not decode) counts and handles it.
+        let owner = match &decoded {
+            Ok(relay) => shard_index(&relay.topic, self.wire.pool),
+            Err(_) => 0,
+        };
+        if owner != self.wire.index {
+            return;
+        }
         self.metrics
             .pubsub_in(CHANNEL_RELAY, envelope.payload.len());
-        match relay::decode(&envelope.payload) {
+        match decoded {
             Ok(relay::Relay { event, .. }) if check_relay_event(&event).is_err() => {
                 // A peer relays only what its clients may send; a reserved name (a forged
                 // `presence_diff`, `phx_reply` or `chan_reply_<ref>`) is refused here too, so
@@ -276,7 +385,8 @@ impl TrackerTask {
         }
         self.schedule_flush();
         self.watchers.notify(&[], &diff);
-        self.subscriptions.dispatch_diff(&diff);
+        let now = self.now_us();
+        self.subscriptions.dispatch_diff(&diff, now);
     }
 
     fn handle(&mut self, command: Command) {
@@ -359,7 +469,7 @@ impl TrackerTask {
                     .into_iter()
                     .map(|(id, status)| (id.node, status == ReplicaStatus::Up))
                     .collect();
-                let _ = reply.send(replicas);
+                let _ = reply.send((replicas, self.refused_pools.clone()));
             }
             Command::Gauges { reply } => {
                 let _ = reply.send(self.gauges());
@@ -458,9 +568,11 @@ impl TrackerTask {
             self.leave(conn, &topic);
         }
         if push_state {
-            let listing = self.shard.list(&topic);
+            let shard = &self.shard;
             self.subscriptions
-                .push_state(&subscriber, join_ref.as_deref(), &topic, &listing);
+                .push_state(&subscriber, join_ref.as_deref(), &topic, || {
+                    shard.list(&topic)
+                });
         }
         let key = subscriber.key.clone();
         self.subscriptions.subscribe(&topic, subscriber);
@@ -515,12 +627,11 @@ impl TrackerTask {
 }
 
 /// A replication message's bytes; one that does not encode is logged and not sent.
-fn encode(message: &ReplicationMessage) -> Option<Bytes> {
+fn encode(message: &ReplicationMessage) -> Option<Vec<u8>> {
     message
         .encode()
         .inspect_err(|e| tracing::warn!("tracker message not sent: {e}"))
         .ok()
-        .map(Bytes::from)
 }
 
 /// Sleeps until `at`; never completes for `None` (the branch is disabled then anyway).

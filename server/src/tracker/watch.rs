@@ -25,7 +25,7 @@ pub enum WatchEvent {
     Replica(ReplicaEvent),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Sender {
     Bounded(mpsc::Sender<WatchEvent>),
     Unbounded(mpsc::UnboundedSender<WatchEvent>),
@@ -95,6 +95,9 @@ impl Watch {
     /// The next event; `None` once the watch ended (the tracker stopped, or this watch lagged:
     /// see [`Watch::lagged`]).
     pub async fn recv(&mut self) -> Option<WatchEvent> {
+        if self.lagged() {
+            return self.drain();
+        }
         match &mut self.receiver {
             Receiver::Bounded(rx) => rx.recv().await,
             Receiver::Unbounded(rx) => rx.recv().await,
@@ -106,9 +109,22 @@ impl Watch {
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<WatchEvent>> {
+        if self.lagged() {
+            return std::task::Poll::Ready(self.drain());
+        }
         match &mut self.receiver {
             Receiver::Bounded(rx) => rx.poll_recv(cx),
             Receiver::Unbounded(rx) => rx.poll_recv(cx),
+        }
+    }
+
+    /// Once lagged: what is still queued, then `None`. Every tracker shard holds a copy of the
+    /// watcher and only the one that found it full let go of it, so the channel itself may
+    /// never close.
+    fn drain(&mut self) -> Option<WatchEvent> {
+        match &mut self.receiver {
+            Receiver::Bounded(rx) => rx.try_recv().ok(),
+            Receiver::Unbounded(rx) => rx.try_recv().ok(),
         }
     }
 
@@ -120,13 +136,28 @@ impl Watch {
 }
 
 impl Watcher {
+    /// The same watcher for another tracker shard: its events go to the same watch. Only the
+    /// `first` shard's copy hears replica events (every shard sees the same peers).
+    pub(super) fn for_shard(&self, first: bool) -> Watcher {
+        Watcher {
+            pattern: self.pattern.clone(),
+            replicas: self.replicas && first,
+            sender: self.sender.clone(),
+            lagged: self.lagged.clone(),
+        }
+    }
+
     /// Whether it hears replica events.
     pub(super) fn wants_replicas(&self) -> bool {
         self.replicas
     }
 
-    /// Hands `event` over; false once this watcher is gone (closed, or dropped for lagging).
+    /// Hands `event` over; false once this watcher is gone (closed, or dropped for lagging,
+    /// by this shard or another).
     pub(super) fn send(&self, event: WatchEvent) -> bool {
+        if self.lagged.load(Ordering::Relaxed) {
+            return false;
+        }
         match &self.sender {
             Sender::Unbounded(tx) => tx.send(event).is_ok(),
             Sender::Bounded(tx) => match tx.try_send(event) {

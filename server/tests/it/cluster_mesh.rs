@@ -202,6 +202,9 @@ async fn a_local_change_crosses_at_once_and_a_burst_travels_as_one_delta() {
         "240000",
         "--coalesce-ms",
         "2000",
+        // One tracker shard: every tracker message counted is this room's shard's.
+        "--tracker-shards",
+        "1",
     ];
     let a = Node::mesh("a", &[], &timing).await;
     let b = Node::mesh("b", &[&a], &timing).await;

@@ -55,6 +55,14 @@ const PROVEN_ELSEWHERE: &[(&str, &str)] = &[
     ("--down-period-ms", "cluster_mesh (FAST_TIMING)"),
     ("--permdown-period-ms", "cluster_mesh (FAST_TIMING)"),
     ("--coalesce-ms", "cluster_mesh"),
+    (
+        "--tracker-shards",
+        "cluster_shards (four shards per node; a node with another pool size is refused)",
+    ),
+    (
+        "--diff-window-ms",
+        "coalescing (through Config's diff_window in process; not observed through the binary)",
+    ),
     ("--webhook-url", "webhooks"),
     ("--webhook-secret", "webhooks"),
     ("--webhook-grace-ms", "webhooks"),

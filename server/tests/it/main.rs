@@ -11,6 +11,8 @@ mod cli;
 mod cluster_brokers;
 mod cluster_longpoll;
 mod cluster_mesh;
+mod cluster_shards;
+mod coalescing;
 mod fetch;
 mod flags;
 mod fuzz_server;
