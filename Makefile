@@ -50,7 +50,7 @@ npm-build: setup
 	cd npm && npm run build
 
 npm-test: npm-build
-	cargo build -p rollcall-server --bin rollcall --example room_channel
+	cargo build -p rollcall-server --bins --examples
 	cd npm && npm run typecheck && npm test
 
 ## The demo page uses the npm package as a browser would: its browser build (three ES modules:
@@ -61,5 +61,5 @@ www-vendor:
 
 ## The demo page in a real headless Chromium.
 www-test: npm-build www-vendor
-	cargo build -p rollcall-server
+	cargo build -p rollcall-server --bins --examples
 	node --test --test-timeout=300000 www/test/

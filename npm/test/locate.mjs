@@ -30,6 +30,14 @@ function cargo(args) {
   return spawnSync("cargo", args, {cwd: repo, encoding: "utf8", stdio: ["ignore", "pipe", "inherit"]})
 }
 
+/**
+ * One build of the server's binaries and examples, the same command as the Makefile's: cargo
+ * unifies features per command, so building `--bin rollcall` alone after `--examples` (which
+ * adds dev-dependencies) would rebuild half the dependency tree, and the next build again.
+ */
+const SERVER_BUILD = ["-p", "rollcall-server", "--bins", "--examples"]
+let built
+
 let target
 function targetDirectory() {
   if (target === undefined) {
@@ -52,7 +60,7 @@ export function serverBinary(kind = "bin", name = "rollcall") {
   }
   const dir = targetDirectory()
   if (!dir) return {missing: "cargo not found: cannot build the rollcall server"}
-  const built = cargo(["build", "--quiet", "-p", "rollcall-server", kind === "bin" ? "--bin" : "--example", name])
+  built ??= cargo(["build", "--quiet", ...SERVER_BUILD])
   const file = path.join(dir, "debug", kind === "bin" ? "" : "examples", name)
   if (built.status !== 0 || !fs.existsSync(file)) return {missing: `cargo could not build ${name}`}
   return {path: file}
