@@ -428,19 +428,42 @@ impl Serializer {
         event: &str,
         payload_json: &str,
     ) -> String {
+        let (mut frame, tail) = self.push_json_around(join_ref, topic, event);
+        frame.reserve(payload_json.len() + tail.len());
+        frame.push_str(payload_json);
+        frame.push_str(tail);
+        frame
+    }
+
+    /// The text [`Serializer::encode_push_json`] writes before the payload, and the text after
+    /// it: `head + payload_json + tail` is that frame. A server sending one payload to many
+    /// clients whose frames differ only around it (each joiner's `join_ref`) writes the three
+    /// pieces one after the other and shares the payload's bytes.
+    pub fn push_json_around(
+        self,
+        join_ref: Option<&str>,
+        topic: &str,
+        event: &str,
+    ) -> (String, &'static str) {
         let string = |s: &str| Value::String(s.to_string()).to_string();
         match self {
             // Pushes and broadcasts carry no join_ref in V1, and a null ref.
-            Serializer::V1Json => format!(
-                "{{\"topic\":{},\"event\":{},\"payload\":{payload_json},\"ref\":null}}",
-                string(topic),
-                string(event)
+            Serializer::V1Json => (
+                format!(
+                    "{{\"topic\":{},\"event\":{},\"payload\":",
+                    string(topic),
+                    string(event)
+                ),
+                ",\"ref\":null}",
             ),
-            Serializer::V2 => format!(
-                "[{},null,{},{},{payload_json}]",
-                join_ref.map_or_else(|| "null".to_string(), string),
-                string(topic),
-                string(event)
+            Serializer::V2 => (
+                format!(
+                    "[{},null,{},{},",
+                    join_ref.map_or_else(|| "null".to_string(), string),
+                    string(topic),
+                    string(event)
+                ),
+                "]",
             ),
         }
     }

@@ -46,7 +46,8 @@ struct Queue {
     overflow: Notify,
 }
 
-/// What `frame` counts against the bound.
+/// What `frame` counts against the bound: its whole length (all its pieces, the bytes it shares
+/// with other connections' frames included, since this connection holds them until written).
 pub fn cost(frame: &WireFrame) -> usize {
     frame.len().saturating_add(FRAME_COST)
 }
@@ -201,6 +202,7 @@ impl OutboxReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::{TextBytes, TextParts};
 
     fn frame(len: usize) -> WireFrame {
         WireFrame::Binary(vec![0u8; len].into())
@@ -271,6 +273,19 @@ mod tests {
             "nothing after the receiver is gone"
         );
         assert!(queued.payload().is_unique(), "the queued frame was freed");
+    }
+
+    #[test]
+    fn a_frame_in_pieces_counts_its_whole_length_on_every_connection() {
+        let body = TextBytes::from("x".repeat(1000));
+        let (a, rx_a) = outbox(1 << 20);
+        let (b, rx_b) = outbox(1 << 20);
+        for (join_ref, out) in [("1", &a), ("2", &b)] {
+            let head = format!("[\"{join_ref}\",");
+            assert!(out.deliver(WireFrame::Parts(TextParts::new(head, body.clone(), "]"))));
+        }
+        assert_eq!(rx_a.queued_bytes(), 5 + 1000 + 1 + FRAME_COST);
+        assert_eq!(rx_b.queued_bytes(), 5 + 1000 + 1 + FRAME_COST);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! change at once, a busier one gets the changes of each window as one `presence_diff`. A new
 //! subscriber's `presence_state` is the room as the others last saw it, so the diff held at
 //! that moment reaches it too and applies exactly once; that text is rendered once per room
-//! between two diffs and shared by every joiner in between.
+//! between two diffs and its bytes are shared by the frames of every joiner in between (each
+//! frame is its own `join_ref` head around them, [`WireFrame::push_json`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +21,7 @@ use super::fetch::{Frame, Recipient, Stage};
 use super::render::{diff_json, presences_json, Listing};
 use super::ConnId;
 use crate::channel::{EVENT_PRESENCE_DIFF, EVENT_PRESENCE_STATE};
-use crate::frame::WireFrame;
+use crate::frame::{TextBytes, WireFrame};
 use crate::outbox::Outbox;
 
 /// One connection's channel on a topic, as the tracker needs to know it.
@@ -56,7 +57,7 @@ pub(super) struct Subscriptions {
     /// Presence diffs held per room.
     coalescer: Coalescer,
     /// Per room, the `presence_state` payload of the room as last sent, once rendered.
-    states: HashMap<Arc<str>, String>,
+    states: HashMap<Arc<str>, TextBytes>,
 }
 
 impl Subscriptions {
@@ -167,7 +168,7 @@ impl Subscriptions {
             return;
         }
         if !self.states.contains_key(topic) {
-            let payload = presences_json(&self.coalescer.as_sent(topic, list()));
+            let payload = TextBytes::from(presences_json(&self.coalescer.as_sent(topic, list())));
             if !self.topics.contains_key(topic) {
                 // Kept only while the room has subscribers: its changes reach the window only
                 // then, and the window is what says the text is still the room as last sent.
@@ -185,14 +186,17 @@ impl Subscriptions {
         subscriber: &Subscriber,
         join_ref: Option<&str>,
         topic: &str,
-        payload: &str,
+        payload: &TextBytes,
     ) {
         self.frames_encoded.fetch_add(1, Ordering::Relaxed);
-        let frame =
-            subscriber
-                .serializer
-                .encode_push_json(join_ref, topic, EVENT_PRESENCE_STATE, payload);
-        subscriber.outbox.deliver(WireFrame::Text(frame.into()));
+        let frame = WireFrame::push_json(
+            subscriber.serializer,
+            join_ref,
+            topic,
+            EVENT_PRESENCE_STATE,
+            payload,
+        );
+        subscriber.outbox.deliver(frame);
     }
 
     /// Hands each topic's joins and leaves in `diff` to its window: sent to the local

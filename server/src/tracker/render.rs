@@ -349,7 +349,7 @@ impl Scan<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::WireFrame;
+    use crate::frame::{TextBytes, WireFrame};
     use rollcall_core::protocol::{Outbound, Payload, Serializer};
     use rollcall_core::tracker::{Meta, ReplicaId, Shard, ShardConfig};
 
@@ -404,6 +404,22 @@ mod tests {
                     );
                     let old = reference_frame(serializer, join_ref, topic, listing);
                     assert_eq!(new, old, "{serializer:?} {join_ref:?} {topic:?}");
+                    // The joiner's frame in pieces around the shared payload: the same bytes.
+                    let shared = TextBytes::from(payload.clone());
+                    let parts = WireFrame::push_json(
+                        serializer,
+                        join_ref,
+                        topic,
+                        "presence_state",
+                        &shared,
+                    );
+                    assert!(matches!(parts, WireFrame::Parts(_)));
+                    assert_eq!(parts.len(), old.len());
+                    assert_eq!(
+                        parts.to_frame(),
+                        old.to_frame(),
+                        "{serializer:?} {join_ref:?} {topic:?}"
+                    );
                 }
             }
         }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use rollcall_server::config::Security;
+use rollcall_server::config::{ClusterSettings, Security};
 use rollcall_server::security::limits::RateLimit;
 use rollcall_server::Config;
 use serde_json::json;
@@ -244,4 +244,117 @@ async fn a_client_that_stops_reading_holds_at_most_its_queue() {
         .await;
         assert!(ended.is_ok(), "the stalled connection was not closed");
     }
+}
+
+#[tokio::test]
+async fn joiners_of_one_window_get_their_own_presence_state_around_one_shared_payload() {
+    let _watchdog = crate::support::watchdog::start();
+    const RESIDENTS: usize = 16;
+    const JOINERS: usize = 24;
+    let server = MeasuredServer::start(Config {
+        max_meta_size: 64 * 1024,
+        max_queued_bytes: 16 << 20,
+        cluster: ClusterSettings {
+            // Once the joins come quickly, the room holds them for seconds: every joiner after
+            // the quiet room's first two gets the same room.
+            diff_window: Duration::from_secs(3),
+            diff_window_per_member: Duration::from_secs(1),
+            ..ClusterSettings::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    // A room of about a megabyte.
+    let topic = "room:shared-state";
+    let blob = "r".repeat(60 * 1024);
+    let mut residents = Vec::new();
+    for i in 0..RESIDENTS {
+        let mut client = server.client(&format!("resident-{i}")).await;
+        client
+            .join(topic, json!({"meta": {"i": i, "blob": blob}}))
+            .await;
+        residents.push(client);
+    }
+    // The room as last sent holds every resident once the last one saw its own join.
+    let last = format!("resident-{}", RESIDENTS - 1);
+    let last_client = residents.last_mut().expect("residents");
+    last_client
+        .recv_until(|v| v[3] == "presence_diff" && keys(&v[4]["joins"]).contains(&last))
+        .await;
+    // Half V1, half V2; connected before the storm, which is only the joins.
+    let mut joiners = Vec::new();
+    for i in 0..JOINERS {
+        let vsn = if i % 2 == 0 { "1.0.0" } else { "2.0.0" };
+        let url = format!(
+            "ws://{}/socket/websocket?vsn={vsn}&user_id=joiner-{i}",
+            server.addr
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
+        joiners.push((i % 2 == 0, Client::from_ws(ws)));
+    }
+    let start = server.ask(Probe::ResetPeak).await;
+    // Every joiner joins before any reads: their `presence_state` frames wait in the server.
+    for (i, (v1, client)) in joiners.iter_mut().enumerate() {
+        let join_ref = format!("j{i}");
+        let meta = json!({"meta": {"joiner": i}});
+        let join = if *v1 {
+            json!({"topic": topic, "event": "phx_join", "payload": meta,
+                   "ref": join_ref, "join_ref": join_ref})
+        } else {
+            json!([join_ref, join_ref, topic, "phx_join", meta])
+        };
+        client.send_json(join).await;
+    }
+    let residents_keys: Vec<String> = (0..RESIDENTS).map(|i| format!("resident-{i}")).collect();
+    for (i, (v1, client)) in joiners.iter_mut().enumerate() {
+        let text = loop {
+            let tokio_tungstenite::tungstenite::Message::Text(text) = client.recv().await else {
+                panic!("joiner {i}: a text frame expected");
+            };
+            let v: serde_json::Value = serde_json::from_str(text.as_str()).expect("JSON");
+            let event = if *v1 { &v["event"] } else { &v[3] };
+            if event == "presence_state" {
+                break text;
+            }
+        };
+        let frame: serde_json::Value = serde_json::from_str(text.as_str()).expect("JSON");
+        // Byte for byte what the serializer writes for this push (compact, keys in order).
+        assert_eq!(serde_json::to_string(&frame).unwrap(), text.as_str());
+        let payload = if *v1 {
+            // V1 pushes carry no join_ref and a null ref.
+            let fields: Vec<&str> = frame
+                .as_object()
+                .expect("a V1 object")
+                .keys()
+                .map(String::as_str)
+                .collect();
+            assert_eq!(fields, ["topic", "event", "payload", "ref"]);
+            assert_eq!(frame["topic"], topic);
+            assert_eq!(frame["ref"], serde_json::Value::Null);
+            &frame["payload"]
+        } else {
+            assert_eq!(frame[0], format!("j{i}"), "the joiner's own join_ref");
+            assert_eq!(frame[1], serde_json::Value::Null);
+            assert_eq!(frame[2], topic);
+            &frame[4]
+        };
+        let listed = keys(payload);
+        for key in &residents_keys {
+            assert!(listed.contains(key), "joiner {i}: {key} missing");
+        }
+        for key in &residents_keys {
+            assert_eq!(payload[key]["metas"][0]["blob"], blob.as_str());
+        }
+    }
+    let peak = server.ask(Probe::Peak).await - start;
+    eprintln!("heap: {peak} bytes peak while {JOINERS} joiners got a 1 MB presence_state");
+    // The payload rendered at most three times (the quiet room's first two joins go out at
+    // once, the rest share one window); a copy per joiner would be 24 MB less what the socket
+    // buffers took.
+    assert!(
+        peak <= 8 * 1024 * 1024,
+        "the heap grew by {peak} bytes for {JOINERS} joiners"
+    );
 }

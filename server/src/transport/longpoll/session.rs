@@ -194,6 +194,8 @@ fn spawn_expiry(
 fn frame_text(frame: &WireFrame) -> String {
     match frame {
         WireFrame::Text(t) => t.as_str().to_string(),
+        // One string per frame in the response: the pieces are joined here, as it is written.
+        WireFrame::Parts(p) => p.to_text(),
         WireFrame::Binary(b) => STANDARD.encode(b),
     }
 }

@@ -8,8 +8,9 @@
 //!   largest frame ever seen. Bytes read beyond the current frame wait in a small `Vec` that is
 //!   freed once consumed.
 //! - [`Writer`] is a [`Sink`] of [`ToClient`]. A frame is its header (≤ 10 bytes, inline) plus
-//!   the shared payload [`Bytes`], written with vectored writes straight from the bytes the
-//!   tracker encoded once for every subscriber: no per-connection copy, no write buffer.
+//!   the shared payload [`Bytes`] (up to three pieces, for a frame in parts), written with
+//!   vectored writes straight from the bytes the tracker encoded once for every subscriber: no
+//!   per-connection copy, no write buffer.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -311,16 +312,26 @@ impl<R: AsyncRead + Unpin> Stream for Reader<R> {
     }
 }
 
-/// One frame waiting to be written: its header inline, its payload shared.
+/// One frame waiting to be written: its header inline, its payload shared, in up to
+/// [`PIECES`] pieces (the unused ones empty).
 struct Outgoing {
     header: [u8; MAX_SERVER_HEADER],
     header_len: u8,
-    payload: Bytes,
+    payload: [Bytes; PIECES],
 }
+
+/// Pieces of one frame's payload, at most.
+const PIECES: usize = 3;
 
 impl Outgoing {
     fn new(opcode: OpCode, payload: Bytes) -> Self {
-        let (header, len) = encode_header(opcode, payload.len());
+        Outgoing::pieces(opcode, [payload, Bytes::new(), Bytes::new()])
+    }
+
+    /// A frame whose payload is `payload`'s pieces one after the other; the header announces
+    /// their sum.
+    fn pieces(opcode: OpCode, payload: [Bytes; PIECES]) -> Self {
+        let (header, len) = encode_header(opcode, payload.iter().map(Bytes::len).sum());
         Outgoing {
             header,
             header_len: len as u8,
@@ -329,13 +340,13 @@ impl Outgoing {
     }
 
     fn len(&self) -> usize {
-        usize::from(self.header_len) + self.payload.len()
+        usize::from(self.header_len) + self.payload.iter().map(Bytes::len).sum::<usize>()
     }
 }
 
 /// Frames fed beyond this many bytes are written before more are taken.
 const FLUSH_AT: usize = 256 * 1024;
-/// Most frames (two slices each) given to one vectored write.
+/// Most frames (a header and up to [`PIECES`] payload slices each) given to one vectored write.
 const MAX_SLICES: usize = 64;
 /// Queue capacity kept while empty.
 const KEPT_FRAMES: usize = 4;
@@ -373,12 +384,14 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     /// Writes queued frames until none is left (or the socket takes no more for now).
     fn poll_write_queue(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         while !self.queue.is_empty() {
-            let mut slices: [IoSlice<'_>; MAX_SLICES * 2] = [IoSlice::new(&[]); MAX_SLICES * 2];
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES * (1 + PIECES)];
             let mut count = 0;
             let mut skip = self.written;
             for frame in self.queue.iter().take(MAX_SLICES) {
                 let header = &frame.header[..usize::from(frame.header_len)];
-                for part in [header, &frame.payload[..]] {
+                let [a, b, c] = &frame.payload;
+                for part in [header, &a[..], &b[..], &c[..]] {
+                    // Empty pieces are skipped here too: a slice is never empty.
                     if skip >= part.len() {
                         skip -= part.len();
                         continue;
@@ -427,6 +440,9 @@ impl<W: AsyncWrite + Unpin> Sink<ToClient> for Writer<W> {
             ToClient::Frame(WireFrame::Text(text)) => {
                 Outgoing::new(OpCode::Text, text.as_bytes().clone())
             }
+            ToClient::Frame(WireFrame::Parts(parts)) => {
+                Outgoing::pieces(OpCode::Text, parts.parts().clone())
+            }
             ToClient::Frame(WireFrame::Binary(bytes)) => Outgoing::new(OpCode::Binary, bytes),
             ToClient::Pong(bytes) => Outgoing::new(OpCode::Pong, bytes),
             ToClient::Close { code, reason } => {
@@ -453,6 +469,7 @@ impl<W: AsyncWrite + Unpin> Sink<ToClient> for Writer<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::TextParts;
     use futures_util::{SinkExt, StreamExt};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -573,6 +590,38 @@ mod tests {
         assert_eq!(reader.message.capacity(), 0);
         assert_eq!(reader.spare.capacity(), 0);
         assert_eq!(reader.control.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_frame_in_parts_goes_out_as_the_same_frame_written_whole() {
+        // Payload lengths around each header length form; a small pipe splits the writes
+        // inside headers and pieces.
+        for body_len in [0usize, 100, 121, 122, 123, 65_000, 65_531, 65_532, 70_000] {
+            let body = "b".repeat(body_len);
+            let parts = TextParts::new("[\"7\",".into(), body.as_str().into(), "]");
+            let whole = format!("[\"7\",{body}]");
+            let wire = |frame: WireFrame| async move {
+                let (server, mut client) = tokio::io::duplex(7);
+                let reading = tokio::spawn(async move {
+                    let mut wire = Vec::new();
+                    client.read_to_end(&mut wire).await.unwrap();
+                    wire
+                });
+                let mut writer = Writer::new(server);
+                writer.feed(ToClient::Frame(frame.clone())).await.unwrap();
+                writer.send(ToClient::Frame(frame)).await.unwrap();
+                drop(writer);
+                reading.await.unwrap()
+            };
+            let written = wire(WireFrame::Parts(parts)).await;
+            assert_eq!(written, wire(WireFrame::Text(whole.into())).await);
+            let header = match body_len + 6 {
+                n if n < 126 => 2,
+                n if n < 65_536 => 4,
+                _ => 10,
+            };
+            assert_eq!(written.len(), 2 * (header + body_len + 6), "{body_len}");
+        }
     }
 
     #[tokio::test]
