@@ -1,17 +1,23 @@
 //! A seeded simulation of a tracker cluster, for finding convergence bugs.
 //!
-//! 3–7 shards run over a virtual network that delays, reorders, duplicates and drops messages
+//! 3–7 nodes, each a pool of 1–3 shards as the server runs them (the same pool size on every
+//! node), run over a virtual network that delays, reorders, duplicates and drops messages
 //! (every message goes through the binary codec), delivers a few of them up to twice the permdown
 //! period late, splits into partitions (some one-way) and heals, while nodes crash, shut down
 //! gracefully and restart — with a fresh incarnation, a smaller one than before, or one the node
 //! used before — under random track / update / untrack traffic over up to 6 topics × 12 keys.
-//! Shards are driven as the server drives them: `tick` every period and, in most runs,
-//! `flush_delta` after local changes (coalesced over a window), `heartbeat_now` when a peer comes
-//! up and when the network reaches a peer it did not reach. Then the faults stop and virtual time
-//! runs on until every late message has arrived and every dead replica is permdowned.
+//! A topic lives in shard [`shard_of`] of every node, and shard `s` talks only to shard `s` of
+//! its peers, each with its own replica (the node's incarnation plus `s`); a node's crash,
+//! restart or partition takes all its shards together. Shards are driven as the server drives
+//! them: `tick` every period and, in most runs, `flush_delta` after local changes (coalesced
+//! over a window), `heartbeat_now` when a peer comes up and when the network reaches a peer it
+//! did not reach. Then the faults stop and virtual time runs on until every late message has
+//! arrived and every dead replica is permdowned.
 //!
-//! After every call, on the node that made it:
+//! Every check below holds for each shard index on its own. After every call, on the shard that
+//! made it:
 //!
+//! * the diff reports only topics the shard owns (a presence never exists in another shard);
 //! * the diff applies cleanly to the diffs reported before: no second join of a presence, no
 //!   leave of an absent one;
 //! * a presence that left for good (not hidden because its owner went down) never joins again,
@@ -21,10 +27,10 @@
 //!
 //! At the end:
 //!
-//! * every live node lists exactly the presences tracked on live nodes — no ghost (nothing of a
-//!   dead connection, a crashed or gracefully stopped node), no loss;
-//! * the diffs each live node reported, replayed from empty, give that same set;
-//! * every live node sees every other live node up, and no dead one.
+//! * every live node's shard `s` lists exactly the presences tracked in shard `s` of live nodes —
+//!   no ghost (nothing of a dead connection, a crashed or gracefully stopped node), no loss;
+//! * the diffs each live shard reported, replayed from empty, give that same set;
+//! * every live shard `s` sees shard `s` of every other live node up, and no dead one.
 //!
 //! Everything is a function of the seed ([`run`]); a failure names the seed and the command that
 //! replays it. Compiled for `cargo test` and with the `sim` feature.
@@ -74,6 +80,8 @@ impl Rng {
 pub struct Stats {
     /// Nodes in the cluster.
     pub nodes: usize,
+    /// Shards in the cluster (nodes × pool size).
+    pub shards: usize,
     /// Local operations applied.
     pub operations: usize,
     /// Messages delivered.
@@ -106,6 +114,7 @@ impl Stats {
     /// Adds the counts of another run.
     pub fn add(&mut self, o: &Stats) {
         self.nodes += o.nodes;
+        self.shards += o.shards;
         self.operations += o.operations;
         self.delivered += o.delivered;
         self.late_messages += o.late_messages;
@@ -150,7 +159,25 @@ fn config(rng: &mut Rng) -> ShardConfig {
 
 type Element = (String, String, String, String); // topic, key, phx_ref, meta
 
+/// The shard of `topic` in a pool of `shards`: FNV-1a of its bytes, modulo the pool size. The
+/// server's `tracker::shard_index` computes the same (it lives in the server crate, out of core's
+/// reach), so the simulation routes topics as a real cluster does.
+pub fn shard_of(topic: &str, shards: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in topic.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % shards.max(1) as u64) as usize
+}
+
+/// A node: its pool of shards, all started, stopped and cut off together.
 struct Node {
+    shards: Vec<NodeShard>,
+}
+
+/// One shard of a node, with the model of it the checks compare against.
+struct NodeShard {
     shard: Shard,
     next_tick_ms: u64,
     /// When pending local changes go out (server paths only).
@@ -158,7 +185,8 @@ struct Node {
     last_flush_ms: Option<u64>,
     /// The network reached a peer it did not reach: heartbeat at the next step (server paths).
     greet: bool,
-    /// The model: what this node's connections track, `(conn, topic, key) -> (ref, meta)`.
+    /// The model: what this node's connections track in this shard's topics,
+    /// `(conn, topic, key) -> (ref, meta)`.
     tracked: BTreeMap<(u64, String, String), (PhxRef, Meta)>,
     /// Every reported diff replayed: `(topic, key, ref) -> meta`.
     replay: BTreeMap<(String, String, String), String>,
@@ -175,6 +203,8 @@ struct InFlight {
     order: u64,
     from: String,
     to: String,
+    /// The shard index of sender and receiver: shard `s` talks only to shard `s`.
+    shard: usize,
     bytes: Vec<u8>,
 }
 
@@ -216,6 +246,8 @@ struct World {
     max_delay_ms: u64,
     topics: usize,
     keys: usize,
+    /// Shards per node.
+    pool: usize,
     /// Drive `flush_delta` and `heartbeat_now` as the server does, or only `tick` (as Phoenix).
     server_paths: bool,
     coalesce_ms: u64,
@@ -225,6 +257,11 @@ struct World {
 
 fn name(i: usize) -> String {
     format!("n{i}")
+}
+
+/// Shard `s` of node `i`, as traces and errors name it.
+fn at(i: usize, s: usize) -> String {
+    format!("n{i}.{s}")
 }
 
 fn index(node: &str) -> Option<usize> {
@@ -254,27 +291,37 @@ impl World {
         }
     }
 
+    /// Starts node `i`: shard `s` is replica `incarnation + s`, as the server numbers them, so a
+    /// node restarted with a used or smaller incarnation does the same to every shard.
     fn start(&mut self, i: usize, incarnation: u64) {
         self.incarnations[i].push(incarnation);
-        let id = ReplicaId::new(name(i), incarnation);
-        let phase = self.rng.below(10) * STEP_MS;
-        // The run's config is valid by construction.
-        let Ok(shard) = Shard::new(id, self.config.clone(), self.now) else {
-            return;
-        };
-        self.nodes[i] = Some(Node {
-            shard,
-            next_tick_ms: self.now + phase,
-            flush_at: None,
-            last_flush_ms: None,
-            greet: false,
-            tracked: BTreeMap::new(),
-            replay: BTreeMap::new(),
-            gone: BTreeMap::new(),
-            permdowned: BTreeMap::new(),
-        });
+        let mut shards = Vec::with_capacity(self.pool);
+        for s in 0..self.pool {
+            let id = ReplicaId::new(name(i), incarnation.wrapping_add(s as u64));
+            let phase = self.rng.below(10) * STEP_MS;
+            // The run's config is valid by construction.
+            let Ok(shard) = Shard::new(id, self.config.clone(), self.now) else {
+                return;
+            };
+            shards.push(NodeShard {
+                shard,
+                next_tick_ms: self.now + phase,
+                flush_at: None,
+                last_flush_ms: None,
+                greet: false,
+                tracked: BTreeMap::new(),
+                replay: BTreeMap::new(),
+                gone: BTreeMap::new(),
+                permdowned: BTreeMap::new(),
+            });
+        }
+        self.nodes[i] = Some(Node { shards });
         self.log(|| format!("start n{i}#{incarnation}"));
         self.greet_all();
+    }
+
+    fn shard_mut(&mut self, i: usize, s: usize) -> Option<&mut NodeShard> {
+        self.nodes[i].as_mut()?.shards.get_mut(s)
     }
 
     /// The incarnation of a restart: usually fresh, sometimes smaller than the last one, sometimes
@@ -299,19 +346,27 @@ impl World {
     fn greet_all(&mut self) {
         if self.server_paths {
             for node in self.nodes.iter_mut().flatten() {
-                node.greet = true;
+                for shard in &mut node.shards {
+                    shard.greet = true;
+                }
             }
         }
     }
 
-    /// Checks and records what one call on node `i` produced, sends its messages, and answers a
-    /// peer coming up with `heartbeat_now` as the server does.
-    fn apply(&mut self, i: usize, output: Output, what: &str, faults: bool) -> Result<(), String> {
+    /// Checks and records what one call on shard `s` of node `i` produced, sends its messages,
+    /// and answers a peer coming up with `heartbeat_now` as the server does.
+    fn apply(
+        &mut self,
+        (i, s): (usize, usize),
+        output: Output,
+        what: &str,
+        faults: bool,
+    ) -> Result<(), String> {
         if !output.events.is_empty() {
             let events = output.events.clone();
-            self.log(|| format!("n{i} events {events:?} ({what})"));
+            self.log(|| format!("{} events {events:?} ({what})", at(i, s)));
         }
-        self.check_diff(i, &output.diff, &output.events, what)?;
+        self.check_diff((i, s), &output.diff, &output.events, what)?;
         let reincarnated = output
             .events
             .iter()
@@ -319,38 +374,40 @@ impl World {
             .count();
         if reincarnated > 0 {
             self.stats.reincarnations += reincarnated;
-            self.refresh_model(i)?;
+            self.refresh_model(i, s)?;
         }
-        self.send(i, output.messages, faults);
+        self.send((i, s), output.messages, faults);
         let met_a_peer = output
             .events
             .iter()
             .any(|e| matches!(e, ReplicaEvent::Up(_)));
         if met_a_peer && self.server_paths {
-            if let Some(node) = self.nodes[i].as_mut() {
-                let hello = node.shard.heartbeat_now(self.now);
+            let now = self.now;
+            if let Some(node) = self.shard_mut(i, s) {
+                let hello = node.shard.heartbeat_now(now);
                 self.stats.heartbeats_now += 1;
-                self.apply(i, hello, "heartbeat_now", faults)?;
+                self.apply((i, s), hello, "heartbeat_now", faults)?;
             }
         }
         Ok(())
     }
 
-    /// Replays a diff on node `i`'s view and checks that nothing removed comes back.
+    /// Replays a diff on the view of shard `s` of node `i` and checks that it holds only the
+    /// shard's own topics and that nothing removed comes back.
     fn check_diff(
         &mut self,
-        i: usize,
+        (i, s): (usize, usize),
         diff: &Diff,
         events: &[ReplicaEvent],
         what: &str,
     ) -> Result<(), String> {
-        let now = self.now;
-        let Some(node) = self.nodes[i].as_mut() else {
+        let (now, pool, retirement) = (self.now, self.pool, self.config.permdown_period_ms);
+        let Some(node) = self.shard_mut(i, s) else {
             return Ok(());
         };
+        let n = at(i, s);
         // Leaves of a replica that went down in this call are hidden, not gone.
         let mut hidden: BTreeSet<u64> = BTreeSet::new();
-        let retirement = self.config.permdown_period_ms;
         for e in events {
             match e {
                 ReplicaEvent::Up(id) => {
@@ -359,7 +416,7 @@ impl World {
                     if let Some(t) = node.permdowned.get(&hash_of(id)) {
                         if now < t + retirement {
                             return Err(format!(
-                                "n{i} has {id} up again ({what}) {} ms after permdowning it",
+                                "{n} has {id} up again ({what}) {} ms after permdowning it",
                                 now - t
                             ));
                         }
@@ -376,10 +433,16 @@ impl World {
             }
         }
         for (topic, t) in diff.iter() {
+            if shard_of(topic, pool) != s {
+                return Err(format!(
+                    "{n} reported a diff of {topic}, which lives in shard {} ({what})",
+                    shard_of(topic, pool)
+                ));
+            }
             for (key, p) in &t.leaves {
                 let k = (topic.to_string(), key.to_string(), p.phx_ref.to_string());
                 if node.replay.remove(&k).is_none() {
-                    return Err(format!("n{i} reported a leave of absent {k:?} ({what})"));
+                    return Err(format!("{n} reported a leave of absent {k:?} ({what})"));
                 }
                 if !hidden.contains(&p.phx_ref.replica_hash) {
                     node.gone.insert(p.phx_ref, now);
@@ -391,14 +454,14 @@ impl World {
                     let owner = p.phx_ref.replica_hash;
                     if node.permdowned.get(&owner).is_none_or(|t| *t < left) {
                         return Err(format!(
-                            "n{i} shows {k:?} again ({what}): it left for good at {left} ms and \
+                            "{n} shows {k:?} again ({what}): it left for good at {left} ms and \
                              its owner was not permdowned since"
                         ));
                     }
                 }
                 let meta = p.meta_json.as_str().to_string();
                 if node.replay.insert(k.clone(), meta).is_some() {
-                    return Err(format!("n{i} reported a second join of {k:?} ({what})"));
+                    return Err(format!("{n} reported a second join of {k:?} ({what})"));
                 }
             }
         }
@@ -417,14 +480,14 @@ impl World {
                     j.chain(l).collect::<Vec<_>>()
                 })
                 .collect();
-            self.log(|| format!("n{i} diff ({what}): {}", summary.join(" ")));
+            self.log(|| format!("{n} diff ({what}): {}", summary.join(" ")));
         }
         Ok(())
     }
 
-    /// After a new incarnation the node's presences carry new refs: read them back.
-    fn refresh_model(&mut self, i: usize) -> Result<(), String> {
-        let Some(node) = self.nodes[i].as_mut() else {
+    /// After a new incarnation the shard's presences carry new refs: read them back.
+    fn refresh_model(&mut self, i: usize, s: usize) -> Result<(), String> {
+        let Some(node) = self.shard_mut(i, s) else {
             return Ok(());
         };
         let slots: Vec<(u64, String, String)> = node.tracked.keys().cloned().collect();
@@ -436,13 +499,19 @@ impl World {
                 .find(|(t, k, _)| **t == *slot.1 && **k == *slot.2);
             match (found, node.tracked.get_mut(&slot)) {
                 (Some((_, _, p)), Some(entry)) => entry.0 = p.phx_ref,
-                _ => return Err(format!("n{i} lost {slot:?} when it took a new incarnation")),
+                _ => {
+                    return Err(format!(
+                        "{} lost {slot:?} when it took a new incarnation",
+                        at(i, s)
+                    ))
+                }
             }
         }
         Ok(())
     }
 
-    fn send(&mut self, from: usize, out: Vec<Outgoing>, faults: bool) {
+    /// Puts what shard `s` of node `from` sends on the wire, to shard `s` of its peers.
+    fn send(&mut self, (from, s): (usize, usize), out: Vec<Outgoing>, faults: bool) {
         for o in out {
             let Ok(bytes) = o.message.encode() else {
                 continue;
@@ -475,6 +544,7 @@ impl World {
                         order,
                         from: name(from),
                         to: name(to),
+                        shard: s,
                         bytes: bytes.clone(),
                     }));
                 }
@@ -499,7 +569,8 @@ impl World {
             }
             let message = ReplicationMessage::decode(&m.bytes)
                 .map_err(|e| format!("a message we encoded did not decode: {e}"))?;
-            let Some(node) = self.nodes[to].as_mut() else {
+            let node = self.nodes[to].as_mut();
+            let Some(node) = node.and_then(|n| n.shards.get_mut(m.shard)) else {
                 continue;
             };
             let what = kind(&message);
@@ -511,9 +582,9 @@ impl World {
             let output = node.shard.receive(&m.from, message, now);
             self.stats.delivered += 1;
             self.apply(
-                to,
+                (to, m.shard),
                 output,
-                &format!("receive {what} from {}", m.from),
+                &format!("receive {what} from {}", at(from, m.shard)),
                 faults,
             )?;
         }
@@ -521,16 +592,19 @@ impl World {
     }
 
     fn tick_due(&mut self, faults: bool) -> Result<(), String> {
+        let (now, period) = (self.now, self.config.broadcast_period_ms);
         for i in 0..self.nodes.len() {
-            let Some(node) = self.nodes[i].as_mut() else {
-                continue;
-            };
-            if node.next_tick_ms > self.now {
-                continue;
+            for s in 0..self.pool {
+                let Some(node) = self.shard_mut(i, s) else {
+                    continue;
+                };
+                if node.next_tick_ms > now {
+                    continue;
+                }
+                node.next_tick_ms += period;
+                let output = node.shard.tick(now);
+                self.apply((i, s), output, "tick", faults)?;
             }
-            node.next_tick_ms += self.config.broadcast_period_ms;
-            let output = node.shard.tick(self.now);
-            self.apply(i, output, "tick", faults)?;
         }
         Ok(())
     }
@@ -538,39 +612,41 @@ impl World {
     /// The server's other two paths: pending local changes flushed at once (or at the end of the
     /// coalescing window), and a heartbeat when the network reaches a new peer.
     fn server_due(&mut self, faults: bool) -> Result<(), String> {
+        let now = self.now;
         for i in 0..self.nodes.len() {
-            let now = self.now;
-            let Some(node) = self.nodes[i].as_mut() else {
-                continue;
-            };
-            if node.greet {
-                node.greet = false;
-                let hello = node.shard.heartbeat_now(now);
-                self.stats.heartbeats_now += 1;
-                self.apply(i, hello, "heartbeat_now", faults)?;
-            }
-            let Some(node) = self.nodes[i].as_mut() else {
-                continue;
-            };
-            if node.flush_at.is_some_and(|at| at <= now) {
-                node.flush_at = None;
-                node.last_flush_ms = Some(now);
-                let output = node.shard.flush_delta(now);
-                if !output.messages.is_empty() {
-                    self.stats.flushes += 1;
+            for s in 0..self.pool {
+                let Some(node) = self.shard_mut(i, s) else {
+                    continue;
+                };
+                if node.greet {
+                    node.greet = false;
+                    let hello = node.shard.heartbeat_now(now);
+                    self.stats.heartbeats_now += 1;
+                    self.apply((i, s), hello, "heartbeat_now", faults)?;
                 }
-                self.apply(i, output, "flush_delta", faults)?;
+                let Some(node) = self.shard_mut(i, s) else {
+                    continue;
+                };
+                if node.flush_at.is_some_and(|at| at <= now) {
+                    node.flush_at = None;
+                    node.last_flush_ms = Some(now);
+                    let output = node.shard.flush_delta(now);
+                    if !output.messages.is_empty() {
+                        self.stats.flushes += 1;
+                    }
+                    self.apply((i, s), output, "flush_delta", faults)?;
+                }
             }
         }
         Ok(())
     }
 
-    fn schedule_flush(&mut self, i: usize) {
+    fn schedule_flush(&mut self, i: usize, s: usize) {
         let (now, coalesce) = (self.now, self.coalesce_ms);
         if !self.server_paths {
             return;
         }
-        if let Some(node) = self.nodes[i].as_mut() {
+        if let Some(node) = self.shard_mut(i, s) {
             if node.flush_at.is_none() {
                 node.flush_at = Some(match node.last_flush_ms {
                     Some(last) if last + coalesce > now => last + coalesce,
@@ -597,18 +673,39 @@ impl World {
         let value = self.rng.below(100);
         let pick = self.rng.next_u64();
         let reuse_slot = self.rng.chance(700);
+        let pool = self.pool;
+        if choice >= 18 {
+            // A connection ends: the server untracks it in every shard.
+            let conn = random_slot.0;
+            for s in 0..pool {
+                let Some(node) = self.shard_mut(i, s) else {
+                    return Ok(());
+                };
+                node.tracked.retain(|(c, _, _), _| *c != conn);
+                let diff = node.shard.untrack_connection(conn);
+                self.log(|| format!("{} untrack_connection c{conn}", at(i, s)));
+                self.check_diff((i, s), &diff, &[], "untrack_connection")?;
+                self.schedule_flush(i, s);
+            }
+            self.stats.operations += 1;
+            return Ok(());
+        }
         let Some(node) = self.nodes[i].as_mut() else {
             return Ok(());
         };
         // Updates and untracks mostly hit something tracked, so removals are frequent.
-        let slot = match node
-            .tracked
-            .keys()
-            .nth(pick as usize % node.tracked.len().max(1))
-        {
+        let all = node.shards.iter().map(|s| s.tracked.len()).sum::<usize>();
+        let existing = node
+            .shards
+            .iter()
+            .flat_map(|s| s.tracked.keys())
+            .nth(pick as usize % all.max(1));
+        let slot = match existing {
             Some(existing) if choice >= 9 && reuse_slot => existing.clone(),
             _ => random_slot,
         };
+        let s = shard_of(&slot.1, pool);
+        let node = &mut node.shards[s];
         let (conn, topic, key) = (slot.0, slot.1.as_str(), slot.2.as_str());
         let tracked = node.tracked.contains_key(&slot);
         let meta = Meta::new(&format!("{{\"v\":{value}}}")).map_err(|e| e.to_string())?;
@@ -619,7 +716,12 @@ impl World {
                     (diff, "track")
                 }
                 Err(_) if tracked => return Ok(()),
-                _ => return Err(format!("n{i}: track of {slot:?} disagrees with the model")),
+                _ => {
+                    return Err(format!(
+                        "{}: track of {slot:?} disagrees with the model",
+                        at(i, s)
+                    ))
+                }
             },
             9..=12 => match node.shard.update(conn, topic, key, meta.clone()) {
                 Ok((r, diff)) if tracked => {
@@ -627,21 +729,22 @@ impl World {
                     (diff, "update")
                 }
                 Err(_) if !tracked => return Ok(()),
-                _ => return Err(format!("n{i}: update of {slot:?} disagrees with the model")),
+                _ => {
+                    return Err(format!(
+                        "{}: update of {slot:?} disagrees with the model",
+                        at(i, s)
+                    ))
+                }
             },
-            13..=17 => {
+            _ => {
                 node.tracked.remove(&slot);
                 (node.shard.untrack(conn, topic, key), "untrack")
             }
-            _ => {
-                node.tracked.retain(|(c, _, _), _| *c != conn);
-                (node.shard.untrack_connection(conn), "untrack_connection")
-            }
         };
         self.stats.operations += 1;
-        self.log(|| format!("n{i} {what} c{conn} {}/{}", slot.1, slot.2));
-        self.check_diff(i, &diff, &[], what)?;
-        self.schedule_flush(i);
+        self.log(|| format!("{} {what} c{conn} {}/{}", at(i, s), slot.1, slot.2));
+        self.check_diff((i, s), &diff, &[], what)?;
+        self.schedule_flush(i, s);
         Ok(())
     }
 
@@ -680,11 +783,13 @@ impl World {
         // Graceful shutdown.
         if self.rng.chance(2) {
             let i = self.rng.below(n as u64) as usize;
-            if let Some(mut node) = self.nodes[i].take() {
-                let out = node.shard.graceful_permdown();
+            if let Some(node) = self.nodes[i].take() {
                 self.stats.stops += 1;
                 self.log(|| format!("graceful shutdown n{i}"));
-                self.send(i, out, true);
+                for (s, mut node_shard) in node.shards.into_iter().enumerate() {
+                    let out = node_shard.shard.graceful_permdown();
+                    self.send((i, s), out, true);
+                }
             }
         }
         // Restart a stopped node.
@@ -733,9 +838,24 @@ impl World {
         Ok(())
     }
 
+    /// The end state of every shard index, checked on its own; returns the presences listed.
     fn check(&self) -> Result<usize, String> {
+        let mut listed = 0;
+        for s in 0..self.pool {
+            listed += self.check_shard(s)?;
+        }
+        Ok(listed)
+    }
+
+    fn check_shard(&self, s: usize) -> Result<usize, String> {
+        let shards = || {
+            self.nodes
+                .iter()
+                .enumerate()
+                .filter_map(move |(i, n)| Some((i, n.as_ref()?.shards.get(s)?)))
+        };
         let mut expected: BTreeSet<Element> = BTreeSet::new();
-        for node in self.nodes.iter().flatten() {
+        for (_, node) in shards() {
             for ((_, topic, key), (r, meta)) in &node.tracked {
                 expected.insert((
                     topic.clone(),
@@ -745,14 +865,9 @@ impl World {
                 ));
             }
         }
-        let live: BTreeSet<ReplicaId> = self
-            .nodes
-            .iter()
-            .flatten()
-            .map(|n| n.shard.replica().clone())
-            .collect();
-        for (i, node) in self.nodes.iter().enumerate() {
-            let Some(node) = node else { continue };
+        let live: BTreeSet<ReplicaId> = shards().map(|(_, n)| n.shard.replica().clone()).collect();
+        for (i, node) in shards() {
+            let n = at(i, s);
             let listed: BTreeSet<Element> = node
                 .shard
                 .state()
@@ -767,10 +882,13 @@ impl World {
                     )
                 })
                 .collect();
+            if let Some((topic, ..)) = listed.iter().find(|e| shard_of(&e.0, self.pool) != s) {
+                return Err(format!("{n} lists {topic}, which lives in another shard"));
+            }
             if listed != expected {
                 let ghosts: Vec<_> = listed.difference(&expected).collect();
                 let lost: Vec<_> = expected.difference(&listed).collect();
-                return Err(format!("n{i} lists ghosts {ghosts:?} and lost {lost:?}"));
+                return Err(format!("{n} lists ghosts {ghosts:?} and lost {lost:?}"));
             }
             let replayed: BTreeSet<Element> = node
                 .replay
@@ -781,7 +899,7 @@ impl World {
                 let extra: Vec<_> = replayed.difference(&expected).collect();
                 let missing: Vec<_> = expected.difference(&replayed).collect();
                 return Err(format!(
-                    "n{i}'s replayed diffs have extra {extra:?} and miss {missing:?}"
+                    "{n}'s replayed diffs have extra {extra:?} and miss {missing:?}"
                 ));
             }
             let peers: BTreeSet<ReplicaId> = node
@@ -795,7 +913,7 @@ impl World {
             others.remove(node.shard.replica());
             if peers != others || node.shard.replicas().len() != others.len() {
                 return Err(format!(
-                    "n{i} sees replicas {:?}, expected {others:?} up",
+                    "{n} sees replicas {:?}, expected {others:?} up",
                     node.shard.replicas()
                 ));
             }
@@ -817,6 +935,7 @@ pub fn run(seed: u64, trace: bool) -> Result<Stats, String> {
     let keys = 3 + rng.below(KEYS.len() as u64 - 2) as usize;
     let server_paths = rng.below(3) != 0;
     let coalesce_ms = [0, 10, 50][rng.below(3) as usize];
+    let pool = 1 + rng.below(3) as usize;
     let config = config(&mut rng);
     let mut world = World {
         rng,
@@ -833,10 +952,12 @@ pub fn run(seed: u64, trace: bool) -> Result<Stats, String> {
         max_delay_ms,
         topics,
         keys,
+        pool,
         server_paths,
         coalesce_ms,
         stats: Stats {
             nodes: n,
+            shards: n * pool,
             ..Stats::default()
         },
         trace: trace.then(String::new),
@@ -844,9 +965,9 @@ pub fn run(seed: u64, trace: bool) -> Result<Stats, String> {
     let shown = world.config.clone();
     world.log(|| {
         format!(
-            "seed {seed}: {n} nodes, drop {drop_per_mille}‰, delay ≤ {max_delay_ms} ms, \
-             late {late_per_mille}‰, {topics} topics × {keys} keys, server paths {server_paths} \
-             (coalesce {coalesce_ms} ms), {shown:?}"
+            "seed {seed}: {n} nodes × {pool} shards, drop {drop_per_mille}‰, \
+             delay ≤ {max_delay_ms} ms, late {late_per_mille}‰, {topics} topics × {keys} keys, \
+             server paths {server_paths} (coalesce {coalesce_ms} ms), {shown:?}"
         )
     });
     for i in 0..n {
@@ -923,6 +1044,32 @@ mod tests {
         assert!(
             seeds.len() < 20 || total.final_presences > 0,
             "runs should end with presences"
+        );
+        assert!(
+            seeds.len() < 20 || total.shards > total.nodes,
+            "some runs should give nodes a pool of shards"
+        );
+    }
+
+    #[test]
+    fn topics_are_routed_by_fnv_1a_as_the_server_routes_them() {
+        // The published 64-bit FNV-1a values of "a" and "foobar".
+        for pool in 1..=7 {
+            assert_eq!(
+                shard_of("a", pool) as u64,
+                0xaf63_dc4c_8601_ec8c % pool as u64
+            );
+            assert_eq!(
+                shard_of("foobar", pool) as u64,
+                0x8594_4171_f739_67e8 % pool as u64
+            );
+        }
+        assert_eq!(shard_of("room:a", 0), 0);
+        let spread: BTreeSet<usize> = TOPICS.iter().map(|t| shard_of(t, 3)).collect();
+        assert_eq!(
+            spread.len(),
+            3,
+            "the simulated topics should use every shard of a pool"
         );
     }
 
