@@ -49,3 +49,16 @@ pub use meta::{Meta, MetaError, PhxRef, Presence};
 pub use replica::{ReplicaEvent, ReplicaId, ReplicaStatus};
 pub use shard::{ConfigError, Destination, Outgoing, Output, Shard, ShardConfig};
 pub use state::{AlreadyTracked, NoPresence, State};
+
+/// The shard of `topic` in a pool of `shards` (a node's tracker runs one [`Shard`] per pool
+/// slot): FNV-1a of the topic's bytes, modulo the pool size, so every node and every version
+/// maps a topic to the same shard.
+pub fn shard_index(topic: &str, shards: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in topic.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let n = u64::try_from(shards.max(1)).unwrap_or(1);
+    usize::try_from(hash % n).unwrap_or(0)
+}

@@ -6,7 +6,7 @@
 //! period late, splits into partitions (some one-way) and heals, while nodes crash, shut down
 //! gracefully and restart — with a fresh incarnation, a smaller one than before, or one the node
 //! used before — under random track / update / untrack traffic over up to 6 topics × 12 keys.
-//! A topic lives in shard [`shard_of`] of every node, and shard `s` talks only to shard `s` of
+//! A topic lives in shard [`shard_index`] of every node, and shard `s` talks only to shard `s` of
 //! its peers, each with its own replica (the node's incarnation plus `s`); a node's crash,
 //! restart or partition takes all its shards together. Shards are driven as the server drives
 //! them: `tick` every period and, in most runs, `flush_delta` after local changes (coalesced
@@ -42,7 +42,7 @@ use std::fmt::Write as _;
 use super::meta::{mix64, replica_hash, Meta, PhxRef};
 use super::replica::{ReplicaEvent, ReplicaId, ReplicaStatus};
 use super::shard::{Destination, Outgoing, Output, Shard, ShardConfig};
-use super::{Diff, ReplicationMessage};
+use super::{shard_index, Diff, ReplicationMessage};
 
 /// splitmix64: a tiny, good-enough, seedable generator (no global randomness in core).
 #[derive(Clone, Debug)]
@@ -158,18 +158,6 @@ fn config(rng: &mut Rng) -> ShardConfig {
 }
 
 type Element = (String, String, String, String); // topic, key, phx_ref, meta
-
-/// The shard of `topic` in a pool of `shards`: FNV-1a of its bytes, modulo the pool size. The
-/// server's `tracker::shard_index` computes the same (it lives in the server crate, out of core's
-/// reach), so the simulation routes topics as a real cluster does.
-pub fn shard_of(topic: &str, shards: usize) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in topic.bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    (hash % shards.max(1) as u64) as usize
-}
 
 /// A node: its pool of shards, all started, stopped and cut off together.
 struct Node {
@@ -433,10 +421,10 @@ impl World {
             }
         }
         for (topic, t) in diff.iter() {
-            if shard_of(topic, pool) != s {
+            if shard_index(topic, pool) != s {
                 return Err(format!(
                     "{n} reported a diff of {topic}, which lives in shard {} ({what})",
-                    shard_of(topic, pool)
+                    shard_index(topic, pool)
                 ));
             }
             for (key, p) in &t.leaves {
@@ -704,7 +692,7 @@ impl World {
             Some(existing) if choice >= 9 && reuse_slot => existing.clone(),
             _ => random_slot,
         };
-        let s = shard_of(&slot.1, pool);
+        let s = shard_index(&slot.1, pool);
         let node = &mut node.shards[s];
         let (conn, topic, key) = (slot.0, slot.1.as_str(), slot.2.as_str());
         let tracked = node.tracked.contains_key(&slot);
@@ -882,7 +870,7 @@ impl World {
                     )
                 })
                 .collect();
-            if let Some((topic, ..)) = listed.iter().find(|e| shard_of(&e.0, self.pool) != s) {
+            if let Some((topic, ..)) = listed.iter().find(|e| shard_index(&e.0, self.pool) != s) {
                 return Err(format!("{n} lists {topic}, which lives in another shard"));
             }
             if listed != expected {
@@ -1056,16 +1044,16 @@ mod tests {
         // The published 64-bit FNV-1a values of "a" and "foobar".
         for pool in 1..=7 {
             assert_eq!(
-                shard_of("a", pool) as u64,
+                shard_index("a", pool) as u64,
                 0xaf63_dc4c_8601_ec8c % pool as u64
             );
             assert_eq!(
-                shard_of("foobar", pool) as u64,
+                shard_index("foobar", pool) as u64,
                 0x8594_4171_f739_67e8 % pool as u64
             );
         }
-        assert_eq!(shard_of("room:a", 0), 0);
-        let spread: BTreeSet<usize> = TOPICS.iter().map(|t| shard_of(t, 3)).collect();
+        assert_eq!(shard_index("room:a", 0), 0);
+        let spread: BTreeSet<usize> = TOPICS.iter().map(|t| shard_index(t, 3)).collect();
         assert_eq!(
             spread.len(),
             3,

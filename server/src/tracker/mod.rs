@@ -71,17 +71,8 @@ pub const CHANNEL_RELAY: &str = "relay";
 /// Commands a shard may have waiting before connections stop reading client frames.
 pub const COMMAND_QUEUE: usize = 4_096;
 
-/// The shard of `topic` in a pool of `shards`: FNV-1a of its bytes, so every node and every
-/// version maps a topic to the same shard.
-pub fn shard_index(topic: &str, shards: usize) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in topic.bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    let n = u64::try_from(shards.max(1)).unwrap_or(1);
-    usize::try_from(hash % n).unwrap_or(0)
-}
+/// The shard of a topic: core's rule, which the seeded simulation checks too.
+pub use rollcall_core::tracker::shard_index;
 /// The meta field the server sets to the name of the node a member is connected to.
 pub const META_NODE: &str = "node";
 /// The meta fields the tracker adds when it renders a presence; a client's own are dropped.
