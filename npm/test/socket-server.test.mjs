@@ -5,6 +5,7 @@
 
 import assert from "node:assert/strict"
 import {spawn} from "node:child_process"
+import fs from "node:fs"
 import {after, before, describe, test} from "node:test"
 import {LongPoll, Socket} from "rollcall"
 import WebSocket from "ws"
@@ -64,6 +65,21 @@ const connected = socket =>
     })
     socket.connect()
   })
+
+// Resolves once every thread of process `pid` is in the stopped state ("T" in /proc).
+async function allThreadsStopped(pid) {
+  const deadline = Date.now() + DEADLINE_MS
+  for (;;) {
+    const tasks = fs.readdirSync(`/proc/${pid}/task`)
+    const states = tasks.map(task => {
+      const stat = fs.readFileSync(`/proc/${pid}/task/${task}/stat`, "utf8")
+      return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3)
+    })
+    if (states.every(state => state === "T")) return
+    if (Date.now() > deadline) throw new Error(`server threads not stopped in time: ${states.join("")}`)
+    await new Promise(resolve => setTimeout(resolve, 5))
+  }
+}
 
 describe("against a real rollcall server", {skip}, () => {
   before(async () => {
@@ -135,8 +151,10 @@ describe("against a real rollcall server", {skip}, () => {
       await connected(socket)
       const channel = socket.channel("room:slow", {track: false})
       assert.equal((await replyOf(channel.join(DEADLINE_MS)))[0], "ok")
-      // A stopped server reads nothing: the push's timer runs out first.
+      // A stopped server reads nothing: the push's timer runs out first. kill() returns before
+      // every thread of the server has stopped, so wait until the kernel reports them stopped.
       server.kill("SIGSTOP")
+      await allThreadsStopped(server.pid)
       let late
       try {
         const push = channel.push("nudge", {n: 1}, 300)
