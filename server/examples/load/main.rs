@@ -38,7 +38,9 @@
 //! heartbeat every 30 s as phoenix.js does, and do not reconnect.
 #![allow(clippy::print_stdout)]
 
+#[path = "../support/mod.rs"]
 mod support;
+mod client;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -52,6 +54,7 @@ use serde_json::json;
 use support::{ms, rss_kib, Summary};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
+use client::{Client, Event};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -136,19 +139,6 @@ async fn connect(addr: &str, user: &str) -> Result<Ws, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Presences a presence payload lists: each key carries one `"metas":[`.
-fn count_keys(text: &str) -> usize {
-    text.matches("\"metas\":[").count()
-}
-
-/// The change a `presence_diff` frame makes to the number of keys seen: joins minus leaves.
-fn diff_delta(text: &str) -> isize {
-    match text.find("\"leaves\":") {
-        Some(at) => count_keys(&text[..at]) as isize - count_keys(&text[at..]) as isize,
-        None => 0,
-    }
-}
-
 /// Probe markers (`probe-<n>`) among the joins of a `presence_diff` frame.
 fn probes_in(text: &str) -> Vec<String> {
     let joins = &text[..text.find("\"leaves\":").unwrap_or(text.len())];
@@ -171,14 +161,54 @@ fn probes_in(text: &str) -> Vec<String> {
 enum Report {
     /// It sees `expected` keys in its room (unix ms).
     Converged(f64),
-    /// It saw a probe marker (unix ms).
+    /// It saw a probe marker among a diff's joins, or `<marker>/left` among its leaves (unix
+    /// ms).
     Probe(String, f64),
     /// Closed by the node.
     Closed,
 }
 
+/// What a member knows of its room.
+struct Seen {
+    keys: isize,
+    expected: usize,
+    converged: bool,
+    closed: bool,
+}
+
+impl Seen {
+    fn on(&mut self, event: Event, reports: &mpsc::UnboundedSender<Report>) {
+        match event {
+            Event::State { keys } => self.keys += keys as isize,
+            Event::Diff {
+                joins,
+                leaves,
+                probes_joined,
+                probes_left,
+            } => {
+                self.keys += joins as isize - leaves as isize;
+                if !(probes_joined.is_empty() && probes_left.is_empty()) {
+                    let at = unix_ms();
+                    for probe in probes_joined {
+                        let _ = reports.send(Report::Probe(probe, at));
+                    }
+                    for probe in probes_left {
+                        let _ = reports.send(Report::Probe(format!("{probe}/left"), at));
+                    }
+                }
+            }
+            Event::Close => self.closed = true,
+            Event::Other => return,
+        }
+        if !self.converged && self.keys >= self.expected as isize {
+            self.converged = true;
+            let _ = reports.send(Report::Converged(unix_ms()));
+        }
+    }
+}
+
 async fn member(
-    mut ws: Ws,
+    mut client: Client,
     topic: String,
     expected: usize,
     mut go: tokio::sync::watch::Receiver<bool>,
@@ -186,61 +216,46 @@ async fn member(
 ) {
     let _ = go.wait_for(|g| *g).await;
     let join = json!(["1", "1", topic, "phx_join", {"meta": {"name": topic}}]).to_string();
-    if ws.send(Message::text(join)).await.is_err() {
+    if client.send(&join).await.is_err() {
         let _ = reports.send(Report::Closed);
         return;
     }
-    let mut seen: isize = 0;
-    let mut converged = false;
+    let mut seen = Seen {
+        keys: 0,
+        expected,
+        converged: false,
+        closed: false,
+    };
     let mut heartbeat = tokio::time::interval(Duration::from_secs(30));
     heartbeat.tick().await;
     let mut refs = 1u64;
     loop {
-        tokio::select! {
-            msg = ws.next() => {
-                let text = match msg {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                        let _ = reports.send(Report::Closed);
-                        return;
-                    }
-                    Some(Ok(_)) => continue,
-                };
-                let text = text.as_str();
-                // The event is the fourth element, near the start of the frame.
-                let head = &text[..text.len().min(400)];
-                if head.contains("\"presence_state\"") {
-                    seen += count_keys(text) as isize;
-                } else if head.contains("\"presence_diff\"") {
-                    seen += diff_delta(text);
-                    if text.contains("probe-") {
-                        for probe in probes_in(text) {
-                            let _ = reports.send(Report::Probe(probe, unix_ms()));
-                        }
-                    }
-                } else {
-                    continue;
-                }
-                if !converged && seen >= expected as isize {
-                    converged = true;
-                    let _ = reports.send(Report::Converged(unix_ms()));
-                }
-            }
-            _ = heartbeat.tick() => {
-                refs += 1;
-                let beat = format!(r#"[null,"{refs}","phoenix","heartbeat",{{}}]"#);
-                if ws.send(Message::text(beat)).await.is_err() {
-                    let _ = reports.send(Report::Closed);
-                    return;
-                }
+        // Reading is cancel-safe: a member handles what it read before it yields.
+        let mut on = |event| seen.on(event, &reports);
+        let beat = tokio::select! {
+            open = client.read(&mut on) => if open { false } else { seen.closed = true; false },
+            _ = heartbeat.tick() => true,
+        };
+        if seen.closed {
+            let _ = reports.send(Report::Closed);
+            return;
+        }
+        if beat {
+            refs += 1;
+            let beat = format!(r#"[null,"{refs}","phoenix","heartbeat",{{}}]"#);
+            if client.send(&beat).await.is_err() {
+                let _ = reports.send(Report::Closed);
+                return;
             }
         }
     }
 }
 
-/// `worker ADDR FROM TO ROOM_SIZE`: members `u<FROM>`..`u<TO>`, in rooms `room:load-<i / R>`.
+/// `worker ADDRS FROM TO ROOM_SIZE TOTAL`: members `u<FROM>`..`u<TO>`, in rooms
+/// `room:load-<i / R>`; member `i` connects to the `i % K`-th of the K comma-separated node
+/// addresses, so every room spreads over the nodes.
 async fn worker(args: Vec<String>) {
-    let addr = args[0].clone();
+    let addrs: Vec<String> = args[0].split(',').map(String::from).collect();
     let from: usize = args[1].parse().expect("from");
     let to: usize = args[2].parse().expect("to");
     let room_size: usize = args[3].parse().expect("room size");
@@ -251,15 +266,16 @@ async fn worker(args: Vec<String>) {
     let failed = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for i in from..to {
-        let (addr, go, reports_tx) = (addr.clone(), go.clone(), reports_tx.clone());
+        let addr = addrs[i % addrs.len()].clone();
+        let (go, reports_tx) = (go.clone(), reports_tx.clone());
         let (in_flight, failed) = (in_flight.clone(), failed.clone());
         let room = i / room_size;
         // The last room may be smaller.
         let expected = room_size.min(total - room * room_size);
         tasks.push(tokio::spawn(async move {
             let permit = in_flight.acquire_owned().await.expect("semaphore");
-            let ws = match connect(&addr, &format!("u{i}")).await {
-                Ok(ws) => ws,
+            let client = match Client::connect(&addr, &format!("u{i}")).await {
+                Ok(client) => client,
                 Err(_) => {
                     failed.fetch_add(1, Ordering::Relaxed);
                     return None;
@@ -267,7 +283,7 @@ async fn worker(args: Vec<String>) {
             };
             drop(permit);
             Some(tokio::spawn(member(
-                ws,
+                client,
                 format!("room:load-{room}"),
                 expected,
                 go,
@@ -391,26 +407,20 @@ impl Drop for Worker {
     }
 }
 
-/// The node under load: started here, or one already running.
+/// One node under load: started here, or one already running.
 struct Node {
     addr: String,
     pid: u32,
     child: Option<Child>,
 }
 
+/// The secret the tool's mesh nodes share (`--nodes` > 1).
+const CLUSTER_SECRET: &str = "the-load-tool-cluster-secret";
+
 impl Node {
-    fn start(args: &Args) -> Node {
-        if let Some(addr) = args.text("addr") {
-            let pid = args.get("pid", 0u32);
-            if pid == 0 {
-                usage("--addr needs --pid (the node's process, for its RSS)");
-            }
-            return Node {
-                addr,
-                pid,
-                child: None,
-            };
-        }
+    /// Starts the node binary with `extra` flags (before `--node-arg`s); returns it and the
+    /// cluster address it printed, if any.
+    fn spawn(args: &Args, extra: &[String]) -> (Node, Option<String>) {
         let path = args
             .text("node")
             .map(std::path::PathBuf::from)
@@ -430,6 +440,7 @@ impl Node {
         }
         let mut child = Command::new(&path)
             .args(["serve", "--port", "0"])
+            .args(extra)
             .args(&args.node_args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -438,22 +449,23 @@ impl Node {
             .expect("node");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
+        let mesh = extra.iter().any(|a| a == "mesh");
+        let (mut addr, mut cluster) = (None, None);
+        while addr.is_none() || (mesh && cluster.is_none()) {
             let line = lines.next().expect("node exited").expect("node output");
             if let Some(url) = line.strip_prefix("rollcall listening on http://") {
-                break url.trim().to_string();
+                addr = Some(url.trim().to_string());
+            } else if let Some(at) = line.strip_prefix("rollcall cluster listening on ") {
+                cluster = Some(at.trim().to_string());
             }
-        };
+        }
         std::thread::spawn(move || lines.for_each(drop));
-        Node {
-            addr,
+        let node = Node {
+            addr: addr.unwrap_or_default(),
             pid: child.id(),
             child: Some(child),
-        }
-    }
-
-    fn rss_mib(&self) -> f64 {
-        rss_kib(Some(self.pid)).unwrap_or(0) as f64 / 1024.0
+        };
+        (node, cluster)
     }
 }
 
@@ -466,18 +478,136 @@ impl Drop for Node {
     }
 }
 
-fn per_process(args: &Args) -> usize {
+/// The nodes under load: one (`--addr`/`--pid`, or started here) or a mesh of `--nodes K`
+/// started here.
+struct Nodes(Vec<Node>);
+
+impl Nodes {
+    fn start(args: &Args) -> Nodes {
+        if let Some(addr) = args.text("addr") {
+            let pid = args.get("pid", 0u32);
+            if pid == 0 {
+                usage("--addr needs --pid (the node's process, for its RSS)");
+            }
+            return Nodes(vec![Node {
+                addr,
+                pid,
+                child: None,
+            }]);
+        }
+        let k = args.get("nodes", 1usize).max(1);
+        if k == 1 {
+            return Nodes(vec![Node::spawn(args, &[]).0]);
+        }
+        let mut nodes = Vec::new();
+        let mut seed: Option<String> = None;
+        for i in 0..k {
+            let mut extra: Vec<String> = [
+                "--node",
+                &format!("n{i}"),
+                "--cluster",
+                "mesh",
+                "--cluster-listen",
+                "127.0.0.1:0",
+                "--cluster-secret",
+                CLUSTER_SECRET,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            if let Some(seed) = &seed {
+                extra.extend(["--peers".to_string(), seed.clone()]);
+            }
+            let (node, cluster) = Node::spawn(args, &extra);
+            seed = seed.or(cluster);
+            nodes.push(node);
+        }
+        // Every node sees every other up before a member connects.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &nodes {
+            while http_get(&node.addr, "/healthz").matches("\"up\":true").count() < k - 1 {
+                if Instant::now() > deadline {
+                    panic!("the mesh of {k} did not form within 30 s");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        println!("mesh of {k} nodes up");
+        Nodes(nodes)
+    }
+
+    /// The nodes' client addresses, comma-separated (the workers' first argument).
+    fn addrs(&self) -> String {
+        self.0
+            .iter()
+            .map(|n| n.addr.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.0.iter().map(|n| n.pid).collect()
+    }
+
+    /// RSS of all nodes together.
+    fn rss_mib(&self) -> f64 {
+        self.0
+            .iter()
+            .map(|n| rss_kib(Some(n.pid)).unwrap_or(0) as f64 / 1024.0)
+            .sum()
+    }
+
+    /// Each node's RSS, for a table cell.
+    fn rss_each(&self) -> String {
+        self.0
+            .iter()
+            .map(|n| format!("{:.1}", rss_kib(Some(n.pid)).unwrap_or(0) as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(" + ")
+    }
+
+    /// CPU time all nodes' threads have used, in seconds (`/proc/<pid>/task/*/schedstat`).
+    fn cpu_secs(&self) -> f64 {
+        let mut ns = 0u64;
+        for node in &self.0 {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", node.pid)) else {
+                continue;
+            };
+            for task in tasks.flatten() {
+                let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+                ns += stat
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        ns as f64 / 1e9
+    }
+
+    /// `rollcall_frames_sent_total` over all nodes.
+    fn frames_sent(&self) -> u64 {
+        self.0.iter().map(|n| frames_sent(&n.addr)).sum()
+    }
+}
+
+/// Members per worker process: `--per-process`, or the members spread over `--workers`
+/// processes (default: one per core), each under this process's open-file limit.
+fn per_process(args: &Args, n: usize) -> usize {
     let fd_limit = rollcall_server::security::limits::open_file_limit().unwrap_or(1024);
-    args.get("per-process", fd_limit.saturating_sub(256).clamp(64, 8000))
+    let cap = fd_limit.saturating_sub(256).clamp(64, 8000);
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let workers = args.get("workers", cores).max(1);
+    args.get("per-process", n.div_ceil(workers).clamp(1, cap))
 }
 
 /// Starts workers for `n` members in rooms of `room_size`, waits until all are connected.
-fn spawn_members(node: &Node, n: usize, room_size: usize, per_process: usize) -> Vec<Worker> {
+fn spawn_members(nodes: &Nodes, n: usize, room_size: usize, per_process: usize) -> Vec<Worker> {
     let mut workers = Vec::new();
     let mut from = 0;
     while from < n {
         let to = (from + per_process).min(n);
-        workers.push(Worker::spawn(&node.addr, from, to, room_size, n));
+        workers.push(Worker::spawn(&nodes.addrs(), from, to, room_size, n));
         from = to;
     }
     let mut failed = 0;
@@ -516,13 +646,14 @@ fn join_and_converge(workers: &mut [Worker], within: Duration) -> (f64, f64, usi
     (go, last, converged, closed)
 }
 
-/// Samples the node's RSS every 100 ms until told to stop; returns the peak (MiB).
-fn sample_peak(pid: u32) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<f64>) {
+/// Samples the nodes' RSS (together) every 100 ms until told to stop; returns the peak (MiB).
+fn sample_peak(pids: Vec<u32>) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<f64>) {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let handle = std::thread::spawn(move || {
         let mut peak = 0f64;
         loop {
-            peak = peak.max(rss_kib(Some(pid)).unwrap_or(0) as f64 / 1024.0);
+            let rss: u64 = pids.iter().map(|p| rss_kib(Some(*p)).unwrap_or(0)).sum();
+            peak = peak.max(rss as f64 / 1024.0);
             if stopped.recv_timeout(Duration::from_millis(100)).is_ok() {
                 return peak;
             }
@@ -531,30 +662,32 @@ fn sample_peak(pid: u32) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandl
     (stop, handle)
 }
 
-/// The node's RSS once quiet: after the last frames went out and the allocator gave back
+/// The nodes' RSS once quiet: after the last frames went out and the allocator gave back
 /// what was freed (jemalloc returns freed pages after 10 s).
-fn settle(node: &Node) -> f64 {
+fn settle(nodes: &Nodes) -> f64 {
     std::thread::sleep(Duration::from_secs(12));
-    node.rss_mib()
+    nodes.rss_mib()
 }
 
 fn idle(args: &Args) {
     let n = args.get("conns", 10_000usize);
     let room_size = args.get("room-size", 100usize);
-    let node = Node::start(args);
-    let start = node.rss_mib();
-    let mut workers = spawn_members(&node, n, room_size, per_process(args));
-    let connected = node.rss_mib();
+    let nodes = Nodes::start(args);
+    let start = nodes.rss_mib();
+    let mut workers = spawn_members(&nodes, n, room_size, per_process(args, n));
+    let connected = nodes.rss_mib();
     let (go, last, converged, closed) = join_and_converge(&mut workers, Duration::from_secs(900));
-    let after = settle(&node);
+    let after = settle(&nodes);
     let clients: f64 = workers
         .iter()
         .map(|w| rss_kib(Some(w.child.id())).unwrap_or(0) as f64 / 1024.0)
         .sum();
-    println!("| connections | rooms of | node RSS at start | connected (not joined) | joined, idle | per connection | all joined after | closed |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| connections | nodes | rooms of | node RSS at start | connected (not joined) | joined, idle | per connection | all joined after | closed |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {n} | {room_size} | {start:.1} MiB | {connected:.1} MiB | {after:.1} MiB | {:.2} KiB | {:.1} s | {closed} |",
+        "| {n} | {} | {room_size} | {start:.1} MiB | {connected:.1} MiB | {after:.1} MiB ({}) | {:.2} KiB | {:.1} s | {closed} |",
+        nodes.0.len(),
+        nodes.rss_each(),
         (after - start) * 1024.0 / n as f64,
         (last - go) / 1e3
     );
@@ -563,23 +696,25 @@ fn idle(args: &Args) {
 
 fn storm(args: &Args) {
     let n = args.get("members", 5_000usize);
-    let node = Node::start(args);
-    let start = node.rss_mib();
-    let mut workers = spawn_members(&node, n, n, per_process(args));
-    let connected = node.rss_mib();
-    let frames_before = frames_sent(&node.addr);
-    let (stop, peak) = sample_peak(node.pid);
+    let nodes = Nodes::start(args);
+    let start = nodes.rss_mib();
+    let mut workers = spawn_members(&nodes, n, n, per_process(args, n));
+    let connected = nodes.rss_mib();
+    let frames_before = nodes.frames_sent();
+    let cpu_before = nodes.cpu_secs();
+    let (stop, peak) = sample_peak(nodes.pids());
     let (go, last, converged, closed) = join_and_converge(&mut workers, Duration::from_secs(900));
-    let frames = frames_sent(&node.addr).saturating_sub(frames_before);
-    let after = settle(&node);
+    let cpu = nodes.cpu_secs() - cpu_before;
+    let frames = nodes.frames_sent().saturating_sub(frames_before);
+    let after = settle(&nodes);
     let _ = stop.send(());
     let peak = peak.join().unwrap_or(0.0);
-    println!("| members | node RSS at start | connected | peak | after the storm | above start | per member | converged in | closed |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| members | nodes | node RSS at start | connected | peak | after the storm | above start | converged in | node CPU | closed |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {n} | {start:.1} MiB | {connected:.1} MiB | {peak:.1} MiB | {after:.1} MiB | {:.1} MiB | {:.2} KiB | {:.2} s | {closed} |",
+        "| {n} | {} | {start:.1} MiB | {connected:.1} MiB | {peak:.1} MiB | {after:.1} MiB | {:.1} MiB | {:.2} s | {cpu:.2} s | {closed} |",
+        nodes.0.len(),
         after - start,
-        (after - start) * 1024.0 / n as f64,
         (last - go) / 1e3
     );
     println!("({converged} of {n} members saw all {n})");
@@ -621,35 +756,44 @@ fn probe_seen(workers: &[Worker], marker: &str) -> Option<(f64, f64)> {
 fn fanout(args: &Args) {
     let n = args.get("members", 5_000usize);
     let probes = args.get("probes", 20usize);
-    let node = Node::start(args);
-    let mut workers = spawn_members(&node, n, n, per_process(args));
+    let nodes = Nodes::start(args);
+    let mut workers = spawn_members(&nodes, n, n, per_process(args, n));
     let (go, last, _, _) = join_and_converge(&mut workers, Duration::from_secs(900));
     println!("room of {n} filled in {:.2} s", (last - go) / 1e3);
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let (mut join_first, mut join_last, mut track_last) = (vec![], vec![], vec![]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let addr = nodes.0[0].addr.clone();
+    let since = |sent: f64, at: f64| Duration::from_secs_f64((at - sent).max(0.0) / 1e3);
+    let (mut join_first, mut join_last, mut track_last, mut leave_last) =
+        (vec![], vec![], vec![], vec![]);
+    let cpu_before = nodes.cpu_secs();
     for k in 0..probes {
         let marker = format!("probe-{k}");
-        let mut ws = runtime
-            .block_on(connect(&node.addr, &marker))
+        let mut probe = runtime
+            .block_on(Client::connect(&addr, &marker))
             .expect("probe connect");
         let sent = unix_ms();
         let join = json!(["1", "1", "room:load-0", "phx_join", {}]).to_string();
-        runtime
-            .block_on(ws.send(Message::text(join)))
-            .expect("join");
+        runtime.block_on(probe.send(&join)).expect("join");
         let (first, last) = probe_seen(&workers, &marker).expect("a member missed a join");
-        join_first.push(Duration::from_secs_f64((first - sent).max(0.0) / 1e3));
-        join_last.push(Duration::from_secs_f64((last - sent).max(0.0) / 1e3));
+        join_first.push(since(sent, first));
+        join_last.push(since(sent, last));
         let track_marker = format!("probe-t{k}");
         let sent = unix_ms();
         let track = json!(["1", "2", "room:load-0", "track", {"mark": track_marker}]).to_string();
-        runtime
-            .block_on(ws.send(Message::text(track)))
-            .expect("track");
+        runtime.block_on(probe.send(&track)).expect("track");
         let (_, last) = probe_seen(&workers, &track_marker).expect("a member missed a track");
-        track_last.push(Duration::from_secs_f64((last - sent).max(0.0) / 1e3));
-        drop(ws);
+        track_last.push(since(sent, last));
+        // Leaving: the probe's socket closes; its last meta is the track's marker.
+        let sent = unix_ms();
+        drop(probe);
+        let (_, last) = probe_seen(&workers, &format!("{track_marker}/left"))
+            .expect("a member missed a leave");
+        leave_last.push(since(sent, last));
     }
+    let cpu = nodes.cpu_secs() - cpu_before;
     let row = |name: &str, samples: &mut Vec<Duration>| {
         let s = Summary::of(samples);
         println!(
@@ -665,6 +809,13 @@ fn fanout(args: &Args) {
     row("join → first member", &mut join_first);
     row("join → last member", &mut join_last);
     row("track → last member", &mut track_last);
+    row("leave → last member", &mut leave_last);
+    let deliveries = probes * 3 * n;
+    println!(
+        "node CPU: {cpu:.3} s for {deliveries} deliveries (a join, a track and a leave to {n} \
+         members, {probes} times): {:.2} µs per delivery",
+        cpu * 1e6 / deliveries as f64
+    );
 }
 
 /// Sends a join of `topic` with the meta `{"name": key}`.
@@ -677,19 +828,25 @@ async fn join(ws: &mut Ws, topic: &str, key: &str) -> Result<(), String> {
 
 /// The node's `/metrics` lines that start with `prefix`.
 fn metric_lines(addr: &str, prefix: &str) -> Vec<String> {
-    use std::io::Read;
-    let Ok(mut tcp) = std::net::TcpStream::connect(addr) else {
-        return Vec::new();
-    };
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let mut text = String::new();
-    if tcp.write_all(request.as_bytes()).is_err() || tcp.read_to_string(&mut text).is_err() {
-        return Vec::new();
-    }
-    text.lines()
+    http_get(addr, "/metrics")
+        .lines()
         .filter(|l| l.starts_with(prefix))
         .map(String::from)
         .collect()
+}
+
+/// The response (head and body) to `GET path` from a node, empty if it cannot be had.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::Read;
+    let Ok(mut tcp) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    if tcp.write_all(request.as_bytes()).is_err() || tcp.read_to_string(&mut text).is_err() {
+        return String::new();
+    }
+    text
 }
 
 fn stall(args: &Args) {
@@ -700,12 +857,13 @@ fn stall(args: &Args) {
     let event_bytes = args.get("event-bytes", 1_000_000usize);
     let rate = args.get("rate", 5.0f64);
     let seconds = args.get("seconds", 20u64);
-    let node = Node::start(args);
+    let nodes = Nodes::start(args);
+    let node = &nodes.0[0];
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let addr = node.addr.clone();
     let topic = "room:stall";
-    let start = node.rss_mib();
-    let (stop, peak) = sample_peak(node.pid);
+    let start = nodes.rss_mib();
+    let (stop, peak) = sample_peak(nodes.pids());
     let (samples, closes) = runtime.block_on(async move {
         // Well-behaved members: read everything, note when a probe's join arrives.
         let (seen_tx, mut seen) = mpsc::unbounded_channel::<(String, f64)>();
@@ -830,7 +988,7 @@ fn stall(args: &Args) {
         &node.addr,
         "rollcall_connections_closed_total{reason=\"too_slow\"",
     );
-    let after = settle(&node);
+    let after = settle(&nodes);
     let _ = stop.send(());
     let peak = peak.join().unwrap_or(0.0);
     let mut samples = samples;
@@ -909,11 +1067,12 @@ fn silent(args: &Args) {
         ms => Some(Duration::from_millis(ms)),
     };
     let seconds = args.get("seconds", 12u64);
-    let node = Node::start(args);
+    let nodes = Nodes::start(args);
+    let node = &nodes.0[0];
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let addr = node.addr.clone();
-    let start = node.rss_mib();
-    let (stop, peak) = sample_peak(node.pid);
+    let start = nodes.rss_mib();
+    let (stop, peak) = sample_peak(nodes.pids());
     let open = Arc::new(AtomicUsize::new(0));
     let (lifetimes, opened, refused, joins, join_failures, open_over_time) =
         runtime.block_on(async {
@@ -1031,8 +1190,8 @@ fn main() {
     let mut argv = std::env::args().skip(1);
     if argv.next().as_deref() == Some("worker") {
         let rest: Vec<String> = argv.collect();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+        // One thread: the members share its read buffer.
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
