@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo build --release -p rollcall-server          # the node it starts: target/release/rollcall
 //! cargo run --release -p rollcall-server --example load -- idle --conns 10000 --room-size 100
+//! cargo run --release -p rollcall-server --example load -- idle --conns 50000 --nodes 3
 //! cargo run --release -p rollcall-server --example load -- storm --members 5000
 //! cargo run --release -p rollcall-server --example load -- fanout --members 5000 --probes 20
 //! cargo run --release -p rollcall-server --example load -- stall
@@ -29,18 +30,20 @@
 //!   still holds over time, when it closed the last, and the fresh clients' connect → join
 //!   reply time and failures. The node must listen on 127.0.0.1 (its default).
 //!
-//! Members are held by worker processes (this executable, `worker` mode), at most
-//! `--per-process` each (default: under this process's open-file limit), so N is not bounded
-//! by one process's descriptors. By default the tool starts the node itself (`--node PATH`,
-//! default the `rollcall` beside this example in the target directory) on a free port with
-//! `--node-arg` flags added; `--addr HOST:PORT --pid PID` uses a running one instead. Members
-//! read every frame, scan it without parsing (they count `"metas":[` to know who they see),
-//! heartbeat every 30 s as phoenix.js does, and do not reconnect.
+//! Members are held by worker processes (this executable, `worker` mode): `--workers W` of
+//! them (default one per core), at most `--per-process` members each (default: under this
+//! process's open-file limit), so N is not bounded by one process's descriptors. By default
+//! the tool starts the node itself (`--node PATH`, default the `rollcall` beside this example
+//! in the target directory) on a free port with `--node-arg` flags added; `--addr HOST:PORT
+//! --pid PID` uses a running one instead; `--nodes K` starts a mesh of K and spreads every
+//! room over it (member `i` on node `i mod K`). Members read every frame with the lean client
+//! in `client.rs` (streamed, keys counted without parsing), heartbeat every 30 s as phoenix.js
+//! does, and do not reconnect.
 #![allow(clippy::print_stdout)]
 
+mod client;
 #[path = "../support/mod.rs"]
 mod support;
-mod client;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -49,12 +52,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use client::{Client, Event};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use support::{ms, rss_kib, Summary};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
-use client::{Client, Event};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -112,7 +115,7 @@ fn usage(why: &str) -> ! {
     eprintln!(
         "load: {why}\nusage: load idle|storm|fanout|stall|silent [--conns N] [--room-size R] \
          [--members N] [--probes J] [--stalled K] [--senders S] [--event-bytes B] [--rate R] \
-         [--seconds T] [--trickle-ms T] [--per-process P] [--node PATH] [--node-arg FLAG]... [--addr HOST:PORT \
+         [--seconds T] [--trickle-ms T] [--workers W] [--per-process P] [--nodes K] [--node PATH] [--node-arg FLAG]... [--addr HOST:PORT \
          --pid PID]"
     );
     std::process::exit(2)
@@ -525,7 +528,11 @@ impl Nodes {
         // Every node sees every other up before a member connects.
         let deadline = Instant::now() + Duration::from_secs(30);
         for node in &nodes {
-            while http_get(&node.addr, "/healthz").matches("\"up\":true").count() < k - 1 {
+            while http_get(&node.addr, "/healthz")
+                .matches("\"up\":true")
+                .count()
+                < k - 1
+            {
                 if Instant::now() > deadline {
                     panic!("the mesh of {k} did not form within 30 s");
                 }
@@ -574,7 +581,8 @@ impl Nodes {
                 continue;
             };
             for task in tasks.flatten() {
-                let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+                let stat =
+                    std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
                 ns += stat
                     .split_whitespace()
                     .next()
@@ -585,9 +593,35 @@ impl Nodes {
         ns as f64 / 1e9
     }
 
-    /// `rollcall_frames_sent_total` over all nodes.
-    fn frames_sent(&self) -> u64 {
-        self.0.iter().map(|n| frames_sent(&n.addr)).sum()
+    /// CPU time all nodes have used in user space and in the kernel, in seconds
+    /// (`/proc/<pid>/stat`, clock ticks of 10 ms).
+    fn cpu_split(&self) -> (f64, f64) {
+        let (mut user, mut system) = (0.0, 0.0);
+        for node in &self.0 {
+            let stat =
+                std::fs::read_to_string(format!("/proc/{}/stat", node.pid)).unwrap_or_default();
+            // After the command name (in parentheses): utime is the 12th field, stime the 13th.
+            let fields: Vec<&str> = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect();
+            let ticks = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            user += ticks(11) / 100.0;
+            system += ticks(12) / 100.0;
+        }
+        (user, system)
+    }
+
+    /// A `/metrics` counter summed over all nodes.
+    fn metric(&self, name: &str) -> u64 {
+        self.0.iter().map(|n| metric_sum(&n.addr, name)).sum()
     }
 }
 
@@ -700,12 +734,21 @@ fn storm(args: &Args) {
     let start = nodes.rss_mib();
     let mut workers = spawn_members(&nodes, n, n, per_process(args, n));
     let connected = nodes.rss_mib();
-    let frames_before = nodes.frames_sent();
+    let frames_before = nodes.metric("rollcall_frames_sent_total");
+    let bytes_before = nodes.metric("rollcall_frame_bytes_sent_total");
     let cpu_before = nodes.cpu_secs();
+    let split_before = nodes.cpu_split();
     let (stop, peak) = sample_peak(nodes.pids());
     let (go, last, converged, closed) = join_and_converge(&mut workers, Duration::from_secs(900));
     let cpu = nodes.cpu_secs() - cpu_before;
-    let frames = nodes.frames_sent().saturating_sub(frames_before);
+    let split = nodes.cpu_split();
+    let kernel = split.1 - split_before.1;
+    let frames = nodes
+        .metric("rollcall_frames_sent_total")
+        .saturating_sub(frames_before);
+    let bytes = nodes
+        .metric("rollcall_frame_bytes_sent_total")
+        .saturating_sub(bytes_before);
     let after = settle(&nodes);
     let _ = stop.send(());
     let peak = peak.join().unwrap_or(0.0);
@@ -717,18 +760,21 @@ fn storm(args: &Args) {
         after - start,
         (last - go) / 1e3
     );
-    println!("({converged} of {n} members saw all {n})");
+    println!("({converged} of {n} members saw all {n}; node CPU {cpu:.2} s, {kernel:.2} s of it in the kernel)");
     println!(
-        "frames sent during the storm: {frames} (N²/20 = {}, one diff per join would be N²/2 = {})",
+        "frames sent during the storm: {frames} (N²/20 = {}, one diff per join would be N²/2 = {}), \
+         {:.1} MB",
         n * n / 20,
-        n * n / 2
+        n * n / 2,
+        bytes as f64 / 1e6
     );
 }
 
-/// The node's `rollcall_frames_sent_total` (0 if it cannot be read).
-fn frames_sent(addr: &str) -> u64 {
-    metric_lines(addr, "rollcall_frames_sent_total")
+/// The sum of a node's `/metrics` series named `name` (0 if it cannot be read).
+fn metric_sum(addr: &str, name: &str) -> u64 {
+    metric_lines(addr, name)
         .iter()
+        .filter(|l| l[name.len()..].starts_with([' ', '{']))
         .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
         .map(|v| v as u64)
         .sum()
@@ -769,6 +815,7 @@ fn fanout(args: &Args) {
     let (mut join_first, mut join_last, mut track_last, mut leave_last) =
         (vec![], vec![], vec![], vec![]);
     let cpu_before = nodes.cpu_secs();
+    let split_before = nodes.cpu_split();
     for k in 0..probes {
         let marker = format!("probe-{k}");
         let mut probe = runtime
@@ -789,11 +836,13 @@ fn fanout(args: &Args) {
         // Leaving: the probe's socket closes; its last meta is the track's marker.
         let sent = unix_ms();
         drop(probe);
-        let (_, last) = probe_seen(&workers, &format!("{track_marker}/left"))
-            .expect("a member missed a leave");
+        let (_, last) =
+            probe_seen(&workers, &format!("{track_marker}/left")).expect("a member missed a leave");
         leave_last.push(since(sent, last));
     }
     let cpu = nodes.cpu_secs() - cpu_before;
+    let split = nodes.cpu_split();
+    let (user, system) = (split.0 - split_before.0, split.1 - split_before.1);
     let row = |name: &str, samples: &mut Vec<Duration>| {
         let s = Summary::of(samples);
         println!(
@@ -811,10 +860,13 @@ fn fanout(args: &Args) {
     row("track → last member", &mut track_last);
     row("leave → last member", &mut leave_last);
     let deliveries = probes * 3 * n;
+    let per = |secs: f64| secs * 1e6 / deliveries as f64;
     println!(
         "node CPU: {cpu:.3} s for {deliveries} deliveries (a join, a track and a leave to {n} \
-         members, {probes} times): {:.2} µs per delivery",
-        cpu * 1e6 / deliveries as f64
+         members, {probes} times): {:.2} µs per delivery (user {:.2}, kernel {:.2})",
+        per(cpu),
+        per(user),
+        per(system)
     );
 }
 
