@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
@@ -349,12 +350,21 @@ impl<S: Sink<ToClient> + Unpin> Machine<S> {
 /// Runs a write, ending the connection with 1013 if the client takes nothing within `limit`
 /// (no close frame: it could not be written either), or when its outgoing queue overflows
 /// meanwhile (a close frame is attempted, bounded).
+///
+/// The write is tried once first: most writes fit in the socket's buffer and finish at once,
+/// and then neither the timer nor the overflow watch is set up (a fan-out runs this once per
+/// receiver, so that is two registrations and their removal saved per delivery).
 async fn bounded_write<E>(
     limit: Option<Duration>,
     conn: ConnId,
     queued: &OutboxReceiver,
     write: impl std::future::Future<Output = Result<(), E>>,
 ) -> Result<(), WriteStop> {
+    let mut write = std::pin::pin!(write);
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll_unpin(cx))).await;
+    if let Poll::Ready(sent) = first {
+        return sent.map_err(|_| WriteStop::Ended(CloseReason::SinkFailed));
+    }
     let write = async {
         match limit {
             Some(limit) => match tokio::time::timeout(limit, write).await {
