@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::sync::LazyLock;
 
 use memchr::memmem;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,6 +18,9 @@ use tokio::net::TcpStream;
 
 /// One key of a presence payload: every key lists its metas once.
 const MARKER: &[u8] = b"\"metas\":[";
+/// The marker's searcher, built once: building one per read costs as much as a short search.
+static KEYS: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(MARKER));
+
 /// Bytes of a message's start that name its event (`[join_ref,ref,topic,event,` in V2).
 const HEAD: usize = 256;
 /// Probe markers are keys or meta values starting with this.
@@ -187,9 +191,9 @@ impl Parser {
         if carried > 0 {
             // The carry is shorter than a marker and so is a longer stretch's first part, so
             // a match here straddles the two and is not counted below.
-            self.keys += memmem::find_iter(&seam, MARKER).count();
+            self.keys += KEYS.find_iter(&seam).count();
         }
-        self.keys += memmem::find_iter(bytes, MARKER).count();
+        self.keys += KEYS.find_iter(bytes).count();
         self.carry = if bytes.len() >= keep {
             bytes[bytes.len() - keep..].to_vec()
         } else {
@@ -219,8 +223,8 @@ fn diff(message: &[u8]) -> Event {
     let at = memmem::find(message, b"\"leaves\":").unwrap_or(message.len());
     let (joins, leaves) = message.split_at(at);
     Event::Diff {
-        joins: memmem::find_iter(joins, MARKER).count(),
-        leaves: memmem::find_iter(leaves, MARKER).count(),
+        joins: KEYS.find_iter(joins).count(),
+        leaves: KEYS.find_iter(leaves).count(),
         probes_joined: probes(joins),
         probes_left: probes(leaves),
     }
