@@ -58,6 +58,9 @@ pub(super) struct Subscriptions {
     coalescer: Coalescer,
     /// Per room, the `presence_state` payload of the room as last sent, once rendered.
     states: HashMap<Arc<str>, TextBytes>,
+    /// With the fetch hook: per room, the room as last sent, once listed; joiners that share
+    /// it share one fetch and one rendering in the stage.
+    listings: HashMap<Arc<str>, Arc<Listing>>,
 }
 
 impl Subscriptions {
@@ -75,6 +78,7 @@ impl Subscriptions {
             stage,
             coalescer: Coalescer::new(coalesce),
             states: HashMap::new(),
+            listings: HashMap::new(),
         }
     }
 
@@ -129,6 +133,7 @@ impl Subscriptions {
             // Nobody is left to send held changes to, and the next joiner starts from now.
             self.coalescer.forget(topic);
             self.states.remove(topic);
+            self.listings.remove(topic);
         }
         member
     }
@@ -155,16 +160,29 @@ impl Subscriptions {
         topic: &str,
         list: impl FnOnce() -> Listing,
     ) {
-        if let Some(stage) = &self.stage {
+        if self.stage.is_some() {
+            let listing = match self.listings.get(topic) {
+                Some(listing) => listing.clone(),
+                None => {
+                    let listing = Arc::new(self.coalescer.as_sent(topic, list()));
+                    // Kept on the same terms as the rendered text below.
+                    if self.topics.contains_key(topic) {
+                        self.listings.insert(topic.into(), listing.clone());
+                    }
+                    listing
+                }
+            };
             let frame = Frame::State {
-                join_ref: join_ref.map(str::to_string),
-                listing: self.coalescer.as_sent(topic, list()),
+                join_refs: vec![join_ref.map(str::to_string)],
+                listing,
             };
             let recipient = Recipient {
                 serializer: subscriber.serializer,
                 outbox: subscriber.outbox.clone(),
             };
-            stage.send(topic.into(), frame, vec![recipient]);
+            if let Some(stage) = &self.stage {
+                stage.send(topic.into(), frame, vec![recipient]);
+            }
             return;
         }
         if !self.states.contains_key(topic) {
@@ -231,6 +249,7 @@ impl Subscriptions {
     /// Sends one topic's `presence_diff` to its local subscribers.
     fn send_diff(&mut self, topic: &Arc<str>, changes: &TopicDiff) {
         self.states.remove(&**topic);
+        self.listings.remove(&**topic);
         let Some(members) = self.topics.get(&**topic) else {
             return;
         };

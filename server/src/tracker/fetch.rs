@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use super::render::{presences_value, Listing};
 use crate::channel::{EVENT_PRESENCE_DIFF, EVENT_PRESENCE_STATE};
-use crate::frame::WireFrame;
+use crate::frame::{TextBytes, WireFrame};
 use crate::outbox::Outbox;
 
 /// Longest a fetch may take; after it, the frame goes out without the hook's fields.
@@ -132,10 +132,11 @@ pub(super) struct Recipient {
 /// A presence frame waiting for the hook.
 #[derive(Debug)]
 pub(super) enum Frame {
-    /// `presence_state` for one joiner.
+    /// `presence_state` for joiners that share one listing of the room: their join_refs, in
+    /// the order of the item's recipients.
     State {
-        join_ref: Option<String>,
-        listing: Listing,
+        join_refs: Vec<Option<String>>,
+        listing: Arc<Listing>,
     },
     /// `presence_diff` for the topic's subscribers at the time of the change.
     Diff(TopicDiff),
@@ -198,15 +199,23 @@ impl Stage {
 /// Fetches, renders and delivers one item; returns its topic so the next one can start.
 async fn process(hook: FetchHook, item: Item, frames_encoded: Arc<AtomicU64>) -> Arc<str> {
     let topic = item.topic;
-    let (join_ref, event, payload) = match item.frame {
-        Frame::State { join_ref, listing } => {
+    match item.frame {
+        Frame::State { join_refs, listing } => {
+            // One fetch and one rendering for every joiner of the item; each frame is its own
+            // head (with its join_ref) around the shared payload.
             let mut presences = as_map(presences_value(&listing));
             fetch(&*hook, &topic, &mut presences).await;
-            (
-                join_ref,
-                EVENT_PRESENCE_STATE,
-                Value::Object(presences).to_string(),
-            )
+            let payload = TextBytes::from(Value::Object(presences).to_string());
+            for (join_ref, r) in join_refs.iter().zip(&item.recipients) {
+                frames_encoded.fetch_add(1, Ordering::Relaxed);
+                r.outbox.deliver(WireFrame::push_json(
+                    r.serializer,
+                    join_ref.as_deref(),
+                    &topic,
+                    EVENT_PRESENCE_STATE,
+                    &payload,
+                ));
+            }
         }
         Frame::Diff(diff) => {
             let mut joins = as_map(presences_value(&diff.joins));
@@ -216,27 +225,24 @@ async fn process(hook: FetchHook, item: Item, frames_encoded: Arc<AtomicU64>) ->
             let mut payload = Map::new();
             payload.insert("joins".into(), Value::Object(joins));
             payload.insert("leaves".into(), Value::Object(leaves));
-            (
-                None,
-                EVENT_PRESENCE_DIFF,
-                Value::Object(payload).to_string(),
-            )
+            let payload = Value::Object(payload).to_string();
+            // One encoding per serializer, shared by every subscriber.
+            let mut cache: [Option<WireFrame>; 2] = [None, None];
+            for r in &item.recipients {
+                let slot = match r.serializer {
+                    Serializer::V1Json => &mut cache[0],
+                    Serializer::V2 => &mut cache[1],
+                };
+                let frame = slot.get_or_insert_with(|| {
+                    frames_encoded.fetch_add(1, Ordering::Relaxed);
+                    let text =
+                        r.serializer
+                            .encode_push_json(None, &topic, EVENT_PRESENCE_DIFF, &payload);
+                    WireFrame::Text(text.into())
+                });
+                r.outbox.deliver(frame.clone());
+            }
         }
-    };
-    let mut cache: [Option<WireFrame>; 2] = [None, None];
-    for r in &item.recipients {
-        let slot = match r.serializer {
-            Serializer::V1Json => &mut cache[0],
-            Serializer::V2 => &mut cache[1],
-        };
-        let frame = slot.get_or_insert_with(|| {
-            frames_encoded.fetch_add(1, Ordering::Relaxed);
-            let text = r
-                .serializer
-                .encode_push_json(join_ref.as_deref(), &topic, event, &payload);
-            WireFrame::Text(text.into())
-        });
-        r.outbox.deliver(frame.clone());
     }
     topic
 }
@@ -245,6 +251,30 @@ fn as_map(value: Value) -> Map<String, Value> {
     match value {
         Value::Object(map) => map,
         _ => Map::new(),
+    }
+}
+
+/// Adds `item`'s joiners to `last` when both are `presence_state`s of the same listing;
+/// otherwise gives `item` back.
+fn merge_state(last: Option<&mut Item>, item: Item) -> Option<Item> {
+    let Some(Item {
+        frame: Frame::State { join_refs, listing },
+        recipients,
+        ..
+    }) = last
+    else {
+        return Some(item);
+    };
+    match item.frame {
+        Frame::State {
+            join_refs: more,
+            listing: theirs,
+        } if Arc::ptr_eq(listing, &theirs) => {
+            join_refs.extend(more);
+            recipients.extend(item.recipients);
+            None
+        }
+        frame => Some(Item { frame, ..item }),
     }
 }
 
@@ -263,8 +293,16 @@ async fn run(
         tokio::select! {
             item = items.recv(), if open => match item {
                 Some(item) => match waiting.get_mut(&item.topic) {
-                    // The topic has an item in flight: this one waits its turn.
-                    Some(queue) => queue.push_back(item),
+                    // The topic has an item in flight: this one waits its turn, or joins the
+                    // last one waiting if both are states of the same listing (joiners of one
+                    // window: one fetch serves them all).
+                    Some(queue) => {
+                        if let Some(item) = merge_state(queue.back_mut(), item) {
+                            queue.push_back(item);
+                        } else {
+                            pending.fetch_sub(1, Ordering::Relaxed);
+                        }
+                    }
                     None => {
                         waiting.insert(item.topic.clone(), VecDeque::new());
                         in_flight.push(process(hook.clone(), item, frames_encoded.clone()));

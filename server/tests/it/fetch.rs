@@ -162,3 +162,34 @@ async fn a_panicking_hook_leaves_frames_as_they_were() {
         1
     );
 }
+
+#[tokio::test]
+async fn joiners_waiting_behind_a_slow_fetch_share_one_call_each_with_its_own_join_ref() {
+    let _watchdog = crate::support::watchdog::start();
+    let calls = Calls::default();
+    let server = with_hook(users(&calls, Duration::from_millis(400))).await;
+    let _bot = server.presence.track("room:wait", "z", json!({})).unwrap();
+    // Observers are not listed: their joins change nothing, so every one of them is sent the
+    // room as last sent, and all but the first wait behind the first one's (slow) fetch.
+    let mut joined = Vec::new();
+    for i in 0..6 {
+        let mut c = Client::user(&server, &format!("o{i}")).await;
+        let join_ref = c.join("room:wait", json!({"track": false})).await;
+        joined.push((c, join_ref));
+    }
+    for (c, join_ref) in &mut joined {
+        let state = c.recv_until(|v| v[3] == "presence_state").await;
+        assert_eq!(state[0], json!(join_ref), "each joiner's own join_ref");
+        assert_eq!(keys(&state[4]), vec!["z"]);
+        assert_eq!(state[4]["z"]["user"], json!({"name": "Z"}));
+    }
+    // The first joiner's call, then one for the five that waited (not five).
+    let recorded = calls.lock().unwrap().clone();
+    assert_eq!(
+        recorded,
+        vec![
+            ("room:wait".to_string(), vec!["z".to_string()]),
+            ("room:wait".to_string(), vec!["z".to_string()]),
+        ]
+    );
+}
