@@ -14,7 +14,7 @@
 //!
 //! Scenarios:
 //! - `idle`: holds `--conns` tracked connections in rooms of `--room-size` (each member's meta
-//!   is `{"name": "User <i>"}`), waits until every member sees its whole room, and reports the
+//!   is `{"name": <its room>}`), waits until every member sees its whole room, and reports the
 //!   node's RSS per connection.
 //! - `storm`: `--members` connections, connected first, join one room at once; reports when
 //!   every member sees all the others (convergence) and the node's RSS after the storm.
@@ -167,8 +167,8 @@ enum Report {
     /// It saw a probe marker among a diff's joins, or `<marker>/left` among its leaves (unix
     /// ms).
     Probe(String, f64),
-    /// Closed by the node.
-    Closed,
+    /// Closed by the node, after it converged or before.
+    Closed { converged: bool },
 }
 
 /// What a member knows of its room.
@@ -220,7 +220,7 @@ async fn member(
     let _ = go.wait_for(|g| *g).await;
     let join = json!(["1", "1", topic, "phx_join", {"meta": {"name": topic}}]).to_string();
     if client.send(&join).await.is_err() {
-        let _ = reports.send(Report::Closed);
+        let _ = reports.send(Report::Closed { converged: false });
         return;
     }
     let mut seen = Seen {
@@ -240,14 +240,18 @@ async fn member(
             _ = heartbeat.tick() => true,
         };
         if seen.closed {
-            let _ = reports.send(Report::Closed);
+            let _ = reports.send(Report::Closed {
+                converged: seen.converged,
+            });
             return;
         }
         if beat {
             refs += 1;
             let beat = format!(r#"[null,"{refs}","phoenix","heartbeat",{{}}]"#);
             if client.send(&beat).await.is_err() {
-                let _ = reports.send(Report::Closed);
+                let _ = reports.send(Report::Closed {
+                    converged: seen.converged,
+                });
                 return;
             }
         }
@@ -307,34 +311,41 @@ async fn worker(args: Vec<String>) {
         }
     }
     let _ = go_tx.send(true);
-    let members = to - from;
-    let (mut converged, mut last, mut closed) = (0usize, 0f64, 0usize);
-    let mut probes: HashMap<String, (usize, f64, f64)> = HashMap::new();
+    // Only members that connected report; each is done once it converged or was closed first.
+    let members = to - from - failed.load(Ordering::Relaxed);
+    let (mut converged, mut last, mut closed, mut closed_first) = (0usize, 0f64, 0usize, 0usize);
+    let mut done_said = false;
+    // Per probe marker: members that saw it, first and last seen (unix ms), said.
+    let mut probes: HashMap<String, (usize, f64, f64, bool)> = HashMap::new();
     loop {
+        if !done_said && converged + closed_first >= members {
+            done_said = true;
+            println!("converged {converged} {last:.3} {closed}");
+        }
         tokio::select! {
             report = reports.recv() => match report {
                 Some(Report::Converged(at)) => {
                     converged += 1;
                     last = last.max(at);
-                    if converged + closed == members {
-                        println!("converged {converged} {last:.3} {closed}");
-                    }
                 }
                 Some(Report::Probe(probe, at)) => {
-                    let entry = probes.entry(probe.clone()).or_insert((0, f64::MAX, 0.0));
+                    let entry = probes.entry(probe.clone()).or_insert((0, f64::MAX, 0.0, false));
                     entry.0 += 1;
                     entry.1 = entry.1.min(at);
                     entry.2 = entry.2.max(at);
-                    if entry.0 == members - closed {
+                    // Every member still open has seen it (one that saw it and then closed
+                    // may make this a little early).
+                    if !entry.3 && entry.0 >= members.saturating_sub(closed) {
+                        entry.3 = true;
                         println!("probe {probe} {:.3} {:.3}", entry.1, entry.2);
                     }
                 }
-                Some(Report::Closed) => {
+                Some(Report::Closed { converged: before }) => {
                     closed += 1;
-                    println!("closed {closed}");
-                    if converged + closed == members {
-                        println!("converged {converged} {last:.3} {closed}");
+                    if !before {
+                        closed_first += 1;
                     }
+                    println!("closed {closed}");
                 }
                 None => break,
             },
@@ -654,8 +665,16 @@ fn spawn_members(nodes: &Nodes, n: usize, room_size: usize, per_process: usize) 
             .and_then(|f| f.parse::<usize>().ok())
             .unwrap_or(0);
     }
+    if failed > 0 {
+        // Every member waits for its whole room: with some missing, none would converge.
+        eprintln!(
+            "load: {failed} of {n} members could not connect (the node's limits, such as \
+             --max-conns or --max-conns-per-ip, or this machine's); nothing to measure"
+        );
+        std::process::exit(1);
+    }
     println!(
-        "{n} members connected in {} worker process(es), {failed} failed",
+        "{n} members connected in {} worker process(es)",
         workers.len()
     );
     workers
