@@ -12,32 +12,22 @@
 //! mode), as the load tool's members do, so waking it costs what waking a client costs.
 #![allow(clippy::print_stdout)]
 
+mod support;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-/// This thread's CPU time, user and system, in seconds (`/proc/thread-self/stat`, in clock
-/// ticks of 10 ms) and in total from the scheduler (`schedstat`, ns).
+/// This thread's CPU time in seconds: user and system (clock ticks of 10 ms), and in total
+/// from the scheduler (ns).
 fn thread_cpu() -> (f64, f64, f64) {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
-    let after = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let tick = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 100.0
-    };
-    let sched = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
-    let ns = sched
-        .split_whitespace()
-        .next()
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    (tick(11), tick(12), ns / 1e9)
+    let (user, system) = support::user_system_cpu("/proc/thread-self/stat".as_ref());
+    (
+        user,
+        system,
+        support::sched_cpu("/proc/thread-self/schedstat".as_ref()),
+    )
 }
 
 /// `reader ADDR N`: connects N times and drains every connection; each line on stdin names a

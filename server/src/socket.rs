@@ -362,13 +362,14 @@ async fn bounded_write<E>(
 ) -> Result<(), WriteStop> {
     let mut write = std::pin::pin!(write);
     let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll_unpin(cx))).await;
+    let sink_failed = |_| WriteStop::Ended(CloseReason::SinkFailed);
     if let Poll::Ready(sent) = first {
-        return sent.map_err(|_| WriteStop::Ended(CloseReason::SinkFailed));
+        return sent.map_err(sink_failed);
     }
     let write = async {
         match limit {
             Some(limit) => match tokio::time::timeout(limit, write).await {
-                Ok(sent) => sent.map_err(|_| WriteStop::Ended(CloseReason::SinkFailed)),
+                Ok(sent) => sent.map_err(sink_failed),
                 Err(_) => {
                     tracing::info!(conn = conn.0, "closing: client not reading");
                     Err(WriteStop::Ended(CloseReason::Closed(
@@ -377,9 +378,7 @@ async fn bounded_write<E>(
                     )))
                 }
             },
-            None => write
-                .await
-                .map_err(|_| WriteStop::Ended(CloseReason::SinkFailed)),
+            None => write.await.map_err(sink_failed),
         }
     };
     tokio::select! {

@@ -13,6 +13,7 @@ use std::io;
 use std::sync::LazyLock;
 
 use memchr::memmem;
+use rollcall_server::transport::websocket::codec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -106,13 +107,9 @@ impl Parser {
     fn read_header(&mut self, bytes: &[u8]) -> io::Result<usize> {
         let mut taken = 0;
         loop {
-            let need = match self.header.len() {
-                0 | 1 => 2,
-                _ => match self.header[1] & 0x7f {
-                    126 => 4,
-                    127 => 10,
-                    _ => 2,
-                },
+            let need = match self.header[..] {
+                [b0, b1, ..] => codec::header_len([b0, b1]),
+                _ => 2,
             };
             if self.header.get(1).is_some_and(|b| b & 0x80 != 0) {
                 return Err(io::Error::other("masked frame from the server"));
@@ -218,8 +215,8 @@ impl Parser {
     }
 }
 
-/// Splits a `presence_diff` message at `"leaves":`.
-fn diff(message: &[u8]) -> Event {
+/// What a `presence_diff` message (whole) says: split at `"leaves":`.
+pub fn diff(message: &[u8]) -> Event {
     let at = memmem::find(message, b"\"leaves\":").unwrap_or(message.len());
     let (joins, leaves) = message.split_at(at);
     Event::Diff {
@@ -294,23 +291,7 @@ impl Client {
 
     /// Sends a text frame (masked, as a client must).
     pub async fn send(&mut self, text: &str) -> io::Result<()> {
-        let payload = text.as_bytes();
-        let mut frame = Vec::with_capacity(payload.len() + 14);
-        frame.push(0x81);
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n if n <= 0xffff => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        let key = [0x5a, 0x17, 0xc3, 0x2e];
-        frame.extend_from_slice(&key);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        let frame = codec::client_frame(0x1, true, text.as_bytes(), [0x5a, 0x17, 0xc3, 0x2e]);
         self.tcp.write_all(&frame).await
     }
 
@@ -359,20 +340,8 @@ mod tests {
     use super::*;
 
     fn frame(text: &str) -> Vec<u8> {
-        let mut f = vec![0x81];
-        match text.len() {
-            n if n < 126 => f.push(n as u8),
-            n if n <= 0xffff => {
-                f.push(126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(127);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        f.extend_from_slice(text.as_bytes());
-        f
+        let (header, used) = codec::encode_header(codec::OpCode::Text, text.len());
+        [&header[..used], text.as_bytes()].concat()
     }
 
     fn events(bytes: &[u8], step: usize) -> Vec<Event> {

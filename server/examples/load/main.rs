@@ -142,21 +142,6 @@ async fn connect(addr: &str, user: &str) -> Result<Ws, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Probe markers (`probe-<n>`) among the joins of a `presence_diff` frame.
-fn probes_in(text: &str) -> Vec<String> {
-    let joins = &text[..text.find("\"leaves\":").unwrap_or(text.len())];
-    joins
-        .match_indices("probe-")
-        .map(|(at, _)| {
-            let rest = &joins[at..];
-            let end = rest
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
-                .unwrap_or(rest.len());
-            rest[..end].to_string()
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Worker: holds members, reports on stdout.
 
@@ -586,48 +571,24 @@ impl Nodes {
 
     /// CPU time all nodes' threads have used, in seconds (`/proc/<pid>/task/*/schedstat`).
     fn cpu_secs(&self) -> f64 {
-        let mut ns = 0u64;
+        let mut secs = 0.0;
         for node in &self.0 {
             let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", node.pid)) else {
                 continue;
             };
             for task in tasks.flatten() {
-                let stat =
-                    std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-                ns += stat
-                    .split_whitespace()
-                    .next()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
+                secs += support::sched_cpu(&task.path().join("schedstat"));
             }
         }
-        ns as f64 / 1e9
+        secs
     }
 
-    /// CPU time all nodes have used in user space and in the kernel, in seconds
-    /// (`/proc/<pid>/stat`, clock ticks of 10 ms).
+    /// CPU time all nodes have used in user space and in the kernel, in seconds.
     fn cpu_split(&self) -> (f64, f64) {
-        let (mut user, mut system) = (0.0, 0.0);
-        for node in &self.0 {
-            let stat =
-                std::fs::read_to_string(format!("/proc/{}/stat", node.pid)).unwrap_or_default();
-            // After the command name (in parentheses): utime is the 12th field, stime the 13th.
-            let fields: Vec<&str> = stat
-                .rsplit(')')
-                .next()
-                .unwrap_or_default()
-                .split_whitespace()
-                .collect();
-            let ticks = |i: usize| {
-                fields
-                    .get(i)
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .unwrap_or(0.0)
-            };
-            user += ticks(11) / 100.0;
-            system += ticks(12) / 100.0;
-        }
-        (user, system)
+        self.0
+            .iter()
+            .map(|n| support::user_system_cpu(format!("/proc/{}/stat", n.pid).as_ref()))
+            .fold((0.0, 0.0), |(u, s), (du, ds)| (u + du, s + ds))
     }
 
     /// A `/metrics` counter summed over all nodes.
@@ -954,8 +915,11 @@ fn stall(args: &Args) {
                         let head = &text[..text.len().min(400)];
                         if head.contains("\"presence_diff\"") {
                             let at = unix_ms();
-                            for probe in probes_in(text) {
-                                let _ = seen_tx.send((probe, at));
+                            if let Event::Diff { probes_joined, .. } = client::diff(text.as_bytes())
+                            {
+                                for probe in probes_joined {
+                                    let _ = seen_tx.send((probe, at));
+                                }
                             }
                         }
                     }

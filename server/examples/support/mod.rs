@@ -91,3 +91,34 @@ pub fn rss_kib(pid: Option<u32>) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// User and kernel CPU seconds from a `/proc/<pid>/stat` (or `/proc/thread-self/stat`) file,
+/// in clock ticks of 10 ms; zero if it cannot be read.
+pub fn user_system_cpu(stat: &std::path::Path) -> (f64, f64) {
+    let text = std::fs::read_to_string(stat).unwrap_or_default();
+    // After the command name (in parentheses): utime is the 12th field, stime the 13th.
+    let fields: Vec<&str> = text
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let secs = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 100.0
+    };
+    (secs(11), secs(12))
+}
+
+/// CPU seconds a thread has run, from its `schedstat` file (nanoseconds); zero if it cannot
+/// be read.
+pub fn sched_cpu(schedstat: &std::path::Path) -> f64 {
+    std::fs::read_to_string(schedstat)
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1e9
+}

@@ -56,11 +56,18 @@ pub(super) struct Subscriptions {
     stage: Option<Stage>,
     /// Presence diffs held per room.
     coalescer: Coalescer,
-    /// Per room, the `presence_state` payload of the room as last sent, once rendered.
-    states: HashMap<Arc<str>, TextBytes>,
-    /// With the fetch hook: per room, the room as last sent, once listed; joiners that share
-    /// it share one fetch and one rendering in the stage.
-    listings: HashMap<Arc<str>, Arc<Listing>>,
+    /// Per room, the room as last sent, once made for a joiner; the joiners until the room's
+    /// next diff share it.
+    states: HashMap<Arc<str>, AsSent>,
+}
+
+/// A room as its subscribers last saw it: rendered as a `presence_state` payload, or (with the
+/// fetch hook) listed for the stage, where joiners that share it share one fetch and one
+/// rendering.
+#[derive(Clone)]
+enum AsSent {
+    Text(TextBytes),
+    Listing(Arc<Listing>),
 }
 
 impl Subscriptions {
@@ -78,7 +85,6 @@ impl Subscriptions {
             stage,
             coalescer: Coalescer::new(coalesce),
             states: HashMap::new(),
-            listings: HashMap::new(),
         }
     }
 
@@ -133,7 +139,6 @@ impl Subscriptions {
             // Nobody is left to send held changes to, and the next joiner starts from now.
             self.coalescer.forget(topic);
             self.states.remove(topic);
-            self.listings.remove(topic);
         }
         member
     }
@@ -160,42 +165,38 @@ impl Subscriptions {
         topic: &str,
         list: impl FnOnce() -> Listing,
     ) {
-        if self.stage.is_some() {
-            let listing = match self.listings.get(topic) {
-                Some(listing) => listing.clone(),
-                None => {
-                    let listing = Arc::new(self.coalescer.as_sent(topic, list()));
-                    // Kept on the same terms as the rendered text below.
-                    if self.topics.contains_key(topic) {
-                        self.listings.insert(topic.into(), listing.clone());
-                    }
-                    listing
-                }
-            };
-            let frame = Frame::State {
-                join_refs: vec![join_ref.map(str::to_string)],
-                listing,
-            };
-            let recipient = Recipient {
-                serializer: subscriber.serializer,
-                outbox: subscriber.outbox.clone(),
-            };
-            if let Some(stage) = &self.stage {
-                stage.send(topic.into(), frame, vec![recipient]);
-            }
-            return;
-        }
-        if !self.states.contains_key(topic) {
-            let payload = TextBytes::from(presences_json(&self.coalescer.as_sent(topic, list())));
-            if !self.topics.contains_key(topic) {
+        let as_sent = match self.states.get(topic) {
+            Some(as_sent) => as_sent.clone(),
+            None => {
+                let listing = self.coalescer.as_sent(topic, list());
+                let as_sent = match self.stage {
+                    Some(_) => AsSent::Listing(Arc::new(listing)),
+                    None => AsSent::Text(TextBytes::from(presences_json(&listing))),
+                };
                 // Kept only while the room has subscribers: its changes reach the window only
-                // then, and the window is what says the text is still the room as last sent.
-                return self.push_state_text(subscriber, join_ref, topic, &payload);
+                // then, and the window is what says it is still the room as last sent.
+                if self.topics.contains_key(topic) {
+                    self.states.insert(topic.into(), as_sent.clone());
+                }
+                as_sent
             }
-            self.states.insert(topic.into(), payload);
-        }
-        if let Some(payload) = self.states.get(topic) {
-            self.push_state_text(subscriber, join_ref, topic, payload);
+        };
+        match as_sent {
+            AsSent::Text(payload) => self.push_state_text(subscriber, join_ref, topic, &payload),
+            // Listed only when there is a stage (a node has one for its whole life or never).
+            AsSent::Listing(listing) => {
+                if let Some(stage) = &self.stage {
+                    let frame = Frame::State {
+                        join_refs: vec![join_ref.map(str::to_string)],
+                        listing,
+                    };
+                    let recipient = Recipient {
+                        serializer: subscriber.serializer,
+                        outbox: subscriber.outbox.clone(),
+                    };
+                    stage.send(topic.into(), frame, vec![recipient]);
+                }
+            }
         }
     }
 
@@ -249,7 +250,6 @@ impl Subscriptions {
     /// Sends one topic's `presence_diff` to its local subscribers.
     fn send_diff(&mut self, topic: &Arc<str>, changes: &TopicDiff) {
         self.states.remove(&**topic);
-        self.listings.remove(&**topic);
         let Some(members) = self.topics.get(&**topic) else {
             return;
         };

@@ -191,9 +191,9 @@ pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
     payload
 }
 
-/// A masked client frame, as a browser writes it (for tests here and in `conn`).
-#[cfg(test)]
-pub(crate) fn client_frame(opcode: u8, fin: bool, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+/// A whole masked client frame, as a browser writes it (tests here and in `conn`, and the
+/// load tool's clients).
+pub fn client_frame(opcode: u8, fin: bool, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
     match payload.len() {
         n if n < 126 => out.push(0x80 | n as u8),
