@@ -72,6 +72,34 @@ struct Held {
     changes: usize,
 }
 
+/// Holds one change of a version (`joined`: it appeared, else it disappeared) in `own`, the
+/// side it belongs to. The opposite change of the same version held from before cancels
+/// out: it came and went (or went and came back), and the subscribers never see either. The
+/// same change held twice keeps the first record.
+fn hold(
+    index: &mut FxHashMap<PhxRef, (bool, usize)>,
+    joined: bool,
+    own: &mut Vec<Slot>,
+    other: &mut [Slot],
+    key: Arc<str>,
+    presence: Presence,
+) {
+    match index.remove(&presence.phx_ref) {
+        Some((side, i)) if side != joined => {
+            if let Some(slot) = other.get_mut(i) {
+                *slot = None;
+            }
+        }
+        Some(held) => {
+            index.insert(presence.phx_ref, held);
+        }
+        None => {
+            index.insert(presence.phx_ref, (joined, own.len()));
+            own.push(Some((key, presence)));
+        }
+    }
+}
+
 impl Held {
     fn is_empty(&self) -> bool {
         self.index.is_empty()
@@ -82,39 +110,24 @@ impl Held {
     fn absorb(&mut self, later: TopicDiff) {
         self.changes += 1;
         for (key, left) in later.leaves {
-            match self.index.remove(&left.phx_ref) {
-                Some((true, i)) => {
-                    // It came and went: the subscribers never see it.
-                    if let Some(slot) = self.joins.get_mut(i) {
-                        *slot = None;
-                    }
-                }
-                Some((false, i)) => {
-                    // Already held as gone; keep the first record.
-                    self.index.insert(left.phx_ref, (false, i));
-                }
-                None => {
-                    self.index.insert(left.phx_ref, (false, self.leaves.len()));
-                    self.leaves.push(Some((key, left)));
-                }
-            }
+            hold(
+                &mut self.index,
+                false,
+                &mut self.leaves,
+                &mut self.joins,
+                key,
+                left,
+            );
         }
         for (key, joined) in later.joins {
-            match self.index.remove(&joined.phx_ref) {
-                Some((false, i)) => {
-                    // It went and came back: as the subscribers saw it, nothing changed.
-                    if let Some(slot) = self.leaves.get_mut(i) {
-                        *slot = None;
-                    }
-                }
-                Some((true, i)) => {
-                    self.index.insert(joined.phx_ref, (true, i));
-                }
-                None => {
-                    self.index.insert(joined.phx_ref, (true, self.joins.len()));
-                    self.joins.push(Some((key, joined)));
-                }
-            }
+            hold(
+                &mut self.index,
+                true,
+                &mut self.joins,
+                &mut self.leaves,
+                key,
+                joined,
+            );
         }
     }
 
